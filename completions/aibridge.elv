@@ -1,0 +1,161 @@
+
+use builtin;
+use str;
+
+set edit:completion:arg-completer[aibridge] = {|@words|
+    fn spaces {|n|
+        builtin:repeat $n ' ' | str:join ''
+    }
+    fn cand {|text desc|
+        edit:complex-candidate $text &display=$text' '(spaces (- 14 (wcswidth $text)))$desc
+    }
+    var command = 'aibridge'
+    for word $words[1..-1] {
+        if (str:has-prefix $word '-') {
+            break
+        }
+        set command = $command';'$word
+    }
+    var completions = [
+        &'aibridge'= {
+            cand --config 'Config file [default: <config dir>/aibridge/config.toml when it exists]'
+            cand --state-file 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]'
+            cand -v 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
+            cand --verbose 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
+            cand -q 'Print errors only'
+            cand --quiet 'Print errors only'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+            cand serve 'Run the local proxy (not implemented yet)'
+            cand probe-keys 'Check which keys of a list work (not implemented yet)'
+            cand send 'Send one request through the failover walker and report which keys were marked'
+            cand pool 'Inspect the key pool'
+            cand generate 'Write shell completions and man pages (for maintainers)'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'aibridge;serve'= {
+            cand --listen 'Address to listen on [default: listen from the config, else 127.0.0.1:8787]'
+            cand --config 'Config file [default: <config dir>/aibridge/config.toml when it exists]'
+            cand --state-file 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]'
+            cand -v 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
+            cand --verbose 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
+            cand -q 'Print errors only'
+            cand --quiet 'Print errors only'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'aibridge;probe-keys'= {
+            cand --config 'Config file [default: <config dir>/aibridge/config.toml when it exists]'
+            cand --state-file 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]'
+            cand -v 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
+            cand --verbose 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
+            cand -q 'Print errors only'
+            cand --quiet 'Print errors only'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'aibridge;send'= {
+            cand -p 'Provider to send to: a provider name from the config'
+            cand --provider 'Provider to send to: a provider name from the config'
+            cand -d 'Request body: the text itself, @FILE, or @- for stdin'
+            cand --data 'Request body: the text itself, @FILE, or @- for stdin'
+            cand -X 'HTTP method [default: POST with a body, else GET]'
+            cand --request 'HTTP method [default: POST with a body, else GET]'
+            cand -H 'Add a header; a credential header (authorization, x-api-key) sends the request with that key alone (bring your own key: one attempt, nothing marked)'
+            cand --header 'Add a header; a credential header (authorization, x-api-key) sends the request with that key alone (bring your own key: one attempt, nothing marked)'
+            cand --key 'Use this key instead of the configured pool (repeat for several, first tried first)'
+            cand --keys-file 'Use the keys in this file instead of the configured pool (one per line, # comments)'
+            cand --wait 'When every key is cooling, wait for the soonest one and retry, up to this long in total (e.g. 30s, 2m)'
+            cand --timeout 'How long each attempt may wait for the response to start'
+            cand --config 'Config file [default: <config dir>/aibridge/config.toml when it exists]'
+            cand --state-file 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]'
+            cand --json 'Print one JSON object (status, outcome, attempts, body) instead of the raw body'
+            cand --no-state 'Neither read nor write the state file'
+            cand -v 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
+            cand --verbose 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
+            cand -q 'Print errors only'
+            cand --quiet 'Print errors only'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'aibridge;pool'= {
+            cand --config 'Config file [default: <config dir>/aibridge/config.toml when it exists]'
+            cand --state-file 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]'
+            cand -v 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
+            cand --verbose 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
+            cand -q 'Print errors only'
+            cand --quiet 'Print errors only'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+            cand status 'Show every key''s state (not implemented yet)'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'aibridge;pool;status'= {
+            cand --config 'Config file [default: <config dir>/aibridge/config.toml when it exists]'
+            cand --state-file 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]'
+            cand -v 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
+            cand --verbose 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
+            cand -q 'Print errors only'
+            cand --quiet 'Print errors only'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'aibridge;pool;help'= {
+            cand status 'Show every key''s state (not implemented yet)'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'aibridge;pool;help;status'= {
+        }
+        &'aibridge;pool;help;help'= {
+        }
+        &'aibridge;generate'= {
+            cand --dir 'Directory to write completions/ and man/ into'
+            cand --config 'Config file [default: <config dir>/aibridge/config.toml when it exists]'
+            cand --state-file 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]'
+            cand -v 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
+            cand --verbose 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
+            cand -q 'Print errors only'
+            cand --quiet 'Print errors only'
+            cand -h 'Print help'
+            cand --help 'Print help'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'aibridge;help'= {
+            cand serve 'Run the local proxy (not implemented yet)'
+            cand probe-keys 'Check which keys of a list work (not implemented yet)'
+            cand send 'Send one request through the failover walker and report which keys were marked'
+            cand pool 'Inspect the key pool'
+            cand generate 'Write shell completions and man pages (for maintainers)'
+            cand help 'Print this message or the help of the given subcommand(s)'
+        }
+        &'aibridge;help;serve'= {
+        }
+        &'aibridge;help;probe-keys'= {
+        }
+        &'aibridge;help;send'= {
+        }
+        &'aibridge;help;pool'= {
+            cand status 'Show every key''s state (not implemented yet)'
+        }
+        &'aibridge;help;pool;status'= {
+        }
+        &'aibridge;help;generate'= {
+        }
+        &'aibridge;help;help'= {
+        }
+    ]
+    $completions[$command]
+}

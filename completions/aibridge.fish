@@ -1,0 +1,97 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_aibridge_global_optspecs
+    string join \n config= state-file= v/verbose q/quiet h/help V/version
+end
+
+function __fish_aibridge_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_aibridge_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_aibridge_using_subcommand
+    set -l cmd (__fish_aibridge_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c aibridge -n "__fish_aibridge_needs_command" -l config -d 'Config file [default: <config dir>/aibridge/config.toml when it exists]' -r -F
+complete -c aibridge -n "__fish_aibridge_needs_command" -l state-file -d 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]' -r -F
+complete -c aibridge -n "__fish_aibridge_needs_command" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
+complete -c aibridge -n "__fish_aibridge_needs_command" -s q -l quiet -d 'Print errors only'
+complete -c aibridge -n "__fish_aibridge_needs_command" -s h -l help -d 'Print help'
+complete -c aibridge -n "__fish_aibridge_needs_command" -s V -l version -d 'Print version'
+complete -c aibridge -n "__fish_aibridge_needs_command" -f -a "serve" -d 'Run the local proxy (not implemented yet)'
+complete -c aibridge -n "__fish_aibridge_needs_command" -f -a "probe-keys" -d 'Check which keys of a list work (not implemented yet)'
+complete -c aibridge -n "__fish_aibridge_needs_command" -f -a "send" -d 'Send one request through the failover walker and report which keys were marked'
+complete -c aibridge -n "__fish_aibridge_needs_command" -f -a "pool" -d 'Inspect the key pool'
+complete -c aibridge -n "__fish_aibridge_needs_command" -f -a "generate" -d 'Write shell completions and man pages (for maintainers)'
+complete -c aibridge -n "__fish_aibridge_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c aibridge -n "__fish_aibridge_using_subcommand serve" -l listen -d 'Address to listen on [default: listen from the config, else 127.0.0.1:8787]' -r
+complete -c aibridge -n "__fish_aibridge_using_subcommand serve" -l config -d 'Config file [default: <config dir>/aibridge/config.toml when it exists]' -r -F
+complete -c aibridge -n "__fish_aibridge_using_subcommand serve" -l state-file -d 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]' -r -F
+complete -c aibridge -n "__fish_aibridge_using_subcommand serve" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
+complete -c aibridge -n "__fish_aibridge_using_subcommand serve" -s q -l quiet -d 'Print errors only'
+complete -c aibridge -n "__fish_aibridge_using_subcommand serve" -s h -l help -d 'Print help'
+complete -c aibridge -n "__fish_aibridge_using_subcommand serve" -s V -l version -d 'Print version'
+complete -c aibridge -n "__fish_aibridge_using_subcommand probe-keys" -l config -d 'Config file [default: <config dir>/aibridge/config.toml when it exists]' -r -F
+complete -c aibridge -n "__fish_aibridge_using_subcommand probe-keys" -l state-file -d 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]' -r -F
+complete -c aibridge -n "__fish_aibridge_using_subcommand probe-keys" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
+complete -c aibridge -n "__fish_aibridge_using_subcommand probe-keys" -s q -l quiet -d 'Print errors only'
+complete -c aibridge -n "__fish_aibridge_using_subcommand probe-keys" -s h -l help -d 'Print help'
+complete -c aibridge -n "__fish_aibridge_using_subcommand probe-keys" -s V -l version -d 'Print version'
+complete -c aibridge -n "__fish_aibridge_using_subcommand send" -s p -l provider -d 'Provider to send to: a provider name from the config' -r
+complete -c aibridge -n "__fish_aibridge_using_subcommand send" -s d -l data -d 'Request body: the text itself, @FILE, or @- for stdin' -r
+complete -c aibridge -n "__fish_aibridge_using_subcommand send" -s X -l request -d 'HTTP method [default: POST with a body, else GET]' -r
+complete -c aibridge -n "__fish_aibridge_using_subcommand send" -s H -l header -d 'Add a header; a credential header (authorization, x-api-key) sends the request with that key alone (bring your own key: one attempt, nothing marked)' -r
+complete -c aibridge -n "__fish_aibridge_using_subcommand send" -l key -d 'Use this key instead of the configured pool (repeat for several, first tried first)' -r
+complete -c aibridge -n "__fish_aibridge_using_subcommand send" -l keys-file -d 'Use the keys in this file instead of the configured pool (one per line, # comments)' -r -F
+complete -c aibridge -n "__fish_aibridge_using_subcommand send" -l wait -d 'When every key is cooling, wait for the soonest one and retry, up to this long in total (e.g. 30s, 2m)' -r
+complete -c aibridge -n "__fish_aibridge_using_subcommand send" -l timeout -d 'How long each attempt may wait for the response to start' -r
+complete -c aibridge -n "__fish_aibridge_using_subcommand send" -l config -d 'Config file [default: <config dir>/aibridge/config.toml when it exists]' -r -F
+complete -c aibridge -n "__fish_aibridge_using_subcommand send" -l state-file -d 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]' -r -F
+complete -c aibridge -n "__fish_aibridge_using_subcommand send" -l json -d 'Print one JSON object (status, outcome, attempts, body) instead of the raw body'
+complete -c aibridge -n "__fish_aibridge_using_subcommand send" -l no-state -d 'Neither read nor write the state file'
+complete -c aibridge -n "__fish_aibridge_using_subcommand send" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
+complete -c aibridge -n "__fish_aibridge_using_subcommand send" -s q -l quiet -d 'Print errors only'
+complete -c aibridge -n "__fish_aibridge_using_subcommand send" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c aibridge -n "__fish_aibridge_using_subcommand send" -s V -l version -d 'Print version'
+complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and not __fish_seen_subcommand_from status help" -l config -d 'Config file [default: <config dir>/aibridge/config.toml when it exists]' -r -F
+complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and not __fish_seen_subcommand_from status help" -l state-file -d 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]' -r -F
+complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and not __fish_seen_subcommand_from status help" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
+complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and not __fish_seen_subcommand_from status help" -s q -l quiet -d 'Print errors only'
+complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and not __fish_seen_subcommand_from status help" -s h -l help -d 'Print help'
+complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and not __fish_seen_subcommand_from status help" -s V -l version -d 'Print version'
+complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and not __fish_seen_subcommand_from status help" -f -a "status" -d 'Show every key\'s state (not implemented yet)'
+complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and not __fish_seen_subcommand_from status help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from status" -l config -d 'Config file [default: <config dir>/aibridge/config.toml when it exists]' -r -F
+complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from status" -l state-file -d 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]' -r -F
+complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from status" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
+complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from status" -s q -l quiet -d 'Print errors only'
+complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from status" -s h -l help -d 'Print help'
+complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from status" -s V -l version -d 'Print version'
+complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from help" -f -a "status" -d 'Show every key\'s state (not implemented yet)'
+complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c aibridge -n "__fish_aibridge_using_subcommand generate" -l dir -d 'Directory to write completions/ and man/ into' -r -F
+complete -c aibridge -n "__fish_aibridge_using_subcommand generate" -l config -d 'Config file [default: <config dir>/aibridge/config.toml when it exists]' -r -F
+complete -c aibridge -n "__fish_aibridge_using_subcommand generate" -l state-file -d 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]' -r -F
+complete -c aibridge -n "__fish_aibridge_using_subcommand generate" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
+complete -c aibridge -n "__fish_aibridge_using_subcommand generate" -s q -l quiet -d 'Print errors only'
+complete -c aibridge -n "__fish_aibridge_using_subcommand generate" -s h -l help -d 'Print help'
+complete -c aibridge -n "__fish_aibridge_using_subcommand generate" -s V -l version -d 'Print version'
+complete -c aibridge -n "__fish_aibridge_using_subcommand help; and not __fish_seen_subcommand_from serve probe-keys send pool generate help" -f -a "serve" -d 'Run the local proxy (not implemented yet)'
+complete -c aibridge -n "__fish_aibridge_using_subcommand help; and not __fish_seen_subcommand_from serve probe-keys send pool generate help" -f -a "probe-keys" -d 'Check which keys of a list work (not implemented yet)'
+complete -c aibridge -n "__fish_aibridge_using_subcommand help; and not __fish_seen_subcommand_from serve probe-keys send pool generate help" -f -a "send" -d 'Send one request through the failover walker and report which keys were marked'
+complete -c aibridge -n "__fish_aibridge_using_subcommand help; and not __fish_seen_subcommand_from serve probe-keys send pool generate help" -f -a "pool" -d 'Inspect the key pool'
+complete -c aibridge -n "__fish_aibridge_using_subcommand help; and not __fish_seen_subcommand_from serve probe-keys send pool generate help" -f -a "generate" -d 'Write shell completions and man pages (for maintainers)'
+complete -c aibridge -n "__fish_aibridge_using_subcommand help; and not __fish_seen_subcommand_from serve probe-keys send pool generate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c aibridge -n "__fish_aibridge_using_subcommand help; and __fish_seen_subcommand_from pool" -f -a "status" -d 'Show every key\'s state (not implemented yet)'

@@ -1,0 +1,169 @@
+//! The command line, as clap types only: doc comments are the help text.
+//! Precedence for every setting: flag > environment variable > config file > default.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use http::{HeaderName, HeaderValue, Method};
+
+/// A local proxy that puts a pool of API keys in front of LLM provider APIs and fails over
+/// between keys on its own.
+#[derive(Debug, Parser)]
+#[command(name = "aibridge", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Config file [default: <config dir>/aibridge/config.toml when it exists]
+    #[arg(long, global = true, env = "AIBRIDGE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// State file holding key marks between runs [default: state_file from the config, else
+    /// <state dir>/aibridge/state.json]
+    #[arg(long, global = true, env = "AIBRIDGE_STATE_FILE", value_name = "FILE")]
+    pub state_file: Option<PathBuf>,
+
+    /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Print errors only
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the local proxy (not implemented yet)
+    Serve(ServeArgs),
+
+    /// Check which keys of a list work (not implemented yet)
+    ProbeKeys,
+
+    /// Send one request through the failover walker and report which keys were marked
+    ///
+    /// The response body goes to stdout as it arrives; one line per attempt goes to stderr.
+    /// Exit codes: 0 the upstream answered 2xx; 1 it answered another error (body still
+    /// printed); 2 usage or config error; 3 every key is cooling; 4 every key is disabled;
+    /// 5 upstream unreachable or timed out.
+    Send(SendArgs),
+
+    /// Inspect the key pool
+    #[command(subcommand)]
+    Pool(PoolCommand),
+
+    /// Write shell completions and man pages (for maintainers)
+    #[command(hide = true)]
+    Generate(GenerateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on [default: listen from the config, else 127.0.0.1:8787]
+    #[arg(long, env = "AIBRIDGE_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PoolCommand {
+    /// Show every key's state (not implemented yet)
+    Status,
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Provider to send to: a provider name from the config
+    #[arg(short, long, env = "AIBRIDGE_PROVIDER", default_value = "anthropic", value_name = "NAME")]
+    pub provider: String,
+
+    /// Path and query under the provider's base URL [default: /v1/messages for anthropic,
+    /// /v1/chat/completions for openai, /chat/completions for copilot]
+    #[arg(value_name = "PATH")]
+    pub path: Option<String>,
+
+    /// Request body: the text itself, @FILE, or @- for stdin
+    #[arg(short, long, value_name = "DATA|@FILE|@-")]
+    pub data: Option<String>,
+
+    /// HTTP method [default: POST with a body, else GET]
+    #[arg(short = 'X', long = "request", value_name = "METHOD", value_parser = parse_method)]
+    pub method: Option<Method>,
+
+    /// Add a header; a credential header (authorization, x-api-key) sends the request with
+    /// that key alone (bring your own key: one attempt, nothing marked)
+    #[arg(short = 'H', long = "header", value_name = "NAME: VALUE", value_parser = parse_header)]
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+
+    /// Use this key instead of the configured pool (repeat for several, first tried first)
+    #[arg(long = "key", value_name = "KEY")]
+    pub keys: Vec<String>,
+
+    /// Use the keys in this file instead of the configured pool (one per line, # comments)
+    #[arg(long, env = "AIBRIDGE_KEYS_FILE", value_name = "FILE")]
+    pub keys_file: Option<PathBuf>,
+
+    /// Print one JSON object (status, outcome, attempts, body) instead of the raw body
+    #[arg(long)]
+    pub json: bool,
+
+    /// Neither read nor write the state file
+    #[arg(long, env = "AIBRIDGE_NO_STATE")]
+    pub no_state: bool,
+
+    /// When every key is cooling, wait for the soonest one and retry, up to this long in total
+    /// (e.g. 30s, 2m)
+    #[arg(long, env = "AIBRIDGE_WAIT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub wait: Option<Duration>,
+
+    /// How long each attempt may wait for the response to start
+    #[arg(long, env = "AIBRIDGE_TIMEOUT", default_value = "10m", value_name = "DURATION",
+          value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Directory to write completions/ and man/ into
+    #[arg(long, default_value = ".", value_name = "DIR")]
+    pub dir: PathBuf,
+}
+
+fn parse_method(text: &str) -> Result<Method, String> {
+    Method::from_bytes(text.to_ascii_uppercase().as_bytes()).map_err(|_| format!("invalid HTTP method {text:?}"))
+}
+
+fn parse_header(text: &str) -> Result<(HeaderName, HeaderValue), String> {
+    let (name, value) = text
+        .split_once(':')
+        .ok_or_else(|| format!("expected 'Name: value', got {:?}", crate::secret::mask(text)))?;
+    let name = HeaderName::from_bytes(name.trim().as_bytes())
+        .map_err(|_| format!("invalid header name {:?}", name.trim()))?;
+    let value = HeaderValue::from_str(value.trim()).map_err(|_| format!("invalid value for header {name}"))?;
+    Ok((name, value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn header_parsing() {
+        let (name, value) = parse_header("Anthropic-Beta:  tools-2024 ").unwrap();
+        assert_eq!((name.as_str(), value.to_str().unwrap()), ("anthropic-beta", "tools-2024"));
+        assert!(parse_header("no colon here").unwrap_err().starts_with("expected 'Name: value'"));
+        assert!(parse_header("bad name: x").is_err());
+    }
+}

@@ -1,0 +1,413 @@
+//! `aibridge send`: one request through the failover walker, the body to stdout and one line
+//! per attempt to stderr, so CI scripts can see which keys were marked.
+
+use std::io::{IsTerminal, Read, Write};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, header};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{block_on, load_config, state_store};
+use crate::cli::{GlobalArgs, SendArgs};
+use crate::config::{Config, ProviderConfig, parse_keys_file};
+use crate::exit;
+use crate::failover::{Attempt, Credentials, FailoverError, OutboundRequest, Upstream, Walker};
+use crate::keypool::{ExhaustionKind, KeyState, SystemClock, ceil_secs, validate_keys};
+use crate::provider::ErrorSpec;
+use crate::secret::ApiKey;
+use crate::state::StateStore;
+
+pub fn run(global: &GlobalArgs, args: SendArgs) -> anyhow::Result<ExitCode> {
+    let config = load_config(global)?;
+    let provider = provider_for_run(&config, &args)?;
+    let request = build_request(&args, &provider)?;
+    let upstream = Upstream::from_config(&provider, Arc::new(SystemClock))?;
+    let credentials = upstream.credentials_for(&request.headers, true)?;
+    let store = state_store(global, &config, args.no_state);
+    if let Some(store) = &store {
+        let state = store.load().context("cannot read the state file (--no-state skips it)")?;
+        state.restore_into(&upstream.name, &upstream.pool);
+    }
+    let walker = Walker::new(args.timeout).context("cannot set up the HTTP client")?;
+    let send = Send {
+        upstream: &upstream,
+        request: &request,
+        credentials: &credentials,
+        walker: &walker,
+        store: store.as_ref(),
+        args: &args,
+        quiet: global.quiet,
+    };
+    block_on(send.run())?
+}
+
+/// The provider to use, with `--key`/`--keys-file` in place of its configured keys.
+fn provider_for_run(config: &Config, args: &SendArgs) -> anyhow::Result<ProviderConfig> {
+    let Some(provider) = config.providers.get(&args.provider) else {
+        let known: Vec<_> = config.providers.keys().map(String::as_str).collect();
+        bail!("unknown provider \"{}\" (configured: {})", args.provider, known.join(", "));
+    };
+    let mut provider = provider.clone();
+    if args.keys.is_empty() && args.keys_file.is_none() {
+        return Ok(provider);
+    }
+    if provider.kind.api().byok_only() {
+        bail!(
+            "{} is bring-your-own-key only: pass your token with -H 'Authorization: Bearer TOKEN'",
+            provider.kind
+        );
+    }
+    let mut keys: Vec<ApiKey> = args.keys.iter().map(|key| ApiKey::new(key.as_str())).collect();
+    if let Some(path) = &args.keys_file {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read keys file {}", path.display()))?;
+        keys.extend(parse_keys_file(&text));
+    }
+    validate_keys(&keys).context("invalid --key/--keys-file list")?;
+    provider.keys = keys;
+    Ok(provider)
+}
+
+fn build_request(args: &SendArgs, provider: &ProviderConfig) -> anyhow::Result<OutboundRequest> {
+    let body = read_body(args.data.as_deref())?;
+    let method = args.method.clone().unwrap_or(if args.data.is_some() { Method::POST } else { Method::GET });
+    let path = args
+        .path
+        .clone()
+        .unwrap_or_else(|| provider.kind.api().default_send_path().to_owned());
+    if path.contains("://") {
+        bail!("PATH is a path under the provider's base URL ({}), not a URL: {path}", provider.base_url);
+    }
+    let path_and_query = if path.starts_with('/') { path } else { format!("/{path}") };
+    let mut headers = HeaderMap::new();
+    for (name, value) in &args.headers {
+        headers.append(name.clone(), value.clone());
+    }
+    let is_json = serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_ok();
+    if is_json && !headers.contains_key(header::CONTENT_TYPE) {
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    Ok(OutboundRequest {
+        method,
+        path_and_query,
+        headers,
+        body,
+    })
+}
+
+fn read_body(data: Option<&str>) -> anyhow::Result<Bytes> {
+    let bytes = match data {
+        None => Vec::new(),
+        Some("@-") => {
+            let mut buffer = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut buffer)
+                .context("cannot read the request body from stdin")?;
+            buffer
+        }
+        Some(text) => match text.strip_prefix('@') {
+            Some(path) => std::fs::read(path).with_context(|| format!("cannot read request body from {path}"))?,
+            None => text.as_bytes().to_vec(),
+        },
+    };
+    Ok(Bytes::from(bytes))
+}
+
+struct Send<'a> {
+    upstream: &'a Upstream,
+    request: &'a OutboundRequest,
+    credentials: &'a Credentials,
+    walker: &'a Walker,
+    store: Option<&'a StateStore>,
+    args: &'a SendArgs,
+    quiet: bool,
+}
+
+impl Send<'_> {
+    async fn run(&self) -> anyhow::Result<ExitCode> {
+        let (attempts, result) = self.exchange().await;
+        let code = match result {
+            Ok(response) if self.args.json => self.print_json_answer(&attempts, response).await?,
+            Ok(response) => self.stream_answer(response).await?,
+            Err(error) => self.report_failure(&attempts, &error)?,
+        };
+        Ok(ExitCode::from(code))
+    }
+
+    /// Walks the pool; with `--wait`, walks again when the soonest key is back, while the
+    /// wait budget allows.
+    async fn exchange(&self) -> (Vec<Attempt>, Result<reqwest::Response, FailoverError>) {
+        let started = Instant::now();
+        let mut attempts = Vec::new();
+        loop {
+            let exchange = self.walker.send(self.upstream, self.request, self.credentials).await;
+            self.report_attempts(&exchange.attempts);
+            self.persist(&exchange.attempts);
+            attempts.extend(exchange.attempts);
+            if let Err(FailoverError::Exhausted(exhausted)) = &exchange.result
+                && exhausted.kind == ExhaustionKind::RateLimited
+                && let Some(budget) = self.args.wait
+                && exhausted.retry_after <= budget.saturating_sub(started.elapsed())
+            {
+                self.wait_for_key(exhausted.retry_after).await;
+                continue;
+            }
+            return (attempts, exchange.result);
+        }
+    }
+
+    async fn wait_for_key(&self, retry_after: Duration) {
+        // A few ms past the deadline, so the key reads as available when we wake.
+        let pause = retry_after + Duration::from_millis(5);
+        let spinner = (std::io::stderr().is_terminal() && !self.quiet).then(|| {
+            let spinner = ProgressBar::new_spinner()
+                .with_style(ProgressStyle::with_template("{spinner} {msg}").expect("valid template"))
+                .with_message(format!(
+                    "every key is cooling; waiting {} for the soonest",
+                    humantime::format_duration(Duration::from_secs(ceil_secs(retry_after)))
+                ));
+            spinner.enable_steady_tick(Duration::from_millis(100));
+            spinner
+        });
+        tokio::time::sleep(pause).await;
+        if let Some(spinner) = spinner {
+            spinner.finish_and_clear();
+        }
+    }
+
+    fn report_attempts(&self, attempts: &[Attempt]) {
+        if self.quiet {
+            return;
+        }
+        let byok = matches!(self.credentials, Credentials::Caller(_));
+        for attempt in attempts {
+            let status = attempt.status.map_or("---".to_owned(), |code| code.to_string());
+            eprintln!("{}  {status}  {}", attempt.key_hint, describe(attempt, byok));
+        }
+    }
+
+    fn persist(&self, attempts: &[Attempt]) {
+        let Some(store) = self.store else { return };
+        let provider = &self.upstream.name;
+        let observations: Vec<_> = attempts.iter().filter_map(|attempt| attempt.observation(provider)).collect();
+        if observations.is_empty() {
+            return;
+        }
+        if let Err(error) = store.update(|state| observations.iter().for_each(|seen| state.observe(seen))) {
+            tracing::warn!("key marks not saved: {error}");
+        }
+    }
+
+    /// Copies the body to stdout chunk by chunk, so a stream shows as it arrives.
+    async fn stream_answer(&self, mut response: reqwest::Response) -> anyhow::Result<u8> {
+        let code = status_exit_code(response.status().as_u16());
+        let mut stdout = std::io::stdout().lock();
+        loop {
+            let chunk = match response.chunk().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(error) => {
+                    let _ = stdout.flush();
+                    eprintln!("error: upstream stream interrupted: {error}");
+                    return Ok(exit::UNREACHABLE);
+                }
+            };
+            if let Err(error) = stdout.write_all(&chunk).and_then(|()| stdout.flush()) {
+                // A reader that has gone away (`| head`) is not a failure of ours.
+                if error.kind() == std::io::ErrorKind::BrokenPipe {
+                    return Ok(code);
+                }
+                return Err(error).context("cannot write to stdout");
+            }
+        }
+        Ok(code)
+    }
+
+    async fn print_json_answer(&self, attempts: &[Attempt], response: reqwest::Response) -> anyhow::Result<u8> {
+        let status = response.status().as_u16();
+        let body = match response.bytes().await {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                let report = self.report(attempts, Some(status), Outcome::NetworkError, None);
+                print_json(&report.with_body(Value::String(format!("upstream stream interrupted: {error}"))))?;
+                return Ok(exit::UNREACHABLE);
+            }
+        };
+        let outcome = if (200..300).contains(&status) { Outcome::Ok } else { Outcome::UpstreamError };
+        let body = serde_json::from_slice(&body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
+        print_json(&self.report(attempts, Some(status), outcome, None).with_body(body))?;
+        Ok(status_exit_code(status))
+    }
+
+    fn report_failure(&self, attempts: &[Attempt], error: &FailoverError) -> anyhow::Result<u8> {
+        let FailoverError::Exhausted(exhausted) = error else {
+            // Unreachable or timed out; nothing was marked.
+            if self.args.json {
+                let report = self.report(attempts, None, Outcome::NetworkError, None);
+                print_json(&report.with_body(Value::String(error.to_string())))?;
+            }
+            eprintln!("error: {error}");
+            return Ok(exit::UNREACHABLE);
+        };
+        let (outcome, code, retry_after) = match exhausted.kind {
+            ExhaustionKind::RateLimited => (Outcome::RateLimited, exit::RATE_LIMITED, Some(exhausted.retry_after_secs())),
+            ExhaustionKind::Unauthorized => (Outcome::Unauthorized, exit::UNAUTHORIZED, None),
+        };
+        if self.args.json {
+            let spec = ErrorSpec::exhausted(exhausted);
+            let body = self.upstream.kind.api().error_body(&spec);
+            print_json(&self.report(attempts, Some(spec.status), outcome, retry_after).with_body(body))?;
+        }
+        match retry_after {
+            Some(_) => {
+                let back_at = std::time::SystemTime::now() + exhausted.retry_after;
+                eprintln!(
+                    "error: {exhausted}; the soonest key is back at {}",
+                    humantime::format_rfc3339_seconds(back_at)
+                );
+            }
+            None => eprintln!("error: {exhausted}"),
+        }
+        Ok(code)
+    }
+
+    fn report(
+        &self,
+        attempts: &[Attempt],
+        status: Option<u16>,
+        outcome: Outcome,
+        retry_after_secs: Option<u64>,
+    ) -> SendReport {
+        SendReport {
+            provider: self.upstream.name.clone(),
+            status,
+            outcome,
+            attempts: attempts.iter().map(AttemptReport::from).collect(),
+            retry_after_secs,
+            body: Value::Null,
+        }
+    }
+}
+
+fn status_exit_code(status: u16) -> u8 {
+    if (200..300).contains(&status) { exit::OK } else { exit::FAILURE }
+}
+
+/// What an attempt did to its key, in words.
+fn describe(attempt: &Attempt, byok: bool) -> String {
+    match (attempt.mark, attempt.status) {
+        (Some(KeyState::Cooling { until_ms }), _) => format!(
+            "marked cooling for {}",
+            humantime::format_duration(Duration::from_secs(cooldown_secs(until_ms, attempt.at_ms)))
+        ),
+        (Some(KeyState::Disabled(reason)), _) => format!("marked disabled ({})", reason.as_str()),
+        (_, None) => "no response".to_owned(),
+        (_, Some(status)) if byok && (200..300).contains(&status) => "ok (your own key)".to_owned(),
+        (_, Some(status)) if (200..300).contains(&status) => "ok".to_owned(),
+        (_, Some(_)) if byok => "error (your own key, not marked)".to_owned(),
+        (_, Some(_)) => "error, not the key's fault (not marked)".to_owned(),
+    }
+}
+
+fn cooldown_secs(until_ms: u64, at_ms: u64) -> u64 {
+    ceil_secs(Duration::from_millis(until_ms.saturating_sub(at_ms)))
+}
+
+fn print_json(report: &SendReport) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    serde_json::to_writer(&mut stdout, report).context("cannot write to stdout")?;
+    writeln!(stdout).context("cannot write to stdout")
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Outcome {
+    Ok,
+    UpstreamError,
+    RateLimited,
+    Unauthorized,
+    NetworkError,
+}
+
+/// `--json` output.
+#[derive(Debug, Serialize)]
+struct SendReport {
+    provider: String,
+    status: Option<u16>,
+    outcome: Outcome,
+    attempts: Vec<AttemptReport>,
+    retry_after_secs: Option<u64>,
+    body: Value,
+}
+
+impl SendReport {
+    fn with_body(mut self, body: Value) -> Self {
+        self.body = body;
+        self
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct AttemptReport {
+    key: String,
+    status: Option<u16>,
+    mark: Option<&'static str>,
+    cooldown_secs: Option<u64>,
+}
+
+impl From<&Attempt> for AttemptReport {
+    fn from(attempt: &Attempt) -> Self {
+        Self {
+            key: attempt.key_hint.clone(),
+            status: attempt.status,
+            mark: attempt.mark.map(KeyState::name),
+            cooldown_secs: match attempt.mark {
+                Some(KeyState::Cooling { until_ms }) => Some(cooldown_secs(until_ms, attempt.at_ms)),
+                _ => None,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keypool::DisableReason;
+
+    fn attempt(status: Option<u16>, mark: Option<KeyState>) -> Attempt {
+        Attempt {
+            key_hint: "sk-a...efgh".to_owned(),
+            fingerprint: Some("f".to_owned()),
+            status,
+            mark,
+            changed: true,
+            at_ms: 1_000,
+        }
+    }
+
+    #[test]
+    fn attempt_lines() {
+        let cooling = attempt(Some(429), Some(KeyState::Cooling { until_ms: 31_000 }));
+        assert_eq!(describe(&cooling, false), "marked cooling for 30s");
+        let disabled = attempt(Some(401), Some(KeyState::Disabled(DisableReason::Unauthorized)));
+        assert_eq!(describe(&disabled, false), "marked disabled (unauthorized)");
+        assert_eq!(describe(&attempt(Some(200), None), false), "ok");
+        assert_eq!(describe(&attempt(Some(500), None), false), "error, not the key's fault (not marked)");
+        assert_eq!(describe(&attempt(None, None), false), "no response");
+        assert_eq!(describe(&attempt(Some(401), None), true), "error (your own key, not marked)");
+    }
+
+    #[test]
+    fn json_attempts_carry_mark_and_cooldown() {
+        let report = AttemptReport::from(&attempt(Some(429), Some(KeyState::Cooling { until_ms: 90_500 })));
+        assert_eq!(
+            serde_json::to_value(report).unwrap(),
+            serde_json::json!({"key": "sk-a...efgh", "status": 429, "mark": "cooling", "cooldown_secs": 90})
+        );
+    }
+}

@@ -1,0 +1,416 @@
+//! Configuration: built-in defaults, then the TOML file, then `AIBRIDGE_*` variables.
+//! (Command-line flags, the top of the precedence order, are applied by the commands.)
+//!
+//! The result is validated here, once, so everything downstream can trust it: keys are
+//! non-empty and unique, URLs parse, durations are durations.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::keypool::{PoolSettings, Strategy, validate_keys};
+use crate::provider::ProviderKind;
+use crate::secret::ApiKey;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
+
+/// Reads an environment variable; injected so tests need not touch the process environment.
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file that was read, if any.
+    pub source: Option<PathBuf>,
+    pub listen: SocketAddr,
+    pub state_file: Option<PathBuf>,
+    /// By name: the route prefix and `--provider` value.
+    pub providers: BTreeMap<String, ProviderConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub kind: ProviderKind,
+    pub base_url: String,
+    pub keys: Vec<ApiKey>,
+    pub enabled: bool,
+    pub pool: PoolSettings,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("invalid listen address {value:?}: {source}")]
+    Listen {
+        value: String,
+        source: std::net::AddrParseError,
+    },
+    #[error("provider \"{provider}\": {message}")]
+    Provider { provider: String, message: String },
+}
+
+impl ConfigError {
+    fn provider(provider: &str, message: impl Into<String>) -> Self {
+        Self::Provider {
+            provider: provider.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    state_file: Option<PathBuf>,
+    #[serde(default)]
+    providers: BTreeMap<String, RawProvider>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    kind: Option<ProviderKind>,
+    base_url: Option<String>,
+    #[serde(default)]
+    keys: Vec<String>,
+    keys_file: Option<PathBuf>,
+    keys_env: Option<String>,
+    enabled: Option<bool>,
+    strategy: Option<Strategy>,
+    #[serde(default, with = "humantime_serde")]
+    default_cooldown: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    max_cooldown: Option<Duration>,
+}
+
+/// The config file used when none is named: `<config dir>/aibridge/config.toml`.
+pub fn default_path() -> Option<PathBuf> {
+    dirs::config_dir().map(|dir| dir.join("aibridge").join("config.toml"))
+}
+
+/// Loads the configuration. `path` is the file named by `--config`/`AIBRIDGE_CONFIG`; without
+/// one the default file is read when it exists, else the built-in defaults apply.
+pub fn load(path: Option<&Path>, env: EnvLookup<'_>) -> Result<Config, ConfigError> {
+    let path = path
+        .map(Path::to_path_buf)
+        .or_else(|| default_path().filter(|candidate| candidate.is_file()));
+    let raw = match &path {
+        Some(path) => parse_file(path)?,
+        None => RawConfig::default(),
+    };
+    let base_dir = path
+        .as_deref()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    resolve(raw, path, &base_dir, env)
+}
+
+/// Parses TOML text as a config (for tests and `load`).
+pub fn parse(text: &str, path: &Path, env: EnvLookup<'_>) -> Result<Config, ConfigError> {
+    let raw = parse_toml(text, path)?;
+    let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    resolve(raw, Some(path.to_path_buf()), &base_dir, env)
+}
+
+fn parse_file(path: &Path) -> Result<RawConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_toml(&text, path)
+}
+
+fn parse_toml(text: &str, path: &Path) -> Result<RawConfig, ConfigError> {
+    toml::from_str(text).map_err(|error| {
+        let offset = error.span().map_or(0, |span| span.start);
+        let before = &text[..offset.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+        ConfigError::Parse {
+            path: path.to_path_buf(),
+            line,
+            column,
+            message: error.message().trim().replace('\n', " "),
+        }
+    })
+}
+
+fn resolve(
+    mut raw: RawConfig,
+    source: Option<PathBuf>,
+    base_dir: &Path,
+    env: EnvLookup<'_>,
+) -> Result<Config, ConfigError> {
+    // The built-in providers are always there; the file may adjust them or add more.
+    for kind in ProviderKind::ALL {
+        raw.providers.entry(kind.as_str().to_owned()).or_default();
+    }
+    let listen_text = raw.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+    let listen = listen_text.parse().map_err(|source| ConfigError::Listen {
+        value: listen_text.clone(),
+        source,
+    })?;
+    let providers = raw
+        .providers
+        .into_iter()
+        .map(|(name, provider)| {
+            let resolved = resolve_provider(&name, provider, base_dir, env)?;
+            Ok((name, resolved))
+        })
+        .collect::<Result<_, ConfigError>>()?;
+    Ok(Config {
+        source,
+        listen,
+        state_file: raw.state_file.map(|file| base_dir.join(file)),
+        providers,
+    })
+}
+
+/// `AIBRIDGE_<NAME>_<SUFFIX>` with the name upper-cased and `-` turned into `_`.
+pub fn provider_env_var(name: &str, suffix: &str) -> String {
+    format!("AIBRIDGE_{}_{suffix}", name.to_uppercase().replace('-', "_"))
+}
+
+fn resolve_provider(
+    name: &str,
+    raw: RawProvider,
+    base_dir: &Path,
+    env: EnvLookup<'_>,
+) -> Result<ProviderConfig, ConfigError> {
+    let kind = raw.kind.or_else(|| ProviderKind::from_name(name)).ok_or_else(|| {
+        ConfigError::provider(name, "missing `kind` (one of \"anthropic\", \"openai\", \"copilot\")")
+    })?;
+    let base_url = env(&provider_env_var(name, "BASE_URL"))
+        .or(raw.base_url)
+        .unwrap_or_else(|| kind.api().default_base_url().to_owned());
+    let base_url = validate_base_url(name, &base_url)?;
+
+    let mut keys: Vec<ApiKey> = raw.keys.into_iter().map(ApiKey::new).collect();
+    if let Some(file) = raw.keys_file {
+        let path = base_dir.join(file);
+        let text = std::fs::read_to_string(&path).map_err(|error| {
+            ConfigError::provider(name, format!("cannot read keys_file {}: {error}", path.display()))
+        })?;
+        keys.extend(parse_keys_file(&text));
+    }
+    if let Some(var) = raw.keys_env {
+        keys.extend(split_key_list(&env(&var).unwrap_or_default()));
+    }
+    if let Some(list) = env(&provider_env_var(name, "KEYS")) {
+        keys.extend(split_key_list(&list));
+    }
+    validate_keys(&keys).map_err(|error| ConfigError::provider(name, error.to_string()))?;
+    if kind.api().byok_only() && !keys.is_empty() {
+        return Err(ConfigError::provider(
+            name,
+            format!("{kind} is bring-your-own-key only: remove its keys and send your own token"),
+        ));
+    }
+
+    let defaults = PoolSettings::default();
+    let pool = PoolSettings {
+        strategy: raw.strategy.unwrap_or(defaults.strategy),
+        default_cooldown: raw.default_cooldown.unwrap_or(defaults.default_cooldown),
+        max_cooldown: raw.max_cooldown.unwrap_or(defaults.max_cooldown),
+    };
+    if pool.default_cooldown.is_zero() || pool.max_cooldown.is_zero() {
+        return Err(ConfigError::provider(name, "cooldowns must be longer than zero"));
+    }
+    Ok(ProviderConfig {
+        name: name.to_owned(),
+        kind,
+        base_url,
+        keys,
+        enabled: raw.enabled.unwrap_or(true),
+        pool,
+    })
+}
+
+fn validate_base_url(name: &str, url: &str) -> Result<String, ConfigError> {
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|error| ConfigError::provider(name, format!("invalid base_url {url:?}: {error}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(ConfigError::provider(
+            name,
+            format!("invalid base_url {url:?}: scheme must be http or https"),
+        ));
+    }
+    Ok(url.trim_end_matches('/').to_owned())
+}
+
+/// Keys from a keys file: one per line; blank lines and `#` comments are skipped.
+pub fn parse_keys_file(text: &str) -> impl Iterator<Item = ApiKey> + '_ {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(ApiKey::new)
+}
+
+/// Keys from a variable: separated by commas or newlines.
+pub fn split_key_list(list: &str) -> impl Iterator<Item = ApiKey> + '_ {
+    list.split([',', '\n'])
+        .map(str::trim)
+        .filter(|key| !key.is_empty())
+        .map(ApiKey::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn parse_with(text: &str, env: EnvLookup<'_>) -> Result<Config, ConfigError> {
+        parse(text, Path::new("/etc/aibridge.toml"), env)
+    }
+
+    fn error(text: &str) -> String {
+        parse_with(text, &no_env).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_give_three_builtin_providers() {
+        let config = parse_with("", &no_env).unwrap();
+        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+        let names: Vec<_> = config.providers.keys().map(String::as_str).collect();
+        assert_eq!(names, ["anthropic", "copilot", "openai"]);
+        let anthropic = &config.providers["anthropic"];
+        assert_eq!(anthropic.base_url, "https://api.anthropic.com");
+        assert!(anthropic.keys.is_empty() && anthropic.enabled);
+        assert_eq!(anthropic.pool, PoolSettings::default());
+    }
+
+    #[test]
+    fn full_provider_table() {
+        let config = parse_with(
+            r#"
+            listen = "127.0.0.1:9000"
+            state_file = "state.json"
+            [providers.work]
+            kind = "openai"
+            base_url = "http://127.0.0.1:1234/"
+            keys = ["sk-one-1234567890", "sk-two-1234567890"]
+            enabled = false
+            strategy = "round-robin"
+            default_cooldown = "30s"
+            max_cooldown = "2h"
+            "#,
+            &no_env,
+        )
+        .unwrap();
+        assert_eq!(config.state_file.as_deref(), Some(Path::new("/etc/state.json")));
+        let work = &config.providers["work"];
+        assert_eq!(work.kind, ProviderKind::OpenAi);
+        assert_eq!(work.base_url, "http://127.0.0.1:1234");
+        assert_eq!(work.keys.len(), 2);
+        assert!(!work.enabled);
+        assert_eq!(work.pool.strategy, Strategy::RoundRobin);
+        assert_eq!(work.pool.default_cooldown, Duration::from_secs(30));
+        assert_eq!(work.pool.max_cooldown, Duration::from_secs(7200));
+    }
+
+    #[test]
+    fn env_adds_keys_and_overrides_url() {
+        let env = |name: &str| match name {
+            "AIBRIDGE_MY_TEAM_KEYS" => Some("sk-env-1234567890, sk-env-0987654321\n".to_owned()),
+            "AIBRIDGE_MY_TEAM_BASE_URL" => Some("http://127.0.0.1:9".to_owned()),
+            "TEAM_KEYS" => Some("sk-var-1234567890".to_owned()),
+            _ => None,
+        };
+        let config = parse_with(
+            r#"
+            [providers.my-team]
+            kind = "anthropic"
+            base_url = "http://ignored.example"
+            keys = ["sk-file-1234567890"]
+            keys_env = "TEAM_KEYS"
+            "#,
+            &env,
+        )
+        .unwrap();
+        let team = &config.providers["my-team"];
+        assert_eq!(team.base_url, "http://127.0.0.1:9");
+        let keys: Vec<_> = team.keys.iter().map(ApiKey::expose).collect();
+        assert_eq!(
+            keys,
+            ["sk-file-1234567890", "sk-var-1234567890", "sk-env-1234567890", "sk-env-0987654321"]
+        );
+    }
+
+    #[test]
+    fn bad_toml_names_line_and_column_on_one_line() {
+        let message = error("listen = \"127.0.0.1:1\"\n[providers.anthropic\n");
+        assert!(message.starts_with("/etc/aibridge.toml:2:"), "{message}");
+        assert!(!message.contains('\n'), "{message}");
+    }
+
+    #[test]
+    fn unknown_field_and_kind_are_errors() {
+        let message = error("[providers.anthropic]\nkeyz = []\n");
+        assert!(message.contains("/etc/aibridge.toml:2:1") && message.contains("keyz"), "{message}");
+        let message = error("[providers.x]\nkind = \"gemini\"\n");
+        assert!(message.contains("gemini") && message.contains(":2:"), "{message}");
+        let message = error("[providers.x]\nkeys = [\"sk-1234567890\"]\n");
+        assert_eq!(message, "provider \"x\": missing `kind` (one of \"anthropic\", \"openai\", \"copilot\")");
+    }
+
+    #[test]
+    fn empty_and_duplicate_keys_name_the_index_not_the_key() {
+        let message = error("[providers.anthropic]\nkeys = [\"sk-secret-1234567890\", \"\"]\n");
+        assert_eq!(message, "provider \"anthropic\": key #2 is empty");
+        let message = error(
+            "[providers.openai]\nkeys = [\"sk-secret-1234567890\", \"sk-secret-1234567890\"]\n",
+        );
+        assert_eq!(message, "provider \"openai\": key #2 duplicates key #1");
+    }
+
+    #[test]
+    fn bad_duration_url_and_listen() {
+        let message = error("[providers.anthropic]\ndefault_cooldown = \"soon\"\n");
+        assert!(message.contains(":2:") && message.contains("soon"), "{message}");
+        let message = error("[providers.anthropic]\nbase_url = \"ftp://x\"\n");
+        assert!(message.contains("scheme must be http or https"), "{message}");
+        let message = error("listen = \"localhost\"\n");
+        assert!(message.starts_with("invalid listen address \"localhost\""), "{message}");
+    }
+
+    #[test]
+    fn unreadable_keys_file() {
+        let message = error("[providers.anthropic]\nkeys_file = \"/nonexistent/keys.txt\"\n");
+        assert!(
+            message.starts_with("provider \"anthropic\": cannot read keys_file /nonexistent/keys.txt"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn copilot_refuses_pooled_keys() {
+        let message = error("[providers.copilot]\nkeys = [\"ghu_1234567890\"]\n");
+        assert!(message.contains("bring-your-own-key only"), "{message}");
+    }
+
+    #[test]
+    fn keys_file_skips_blanks_and_comments() {
+        let keys: Vec<_> = parse_keys_file("# team keys\n\nsk-a\n  sk-b  \n#sk-c\n").collect();
+        assert_eq!(keys.iter().map(ApiKey::expose).collect::<Vec<_>>(), ["sk-a", "sk-b"]);
+    }
+}

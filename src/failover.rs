@@ -1,0 +1,388 @@
+//! The failover walker: one buffered request, replayed byte for byte with each healthy key
+//! until an answer is not the key's fault. Every subcommand sends through here.
+//!
+//! The HTTP client's own retries are off: this is the only retry loop, so each key failure is
+//! seen, marked and reported exactly once.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, Method, header};
+
+use crate::config::ProviderConfig;
+use crate::keypool::{Clock, Exhausted, KeyState, Pool, PoolError};
+use crate::provider::{ProviderKind, caller_credential};
+use crate::secret::ApiKey;
+use crate::state::Observation;
+
+/// A provider as the walker uses it: where to send, and the keys to send with.
+#[derive(Debug)]
+pub struct Upstream {
+    pub name: String,
+    pub kind: ProviderKind,
+    pub base_url: String,
+    pub enabled: bool,
+    pub pool: Pool,
+}
+
+impl Upstream {
+    pub fn from_config(config: &ProviderConfig, clock: std::sync::Arc<dyn Clock>) -> Result<Self, PoolError> {
+        Ok(Self {
+            name: config.name.clone(),
+            kind: config.kind,
+            base_url: config.base_url.clone(),
+            enabled: config.enabled,
+            pool: Pool::new(config.keys.clone(), config.pool, clock)?,
+        })
+    }
+
+    fn missing_key_hint(&self) -> String {
+        if self.kind.api().byok_only() {
+            return format!("{} is bring-your-own-key only: send your own token in the Authorization header", self.kind);
+        }
+        format!(
+            "set providers.{}.keys in the config or {}, or send your own key",
+            self.name,
+            crate::config::provider_env_var(&self.name, "KEYS")
+        )
+    }
+
+    /// Picks whose key a request uses. `prefer_caller`: a caller credential, when present,
+    /// is used instead of the pool (BYOK). Providers without keys always use the caller's.
+    pub fn credentials_for(&self, headers: &HeaderMap, prefer_caller: bool) -> Result<Credentials, FailoverError> {
+        if !self.enabled {
+            return Err(FailoverError::ProviderDisabled {
+                provider: self.name.clone(),
+            });
+        }
+        match caller_credential(headers) {
+            Some(key) if prefer_caller || self.pool.is_empty() => Ok(Credentials::Caller(key)),
+            _ if !self.pool.is_empty() => Ok(Credentials::Pool),
+            _ => Err(FailoverError::NoKeys {
+                provider: self.name.clone(),
+                hint: self.missing_key_hint(),
+            }),
+        }
+    }
+}
+
+/// Whose key a request is sent with.
+#[derive(Debug, Clone)]
+pub enum Credentials {
+    /// Walk the pool; caller credentials are removed.
+    Pool,
+    /// The caller's own key: one attempt, sent unchanged, marking nothing.
+    Caller(ApiKey),
+}
+
+/// A request, read in full once and replayed as is on every attempt.
+#[derive(Debug, Clone)]
+pub struct OutboundRequest {
+    pub method: Method,
+    /// Path and query, appended to the provider's base URL.
+    pub path_and_query: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// One try with one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    pub key_hint: String,
+    /// `None` for a caller's own key, which is not tracked.
+    pub fingerprint: Option<String>,
+    /// `None` when no response came.
+    pub status: Option<u16>,
+    /// The key's state after this attempt marked it.
+    pub mark: Option<KeyState>,
+    /// Whether the mark changed the key's state (for logs and counters).
+    pub changed: bool,
+    pub at_ms: u64,
+}
+
+impl Attempt {
+    /// The state file's view of this attempt (caller keys are not recorded).
+    pub fn observation<'a>(&'a self, provider: &'a str) -> Option<Observation<'a>> {
+        Some(Observation {
+            provider,
+            fingerprint: self.fingerprint.as_deref()?,
+            hint: &self.key_hint,
+            status: self.status,
+            mark: self.mark,
+            at: crate::keypool::from_unix_ms(self.at_ms),
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FailoverError {
+    #[error("provider_disabled: AI provider \"{provider}\" is disabled")]
+    ProviderDisabled { provider: String },
+    #[error("no API key for provider \"{provider}\": {hint}")]
+    NoKeys { provider: String, hint: String },
+    #[error(transparent)]
+    Exhausted(Exhausted),
+    #[error("upstream unreachable: {0}")]
+    Unreachable(String),
+    #[error("upstream sent no response within {}", humantime::format_duration(*.0))]
+    Timeout(Duration),
+}
+
+/// The walker's result: every attempt made, and the answer or why there is none.
+#[derive(Debug)]
+pub struct Exchange {
+    pub attempts: Vec<Attempt>,
+    pub result: Result<reqwest::Response, FailoverError>,
+}
+
+impl Exchange {
+    /// The hint of the key whose answer came back.
+    pub fn answering_key(&self) -> Option<&str> {
+        match self.result {
+            Ok(_) => self.attempts.last().map(|attempt| attempt.key_hint.as_str()),
+            Err(_) => None,
+        }
+    }
+}
+
+/// Sends requests across a pool's keys.
+#[derive(Debug, Clone)]
+pub struct Walker {
+    client: reqwest::Client,
+    response_timeout: Duration,
+}
+
+impl Walker {
+    /// `response_timeout` bounds the wait for response headers on each attempt.
+    pub fn new(response_timeout: Duration) -> Result<Self, reqwest::Error> {
+        // Several crypto back ends may be linked in; name ours. Repeated calls are no-ops.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .retry(reqwest::retry::never())
+            .connect_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(Self {
+            client,
+            response_timeout,
+        })
+    }
+
+    /// Sends `request` to `upstream` with `credentials`, failing over across the pool.
+    pub async fn send(&self, upstream: &Upstream, request: &OutboundRequest, credentials: &Credentials) -> Exchange {
+        match credentials {
+            Credentials::Caller(key) => self.send_as_caller(upstream, request, key).await,
+            Credentials::Pool => self.send_with_pool(upstream, request).await,
+        }
+    }
+
+    async fn send_as_caller(&self, upstream: &Upstream, request: &OutboundRequest, key: &ApiKey) -> Exchange {
+        let headers = forwardable_headers(&request.headers);
+        let result = self.execute(upstream, request, headers).await;
+        let attempt = Attempt {
+            key_hint: key.hint(),
+            fingerprint: None,
+            status: result.as_ref().ok().map(|response| response.status().as_u16()),
+            mark: None,
+            changed: false,
+            at_ms: upstream.pool.clock().now_ms(),
+        };
+        Exchange {
+            attempts: vec![attempt],
+            result,
+        }
+    }
+
+    async fn send_with_pool(&self, upstream: &Upstream, request: &OutboundRequest) -> Exchange {
+        let pool = &upstream.pool;
+        let api = upstream.kind.api();
+        let base_headers = forwardable_headers(&request.headers);
+        let mut attempts = Vec::new();
+        for index in pool.walk() {
+            let key = pool.key(index).key();
+            let mut headers = base_headers.clone();
+            api.apply_key(&mut headers, key);
+            let result = self.execute(upstream, request, headers).await;
+            let status = result.as_ref().ok().map(|response| response.status().as_u16());
+            pool.record_attempt(index, status);
+            let mut attempt = Attempt {
+                key_hint: key.hint(),
+                fingerprint: Some(pool.key(index).fingerprint().to_owned()),
+                status,
+                mark: None,
+                changed: false,
+                at_ms: pool.clock().now_ms(),
+            };
+            let response = match result {
+                Ok(response) => response,
+                Err(error) => {
+                    attempts.push(attempt);
+                    return Exchange {
+                        attempts,
+                        result: Err(error),
+                    };
+                }
+            };
+            let Some(mark) = pool.mark_for(response.status().as_u16(), response.headers()) else {
+                attempts.push(attempt);
+                return Exchange {
+                    attempts,
+                    result: Ok(response),
+                };
+            };
+            let outcome = pool.mark(index, mark);
+            attempt.mark = Some(outcome.state);
+            attempt.changed = outcome.changed;
+            if outcome.changed {
+                log_mark(&upstream.name, &attempt, pool.clock().now_ms());
+            }
+            attempts.push(attempt);
+            drain(response).await;
+        }
+        Exchange {
+            attempts,
+            result: Err(FailoverError::Exhausted(pool.exhaustion())),
+        }
+    }
+
+    /// One attempt. A connection that fails before any response (refused, reset, a stale
+    /// pooled connection) is tried once more with the same key before it counts.
+    async fn execute(
+        &self,
+        upstream: &Upstream,
+        request: &OutboundRequest,
+        headers: HeaderMap,
+    ) -> Result<reqwest::Response, FailoverError> {
+        let url = format!("{}{}", upstream.base_url, request.path_and_query);
+        let mut last_error = None;
+        for _ in 0..2 {
+            let mut builder = self
+                .client
+                .request(request.method.clone(), &url)
+                .headers(headers.clone());
+            if !request.body.is_empty() {
+                builder = builder.body(request.body.clone());
+            }
+            match tokio::time::timeout(self.response_timeout, builder.send()).await {
+                Err(_) => return Err(FailoverError::Timeout(self.response_timeout)),
+                Ok(Ok(response)) => return Ok(response),
+                Ok(Err(error)) if error.is_builder() => {
+                    return Err(FailoverError::Unreachable(error_chain(&error)));
+                }
+                Ok(Err(error)) => last_error = Some(error),
+            }
+        }
+        let error = last_error.expect("the loop ran");
+        Err(FailoverError::Unreachable(error_chain(&error)))
+    }
+}
+
+/// Reads what is left of a failed answer so its connection can be reused; gives up quickly.
+async fn drain(response: reqwest::Response) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), response.bytes()).await;
+}
+
+fn log_mark(provider: &str, attempt: &Attempt, now_ms: u64) {
+    match attempt.mark {
+        Some(state @ KeyState::Cooling { .. }) => tracing::info!(
+            provider,
+            key = %attempt.key_hint,
+            status = attempt.status,
+            "key cooling for {}",
+            humantime::format_duration(Duration::from_secs(crate::keypool::ceil_secs(state.remaining(now_ms))))
+        ),
+        Some(KeyState::Disabled(reason)) => tracing::info!(
+            provider,
+            key = %attempt.key_hint,
+            status = attempt.status,
+            "key disabled ({})",
+            reason.as_str()
+        ),
+        _ => {}
+    }
+}
+
+/// The error and its causes on one line: reqwest's own message alone rarely says why.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Headers that describe one connection, not the message, and so are never forwarded.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Drops hop-by-hop headers (and those `Connection` names), plus `host` and
+/// `content-length`, which the client sets for the upstream.
+pub fn forwardable_headers(headers: &HeaderMap) -> HeaderMap {
+    let named_by_connection: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .collect();
+    let mut forwarded = headers.clone();
+    for name in HOP_BY_HOP
+        .iter()
+        .chain([&header::HOST, &header::CONTENT_LENGTH, &header::UPGRADE])
+    {
+        forwarded.remove(name);
+    }
+    for name in named_by_connection {
+        forwarded.remove(name.as_str());
+    }
+    forwarded
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_dropped() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "keep-alive, x-private"),
+            ("keep-alive", "timeout=5"),
+            ("x-private", "1"),
+            ("transfer-encoding", "chunked"),
+            ("host", "127.0.0.1:8787"),
+            ("content-length", "12"),
+            ("anthropic-version", "2023-06-01"),
+            ("user-agent", "sdk/1.0"),
+        ] {
+            headers.insert(HeaderName::from_static(name), value.parse().unwrap());
+        }
+        let forwarded = forwardable_headers(&headers);
+        let mut names: Vec<_> = forwarded.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["anthropic-version", "user-agent"]);
+    }
+
+    #[test]
+    fn error_chain_joins_causes_once() {
+        let inner = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let outer = std::io::Error::other(inner);
+        assert_eq!(error_chain(&outer), "connection refused");
+    }
+}

@@ -1,0 +1,45 @@
+//! aibridge: a pool of API keys in front of LLM provider APIs, with failover between keys.
+//!
+//! The library modules (`keypool`, `provider`, `failover`, `config`, `state`) know nothing of
+//! the command line or the terminal; `commands` adapts them to the subcommands.
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod failover;
+pub mod keypool;
+mod logging;
+pub mod provider;
+pub mod secret;
+pub mod state;
+
+use std::process::ExitCode;
+
+use cli::{Cli, Command, PoolCommand};
+
+/// Exit codes, shared by every subcommand.
+pub mod exit {
+    pub const OK: u8 = 0;
+    /// The upstream answered with an error that is not the key's fault, or a check failed.
+    pub const FAILURE: u8 = 1;
+    /// Bad flags or config.
+    pub const USAGE: u8 = 2;
+    /// Every key is cooling.
+    pub const RATE_LIMITED: u8 = 3;
+    /// Every key is disabled.
+    pub const UNAUTHORIZED: u8 = 4;
+    /// The upstream could not be reached or did not answer in time.
+    pub const UNREACHABLE: u8 = 5;
+}
+
+/// Runs one parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    logging::init(cli.global.verbose, cli.global.quiet);
+    match cli.command {
+        Command::Send(args) => commands::send::run(&cli.global, args),
+        Command::Generate(args) => commands::generate::run(&args),
+        Command::Serve(_) => commands::not_implemented("serve"),
+        Command::ProbeKeys => commands::not_implemented("probe-keys"),
+        Command::Pool(PoolCommand::Status) => commands::not_implemented("pool status"),
+    }
+}

@@ -1,0 +1,38 @@
+//! Anthropic's Messages API: `x-api-key` auth and `{"type":"error","error":{...}}` errors.
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::{Value, json};
+
+use super::{ErrorSpec, ProviderApi, remove_credentials, secret_value};
+use crate::secret::ApiKey;
+
+/// The version sent when the caller names none; the API rejects requests without one.
+const DEFAULT_VERSION: &str = "2023-06-01";
+
+pub struct Anthropic;
+
+impl ProviderApi for Anthropic {
+    fn default_base_url(&self) -> &'static str {
+        "https://api.anthropic.com"
+    }
+
+    fn default_send_path(&self) -> &'static str {
+        "/v1/messages"
+    }
+
+    fn probe_path(&self) -> &'static str {
+        "/v1/models"
+    }
+
+    fn apply_key(&self, headers: &mut HeaderMap, key: &ApiKey) {
+        remove_credentials(headers);
+        headers.insert(HeaderName::from_static("x-api-key"), secret_value(key.expose()));
+        headers
+            .entry(HeaderName::from_static("anthropic-version"))
+            .or_insert(HeaderValue::from_static(DEFAULT_VERSION));
+    }
+
+    fn error_body(&self, error: &ErrorSpec) -> Value {
+        json!({"type": "error", "error": {"type": error.error_type, "message": error.message}})
+    }
+}

@@ -1,0 +1,242 @@
+//! The providers aibridge fronts: their URLs, how a key is presented, and how an error the
+//! bridge makes up itself is shaped so clients parse it like one of the provider's own.
+
+mod anthropic;
+mod copilot;
+mod openai;
+
+use std::fmt;
+
+use http::{HeaderMap, HeaderValue, header};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::keypool::{Exhausted, ExhaustionKind};
+use crate::secret::ApiKey;
+
+pub use anthropic::Anthropic;
+pub use copilot::Copilot;
+pub use openai::OpenAi;
+
+/// The API family of a configured provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    Anthropic,
+    #[serde(rename = "openai")]
+    OpenAi,
+    Copilot,
+}
+
+impl ProviderKind {
+    pub const ALL: [ProviderKind; 3] = [Self::Anthropic, Self::OpenAi, Self::Copilot];
+
+    pub fn api(self) -> &'static dyn ProviderApi {
+        match self {
+            Self::Anthropic => &Anthropic,
+            Self::OpenAi => &OpenAi,
+            Self::Copilot => &Copilot,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Anthropic => "anthropic",
+            Self::OpenAi => "openai",
+            Self::Copilot => "copilot",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.as_str() == name)
+    }
+}
+
+impl fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What differs between providers.
+pub trait ProviderApi: Sync {
+    fn default_base_url(&self) -> &'static str;
+
+    /// The path `aibridge send` uses when none is given.
+    fn default_send_path(&self) -> &'static str;
+
+    /// The cheapest authenticated request: a models list, which costs no tokens.
+    fn probe_path(&self) -> &'static str;
+
+    /// Whether keys must come from the caller (no pool).
+    fn byok_only(&self) -> bool {
+        false
+    }
+
+    /// Replaces any caller credential with `key` in the provider's auth header.
+    fn apply_key(&self, headers: &mut HeaderMap, key: &ApiKey);
+
+    /// Renders an error in the provider's JSON shape.
+    fn error_body(&self, error: &ErrorSpec) -> Value;
+}
+
+/// Every header a caller may carry a credential in.
+const CREDENTIAL_HEADERS: [header::HeaderName; 2] =
+    [header::AUTHORIZATION, header::HeaderName::from_static("x-api-key")];
+
+/// The caller's own credential, if the request carries one (BYOK).
+pub fn caller_credential(headers: &HeaderMap) -> Option<ApiKey> {
+    CREDENTIAL_HEADERS.iter().find_map(|name| {
+        let value = headers.get(name)?.to_str().ok()?.trim();
+        let token = match value.split_once(' ') {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+            _ if value.eq_ignore_ascii_case("bearer") => "",
+            _ => value,
+        };
+        (!token.is_empty()).then(|| ApiKey::new(token))
+    })
+}
+
+pub fn remove_credentials(headers: &mut HeaderMap) {
+    for name in &CREDENTIAL_HEADERS {
+        headers.remove(name);
+    }
+}
+
+fn set_bearer(headers: &mut HeaderMap, key: &ApiKey) {
+    remove_credentials(headers);
+    headers.insert(header::AUTHORIZATION, secret_value(&format!("Bearer {}", key.expose())));
+}
+
+/// A header value marked sensitive, so http's own Debug output hides it too.
+fn secret_value(value: &str) -> HeaderValue {
+    let mut value =
+        HeaderValue::from_str(value).unwrap_or_else(|_| HeaderValue::from_static("invalid-key"));
+    value.set_sensitive(true);
+    value
+}
+
+/// An error aibridge answers with on its own account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorSpec {
+    pub status: u16,
+    /// Anthropic `error.type` / OpenAI `error.type`.
+    pub error_type: &'static str,
+    /// OpenAI `error.code`.
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ErrorSpec {
+    pub fn exhausted(exhausted: &Exhausted) -> Self {
+        let (status, error_type, code) = match exhausted.kind {
+            ExhaustionKind::RateLimited => (429, "rate_limit_error", "rate_limit_exceeded"),
+            ExhaustionKind::Unauthorized => (502, "api_error", "keys_exhausted"),
+        };
+        Self {
+            status,
+            error_type,
+            code,
+            message: exhausted.message(),
+        }
+    }
+
+    pub fn provider_disabled(name: &str) -> Self {
+        Self {
+            status: 503,
+            error_type: "provider_disabled",
+            code: "provider_disabled",
+            message: format!("provider_disabled: AI provider \"{name}\" is disabled"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(name, value)| (header::HeaderName::from_static(name), value.parse().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn caller_credential_from_either_header() {
+        let bearer = caller_credential(&headers(&[("authorization", "Bearer sk-caller-1234567890")]));
+        assert_eq!(bearer.unwrap().expose(), "sk-caller-1234567890");
+        let api_key = caller_credential(&headers(&[("x-api-key", "sk-ant-caller")]));
+        assert_eq!(api_key.unwrap().expose(), "sk-ant-caller");
+        assert!(caller_credential(&headers(&[("authorization", "Bearer  ")])).is_none());
+        assert!(caller_credential(&HeaderMap::new()).is_none());
+    }
+
+    #[test]
+    fn anthropic_key_replaces_caller_credentials_and_sets_version() {
+        let mut map = headers(&[("authorization", "Bearer caller"), ("x-api-key", "caller")]);
+        Anthropic.apply_key(&mut map, &ApiKey::new("sk-ant-pool"));
+        assert_eq!(map.get("x-api-key").unwrap(), "sk-ant-pool");
+        assert!(map.get("authorization").is_none());
+        assert_eq!(map.get("anthropic-version").unwrap(), "2023-06-01");
+
+        let mut pinned = headers(&[("anthropic-version", "2024-01-01")]);
+        Anthropic.apply_key(&mut pinned, &ApiKey::new("sk-ant-pool"));
+        assert_eq!(pinned.get("anthropic-version").unwrap(), "2024-01-01");
+    }
+
+    #[test]
+    fn openai_and_copilot_use_bearer() {
+        for api in [ProviderKind::OpenAi.api(), ProviderKind::Copilot.api()] {
+            let mut map = headers(&[("x-api-key", "caller")]);
+            api.apply_key(&mut map, &ApiKey::new("sk-pool"));
+            assert_eq!(map.get("authorization").unwrap(), "Bearer sk-pool");
+            assert!(map.get("x-api-key").is_none());
+            assert!(format!("{map:?}").contains("Sensitive"));
+        }
+    }
+
+    #[test]
+    fn exhaustion_renders_in_each_shape() {
+        let rate_limited = ErrorSpec::exhausted(&Exhausted {
+            kind: ExhaustionKind::RateLimited,
+            retry_after: Duration::from_millis(1200),
+        });
+        assert_eq!(rate_limited.status, 429);
+        assert_eq!(
+            Anthropic.error_body(&rate_limited),
+            serde_json::json!({"type": "error", "error": {
+                "type": "rate_limit_error",
+                "message": "all configured keys are rate-limited (retry after 2s)"}})
+        );
+        let unauthorized = ErrorSpec::exhausted(&Exhausted {
+            kind: ExhaustionKind::Unauthorized,
+            retry_after: Duration::ZERO,
+        });
+        assert_eq!(unauthorized.status, 502);
+        assert_eq!(
+            OpenAi.error_body(&unauthorized),
+            serde_json::json!({"error": {
+                "message": "all configured keys failed authentication",
+                "type": "api_error", "code": "keys_exhausted", "param": null}})
+        );
+        assert_eq!(Copilot.error_body(&unauthorized), OpenAi.error_body(&unauthorized));
+    }
+
+    #[test]
+    fn provider_disabled_sentinel() {
+        let spec = ErrorSpec::provider_disabled("work");
+        assert_eq!(spec.status, 503);
+        assert_eq!(spec.message, "provider_disabled: AI provider \"work\" is disabled");
+        assert_eq!(Anthropic.error_body(&spec)["error"]["type"], "provider_disabled");
+    }
+
+    #[test]
+    fn kinds_round_trip_by_name() {
+        for kind in ProviderKind::ALL {
+            assert_eq!(ProviderKind::from_name(kind.as_str()), Some(kind));
+        }
+        assert_eq!(ProviderKind::from_name("gemini"), None);
+    }
+}

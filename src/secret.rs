@@ -1,0 +1,118 @@
+//! API keys as a secret type: the full key is reachable only through `expose`, so it cannot
+//! slip into logs, errors or JSON by way of `Debug`, `Display` or `Serialize`.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Serialize, Serializer};
+use sha2::{Digest, Sha256};
+
+/// A provider API key (or a caller's credential). Cheap to clone.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct ApiKey(Arc<str>);
+
+impl ApiKey {
+    pub fn new(key: impl Into<Arc<str>>) -> Self {
+        Self(key.into())
+    }
+
+    /// The full key, for the one place that needs it: the upstream auth header.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.trim().is_empty()
+    }
+
+    /// A masked hint that identifies a key to a person without revealing it:
+    /// 4 chars each end for keys of 20+ chars, 2 for 10+, 1 for 5+, nothing below.
+    pub fn hint(&self) -> String {
+        mask(&self.0)
+    }
+
+    /// A stable identifier for state files and admin APIs: the first 16 hex chars of SHA-256.
+    pub fn fingerprint(&self) -> String {
+        let digest = Sha256::digest(self.0.as_bytes());
+        hex::encode(&digest[..8])
+    }
+}
+
+/// Masks any secret string by the rule of [`ApiKey::hint`].
+pub fn mask(secret: &str) -> String {
+    let chars: Vec<char> = secret.chars().collect();
+    let shown = match chars.len() {
+        20.. => 4,
+        10.. => 2,
+        5.. => 1,
+        _ => return "****".to_owned(),
+    };
+    let head: String = chars[..shown].iter().collect();
+    let tail: String = chars[chars.len() - shown..].iter().collect();
+    format!("{head}...{tail}")
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ApiKey({})", self.hint())
+    }
+}
+
+impl fmt::Display for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.hint())
+    }
+}
+
+impl Serialize for ApiKey {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.hint())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hint_shows_four_chars_each_end_for_long_keys() {
+        let key = ApiKey::new("sk-abcdefghijklmnopqrstuvwxyzefgh");
+        assert_eq!(key.hint(), "sk-a...efgh");
+    }
+
+    #[test]
+    fn hint_width_follows_key_length() {
+        assert_eq!(mask("0123456789abcdefghij"), "0123...ghij");
+        assert_eq!(mask("0123456789abcdefghi"), "01...hi");
+        assert_eq!(mask("0123456789"), "01...89");
+        assert_eq!(mask("012345678"), "0...8");
+        assert_eq!(mask("01234"), "0...4");
+        assert_eq!(mask("0123"), "****");
+        assert_eq!(mask(""), "****");
+    }
+
+    #[test]
+    fn hint_counts_chars_not_bytes() {
+        assert_eq!(mask("ééééééééééééééééééééé"), "éééé...éééé");
+    }
+
+    #[test]
+    fn debug_display_and_json_never_show_the_key() {
+        let key = ApiKey::new("sk-live-0123456789abcdef0123");
+        let rendered = [
+            format!("{key:?}"),
+            format!("{key}"),
+            serde_json::to_string(&key).unwrap(),
+        ];
+        for text in rendered {
+            assert!(!text.contains("0123456789abcdef"), "{text}");
+            assert!(text.contains("sk-l...0123"), "{text}");
+        }
+    }
+
+    #[test]
+    fn fingerprint_is_sixteen_hex_chars_of_sha256() {
+        // SHA-256("abc") = ba7816bf8f01cfea...
+        assert_eq!(ApiKey::new("abc").fingerprint(), "ba7816bf8f01cfea");
+    }
+}

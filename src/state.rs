@@ -1,0 +1,436 @@
+//! The state file: key marks that outlive the process, so the next `send` in a CI job skips a
+//! key the last one found cooling or dead, and `serve` and `send` see each other's marks.
+//!
+//! Keys are stored by fingerprint, never by value. Every change is a locked
+//! read-merge-write with an atomic rename, so concurrent processes lose no marks and a crash
+//! never leaves half a file.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use crate::keypool::{DisableReason, KeyState, Pool, from_unix_ms, to_unix_ms};
+
+const VERSION: u32 = 1;
+
+/// The whole file: provider name -> key fingerprint -> record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateFile {
+    pub version: u32,
+    #[serde(default)]
+    pub providers: BTreeMap<String, BTreeMap<String, KeyRecord>>,
+}
+
+impl Default for StateFile {
+    fn default() -> Self {
+        Self {
+            version: VERSION,
+            providers: BTreeMap::new(),
+        }
+    }
+}
+
+/// What is known of one key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    /// The masked hint, so a person reading the file can tell keys apart.
+    pub hint: String,
+    #[serde(flatten)]
+    pub state: RecordedState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde")]
+    pub last_used: Option<SystemTime>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum RecordedState {
+    Available,
+    Cooling {
+        reason: CoolingReason,
+        #[serde(with = "humantime_serde")]
+        until: SystemTime,
+    },
+    Disabled {
+        reason: DisableReason,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CoolingReason {
+    RateLimited,
+}
+
+impl From<KeyState> for RecordedState {
+    fn from(state: KeyState) -> Self {
+        match state {
+            KeyState::Available => Self::Available,
+            KeyState::Cooling { until_ms } => Self::Cooling {
+                reason: CoolingReason::RateLimited,
+                until: from_unix_ms(until_ms),
+            },
+            KeyState::Disabled(reason) => Self::Disabled { reason },
+        }
+    }
+}
+
+impl From<RecordedState> for KeyState {
+    fn from(state: RecordedState) -> Self {
+        match state {
+            RecordedState::Available => Self::Available,
+            RecordedState::Cooling { until, .. } => Self::Cooling {
+                until_ms: to_unix_ms(until),
+            },
+            RecordedState::Disabled { reason } => Self::Disabled(reason),
+        }
+    }
+}
+
+/// The stronger of two states: disabled beats cooling, the later deadline beats the earlier.
+fn stronger(a: KeyState, b: KeyState) -> KeyState {
+    match (a, b) {
+        (KeyState::Disabled(_), _) => a,
+        (_, KeyState::Disabled(_)) => b,
+        (KeyState::Cooling { until_ms: x }, KeyState::Cooling { until_ms: y }) => {
+            KeyState::Cooling { until_ms: x.max(y) }
+        }
+        (KeyState::Cooling { .. }, _) => a,
+        _ => b,
+    }
+}
+
+/// One observation of a key, to be merged into the file.
+#[derive(Debug, Clone)]
+pub struct Observation<'a> {
+    pub provider: &'a str,
+    pub fingerprint: &'a str,
+    pub hint: &'a str,
+    /// `None` for a transport failure.
+    pub status: Option<u16>,
+    /// The key's state after the attempt, when the attempt marked it.
+    pub mark: Option<KeyState>,
+    pub at: SystemTime,
+}
+
+impl StateFile {
+    /// Merges one attempt: a mark never weakens what another process recorded.
+    pub fn observe(&mut self, seen: &Observation<'_>) {
+        let record = self
+            .providers
+            .entry(seen.provider.to_owned())
+            .or_default()
+            .entry(seen.fingerprint.to_owned())
+            .or_insert_with(|| KeyRecord {
+                hint: seen.hint.to_owned(),
+                state: RecordedState::Available,
+                last_status: None,
+                last_used: None,
+            });
+        record.hint = seen.hint.to_owned();
+        record.last_status = seen.status;
+        record.last_used = Some(seen.at);
+        if let Some(mark) = seen.mark {
+            record.state = stronger(record.state.into(), mark).into();
+        }
+    }
+
+    /// Clears marks: of every provider, one provider, or one key. Returns how many keys
+    /// were marked before.
+    pub fn clear(&mut self, provider: Option<&str>, fingerprint: Option<&str>) -> usize {
+        let mut cleared = 0;
+        for (name, keys) in &mut self.providers {
+            if provider.is_some_and(|wanted| wanted != name) {
+                continue;
+            }
+            for (print, record) in keys.iter_mut() {
+                if fingerprint.is_some_and(|wanted| wanted != print) {
+                    continue;
+                }
+                if record.state != RecordedState::Available {
+                    record.state = RecordedState::Available;
+                    cleared += 1;
+                }
+            }
+        }
+        cleared
+    }
+
+    /// Loads what the file knows about a pool's keys into the pool.
+    pub fn restore_into(&self, provider: &str, pool: &Pool) {
+        let Some(records) = self.providers.get(provider) else {
+            return;
+        };
+        for (fingerprint, record) in records {
+            if let Some(index) = pool.index_of(fingerprint) {
+                pool.set_state(index, record.state.into());
+                pool.restore_usage(index, record.last_status, record.last_used.map(to_unix_ms));
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state file {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+/// The state file on disk.
+#[derive(Debug, Clone)]
+pub struct StateStore {
+    path: PathBuf,
+}
+
+impl StateStore {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    /// `<state dir>/aibridge/state.json` (falling back to the local data dir).
+    pub fn default_path() -> Option<PathBuf> {
+        dirs::state_dir()
+            .or_else(dirs::data_local_dir)
+            .map(|dir| dir.join("aibridge").join("state.json"))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads the file (an absent file is an empty state).
+    pub fn load(&self) -> Result<StateFile, StateError> {
+        let _lock = self.lock()?;
+        self.read_or_reset()
+    }
+
+    /// Applies `change` under the lock: read, change, write atomically. Returns the new state.
+    pub fn update(&self, change: impl FnOnce(&mut StateFile)) -> Result<StateFile, StateError> {
+        let _lock = self.lock()?;
+        let mut state = self.read_or_reset()?;
+        change(&mut state);
+        self.write(&state).map_err(|source| self.io_error(source))?;
+        Ok(state)
+    }
+
+    fn io_error(&self, source: io::Error) -> StateError {
+        StateError::Io {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn lock(&self) -> Result<File, StateError> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        create_private_dir(dir).map_err(|source| self.io_error(source))?;
+        let mut lock_path = self.path.clone().into_os_string();
+        lock_path.push(".lock");
+        let file = private_options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(lock_path)
+            .map_err(|source| self.io_error(source))?;
+        file.lock().map_err(|source| self.io_error(source))?;
+        Ok(file)
+    }
+
+    /// Reads the file; a corrupt one is moved aside with a warning and an empty state returned.
+    fn read_or_reset(&self) -> Result<StateFile, StateError> {
+        let bytes = match fs::read(&self.path) {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(StateFile::default()),
+            Err(source) => return Err(self.io_error(source)),
+        };
+        match serde_json::from_slice::<StateFile>(&bytes) {
+            Ok(state) if state.version == VERSION => Ok(state),
+            Ok(state) => Err(self.io_error(io::Error::other(format!(
+                "written by a newer aibridge (version {}); refusing to overwrite it",
+                state.version
+            )))),
+            Err(error) => {
+                let aside = self.aside_path();
+                fs::rename(&self.path, &aside).map_err(|source| self.io_error(source))?;
+                tracing::warn!(
+                    "state file {} is corrupt ({error}); moved it to {} and started afresh",
+                    self.path.display(),
+                    aside.display()
+                );
+                Ok(StateFile::default())
+            }
+        }
+    }
+
+    fn aside_path(&self) -> PathBuf {
+        let stamp = to_unix_ms(SystemTime::now());
+        let mut aside = self.path.clone().into_os_string();
+        aside.push(format!(".corrupt-{stamp}"));
+        aside.into()
+    }
+
+    fn write(&self, state: &StateFile) -> io::Result<()> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        // tempfile creates the file with mode 0600, which the rename keeps.
+        let mut temp = tempfile::NamedTempFile::new_in(dir)?;
+        serde_json::to_writer_pretty(&mut temp, state)?;
+        temp.write_all(b"\n")?;
+        temp.as_file().sync_all()?;
+        temp.persist(&self.path).map_err(|error| error.error)?;
+        Ok(())
+    }
+}
+
+fn private_options() -> OpenOptions {
+    let mut options = OpenOptions::new();
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+}
+
+fn create_private_dir(dir: &Path) -> io::Result<()> {
+    if dir.as_os_str().is_empty() || dir.is_dir() {
+        return Ok(());
+    }
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keypool::{ManualClock, PoolSettings};
+    use crate::secret::ApiKey;
+    use std::time::Duration;
+
+    const T0: u64 = 1_800_000_000_000;
+
+    fn at(ms: u64) -> SystemTime {
+        from_unix_ms(ms)
+    }
+
+    fn observe(state: &mut StateFile, fingerprint: &str, status: u16, mark: Option<KeyState>) {
+        state.observe(&Observation {
+            provider: "anthropic",
+            fingerprint,
+            hint: "sk-a...efgh",
+            status: Some(status),
+            mark,
+            at: at(T0),
+        });
+    }
+
+    fn record<'a>(state: &'a StateFile, fingerprint: &str) -> &'a KeyRecord {
+        &state.providers["anthropic"][fingerprint]
+    }
+
+    #[test]
+    fn longer_cooldown_wins_and_disabled_sticks() {
+        let mut state = StateFile::default();
+        observe(&mut state, "f1", 429, Some(KeyState::Cooling { until_ms: T0 + 60_000 }));
+        observe(&mut state, "f1", 429, Some(KeyState::Cooling { until_ms: T0 + 5_000 }));
+        assert_eq!(
+            KeyState::from(record(&state, "f1").state),
+            KeyState::Cooling { until_ms: T0 + 60_000 }
+        );
+        observe(&mut state, "f1", 401, Some(KeyState::Disabled(DisableReason::Unauthorized)));
+        observe(&mut state, "f1", 200, None);
+        let last = record(&state, "f1");
+        assert_eq!(KeyState::from(last.state), KeyState::Disabled(DisableReason::Unauthorized));
+        assert_eq!(last.last_status, Some(200));
+    }
+
+    #[test]
+    fn clear_by_provider_and_key() {
+        let mut state = StateFile::default();
+        observe(&mut state, "f1", 401, Some(KeyState::Disabled(DisableReason::Unauthorized)));
+        observe(&mut state, "f2", 403, Some(KeyState::Disabled(DisableReason::Forbidden)));
+        assert_eq!(state.clear(Some("openai"), None), 0);
+        assert_eq!(state.clear(Some("anthropic"), Some("f2")), 1);
+        assert_eq!(record(&state, "f2").state, RecordedState::Available);
+        assert_eq!(state.clear(None, None), 1);
+    }
+
+    #[test]
+    fn file_round_trip_never_holds_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::new(dir.path().join("nested/state.json"));
+        let key = ApiKey::new("sk-ant-secret-value-0123456789");
+        store
+            .update(|state| {
+                state.observe(&Observation {
+                    provider: "anthropic",
+                    fingerprint: &key.fingerprint(),
+                    hint: &key.hint(),
+                    status: Some(429),
+                    mark: Some(KeyState::Cooling { until_ms: T0 + 1_500 }),
+                    at: at(T0),
+                })
+            })
+            .unwrap();
+        let text = fs::read_to_string(store.path()).unwrap();
+        assert!(!text.contains("secret-value"), "{text}");
+        assert!(text.contains("\"reason\": \"rate_limited\""), "{text}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(store.path()).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+
+        let clock = ManualClock::starting_at(T0);
+        let pool = Pool::new(vec![key], PoolSettings::default(), clock.clone()).unwrap();
+        store.load().unwrap().restore_into("anthropic", &pool);
+        assert_eq!(pool.state(0), KeyState::Cooling { until_ms: T0 + 1_500 });
+        assert_eq!(pool.snapshot(0).last_status, Some(429));
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(pool.state(0), KeyState::Available);
+    }
+
+    #[test]
+    fn corrupt_file_is_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        fs::write(&path, "{not json").unwrap();
+        let store = StateStore::new(&path);
+        assert_eq!(store.load().unwrap(), StateFile::default());
+        let aside: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .filter(|name| name.starts_with("state.json.corrupt-"))
+            .collect();
+        assert_eq!(aside.len(), 1);
+        assert_eq!(fs::read_to_string(dir.path().join(&aside[0])).unwrap(), "{not json");
+    }
+
+    #[test]
+    fn concurrent_updates_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::new(dir.path().join("state.json"));
+        std::thread::scope(|scope| {
+            for thread in 0..4 {
+                let store = store.clone();
+                scope.spawn(move || {
+                    for round in 0..10 {
+                        let fingerprint = format!("t{thread}-{round}");
+                        store
+                            .update(|state| {
+                                observe(state, &fingerprint, 429, Some(KeyState::Cooling { until_ms: T0 }))
+                            })
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(store.load().unwrap().providers["anthropic"].len(), 40);
+    }
+}
