@@ -10,7 +10,12 @@ use http::{HeaderName, HeaderValue, Method};
 /// A local proxy that puts a pool of API keys in front of LLM provider APIs and fails over
 /// between keys on its own.
 #[derive(Debug, Parser)]
-#[command(name = "aibridge", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "aibridge",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
@@ -80,7 +85,13 @@ pub enum PoolCommand {
 #[derive(Debug, Args)]
 pub struct SendArgs {
     /// Provider to send to: a provider name from the config
-    #[arg(short, long, env = "AIBRIDGE_PROVIDER", default_value = "anthropic", value_name = "NAME")]
+    #[arg(
+        short,
+        long,
+        env = "AIBRIDGE_PROVIDER",
+        default_value = "anthropic",
+        value_name = "NAME"
+    )]
     pub provider: String,
 
     /// Path and query under the provider's base URL [default: /v1/messages for anthropic,
@@ -136,16 +147,21 @@ pub struct GenerateArgs {
 }
 
 fn parse_method(text: &str) -> Result<Method, String> {
-    Method::from_bytes(text.to_ascii_uppercase().as_bytes()).map_err(|_| format!("invalid HTTP method {text:?}"))
+    Method::from_bytes(text.to_ascii_uppercase().as_bytes())
+        .map_err(|_| format!("invalid HTTP method {text:?}"))
 }
 
 fn parse_header(text: &str) -> Result<(HeaderName, HeaderValue), String> {
-    let (name, value) = text
-        .split_once(':')
-        .ok_or_else(|| format!("expected 'Name: value', got {:?}", crate::secret::mask(text)))?;
+    let (name, value) = text.split_once(':').ok_or_else(|| {
+        format!(
+            "expected 'Name: value', got {:?}",
+            crate::secret::mask(text)
+        )
+    })?;
     let name = HeaderName::from_bytes(name.trim().as_bytes())
         .map_err(|_| format!("invalid header name {:?}", name.trim()))?;
-    let value = HeaderValue::from_str(value.trim()).map_err(|_| format!("invalid value for header {name}"))?;
+    let value = HeaderValue::from_str(value.trim())
+        .map_err(|_| format!("invalid value for header {name}"))?;
     Ok((name, value))
 }
 
@@ -162,8 +178,15 @@ mod tests {
     #[test]
     fn header_parsing() {
         let (name, value) = parse_header("Anthropic-Beta:  tools-2024 ").unwrap();
-        assert_eq!((name.as_str(), value.to_str().unwrap()), ("anthropic-beta", "tools-2024"));
-        assert!(parse_header("no colon here").unwrap_err().starts_with("expected 'Name: value'"));
+        assert_eq!(
+            (name.as_str(), value.to_str().unwrap()),
+            ("anthropic-beta", "tools-2024")
+        );
+        assert!(
+            parse_header("no colon here")
+                .unwrap_err()
+                .starts_with("expected 'Name: value'")
+        );
         assert!(parse_header("bad name: x").is_err());
     }
 }

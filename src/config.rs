@@ -185,7 +185,10 @@ fn resolve(
 
 /// `AIBRIDGE_<NAME>_<SUFFIX>` with the name upper-cased and `-` turned into `_`.
 pub fn provider_env_var(name: &str, suffix: &str) -> String {
-    format!("AIBRIDGE_{}_{suffix}", name.to_uppercase().replace('-', "_"))
+    format!(
+        "AIBRIDGE_{}_{suffix}",
+        name.to_uppercase().replace('-', "_")
+    )
 }
 
 fn resolve_provider(
@@ -194,9 +197,15 @@ fn resolve_provider(
     base_dir: &Path,
     env: EnvLookup<'_>,
 ) -> Result<ProviderConfig, ConfigError> {
-    let kind = raw.kind.or_else(|| ProviderKind::from_name(name)).ok_or_else(|| {
-        ConfigError::provider(name, "missing `kind` (one of \"anthropic\", \"openai\", \"copilot\")")
-    })?;
+    let kind = raw
+        .kind
+        .or_else(|| ProviderKind::from_name(name))
+        .ok_or_else(|| {
+            ConfigError::provider(
+                name,
+                "missing `kind` (one of \"anthropic\", \"openai\", \"copilot\")",
+            )
+        })?;
     let base_url = env(&provider_env_var(name, "BASE_URL"))
         .or(raw.base_url)
         .unwrap_or_else(|| kind.api().default_base_url().to_owned());
@@ -206,7 +215,10 @@ fn resolve_provider(
     if let Some(file) = raw.keys_file {
         let path = base_dir.join(file);
         let text = std::fs::read_to_string(&path).map_err(|error| {
-            ConfigError::provider(name, format!("cannot read keys_file {}: {error}", path.display()))
+            ConfigError::provider(
+                name,
+                format!("cannot read keys_file {}: {error}", path.display()),
+            )
         })?;
         keys.extend(parse_keys_file(&text));
     }
@@ -231,7 +243,10 @@ fn resolve_provider(
         max_cooldown: raw.max_cooldown.unwrap_or(defaults.max_cooldown),
     };
     if pool.default_cooldown.is_zero() || pool.max_cooldown.is_zero() {
-        return Err(ConfigError::provider(name, "cooldowns must be longer than zero"));
+        return Err(ConfigError::provider(
+            name,
+            "cooldowns must be longer than zero",
+        ));
     }
     Ok(ProviderConfig {
         name: name.to_owned(),
@@ -244,8 +259,9 @@ fn resolve_provider(
 }
 
 fn validate_base_url(name: &str, url: &str) -> Result<String, ConfigError> {
-    let parsed = reqwest::Url::parse(url)
-        .map_err(|error| ConfigError::provider(name, format!("invalid base_url {url:?}: {error}")))?;
+    let parsed = reqwest::Url::parse(url).map_err(|error| {
+        ConfigError::provider(name, format!("invalid base_url {url:?}: {error}"))
+    })?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(ConfigError::provider(
             name,
@@ -317,7 +333,10 @@ mod tests {
             &no_env,
         )
         .unwrap();
-        assert_eq!(config.state_file.as_deref(), Some(Path::new("/etc/state.json")));
+        assert_eq!(
+            config.state_file.as_deref(),
+            Some(Path::new("/etc/state.json"))
+        );
         let work = &config.providers["work"];
         assert_eq!(work.kind, ProviderKind::OpenAi);
         assert_eq!(work.base_url, "http://127.0.0.1:1234");
@@ -352,7 +371,12 @@ mod tests {
         let keys: Vec<_> = team.keys.iter().map(ApiKey::expose).collect();
         assert_eq!(
             keys,
-            ["sk-file-1234567890", "sk-var-1234567890", "sk-env-1234567890", "sk-env-0987654321"]
+            [
+                "sk-file-1234567890",
+                "sk-var-1234567890",
+                "sk-env-1234567890",
+                "sk-env-0987654321"
+            ]
         );
     }
 
@@ -366,11 +390,20 @@ mod tests {
     #[test]
     fn unknown_field_and_kind_are_errors() {
         let message = error("[providers.anthropic]\nkeyz = []\n");
-        assert!(message.contains("/etc/aibridge.toml:2:1") && message.contains("keyz"), "{message}");
+        assert!(
+            message.contains("/etc/aibridge.toml:2:1") && message.contains("keyz"),
+            "{message}"
+        );
         let message = error("[providers.x]\nkind = \"gemini\"\n");
-        assert!(message.contains("gemini") && message.contains(":2:"), "{message}");
+        assert!(
+            message.contains("gemini") && message.contains(":2:"),
+            "{message}"
+        );
         let message = error("[providers.x]\nkeys = [\"sk-1234567890\"]\n");
-        assert_eq!(message, "provider \"x\": missing `kind` (one of \"anthropic\", \"openai\", \"copilot\")");
+        assert_eq!(
+            message,
+            "provider \"x\": missing `kind` (one of \"anthropic\", \"openai\", \"copilot\")"
+        );
     }
 
     #[test]
@@ -386,18 +419,28 @@ mod tests {
     #[test]
     fn bad_duration_url_and_listen() {
         let message = error("[providers.anthropic]\ndefault_cooldown = \"soon\"\n");
-        assert!(message.contains(":2:") && message.contains("soon"), "{message}");
+        assert!(
+            message.contains(":2:") && message.contains("soon"),
+            "{message}"
+        );
         let message = error("[providers.anthropic]\nbase_url = \"ftp://x\"\n");
-        assert!(message.contains("scheme must be http or https"), "{message}");
+        assert!(
+            message.contains("scheme must be http or https"),
+            "{message}"
+        );
         let message = error("listen = \"localhost\"\n");
-        assert!(message.starts_with("invalid listen address \"localhost\""), "{message}");
+        assert!(
+            message.starts_with("invalid listen address \"localhost\""),
+            "{message}"
+        );
     }
 
     #[test]
     fn unreadable_keys_file() {
         let message = error("[providers.anthropic]\nkeys_file = \"/nonexistent/keys.txt\"\n");
         assert!(
-            message.starts_with("provider \"anthropic\": cannot read keys_file /nonexistent/keys.txt"),
+            message
+                .starts_with("provider \"anthropic\": cannot read keys_file /nonexistent/keys.txt"),
             "{message}"
         );
     }
@@ -411,6 +454,9 @@ mod tests {
     #[test]
     fn keys_file_skips_blanks_and_comments() {
         let keys: Vec<_> = parse_keys_file("# team keys\n\nsk-a\n  sk-b  \n#sk-c\n").collect();
-        assert_eq!(keys.iter().map(ApiKey::expose).collect::<Vec<_>>(), ["sk-a", "sk-b"]);
+        assert_eq!(
+            keys.iter().map(ApiKey::expose).collect::<Vec<_>>(),
+            ["sk-a", "sk-b"]
+        );
     }
 }

@@ -26,7 +26,10 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn from_config(config: &ProviderConfig, clock: std::sync::Arc<dyn Clock>) -> Result<Self, PoolError> {
+    pub fn from_config(
+        config: &ProviderConfig,
+        clock: std::sync::Arc<dyn Clock>,
+    ) -> Result<Self, PoolError> {
         Ok(Self {
             name: config.name.clone(),
             kind: config.kind,
@@ -38,7 +41,10 @@ impl Upstream {
 
     fn missing_key_hint(&self) -> String {
         if self.kind.api().byok_only() {
-            return format!("{} is bring-your-own-key only: send your own token in the Authorization header", self.kind);
+            return format!(
+                "{} is bring-your-own-key only: send your own token in the Authorization header",
+                self.kind
+            );
         }
         format!(
             "set providers.{}.keys in the config or {}, or send your own key",
@@ -49,7 +55,11 @@ impl Upstream {
 
     /// Picks whose key a request uses. `prefer_caller`: a caller credential, when present,
     /// is used instead of the pool (BYOK). Providers without keys always use the caller's.
-    pub fn credentials_for(&self, headers: &HeaderMap, prefer_caller: bool) -> Result<Credentials, FailoverError> {
+    pub fn credentials_for(
+        &self,
+        headers: &HeaderMap,
+        prefer_caller: bool,
+    ) -> Result<Credentials, FailoverError> {
         if !self.enabled {
             return Err(FailoverError::ProviderDisabled {
                 provider: self.name.clone(),
@@ -139,7 +149,10 @@ impl Exchange {
     /// The hint of the key whose answer came back.
     pub fn answering_key(&self) -> Option<&str> {
         match self.result {
-            Ok(_) => self.attempts.last().map(|attempt| attempt.key_hint.as_str()),
+            Ok(_) => self
+                .attempts
+                .last()
+                .map(|attempt| attempt.key_hint.as_str()),
             Err(_) => None,
         }
     }
@@ -171,20 +184,33 @@ impl Walker {
     }
 
     /// Sends `request` to `upstream` with `credentials`, failing over across the pool.
-    pub async fn send(&self, upstream: &Upstream, request: &OutboundRequest, credentials: &Credentials) -> Exchange {
+    pub async fn send(
+        &self,
+        upstream: &Upstream,
+        request: &OutboundRequest,
+        credentials: &Credentials,
+    ) -> Exchange {
         match credentials {
             Credentials::Caller(key) => self.send_as_caller(upstream, request, key).await,
             Credentials::Pool => self.send_with_pool(upstream, request).await,
         }
     }
 
-    async fn send_as_caller(&self, upstream: &Upstream, request: &OutboundRequest, key: &ApiKey) -> Exchange {
+    async fn send_as_caller(
+        &self,
+        upstream: &Upstream,
+        request: &OutboundRequest,
+        key: &ApiKey,
+    ) -> Exchange {
         let headers = forwardable_headers(&request.headers);
         let result = self.execute(upstream, request, headers).await;
         let attempt = Attempt {
             key_hint: key.hint(),
             fingerprint: None,
-            status: result.as_ref().ok().map(|response| response.status().as_u16()),
+            status: result
+                .as_ref()
+                .ok()
+                .map(|response| response.status().as_u16()),
             mark: None,
             changed: false,
             at_ms: upstream.pool.clock().now_ms(),
@@ -205,7 +231,10 @@ impl Walker {
             let mut headers = base_headers.clone();
             api.apply_key(&mut headers, key);
             let result = self.execute(upstream, request, headers).await;
-            let status = result.as_ref().ok().map(|response| response.status().as_u16());
+            let status = result
+                .as_ref()
+                .ok()
+                .map(|response| response.status().as_u16());
             pool.record_attempt(index, status);
             let mut attempt = Attempt {
                 key_hint: key.hint(),
@@ -305,7 +334,7 @@ fn log_mark(provider: &str, attempt: &Attempt, now_ms: u64) {
 }
 
 /// The error and its causes on one line: reqwest's own message alone rarely says why.
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -381,7 +410,8 @@ mod tests {
 
     #[test]
     fn error_chain_joins_causes_once() {
-        let inner = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let inner =
+            std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
         let outer = std::io::Error::other(inner);
         assert_eq!(error_chain(&outer), "connection refused");
     }

@@ -44,7 +44,11 @@ pub struct KeyRecord {
     pub state: RecordedState,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_status: Option<u16>,
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde"
+    )]
     pub last_used: Option<SystemTime>,
 }
 
@@ -246,7 +250,9 @@ impl StateStore {
     fn read_or_reset(&self) -> Result<StateFile, StateError> {
         let bytes = match fs::read(&self.path) {
             Ok(bytes) => bytes,
-            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(StateFile::default()),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                return Ok(StateFile::default());
+            }
             Err(source) => return Err(self.io_error(source)),
         };
         match serde_json::from_slice::<StateFile>(&bytes) {
@@ -336,24 +342,58 @@ mod tests {
     #[test]
     fn longer_cooldown_wins_and_disabled_sticks() {
         let mut state = StateFile::default();
-        observe(&mut state, "f1", 429, Some(KeyState::Cooling { until_ms: T0 + 60_000 }));
-        observe(&mut state, "f1", 429, Some(KeyState::Cooling { until_ms: T0 + 5_000 }));
+        observe(
+            &mut state,
+            "f1",
+            429,
+            Some(KeyState::Cooling {
+                until_ms: T0 + 60_000,
+            }),
+        );
+        observe(
+            &mut state,
+            "f1",
+            429,
+            Some(KeyState::Cooling {
+                until_ms: T0 + 5_000,
+            }),
+        );
         assert_eq!(
             KeyState::from(record(&state, "f1").state),
-            KeyState::Cooling { until_ms: T0 + 60_000 }
+            KeyState::Cooling {
+                until_ms: T0 + 60_000
+            }
         );
-        observe(&mut state, "f1", 401, Some(KeyState::Disabled(DisableReason::Unauthorized)));
+        observe(
+            &mut state,
+            "f1",
+            401,
+            Some(KeyState::Disabled(DisableReason::Unauthorized)),
+        );
         observe(&mut state, "f1", 200, None);
         let last = record(&state, "f1");
-        assert_eq!(KeyState::from(last.state), KeyState::Disabled(DisableReason::Unauthorized));
+        assert_eq!(
+            KeyState::from(last.state),
+            KeyState::Disabled(DisableReason::Unauthorized)
+        );
         assert_eq!(last.last_status, Some(200));
     }
 
     #[test]
     fn clear_by_provider_and_key() {
         let mut state = StateFile::default();
-        observe(&mut state, "f1", 401, Some(KeyState::Disabled(DisableReason::Unauthorized)));
-        observe(&mut state, "f2", 403, Some(KeyState::Disabled(DisableReason::Forbidden)));
+        observe(
+            &mut state,
+            "f1",
+            401,
+            Some(KeyState::Disabled(DisableReason::Unauthorized)),
+        );
+        observe(
+            &mut state,
+            "f2",
+            403,
+            Some(KeyState::Disabled(DisableReason::Forbidden)),
+        );
         assert_eq!(state.clear(Some("openai"), None), 0);
         assert_eq!(state.clear(Some("anthropic"), Some("f2")), 1);
         assert_eq!(record(&state, "f2").state, RecordedState::Available);
@@ -372,7 +412,9 @@ mod tests {
                     fingerprint: &key.fingerprint(),
                     hint: &key.hint(),
                     status: Some(429),
-                    mark: Some(KeyState::Cooling { until_ms: T0 + 1_500 }),
+                    mark: Some(KeyState::Cooling {
+                        until_ms: T0 + 1_500,
+                    }),
                     at: at(T0),
                 })
             })
@@ -390,7 +432,12 @@ mod tests {
         let clock = ManualClock::starting_at(T0);
         let pool = Pool::new(vec![key], PoolSettings::default(), clock.clone()).unwrap();
         store.load().unwrap().restore_into("anthropic", &pool);
-        assert_eq!(pool.state(0), KeyState::Cooling { until_ms: T0 + 1_500 });
+        assert_eq!(
+            pool.state(0),
+            KeyState::Cooling {
+                until_ms: T0 + 1_500
+            }
+        );
         assert_eq!(pool.snapshot(0).last_status, Some(429));
         clock.advance(Duration::from_secs(2));
         assert_eq!(pool.state(0), KeyState::Available);
@@ -409,7 +456,10 @@ mod tests {
             .filter(|name| name.starts_with("state.json.corrupt-"))
             .collect();
         assert_eq!(aside.len(), 1);
-        assert_eq!(fs::read_to_string(dir.path().join(&aside[0])).unwrap(), "{not json");
+        assert_eq!(
+            fs::read_to_string(dir.path().join(&aside[0])).unwrap(),
+            "{not json"
+        );
     }
 
     #[test]
@@ -424,7 +474,12 @@ mod tests {
                         let fingerprint = format!("t{thread}-{round}");
                         store
                             .update(|state| {
-                                observe(state, &fingerprint, 429, Some(KeyState::Cooling { until_ms: T0 }))
+                                observe(
+                                    state,
+                                    &fingerprint,
+                                    429,
+                                    Some(KeyState::Cooling { until_ms: T0 }),
+                                )
                             })
                             .unwrap();
                     }

@@ -14,9 +14,11 @@ pub fn run(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
     for (relative, contents) in render_all()? {
         let path = args.dir.join(relative);
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
         }
-        std::fs::write(&path, contents).with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(&path, contents)
+            .with_context(|| format!("cannot write {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
@@ -30,22 +32,28 @@ pub fn render_all() -> anyhow::Result<Vec<(PathBuf, Vec<u8>)>> {
 }
 
 fn completions() -> Vec<(PathBuf, Vec<u8>)> {
-    [Shell::Bash, Shell::Zsh, Shell::Fish, Shell::Elvish, Shell::PowerShell]
-        .into_iter()
-        .map(|shell| {
-            let mut command = Cli::command();
-            let mut script = Vec::new();
-            clap_complete::generate(shell, &mut command, "aibridge", &mut script);
-            let name = match shell {
-                Shell::Bash => "aibridge.bash",
-                Shell::Zsh => "_aibridge",
-                Shell::Fish => "aibridge.fish",
-                Shell::Elvish => "aibridge.elv",
-                _ => "_aibridge.ps1",
-            };
-            (Path::new("completions").join(name), script)
-        })
-        .collect()
+    [
+        Shell::Bash,
+        Shell::Zsh,
+        Shell::Fish,
+        Shell::Elvish,
+        Shell::PowerShell,
+    ]
+    .into_iter()
+    .map(|shell| {
+        let mut command = Cli::command();
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut command, "aibridge", &mut script);
+        let name = match shell {
+            Shell::Bash => "aibridge.bash",
+            Shell::Zsh => "_aibridge",
+            Shell::Fish => "aibridge.fish",
+            Shell::Elvish => "aibridge.elv",
+            _ => "_aibridge.ps1",
+        };
+        (Path::new("completions").join(name), script)
+    })
+    .collect()
 }
 
 /// One page for the tool and one per visible subcommand (`aibridge-pool-status.1`, ...).
@@ -57,13 +65,20 @@ fn man_pages() -> anyhow::Result<Vec<(PathBuf, Vec<u8>)>> {
     Ok(pages)
 }
 
-fn render_page(command: &clap::Command, name: &str, pages: &mut Vec<(PathBuf, Vec<u8>)>) -> anyhow::Result<()> {
+fn render_page(
+    command: &clap::Command,
+    name: &str,
+    pages: &mut Vec<(PathBuf, Vec<u8>)>,
+) -> anyhow::Result<()> {
     let mut page = Vec::new();
     clap_mangen::Man::new(command.clone().name(name.to_owned()))
         .render(&mut page)
         .context("cannot render man page")?;
     pages.push((Path::new("man").join(format!("{name}.1")), page));
-    for sub in command.get_subcommands().filter(|sub| !sub.is_hide_set() && sub.get_name() != "help") {
+    for sub in command
+        .get_subcommands()
+        .filter(|sub| !sub.is_hide_set() && sub.get_name() != "help")
+    {
         render_page(sub, &format!("{name}-{}", sub.get_name()), pages)?;
     }
     Ok(())
@@ -84,7 +99,10 @@ mod tests {
                 stale.push(relative.display().to_string());
             }
         }
-        assert!(stale.is_empty(), "stale generated files (run `cargo run -- generate`): {stale:?}");
+        assert!(
+            stale.is_empty(),
+            "stale generated files (run `cargo run -- generate`): {stale:?}"
+        );
     }
 
     #[test]
@@ -102,7 +120,10 @@ mod tests {
             "man/aibridge-pool.1",
             "man/aibridge-pool-status.1",
         ] {
-            assert!(names.contains(&expected.to_owned()), "{expected} missing from {names:?}");
+            assert!(
+                names.contains(&expected.to_owned()),
+                "{expected} missing from {names:?}"
+            );
         }
         assert!(!names.iter().any(|name| name.contains("generate")));
     }

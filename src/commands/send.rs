@@ -17,7 +17,9 @@ use super::{block_on, load_config, state_store};
 use crate::cli::{GlobalArgs, SendArgs};
 use crate::config::{Config, ProviderConfig, parse_keys_file};
 use crate::exit;
-use crate::failover::{Attempt, Credentials, FailoverError, OutboundRequest, Upstream, Walker};
+use crate::failover::{
+    Attempt, Credentials, FailoverError, OutboundRequest, Upstream, Walker, error_chain,
+};
 use crate::keypool::{ExhaustionKind, KeyState, SystemClock, ceil_secs, validate_keys};
 use crate::provider::ErrorSpec;
 use crate::secret::ApiKey;
@@ -31,7 +33,9 @@ pub fn run(global: &GlobalArgs, args: SendArgs) -> anyhow::Result<ExitCode> {
     let credentials = upstream.credentials_for(&request.headers, true)?;
     let store = state_store(global, &config, args.no_state);
     if let Some(store) = &store {
-        let state = store.load().context("cannot read the state file (--no-state skips it)")?;
+        let state = store
+            .load()
+            .context("cannot read the state file (--no-state skips it)")?;
         state.restore_into(&upstream.name, &upstream.pool);
     }
     let walker = Walker::new(args.timeout).context("cannot set up the HTTP client")?;
@@ -51,7 +55,11 @@ pub fn run(global: &GlobalArgs, args: SendArgs) -> anyhow::Result<ExitCode> {
 fn provider_for_run(config: &Config, args: &SendArgs) -> anyhow::Result<ProviderConfig> {
     let Some(provider) = config.providers.get(&args.provider) else {
         let known: Vec<_> = config.providers.keys().map(String::as_str).collect();
-        bail!("unknown provider \"{}\" (configured: {})", args.provider, known.join(", "));
+        bail!(
+            "unknown provider \"{}\" (configured: {})",
+            args.provider,
+            known.join(", ")
+        );
     };
     let mut provider = provider.clone();
     if args.keys.is_empty() && args.keys_file.is_none() {
@@ -63,9 +71,14 @@ fn provider_for_run(config: &Config, args: &SendArgs) -> anyhow::Result<Provider
             provider.kind
         );
     }
-    let mut keys: Vec<ApiKey> = args.keys.iter().map(|key| ApiKey::new(key.as_str())).collect();
+    let mut keys: Vec<ApiKey> = args
+        .keys
+        .iter()
+        .map(|key| ApiKey::new(key.as_str()))
+        .collect();
     if let Some(path) = &args.keys_file {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read keys file {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read keys file {}", path.display()))?;
         keys.extend(parse_keys_file(&text));
     }
     validate_keys(&keys).context("invalid --key/--keys-file list")?;
@@ -75,22 +88,36 @@ fn provider_for_run(config: &Config, args: &SendArgs) -> anyhow::Result<Provider
 
 fn build_request(args: &SendArgs, provider: &ProviderConfig) -> anyhow::Result<OutboundRequest> {
     let body = read_body(args.data.as_deref())?;
-    let method = args.method.clone().unwrap_or(if args.data.is_some() { Method::POST } else { Method::GET });
+    let method = args.method.clone().unwrap_or(if args.data.is_some() {
+        Method::POST
+    } else {
+        Method::GET
+    });
     let path = args
         .path
         .clone()
         .unwrap_or_else(|| provider.kind.api().default_send_path().to_owned());
     if path.contains("://") {
-        bail!("PATH is a path under the provider's base URL ({}), not a URL: {path}", provider.base_url);
+        bail!(
+            "PATH is a path under the provider's base URL ({}), not a URL: {path}",
+            provider.base_url
+        );
     }
-    let path_and_query = if path.starts_with('/') { path } else { format!("/{path}") };
+    let path_and_query = if path.starts_with('/') {
+        path
+    } else {
+        format!("/{path}")
+    };
     let mut headers = HeaderMap::new();
     for (name, value) in &args.headers {
         headers.append(name.clone(), value.clone());
     }
     let is_json = serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_ok();
     if is_json && !headers.contains_key(header::CONTENT_TYPE) {
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
     }
     Ok(OutboundRequest {
         method,
@@ -111,7 +138,8 @@ fn read_body(data: Option<&str>) -> anyhow::Result<Bytes> {
             buffer
         }
         Some(text) => match text.strip_prefix('@') {
-            Some(path) => std::fs::read(path).with_context(|| format!("cannot read request body from {path}"))?,
+            Some(path) => std::fs::read(path)
+                .with_context(|| format!("cannot read request body from {path}"))?,
             None => text.as_bytes().to_vec(),
         },
     };
@@ -145,7 +173,10 @@ impl Send<'_> {
         let started = Instant::now();
         let mut attempts = Vec::new();
         loop {
-            let exchange = self.walker.send(self.upstream, self.request, self.credentials).await;
+            let exchange = self
+                .walker
+                .send(self.upstream, self.request, self.credentials)
+                .await;
             self.report_attempts(&exchange.attempts);
             self.persist(&exchange.attempts);
             attempts.extend(exchange.attempts);
@@ -166,7 +197,9 @@ impl Send<'_> {
         let pause = retry_after + Duration::from_millis(5);
         let spinner = (std::io::stderr().is_terminal() && !self.quiet).then(|| {
             let spinner = ProgressBar::new_spinner()
-                .with_style(ProgressStyle::with_template("{spinner} {msg}").expect("valid template"))
+                .with_style(
+                    ProgressStyle::with_template("{spinner} {msg}").expect("valid template"),
+                )
                 .with_message(format!(
                     "every key is cooling; waiting {} for the soonest",
                     humantime::format_duration(Duration::from_secs(ceil_secs(retry_after)))
@@ -186,19 +219,30 @@ impl Send<'_> {
         }
         let byok = matches!(self.credentials, Credentials::Caller(_));
         for attempt in attempts {
-            let status = attempt.status.map_or("---".to_owned(), |code| code.to_string());
-            eprintln!("{}  {status}  {}", attempt.key_hint, describe(attempt, byok));
+            let status = attempt
+                .status
+                .map_or("---".to_owned(), |code| code.to_string());
+            eprintln!(
+                "{}  {status}  {}",
+                attempt.key_hint,
+                describe(attempt, byok)
+            );
         }
     }
 
     fn persist(&self, attempts: &[Attempt]) {
         let Some(store) = self.store else { return };
         let provider = &self.upstream.name;
-        let observations: Vec<_> = attempts.iter().filter_map(|attempt| attempt.observation(provider)).collect();
+        let observations: Vec<_> = attempts
+            .iter()
+            .filter_map(|attempt| attempt.observation(provider))
+            .collect();
         if observations.is_empty() {
             return;
         }
-        if let Err(error) = store.update(|state| observations.iter().for_each(|seen| state.observe(seen))) {
+        if let Err(error) =
+            store.update(|state| observations.iter().for_each(|seen| state.observe(seen)))
+        {
             tracing::warn!("key marks not saved: {error}");
         }
     }
@@ -213,7 +257,10 @@ impl Send<'_> {
                 Ok(None) => break,
                 Err(error) => {
                     let _ = stdout.flush();
-                    eprintln!("error: upstream stream interrupted: {error}");
+                    eprintln!(
+                        "error: upstream stream interrupted: {}",
+                        error_chain(&error)
+                    );
                     return Ok(exit::UNREACHABLE);
                 }
             };
@@ -228,19 +275,35 @@ impl Send<'_> {
         Ok(code)
     }
 
-    async fn print_json_answer(&self, attempts: &[Attempt], response: reqwest::Response) -> anyhow::Result<u8> {
+    async fn print_json_answer(
+        &self,
+        attempts: &[Attempt],
+        response: reqwest::Response,
+    ) -> anyhow::Result<u8> {
         let status = response.status().as_u16();
         let body = match response.bytes().await {
             Ok(bytes) => bytes,
             Err(error) => {
                 let report = self.report(attempts, Some(status), Outcome::NetworkError, None);
-                print_json(&report.with_body(Value::String(format!("upstream stream interrupted: {error}"))))?;
+                print_json(&report.with_body(Value::String(format!(
+                    "upstream stream interrupted: {}",
+                    error_chain(&error)
+                ))))?;
                 return Ok(exit::UNREACHABLE);
             }
         };
-        let outcome = if (200..300).contains(&status) { Outcome::Ok } else { Outcome::UpstreamError };
-        let body = serde_json::from_slice(&body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
-        print_json(&self.report(attempts, Some(status), outcome, None).with_body(body))?;
+        let outcome = if (200..300).contains(&status) {
+            Outcome::Ok
+        } else {
+            Outcome::UpstreamError
+        };
+        let body = serde_json::from_slice(&body)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
+        print_json(
+            &self
+                .report(attempts, Some(status), outcome, None)
+                .with_body(body),
+        )?;
         Ok(status_exit_code(status))
     }
 
@@ -255,13 +318,21 @@ impl Send<'_> {
             return Ok(exit::UNREACHABLE);
         };
         let (outcome, code, retry_after) = match exhausted.kind {
-            ExhaustionKind::RateLimited => (Outcome::RateLimited, exit::RATE_LIMITED, Some(exhausted.retry_after_secs())),
+            ExhaustionKind::RateLimited => (
+                Outcome::RateLimited,
+                exit::RATE_LIMITED,
+                Some(exhausted.retry_after_secs()),
+            ),
             ExhaustionKind::Unauthorized => (Outcome::Unauthorized, exit::UNAUTHORIZED, None),
         };
         if self.args.json {
             let spec = ErrorSpec::exhausted(exhausted);
             let body = self.upstream.kind.api().error_body(&spec);
-            print_json(&self.report(attempts, Some(spec.status), outcome, retry_after).with_body(body))?;
+            print_json(
+                &self
+                    .report(attempts, Some(spec.status), outcome, retry_after)
+                    .with_body(body),
+            )?;
         }
         match retry_after {
             Some(_) => {
@@ -295,7 +366,11 @@ impl Send<'_> {
 }
 
 fn status_exit_code(status: u16) -> u8 {
-    if (200..300).contains(&status) { exit::OK } else { exit::FAILURE }
+    if (200..300).contains(&status) {
+        exit::OK
+    } else {
+        exit::FAILURE
+    }
 }
 
 /// What an attempt did to its key, in words.
@@ -367,7 +442,9 @@ impl From<&Attempt> for AttemptReport {
             status: attempt.status,
             mark: attempt.mark.map(KeyState::name),
             cooldown_secs: match attempt.mark {
-                Some(KeyState::Cooling { until_ms }) => Some(cooldown_secs(until_ms, attempt.at_ms)),
+                Some(KeyState::Cooling { until_ms }) => {
+                    Some(cooldown_secs(until_ms, attempt.at_ms))
+                }
                 _ => None,
             },
         }
@@ -394,17 +471,29 @@ mod tests {
     fn attempt_lines() {
         let cooling = attempt(Some(429), Some(KeyState::Cooling { until_ms: 31_000 }));
         assert_eq!(describe(&cooling, false), "marked cooling for 30s");
-        let disabled = attempt(Some(401), Some(KeyState::Disabled(DisableReason::Unauthorized)));
+        let disabled = attempt(
+            Some(401),
+            Some(KeyState::Disabled(DisableReason::Unauthorized)),
+        );
         assert_eq!(describe(&disabled, false), "marked disabled (unauthorized)");
         assert_eq!(describe(&attempt(Some(200), None), false), "ok");
-        assert_eq!(describe(&attempt(Some(500), None), false), "error, not the key's fault (not marked)");
+        assert_eq!(
+            describe(&attempt(Some(500), None), false),
+            "error, not the key's fault (not marked)"
+        );
         assert_eq!(describe(&attempt(None, None), false), "no response");
-        assert_eq!(describe(&attempt(Some(401), None), true), "error (your own key, not marked)");
+        assert_eq!(
+            describe(&attempt(Some(401), None), true),
+            "error (your own key, not marked)"
+        );
     }
 
     #[test]
     fn json_attempts_carry_mark_and_cooldown() {
-        let report = AttemptReport::from(&attempt(Some(429), Some(KeyState::Cooling { until_ms: 90_500 })));
+        let report = AttemptReport::from(&attempt(
+            Some(429),
+            Some(KeyState::Cooling { until_ms: 90_500 }),
+        ));
         assert_eq!(
             serde_json::to_value(report).unwrap(),
             serde_json::json!({"key": "sk-a...efgh", "status": 429, "mark": "cooling", "cooldown_secs": 90})

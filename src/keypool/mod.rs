@@ -61,7 +61,9 @@ impl DisableReason {
 pub enum KeyState {
     Available,
     /// Rate-limited until the deadline (Unix milliseconds).
-    Cooling { until_ms: u64 },
+    Cooling {
+        until_ms: u64,
+    },
     Disabled(DisableReason),
 }
 
@@ -351,7 +353,9 @@ impl Pool {
         let start = match self.settings.strategy {
             Strategy::Ordered => 0,
             Strategy::RoundRobin if self.keys.is_empty() => 0,
-            Strategy::RoundRobin => self.next_start.fetch_add(1, Ordering::Relaxed) % self.keys.len(),
+            Strategy::RoundRobin => {
+                self.next_start.fetch_add(1, Ordering::Relaxed) % self.keys.len()
+            }
         };
         Walk {
             pool: self,
@@ -403,7 +407,12 @@ impl Pool {
             if after == stored {
                 return outcome;
             }
-            match slot.compare_exchange_weak(word, after.encode(), Ordering::AcqRel, Ordering::Acquire) {
+            match slot.compare_exchange_weak(
+                word,
+                after.encode(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
                 Ok(_) => return outcome,
                 Err(current) => word = current,
             }
@@ -414,7 +423,11 @@ impl Pool {
     /// Returns whether the state changed.
     pub fn set_state(&self, index: usize, state: KeyState) -> bool {
         let now = self.clock.now_ms();
-        let previous = KeyState::decode(self.keys[index].state.swap(state.encode(), Ordering::AcqRel));
+        let previous = KeyState::decode(
+            self.keys[index]
+                .state
+                .swap(state.encode(), Ordering::AcqRel),
+        );
         previous.settle(now) != state.settle(now)
     }
 
@@ -425,15 +438,19 @@ impl Pool {
         if !status.is_some_and(|code| (200..300).contains(&code)) {
             key.failures.fetch_add(1, Ordering::Relaxed);
         }
-        key.last_status.store(status.unwrap_or(0), Ordering::Relaxed);
-        key.last_used_ms.store(self.clock.now_ms(), Ordering::Relaxed);
+        key.last_status
+            .store(status.unwrap_or(0), Ordering::Relaxed);
+        key.last_used_ms
+            .store(self.clock.now_ms(), Ordering::Relaxed);
     }
 
     /// Restores the last-use details read from the state file.
     pub fn restore_usage(&self, index: usize, last_status: Option<u16>, last_used_ms: Option<u64>) {
         let key = &self.keys[index];
-        key.last_status.store(last_status.unwrap_or(0), Ordering::Relaxed);
-        key.last_used_ms.store(last_used_ms.unwrap_or(0), Ordering::Relaxed);
+        key.last_status
+            .store(last_status.unwrap_or(0), Ordering::Relaxed);
+        key.last_used_ms
+            .store(last_used_ms.unwrap_or(0), Ordering::Relaxed);
     }
 
     pub fn snapshot(&self, index: usize) -> KeySnapshot {
@@ -455,7 +472,9 @@ impl Pool {
     }
 
     pub fn snapshots(&self) -> Vec<KeySnapshot> {
-        (0..self.keys.len()).map(|index| self.snapshot(index)).collect()
+        (0..self.keys.len())
+            .map(|index| self.snapshot(index))
+            .collect()
     }
 
     /// Why the pool has nothing to offer: rate-limited (with the soonest retry) while any
@@ -513,7 +532,9 @@ mod tests {
     const T0: u64 = 1_800_000_000_000;
 
     fn keys(count: usize) -> Vec<ApiKey> {
-        (0..count).map(|i| ApiKey::new(format!("sk-test-key-{i:04}"))).collect()
+        (0..count)
+            .map(|i| ApiKey::new(format!("sk-test-key-{i:04}")))
+            .collect()
     }
 
     fn pool_with(count: usize, settings: PoolSettings) -> (Pool, Arc<ManualClock>) {
@@ -579,10 +600,20 @@ mod tests {
         assert!(first.changed);
         let shorter = pool.mark(0, Mark::Cool(secs(10)));
         assert!(!shorter.changed);
-        assert_eq!(shorter.state, KeyState::Cooling { until_ms: T0 + 60_000 });
+        assert_eq!(
+            shorter.state,
+            KeyState::Cooling {
+                until_ms: T0 + 60_000
+            }
+        );
         let longer = pool.mark(0, Mark::Cool(secs(90)));
         assert!(!longer.changed, "extending is not a change of state");
-        assert_eq!(longer.state, KeyState::Cooling { until_ms: T0 + 90_000 });
+        assert_eq!(
+            longer.state,
+            KeyState::Cooling {
+                until_ms: T0 + 90_000
+            }
+        );
     }
 
     #[test]
@@ -599,10 +630,17 @@ mod tests {
         assert!(pool.mark(0, Mark::Cool(secs(5))).changed);
         let disabled = pool.mark(0, Mark::Disable(DisableReason::Unauthorized));
         assert!(disabled.changed);
-        assert!(!pool.mark(0, Mark::Disable(DisableReason::Forbidden)).changed);
+        assert!(
+            !pool
+                .mark(0, Mark::Disable(DisableReason::Forbidden))
+                .changed
+        );
         assert!(!pool.mark(0, Mark::Cool(secs(5))).changed);
         clock.advance(secs(100_000));
-        assert_eq!(pool.state(0), KeyState::Disabled(DisableReason::Unauthorized));
+        assert_eq!(
+            pool.state(0),
+            KeyState::Disabled(DisableReason::Unauthorized)
+        );
     }
 
     #[test]
@@ -614,7 +652,10 @@ mod tests {
             pool.mark_for(401, &none),
             Some(Mark::Disable(DisableReason::Unauthorized))
         );
-        assert_eq!(pool.mark_for(403, &none), Some(Mark::Disable(DisableReason::Forbidden)));
+        assert_eq!(
+            pool.mark_for(403, &none),
+            Some(Mark::Disable(DisableReason::Forbidden))
+        );
         for status in [200, 201, 400, 404, 413, 500, 502, 503, 529] {
             assert_eq!(pool.mark_for(status, &none), None, "{status}");
         }
@@ -628,10 +669,19 @@ mod tests {
             ..PoolSettings::default()
         };
         let (pool, _) = pool_with(1, settings);
-        assert_eq!(pool.cooldown_for(&headers(&[("retry-after", "30")])), secs(30));
-        assert_eq!(pool.cooldown_for(&headers(&[("retry-after", "0")])), secs(45));
+        assert_eq!(
+            pool.cooldown_for(&headers(&[("retry-after", "30")])),
+            secs(30)
+        );
+        assert_eq!(
+            pool.cooldown_for(&headers(&[("retry-after", "0")])),
+            secs(45)
+        );
         assert_eq!(pool.cooldown_for(&HeaderMap::new()), secs(45));
-        assert_eq!(pool.cooldown_for(&headers(&[("retry-after", "86400")])), secs(600));
+        assert_eq!(
+            pool.cooldown_for(&headers(&[("retry-after", "86400")])),
+            secs(600)
+        );
     }
 
     #[test]
@@ -669,7 +719,10 @@ mod tests {
         pool.mark(1, Mark::Disable(DisableReason::Forbidden));
         let exhausted = pool.exhaustion();
         assert_eq!(exhausted.kind, ExhaustionKind::Unauthorized);
-        assert_eq!(exhausted.to_string(), "all configured keys failed authentication");
+        assert_eq!(
+            exhausted.to_string(),
+            "all configured keys failed authentication"
+        );
     }
 
     #[test]
@@ -732,7 +785,12 @@ mod tests {
                 });
             }
         });
-        assert_eq!(pool.state(0), KeyState::Cooling { until_ms: T0 + 82_000 });
+        assert_eq!(
+            pool.state(0),
+            KeyState::Cooling {
+                until_ms: T0 + 82_000
+            }
+        );
     }
 
     #[test]

@@ -44,7 +44,12 @@ fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
 fn latest_exhausted_reset(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     let anthropic = ["requests", "tokens", "input-tokens", "output-tokens"]
         .into_iter()
-        .filter(|limit| is_zero(header(headers, &format!("anthropic-ratelimit-{limit}-remaining"))))
+        .filter(|limit| {
+            is_zero(header(
+                headers,
+                &format!("anthropic-ratelimit-{limit}-remaining"),
+            ))
+        })
         .filter_map(|limit| {
             let reset = header(headers, &format!("anthropic-ratelimit-{limit}-reset"))?;
             let at = humantime::parse_rfc3339_weak(reset).ok()?;
@@ -96,13 +101,19 @@ mod tests {
 
     #[test]
     fn retry_after_seconds() {
-        assert_eq!(cooldown(&[("retry-after", "30")]), Some(Duration::from_secs(30)));
+        assert_eq!(
+            cooldown(&[("retry-after", "30")]),
+            Some(Duration::from_secs(30))
+        );
     }
 
     #[test]
     fn retry_after_http_date() {
         let at = httpdate::fmt_http_date(now() + Duration::from_secs(90));
-        assert_eq!(cooldown(&[("retry-after", &at)]), Some(Duration::from_secs(90)));
+        assert_eq!(
+            cooldown(&[("retry-after", &at)]),
+            Some(Duration::from_secs(90))
+        );
     }
 
     #[test]
@@ -110,7 +121,11 @@ mod tests {
         let past = httpdate::fmt_http_date(now() - Duration::from_secs(90));
         for bad in ["0", "-5", "soon", "NaN", past.as_str()] {
             assert_eq!(
-                cooldown(&[("retry-after-ms", bad), ("retry-after", bad), ("retry-after", "7")]),
+                cooldown(&[
+                    ("retry-after-ms", bad),
+                    ("retry-after", bad),
+                    ("retry-after", "7")
+                ]),
                 Some(Duration::from_secs(7)),
                 "{bad}"
             );
@@ -121,7 +136,8 @@ mod tests {
 
     #[test]
     fn anthropic_reset_uses_latest_exhausted_limit() {
-        let reset = |secs: u64| humantime::format_rfc3339(now() + Duration::from_secs(secs)).to_string();
+        let reset =
+            |secs: u64| humantime::format_rfc3339(now() + Duration::from_secs(secs)).to_string();
         let (r20, r40, r90) = (reset(20), reset(40), reset(90));
         let got = cooldown(&[
             ("anthropic-ratelimit-requests-remaining", "0"),

@@ -26,7 +26,10 @@ impl ProviderApi for Anthropic {
 
     fn apply_key(&self, headers: &mut HeaderMap, key: &ApiKey) {
         remove_credentials(headers);
-        headers.insert(HeaderName::from_static("x-api-key"), secret_value(key.expose()));
+        headers.insert(
+            HeaderName::from_static("x-api-key"),
+            secret_value(key.expose()),
+        );
         headers
             .entry(HeaderName::from_static("anthropic-version"))
             .or_insert(HeaderValue::from_static(DEFAULT_VERSION));

@@ -81,8 +81,10 @@ pub trait ProviderApi: Sync {
 }
 
 /// Every header a caller may carry a credential in.
-const CREDENTIAL_HEADERS: [header::HeaderName; 2] =
-    [header::AUTHORIZATION, header::HeaderName::from_static("x-api-key")];
+const CREDENTIAL_HEADERS: [header::HeaderName; 2] = [
+    header::AUTHORIZATION,
+    header::HeaderName::from_static("x-api-key"),
+];
 
 /// The caller's own credential, if the request carries one (BYOK).
 pub fn caller_credential(headers: &HeaderMap) -> Option<ApiKey> {
@@ -105,7 +107,10 @@ pub fn remove_credentials(headers: &mut HeaderMap) {
 
 fn set_bearer(headers: &mut HeaderMap, key: &ApiKey) {
     remove_credentials(headers);
-    headers.insert(header::AUTHORIZATION, secret_value(&format!("Bearer {}", key.expose())));
+    headers.insert(
+        header::AUTHORIZATION,
+        secret_value(&format!("Bearer {}", key.expose())),
+    );
 }
 
 /// A header value marked sensitive, so http's own Debug output hides it too.
@@ -159,13 +164,21 @@ mod tests {
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         pairs
             .iter()
-            .map(|(name, value)| (header::HeaderName::from_static(name), value.parse().unwrap()))
+            .map(|(name, value)| {
+                (
+                    header::HeaderName::from_static(name),
+                    value.parse().unwrap(),
+                )
+            })
             .collect()
     }
 
     #[test]
     fn caller_credential_from_either_header() {
-        let bearer = caller_credential(&headers(&[("authorization", "Bearer sk-caller-1234567890")]));
+        let bearer = caller_credential(&headers(&[(
+            "authorization",
+            "Bearer sk-caller-1234567890",
+        )]));
         assert_eq!(bearer.unwrap().expose(), "sk-caller-1234567890");
         let api_key = caller_credential(&headers(&[("x-api-key", "sk-ant-caller")]));
         assert_eq!(api_key.unwrap().expose(), "sk-ant-caller");
@@ -221,15 +234,24 @@ mod tests {
                 "message": "all configured keys failed authentication",
                 "type": "api_error", "code": "keys_exhausted", "param": null}})
         );
-        assert_eq!(Copilot.error_body(&unauthorized), OpenAi.error_body(&unauthorized));
+        assert_eq!(
+            Copilot.error_body(&unauthorized),
+            OpenAi.error_body(&unauthorized)
+        );
     }
 
     #[test]
     fn provider_disabled_sentinel() {
         let spec = ErrorSpec::provider_disabled("work");
         assert_eq!(spec.status, 503);
-        assert_eq!(spec.message, "provider_disabled: AI provider \"work\" is disabled");
-        assert_eq!(Anthropic.error_body(&spec)["error"]["type"], "provider_disabled");
+        assert_eq!(
+            spec.message,
+            "provider_disabled: AI provider \"work\" is disabled"
+        );
+        assert_eq!(
+            Anthropic.error_body(&spec)["error"]["type"],
+            "provider_disabled"
+        );
     }
 
     #[test]

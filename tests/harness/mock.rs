@@ -1,0 +1,288 @@
+//! A mock provider on 127.0.0.1 that answers per API key, records every request, and can
+//! stream SSE, hold a stream at a gate, or cut it mid-way.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use tokio::sync::{Semaphore, oneshot};
+
+/// What the mock answers.
+#[derive(Clone, Debug)]
+pub enum Reply {
+    Plain {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: String,
+    },
+    Sse {
+        events: Vec<String>,
+        /// Waits here after the first event until the test opens it.
+        gate: Option<Arc<Gate>>,
+        /// Drops the connection after the events instead of ending the body.
+        cut: bool,
+    },
+}
+
+impl Reply {
+    pub fn json(status: u16, body: &str) -> Self {
+        Self::Plain {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body.to_owned(),
+        }
+    }
+
+    pub fn ok(body: &str) -> Self {
+        Self::json(200, body)
+    }
+
+    pub fn status(status: u16) -> Self {
+        let body = format!(
+            r#"{{"type":"error","error":{{"type":"mock_error","message":"mock status {status}"}}}}"#
+        );
+        Self::json(status, &body)
+    }
+
+    pub fn rate_limited(retry_after_secs: u64) -> Self {
+        Self::status(429).header("retry-after", &retry_after_secs.to_string())
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        if let Self::Plain { headers, .. } = &mut self {
+            headers.push((name.to_owned(), value.to_owned()));
+        }
+        self
+    }
+
+    pub fn sse(events: &[&str]) -> Self {
+        Self::Sse {
+            events: events.iter().map(|event| (*event).to_owned()).collect(),
+            gate: None,
+            cut: false,
+        }
+    }
+
+    pub fn gated(mut self, new_gate: &Arc<Gate>) -> Self {
+        if let Self::Sse { gate, .. } = &mut self {
+            *gate = Some(new_gate.clone());
+        }
+        self
+    }
+
+    pub fn cut(mut self) -> Self {
+        if let Self::Sse { cut, .. } = &mut self {
+            *cut = true;
+        }
+        self
+    }
+}
+
+/// Holds a stream until the test has seen its first event.
+#[derive(Debug)]
+pub struct Gate(Semaphore);
+
+impl Gate {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self(Semaphore::new(0)))
+    }
+
+    pub fn open(&self) {
+        self.0.add_permits(1);
+    }
+}
+
+/// One request as the mock saw it.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub key: Option<String>,
+    pub method: String,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+#[derive(Default)]
+struct Shared {
+    /// Per key, the replies still to give; the last one repeats.
+    replies: Mutex<HashMap<String, VecDeque<Reply>>>,
+    requests: Mutex<Vec<Recorded>>,
+}
+
+pub struct MockUpstream {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl MockUpstream {
+    pub fn start() -> Self {
+        let shared = Arc::new(Shared::default());
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (shutdown, shutdown_rx) = oneshot::channel::<()>();
+        let state = shared.clone();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                addr_tx.send(listener.local_addr().unwrap()).unwrap();
+                let app = axum::Router::new().fallback(handle).with_state(state);
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async {
+                        let _ = shutdown_rx.await;
+                    })
+                    .await
+                    .unwrap();
+            });
+        });
+        let addr = addr_rx.recv().unwrap();
+        Self {
+            addr,
+            shared,
+            shutdown: Some(shutdown),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Answers requests made with `key` by `replies` in turn, repeating the last.
+    pub fn on_key(&self, key: &str, replies: Vec<Reply>) -> &Self {
+        self.shared
+            .replies
+            .lock()
+            .unwrap()
+            .insert(key.to_owned(), replies.into());
+        self
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.shared.requests.lock().unwrap().clone()
+    }
+
+    /// Which keys were used, in order.
+    pub fn keys_used(&self) -> Vec<String> {
+        self.requests()
+            .into_iter()
+            .map(|request| request.key.unwrap_or_default())
+            .collect()
+    }
+}
+
+impl Drop for MockUpstream {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        // The server waits for open connections; don't hold the test up for them.
+        drop(self.thread.take());
+    }
+}
+
+fn key_of(headers: &HeaderMap) -> Option<String> {
+    if let Some(key) = headers.get("x-api-key") {
+        return key.to_str().ok().map(str::to_owned);
+    }
+    let auth = headers.get("authorization")?.to_str().ok()?;
+    Some(auth.strip_prefix("Bearer ").unwrap_or(auth).to_owned())
+}
+
+async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    let key = key_of(&parts.headers);
+    shared.requests.lock().unwrap().push(Recorded {
+        key: key.clone(),
+        method: parts.method.to_string(),
+        path: parts
+            .uri
+            .path_and_query()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        headers: parts.headers,
+        body,
+    });
+    let reply = {
+        let mut replies = shared.replies.lock().unwrap();
+        match replies.get_mut(key.as_deref().unwrap_or_default()) {
+            Some(queue) if queue.len() > 1 => queue.pop_front().unwrap(),
+            Some(queue) => queue.front().cloned().unwrap(),
+            None => Reply::ok(r#"{"id":"msg_default","type":"message"}"#),
+        }
+    };
+    respond(reply)
+}
+
+fn respond(reply: Reply) -> Response {
+    match reply {
+        Reply::Plain {
+            status,
+            headers,
+            body,
+        } => {
+            let mut response = Response::builder().status(StatusCode::from_u16(status).unwrap());
+            for (name, value) in headers {
+                response = response.header(name, value);
+            }
+            response.body(Body::from(body)).unwrap()
+        }
+        Reply::Sse { events, gate, cut } => {
+            let stream = async_stream(events, gate, cut);
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .header("cache-control", "no-cache")
+                .body(Body::from_stream(stream))
+                .unwrap()
+        }
+    }
+}
+
+fn async_stream(
+    events: Vec<String>,
+    gate: Option<Arc<Gate>>,
+    cut: bool,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        for (index, event) in events.into_iter().enumerate() {
+            if tx.send(Ok(Bytes::from(event))).await.is_err() {
+                return;
+            }
+            if index == 0
+                && let Some(gate) = &gate
+            {
+                // A bridge that buffers never shows the first event, so the test never opens
+                // the gate; time out rather than hang, and say so in the stream.
+                if tokio::time::timeout(Duration::from_secs(10), gate.0.acquire())
+                    .await
+                    .is_err()
+                {
+                    let _ = tx.send(Ok(Bytes::from("event: gate_timeout\n\n"))).await;
+                }
+            }
+        }
+        if cut {
+            // Let the client read what was sent: a reset can discard unread data.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let _ = tx
+                .send(Err(std::io::Error::other("mock cut the stream")))
+                .await;
+        }
+    });
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
+}

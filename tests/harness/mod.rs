@@ -1,0 +1,236 @@
+//! A small fluent harness: build a command line, run the real binary in an isolated home,
+//! and assert on its exit code and output. Every run also checks that no registered secret
+//! appears in stdout, stderr or the state file.
+
+pub mod mock;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+pub use mock::{Gate, MockUpstream, Reply};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_aibridge");
+
+/// Distinct keys long enough for a 4+4 hint (`sk-a...0001`).
+pub const K1: &str = "sk-ant-alpha-0000000000000000000001";
+pub const K2: &str = "sk-ant-bravo-0000000000000000000002";
+pub const K3: &str = "sk-ant-charl-0000000000000000000003";
+pub const CALLER: &str = "sk-ant-caller-000000000000000000009";
+
+pub fn hint(key: &str) -> String {
+    format!("{}...{}", &key[..4], &key[key.len() - 4..])
+}
+
+pub struct Test {
+    dir: TempDir,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    stdin: Option<Vec<u8>>,
+    secrets: Vec<String>,
+}
+
+impl Test {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            args: Vec::new(),
+            env: Vec::new(),
+            stdin: None,
+            secrets: [K1, K2, K3, CALLER].map(str::to_owned).to_vec(),
+        }
+    }
+
+    /// Writes `config.toml` and points the binary at it.
+    pub fn config(self, toml: &str) -> Self {
+        let path = self.path("config.toml");
+        std::fs::write(&path, toml).unwrap();
+        self.env("AIBRIDGE_CONFIG", path.to_str().unwrap())
+    }
+
+    /// A config with one provider `name` of `kind` at the mock, with `keys`.
+    pub fn provider(self, name: &str, kind: &str, mock: &MockUpstream, keys: &[&str]) -> Self {
+        let keys: Vec<_> = keys.iter().map(|key| format!("{key:?}")).collect();
+        let toml = format!(
+            "[providers.{name}]\nkind = \"{kind}\"\nbase_url = \"{}\"\nkeys = [{}]\n",
+            mock.url(),
+            keys.join(", ")
+        );
+        self.config(&toml)
+    }
+
+    pub fn anthropic(self, mock: &MockUpstream, keys: &[&str]) -> Self {
+        self.provider("anthropic", "anthropic", mock, keys)
+    }
+
+    pub fn args<I: IntoIterator<Item = S>, S: AsRef<str>>(mut self, args: I) -> Self {
+        self.args
+            .extend(args.into_iter().map(|arg| arg.as_ref().to_owned()));
+        self
+    }
+
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub fn stdin(mut self, input: &str) -> Self {
+        self.stdin = Some(input.as_bytes().to_vec());
+        self
+    }
+
+    pub fn secret(mut self, secret: &str) -> Self {
+        self.secrets.push(secret.to_owned());
+        self
+    }
+
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.dir.path().join(relative)
+    }
+
+    /// Where the binary keeps its state by default in this test's home.
+    pub fn state_file(&self) -> PathBuf {
+        self.path("state/aibridge/state.json")
+    }
+
+    pub fn state(&self) -> Value {
+        serde_json::from_str(&std::fs::read_to_string(self.state_file()).unwrap()).unwrap()
+    }
+
+    pub fn command(&self) -> Command {
+        let mut command = Command::new(BIN);
+        command
+            .args(&self.args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.dir.path())
+            .env("XDG_CONFIG_HOME", self.path("config"))
+            .env("XDG_STATE_HOME", self.path("state"))
+            .env("XDG_DATA_HOME", self.path("data"))
+            .envs(self.env.iter().map(|(name, value)| (name, value)))
+            .current_dir(self.dir.path());
+        command
+    }
+
+    /// Starts the binary with piped stdout, for tests that read output as it arrives.
+    pub fn spawn(&self) -> Child {
+        self.command()
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    pub fn run(&self) -> Output {
+        let mut child = self
+            .command()
+            .stdin(if self.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(input) = &self.stdin {
+            child.stdin.take().unwrap().write_all(input).unwrap();
+        }
+        let output = child.wait_with_output().unwrap();
+        let output = Output {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        };
+        self.assert_no_secrets(&output);
+        output
+    }
+
+    fn assert_no_secrets(&self, output: &Output) {
+        let state = std::fs::read_to_string(self.state_file()).unwrap_or_default();
+        for secret in &self.secrets {
+            for (name, text) in [
+                ("stdout", &output.stdout),
+                ("stderr", &output.stderr),
+                ("state file", &state),
+            ] {
+                assert!(
+                    !text.contains(secret.as_str()),
+                    "{name} shows a full key:\n{text}"
+                );
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn code(self, expected: i32) -> Self {
+        assert_eq!(
+            self.code, expected,
+            "exit code\n--- stdout:\n{}\n--- stderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    pub fn success(self) -> Self {
+        self.code(0)
+    }
+
+    pub fn stdout_is(self, expected: &str) -> Self {
+        assert_eq!(self.stdout, expected, "stdout (stderr: {})", self.stderr);
+        self
+    }
+
+    pub fn stderr_has(self, needle: &str) -> Self {
+        assert!(
+            self.stderr.contains(needle),
+            "stderr lacks {needle:?}:\n{}",
+            self.stderr
+        );
+        self
+    }
+
+    pub fn stdout_has(self, needle: &str) -> Self {
+        assert!(
+            self.stdout.contains(needle),
+            "stdout lacks {needle:?}:\n{}",
+            self.stdout
+        );
+        self
+    }
+
+    /// stderr as lines, for exact attempt reports.
+    pub fn stderr_lines(&self) -> Vec<&str> {
+        self.stderr.lines().collect()
+    }
+
+    /// An error is one line on stderr: `error: ...`.
+    pub fn one_line_error(self, needle: &str) -> Self {
+        let lines = self.stderr_lines();
+        assert_eq!(
+            lines.len(),
+            1,
+            "expected one line on stderr, got:\n{}",
+            self.stderr
+        );
+        assert!(lines[0].starts_with("error: "), "{}", self.stderr);
+        self.stderr_has(needle)
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|error| panic!("stdout is not JSON ({error}):\n{}", self.stdout))
+    }
+}

@@ -1,0 +1,6 @@
+//! Integration tests: the real binary against mock upstreams on 127.0.0.1.
+
+mod harness;
+
+mod cli;
+mod send;
