@@ -31,7 +31,7 @@ Register-ArgumentCompleter -Native -CommandName 'aibridge' -ScriptBlock {
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
             [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
-            [CompletionResult]::new('serve', 'serve', [CompletionResultType]::ParameterValue, 'Run the local proxy (not implemented yet)')
+            [CompletionResult]::new('serve', 'serve', [CompletionResultType]::ParameterValue, 'Run the local proxy: /{provider}/... forwards to the provider with key failover')
             [CompletionResult]::new('probe-keys', 'probe-keys', [CompletionResultType]::ParameterValue, 'Check which keys of a list work (not implemented yet)')
             [CompletionResult]::new('send', 'send', [CompletionResultType]::ParameterValue, 'Send one request through the failover walker and report which keys were marked')
             [CompletionResult]::new('pool', 'pool', [CompletionResultType]::ParameterValue, 'Inspect the key pool')
@@ -40,15 +40,17 @@ Register-ArgumentCompleter -Native -CommandName 'aibridge' -ScriptBlock {
             break
         }
         'aibridge;serve' {
-            [CompletionResult]::new('--listen', '--listen', [CompletionResultType]::ParameterName, 'Address to listen on [default: listen from the config, else 127.0.0.1:8787]')
+            [CompletionResult]::new('--listen', '--listen', [CompletionResultType]::ParameterName, 'Address to listen on; port 0 picks a free port [default: listen from the config, else 127.0.0.1:8787]')
             [CompletionResult]::new('--config', '--config', [CompletionResultType]::ParameterName, 'Config file [default: <config dir>/aibridge/config.toml when it exists]')
             [CompletionResult]::new('--state-file', '--state-file', [CompletionResultType]::ParameterName, 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]')
+            [CompletionResult]::new('--allow-unauthenticated', '--allow-unauthenticated', [CompletionResultType]::ParameterName, 'Allow listening on a non-loopback address without access tokens')
+            [CompletionResult]::new('--no-state', '--no-state', [CompletionResultType]::ParameterName, 'Neither read nor write the state file')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides')
             [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides')
             [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Print errors only')
             [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Print errors only')
-            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
-            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
             [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             break
@@ -147,7 +149,7 @@ Register-ArgumentCompleter -Native -CommandName 'aibridge' -ScriptBlock {
             break
         }
         'aibridge;help' {
-            [CompletionResult]::new('serve', 'serve', [CompletionResultType]::ParameterValue, 'Run the local proxy (not implemented yet)')
+            [CompletionResult]::new('serve', 'serve', [CompletionResultType]::ParameterValue, 'Run the local proxy: /{provider}/... forwards to the provider with key failover')
             [CompletionResult]::new('probe-keys', 'probe-keys', [CompletionResultType]::ParameterValue, 'Check which keys of a list work (not implemented yet)')
             [CompletionResult]::new('send', 'send', [CompletionResultType]::ParameterValue, 'Send one request through the failover walker and report which keys were marked')
             [CompletionResult]::new('pool', 'pool', [CompletionResultType]::ParameterValue, 'Inspect the key pool')

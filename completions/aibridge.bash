@@ -412,7 +412,7 @@ _aibridge() {
             return 0
             ;;
         aibridge__subcmd__serve)
-            opts="-v -q -h -V --listen --config --state-file --verbose --quiet --help --version"
+            opts="-v -q -h -V --listen --allow-unauthenticated --no-state --config --state-file --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

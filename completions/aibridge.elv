@@ -28,7 +28,7 @@ set edit:completion:arg-completer[aibridge] = {|@words|
             cand --help 'Print help'
             cand -V 'Print version'
             cand --version 'Print version'
-            cand serve 'Run the local proxy (not implemented yet)'
+            cand serve 'Run the local proxy: /{provider}/... forwards to the provider with key failover'
             cand probe-keys 'Check which keys of a list work (not implemented yet)'
             cand send 'Send one request through the failover walker and report which keys were marked'
             cand pool 'Inspect the key pool'
@@ -36,15 +36,17 @@ set edit:completion:arg-completer[aibridge] = {|@words|
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'aibridge;serve'= {
-            cand --listen 'Address to listen on [default: listen from the config, else 127.0.0.1:8787]'
+            cand --listen 'Address to listen on; port 0 picks a free port [default: listen from the config, else 127.0.0.1:8787]'
             cand --config 'Config file [default: <config dir>/aibridge/config.toml when it exists]'
             cand --state-file 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]'
+            cand --allow-unauthenticated 'Allow listening on a non-loopback address without access tokens'
+            cand --no-state 'Neither read nor write the state file'
             cand -v 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
             cand --verbose 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
             cand -q 'Print errors only'
             cand --quiet 'Print errors only'
-            cand -h 'Print help'
-            cand --help 'Print help'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
             cand -V 'Print version'
             cand --version 'Print version'
         }
@@ -134,7 +136,7 @@ set edit:completion:arg-completer[aibridge] = {|@words|
             cand --version 'Print version'
         }
         &'aibridge;help'= {
-            cand serve 'Run the local proxy (not implemented yet)'
+            cand serve 'Run the local proxy: /{provider}/... forwards to the provider with key failover'
             cand probe-keys 'Check which keys of a list work (not implemented yet)'
             cand send 'Send one request through the failover walker and report which keys were marked'
             cand pool 'Inspect the key pool'

@@ -30,18 +30,20 @@ complete -c aibridge -n "__fish_aibridge_needs_command" -s v -l verbose -d 'More
 complete -c aibridge -n "__fish_aibridge_needs_command" -s q -l quiet -d 'Print errors only'
 complete -c aibridge -n "__fish_aibridge_needs_command" -s h -l help -d 'Print help'
 complete -c aibridge -n "__fish_aibridge_needs_command" -s V -l version -d 'Print version'
-complete -c aibridge -n "__fish_aibridge_needs_command" -f -a "serve" -d 'Run the local proxy (not implemented yet)'
+complete -c aibridge -n "__fish_aibridge_needs_command" -f -a "serve" -d 'Run the local proxy: /{provider}/... forwards to the provider with key failover'
 complete -c aibridge -n "__fish_aibridge_needs_command" -f -a "probe-keys" -d 'Check which keys of a list work (not implemented yet)'
 complete -c aibridge -n "__fish_aibridge_needs_command" -f -a "send" -d 'Send one request through the failover walker and report which keys were marked'
 complete -c aibridge -n "__fish_aibridge_needs_command" -f -a "pool" -d 'Inspect the key pool'
 complete -c aibridge -n "__fish_aibridge_needs_command" -f -a "generate" -d 'Write shell completions and man pages (for maintainers)'
 complete -c aibridge -n "__fish_aibridge_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c aibridge -n "__fish_aibridge_using_subcommand serve" -l listen -d 'Address to listen on [default: listen from the config, else 127.0.0.1:8787]' -r
+complete -c aibridge -n "__fish_aibridge_using_subcommand serve" -l listen -d 'Address to listen on; port 0 picks a free port [default: listen from the config, else 127.0.0.1:8787]' -r
 complete -c aibridge -n "__fish_aibridge_using_subcommand serve" -l config -d 'Config file [default: <config dir>/aibridge/config.toml when it exists]' -r -F
 complete -c aibridge -n "__fish_aibridge_using_subcommand serve" -l state-file -d 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]' -r -F
+complete -c aibridge -n "__fish_aibridge_using_subcommand serve" -l allow-unauthenticated -d 'Allow listening on a non-loopback address without access tokens'
+complete -c aibridge -n "__fish_aibridge_using_subcommand serve" -l no-state -d 'Neither read nor write the state file'
 complete -c aibridge -n "__fish_aibridge_using_subcommand serve" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
 complete -c aibridge -n "__fish_aibridge_using_subcommand serve" -s q -l quiet -d 'Print errors only'
-complete -c aibridge -n "__fish_aibridge_using_subcommand serve" -s h -l help -d 'Print help'
+complete -c aibridge -n "__fish_aibridge_using_subcommand serve" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c aibridge -n "__fish_aibridge_using_subcommand serve" -s V -l version -d 'Print version'
 complete -c aibridge -n "__fish_aibridge_using_subcommand probe-keys" -l config -d 'Config file [default: <config dir>/aibridge/config.toml when it exists]' -r -F
 complete -c aibridge -n "__fish_aibridge_using_subcommand probe-keys" -l state-file -d 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]' -r -F
@@ -88,7 +90,7 @@ complete -c aibridge -n "__fish_aibridge_using_subcommand generate" -s v -l verb
 complete -c aibridge -n "__fish_aibridge_using_subcommand generate" -s q -l quiet -d 'Print errors only'
 complete -c aibridge -n "__fish_aibridge_using_subcommand generate" -s h -l help -d 'Print help'
 complete -c aibridge -n "__fish_aibridge_using_subcommand generate" -s V -l version -d 'Print version'
-complete -c aibridge -n "__fish_aibridge_using_subcommand help; and not __fish_seen_subcommand_from serve probe-keys send pool generate help" -f -a "serve" -d 'Run the local proxy (not implemented yet)'
+complete -c aibridge -n "__fish_aibridge_using_subcommand help; and not __fish_seen_subcommand_from serve probe-keys send pool generate help" -f -a "serve" -d 'Run the local proxy: /{provider}/... forwards to the provider with key failover'
 complete -c aibridge -n "__fish_aibridge_using_subcommand help; and not __fish_seen_subcommand_from serve probe-keys send pool generate help" -f -a "probe-keys" -d 'Check which keys of a list work (not implemented yet)'
 complete -c aibridge -n "__fish_aibridge_using_subcommand help; and not __fish_seen_subcommand_from serve probe-keys send pool generate help" -f -a "send" -d 'Send one request through the failover walker and report which keys were marked'
 complete -c aibridge -n "__fish_aibridge_using_subcommand help; and not __fish_seen_subcommand_from serve probe-keys send pool generate help" -f -a "pool" -d 'Inspect the key pool'

@@ -46,7 +46,11 @@ pub struct GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the local proxy (not implemented yet)
+    /// Run the local proxy: /{provider}/... forwards to the provider with key failover
+    ///
+    /// Point clients at it, e.g. ANTHROPIC_BASE_URL=http://127.0.0.1:8787/anthropic or
+    /// OPENAI_BASE_URL=http://127.0.0.1:8787/openai/v1. SIGHUP reloads the config; SIGINT and
+    /// SIGTERM stop it after in-flight requests finish (up to 30 s).
     Serve(ServeArgs),
 
     /// Check which keys of a list work (not implemented yet)
@@ -71,9 +75,18 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address to listen on [default: listen from the config, else 127.0.0.1:8787]
+    /// Address to listen on; port 0 picks a free port [default: listen from the config, else
+    /// 127.0.0.1:8787]
     #[arg(long, env = "AIBRIDGE_LISTEN", value_name = "ADDR")]
-    pub listen: Option<String>,
+    pub listen: Option<std::net::SocketAddr>,
+
+    /// Allow listening on a non-loopback address without access tokens
+    #[arg(long, env = "AIBRIDGE_ALLOW_UNAUTHENTICATED")]
+    pub allow_unauthenticated: bool,
+
+    /// Neither read nor write the state file
+    #[arg(long, env = "AIBRIDGE_NO_STATE")]
+    pub no_state: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -29,6 +29,36 @@ pub struct Config {
     pub state_file: Option<PathBuf>,
     /// By name: the route prefix and `--provider` value.
     pub providers: BTreeMap<String, ProviderConfig>,
+    pub serve: ServeSettings,
+}
+
+/// Settings only `serve` uses.
+#[derive(Debug, Clone)]
+pub struct ServeSettings {
+    /// When non-empty, every request must carry one of these.
+    pub access_tokens: Vec<ApiKey>,
+    pub max_body_size: u64,
+    /// How long an attempt may wait for response headers.
+    pub response_timeout: Duration,
+    /// How long a started response may go without a byte before it counts as broken.
+    pub stream_idle_timeout: Duration,
+    /// One JSON line per request.
+    pub request_log: Option<PathBuf>,
+    /// Every attempt's request and response, credentials masked.
+    pub dump_dir: Option<PathBuf>,
+}
+
+impl Default for ServeSettings {
+    fn default() -> Self {
+        Self {
+            access_tokens: Vec::new(),
+            max_body_size: 32 * 1024 * 1024,
+            response_timeout: Duration::from_secs(600),
+            stream_idle_timeout: Duration::from_secs(120),
+            request_log: None,
+            dump_dir: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -38,6 +68,8 @@ pub struct ProviderConfig {
     pub base_url: String,
     pub keys: Vec<ApiKey>,
     pub enabled: bool,
+    /// Whether a caller's own credential is used instead of the pool.
+    pub byok: bool,
     pub pool: PoolSettings,
 }
 
@@ -62,6 +94,11 @@ pub enum ConfigError {
     },
     #[error("provider \"{provider}\": {message}")]
     Provider { provider: String, message: String },
+    #[error("{setting}: {message}")]
+    Setting {
+        setting: &'static str,
+        message: String,
+    },
 }
 
 impl ConfigError {
@@ -79,6 +116,15 @@ struct RawConfig {
     listen: Option<String>,
     state_file: Option<PathBuf>,
     #[serde(default)]
+    access_tokens: Vec<String>,
+    max_body_size: Option<bytesize::ByteSize>,
+    #[serde(default, with = "humantime_serde")]
+    response_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    stream_idle_timeout: Option<Duration>,
+    request_log: Option<PathBuf>,
+    dump_dir: Option<PathBuf>,
+    #[serde(default)]
     providers: BTreeMap<String, RawProvider>,
 }
 
@@ -92,6 +138,7 @@ struct RawProvider {
     keys_file: Option<PathBuf>,
     keys_env: Option<String>,
     enabled: Option<bool>,
+    byok: Option<bool>,
     strategy: Option<Strategy>,
     #[serde(default, with = "humantime_serde")]
     default_cooldown: Option<Duration>,
@@ -162,11 +209,15 @@ fn resolve(
     for kind in ProviderKind::ALL {
         raw.providers.entry(kind.as_str().to_owned()).or_default();
     }
-    let listen_text = raw.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+    let listen_text = raw
+        .listen
+        .clone()
+        .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
     let listen = listen_text.parse().map_err(|source| ConfigError::Listen {
         value: listen_text.clone(),
         source,
     })?;
+    let serve = resolve_serve(&raw, base_dir, env)?;
     let providers = raw
         .providers
         .into_iter()
@@ -180,7 +231,59 @@ fn resolve(
         listen,
         state_file: raw.state_file.map(|file| base_dir.join(file)),
         providers,
+        serve,
     })
+}
+
+fn resolve_serve(
+    raw: &RawConfig,
+    base_dir: &Path,
+    env: EnvLookup<'_>,
+) -> Result<ServeSettings, ConfigError> {
+    let defaults = ServeSettings::default();
+    // The variable replaces the file's list, as env does for every setting.
+    let access_tokens: Vec<ApiKey> = match env("AIBRIDGE_ACCESS_TOKENS") {
+        Some(list) => split_key_list(&list).collect(),
+        None => raw
+            .access_tokens
+            .iter()
+            .map(|token| ApiKey::new(token.as_str()))
+            .collect(),
+    };
+    validate_keys(&access_tokens).map_err(|error| ConfigError::Setting {
+        setting: "access_tokens",
+        message: error.to_string().replace("key", "token"),
+    })?;
+    let settings = ServeSettings {
+        access_tokens,
+        max_body_size: raw
+            .max_body_size
+            .map_or(defaults.max_body_size, |size| size.as_u64()),
+        response_timeout: raw.response_timeout.unwrap_or(defaults.response_timeout),
+        stream_idle_timeout: raw
+            .stream_idle_timeout
+            .unwrap_or(defaults.stream_idle_timeout),
+        request_log: raw.request_log.as_ref().map(|path| base_dir.join(path)),
+        dump_dir: raw.dump_dir.as_ref().map(|path| base_dir.join(path)),
+    };
+    let zero = |setting, value: Duration| {
+        value.is_zero().then_some(ConfigError::Setting {
+            setting,
+            message: "must be longer than zero".to_owned(),
+        })
+    };
+    if let Some(error) = zero("response_timeout", settings.response_timeout)
+        .or_else(|| zero("stream_idle_timeout", settings.stream_idle_timeout))
+    {
+        return Err(error);
+    }
+    if settings.max_body_size == 0 {
+        return Err(ConfigError::Setting {
+            setting: "max_body_size",
+            message: "must be larger than zero".to_owned(),
+        });
+    }
+    Ok(settings)
 }
 
 /// `AIBRIDGE_<NAME>_<SUFFIX>` with the name upper-cased and `-` turned into `_`.
@@ -254,6 +357,7 @@ fn resolve_provider(
         base_url,
         keys,
         enabled: raw.enabled.unwrap_or(true),
+        byok: raw.byok.unwrap_or(false),
         pool,
     })
 }
@@ -345,6 +449,53 @@ mod tests {
         assert_eq!(work.pool.strategy, Strategy::RoundRobin);
         assert_eq!(work.pool.default_cooldown, Duration::from_secs(30));
         assert_eq!(work.pool.max_cooldown, Duration::from_secs(7200));
+    }
+
+    #[test]
+    fn serve_settings() {
+        let config = parse_with("", &no_env).unwrap();
+        assert_eq!(config.serve.max_body_size, 32 * 1024 * 1024);
+        assert_eq!(config.serve.stream_idle_timeout, Duration::from_secs(120));
+        assert!(config.serve.access_tokens.is_empty());
+        let config = parse_with(
+            r#"
+            access_tokens = ["tok-file-1234567890"]
+            max_body_size = "1 MiB"
+            response_timeout = "30s"
+            stream_idle_timeout = "5s"
+            request_log = "requests.jsonl"
+            dump_dir = "/tmp/dumps"
+            [providers.openai]
+            byok = true
+            "#,
+            &no_env,
+        )
+        .unwrap();
+        assert_eq!(config.serve.max_body_size, 1024 * 1024);
+        assert_eq!(config.serve.response_timeout, Duration::from_secs(30));
+        assert_eq!(
+            config.serve.request_log.as_deref(),
+            Some(Path::new("/etc/requests.jsonl"))
+        );
+        assert_eq!(
+            config.serve.dump_dir.as_deref(),
+            Some(Path::new("/tmp/dumps"))
+        );
+        assert!(config.providers["openai"].byok && !config.providers["anthropic"].byok);
+        let env = |name: &str| {
+            (name == "AIBRIDGE_ACCESS_TOKENS")
+                .then(|| "tok-a-1234567890,tok-b-1234567890".to_owned())
+        };
+        let config = parse_with("access_tokens = [\"tok-file-1234567890\"]", &env).unwrap();
+        assert_eq!(config.serve.access_tokens.len(), 2);
+        assert_eq!(
+            error("max_body_size = 0"),
+            "max_body_size: must be larger than zero"
+        );
+        assert_eq!(
+            error("stream_idle_timeout = \"0s\""),
+            "stream_idle_timeout: must be longer than zero"
+        );
     }
 
     #[test]

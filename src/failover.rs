@@ -4,7 +4,7 @@
 //! The HTTP client's own retries are off: this is the only retry loop, so each key failure is
 //! seen, marked and reported exactly once.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, Method, header};
@@ -22,6 +22,8 @@ pub struct Upstream {
     pub kind: ProviderKind,
     pub base_url: String,
     pub enabled: bool,
+    /// Whether a caller's own credential takes the place of the pool.
+    pub byok: bool,
     pub pool: Pool,
 }
 
@@ -35,6 +37,7 @@ impl Upstream {
             kind: config.kind,
             base_url: config.base_url.clone(),
             enabled: config.enabled,
+            byok: config.byok,
             pool: Pool::new(config.keys.clone(), config.pool, clock)?,
         })
     }
@@ -108,15 +111,26 @@ pub struct Attempt {
     /// Whether the mark changed the key's state (for logs and counters).
     pub changed: bool,
     pub at_ms: u64,
+    /// Time until the response headers arrived (or the attempt failed).
+    pub elapsed: Duration,
+    /// A failed answer the walker read and dropped, kept for request dumps.
+    pub drained: Option<DrainedResponse>,
+}
+
+/// Status line, headers and body of an answer that did not reach the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrainedResponse {
+    pub headers: HeaderMap,
+    pub body: Bytes,
 }
 
 impl Attempt {
     /// The state file's view of this attempt (caller keys are not recorded).
-    pub fn observation<'a>(&'a self, provider: &'a str) -> Option<Observation<'a>> {
+    pub fn observation(&self, provider: &str) -> Option<Observation> {
         Some(Observation {
-            provider,
-            fingerprint: self.fingerprint.as_deref()?,
-            hint: &self.key_hint,
+            provider: provider.to_owned(),
+            fingerprint: self.fingerprint.clone()?,
+            hint: self.key_hint.clone(),
             status: self.status,
             mark: self.mark,
             at: crate::keypool::from_unix_ms(self.at_ms),
@@ -203,6 +217,7 @@ impl Walker {
         key: &ApiKey,
     ) -> Exchange {
         let headers = forwardable_headers(&request.headers);
+        let started = Instant::now();
         let result = self.execute(upstream, request, headers).await;
         let attempt = Attempt {
             key_hint: key.hint(),
@@ -214,6 +229,8 @@ impl Walker {
             mark: None,
             changed: false,
             at_ms: upstream.pool.clock().now_ms(),
+            elapsed: started.elapsed(),
+            drained: None,
         };
         Exchange {
             attempts: vec![attempt],
@@ -230,7 +247,9 @@ impl Walker {
             let key = pool.key(index).key();
             let mut headers = base_headers.clone();
             api.apply_key(&mut headers, key);
+            let started = Instant::now();
             let result = self.execute(upstream, request, headers).await;
+            let elapsed = started.elapsed();
             let status = result
                 .as_ref()
                 .ok()
@@ -243,6 +262,8 @@ impl Walker {
                 mark: None,
                 changed: false,
                 at_ms: pool.clock().now_ms(),
+                elapsed,
+                drained: None,
             };
             let response = match result {
                 Ok(response) => response,
@@ -267,8 +288,8 @@ impl Walker {
             if outcome.changed {
                 log_mark(&upstream.name, &attempt, pool.clock().now_ms());
             }
+            attempt.drained = Some(drain(response).await);
             attempts.push(attempt);
-            drain(response).await;
         }
         Exchange {
             attempts,
@@ -308,9 +329,15 @@ impl Walker {
     }
 }
 
-/// Reads what is left of a failed answer so its connection can be reused; gives up quickly.
-async fn drain(response: reqwest::Response) {
-    let _ = tokio::time::timeout(Duration::from_secs(2), response.bytes()).await;
+/// Reads a failed answer in full so its connection can be reused; gives up quickly.
+async fn drain(response: reqwest::Response) -> DrainedResponse {
+    let headers = response.headers().clone();
+    let body = tokio::time::timeout(Duration::from_secs(2), response.bytes())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    DrainedResponse { headers, body }
 }
 
 fn log_mark(provider: &str, attempt: &Attempt, now_ms: u64) {

@@ -10,7 +10,9 @@ pub mod failover;
 pub mod keypool;
 mod logging;
 pub mod provider;
+pub mod report;
 pub mod secret;
+pub mod server;
 pub mod state;
 
 use std::process::ExitCode;
@@ -34,11 +36,13 @@ pub mod exit {
 
 /// Runs one parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    logging::init(cli.global.verbose, cli.global.quiet);
+    // A server's log is its output; a one-shot command's is only for trouble.
+    let baseline = u8::from(matches!(cli.command, Command::Serve(_)));
+    logging::init(cli.global.verbose + baseline, cli.global.quiet);
     match cli.command {
         Command::Send(args) => commands::send::run(&cli.global, args),
+        Command::Serve(args) => commands::serve::run(&cli.global, &args),
         Command::Generate(args) => commands::generate::run(&args),
-        Command::Serve(_) => commands::not_implemented("serve"),
         Command::ProbeKeys => commands::not_implemented("probe-keys"),
         Command::Pool(PoolCommand::Status) => commands::not_implemented("pool status"),
     }

@@ -112,10 +112,10 @@ fn stronger(a: KeyState, b: KeyState) -> KeyState {
 
 /// One observation of a key, to be merged into the file.
 #[derive(Debug, Clone)]
-pub struct Observation<'a> {
-    pub provider: &'a str,
-    pub fingerprint: &'a str,
-    pub hint: &'a str,
+pub struct Observation {
+    pub provider: String,
+    pub fingerprint: String,
+    pub hint: String,
     /// `None` for a transport failure.
     pub status: Option<u16>,
     /// The key's state after the attempt, when the attempt marked it.
@@ -125,19 +125,19 @@ pub struct Observation<'a> {
 
 impl StateFile {
     /// Merges one attempt: a mark never weakens what another process recorded.
-    pub fn observe(&mut self, seen: &Observation<'_>) {
+    pub fn observe(&mut self, seen: &Observation) {
         let record = self
             .providers
-            .entry(seen.provider.to_owned())
+            .entry(seen.provider.clone())
             .or_default()
-            .entry(seen.fingerprint.to_owned())
+            .entry(seen.fingerprint.clone())
             .or_insert_with(|| KeyRecord {
-                hint: seen.hint.to_owned(),
+                hint: seen.hint.clone(),
                 state: RecordedState::Available,
                 last_status: None,
                 last_used: None,
             });
-        record.hint = seen.hint.to_owned();
+        record.hint.clone_from(&seen.hint);
         record.last_status = seen.status;
         record.last_used = Some(seen.at);
         if let Some(mark) = seen.mark {
@@ -326,9 +326,9 @@ mod tests {
 
     fn observe(state: &mut StateFile, fingerprint: &str, status: u16, mark: Option<KeyState>) {
         state.observe(&Observation {
-            provider: "anthropic",
-            fingerprint,
-            hint: "sk-a...efgh",
+            provider: "anthropic".to_owned(),
+            fingerprint: fingerprint.to_owned(),
+            hint: "sk-a...efgh".to_owned(),
             status: Some(status),
             mark,
             at: at(T0),
@@ -408,9 +408,9 @@ mod tests {
         store
             .update(|state| {
                 state.observe(&Observation {
-                    provider: "anthropic",
-                    fingerprint: &key.fingerprint(),
-                    hint: &key.hint(),
+                    provider: "anthropic".to_owned(),
+                    fingerprint: key.fingerprint(),
+                    hint: key.hint(),
                     status: Some(429),
                     mark: Some(KeyState::Cooling {
                         until_ms: T0 + 1_500,

@@ -2,6 +2,7 @@
 
 pub mod generate;
 pub mod send;
+pub mod serve;
 
 use std::process::ExitCode;
 

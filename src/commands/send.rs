@@ -464,6 +464,8 @@ mod tests {
             mark,
             changed: true,
             at_ms: 1_000,
+            elapsed: Duration::ZERO,
+            drained: None,
         }
     }
 

@@ -168,6 +168,18 @@ pub enum PoolError {
     DuplicateKey { index: usize, first: usize },
 }
 
+/// A key named by hint or fingerprint that names no key, or several.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeySelectError {
+    #[error("no key matches {0:?}")]
+    NoMatch(String),
+    #[error("{selector:?} matches {} keys ({}); use a fingerprint", .fingerprints.len(), .fingerprints.join(", "))]
+    Ambiguous {
+        selector: String,
+        fingerprints: Vec<String>,
+    },
+}
+
 /// Why no key is left for a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -341,6 +353,54 @@ impl Pool {
 
     pub fn index_of(&self, fingerprint: &str) -> Option<usize> {
         self.by_fingerprint.get(fingerprint).copied()
+    }
+
+    /// The keys a person may mean by `selector`: the one with that fingerprint, else those
+    /// with that masked hint.
+    pub fn matches(&self, selector: &str) -> Vec<usize> {
+        if let Some(index) = self.index_of(selector) {
+            return vec![index];
+        }
+        (0..self.keys.len())
+            .filter(|&index| self.keys[index].key.hint() == selector)
+            .collect()
+    }
+
+    /// The one key a person named by its fingerprint or its masked hint.
+    pub fn find(&self, selector: &str) -> Result<usize, KeySelectError> {
+        match self.matches(selector).as_slice() {
+            [] => Err(KeySelectError::NoMatch(selector.to_owned())),
+            [index] => Ok(*index),
+            several => Err(KeySelectError::Ambiguous {
+                selector: selector.to_owned(),
+                fingerprints: several
+                    .iter()
+                    .map(|&index| self.keys[index].fingerprint.clone())
+                    .collect(),
+            }),
+        }
+    }
+
+    /// Takes over state and counters of the keys both pools hold (after a config reload).
+    pub fn inherit_from(&self, previous: &Pool) {
+        for (index, key) in self.keys.iter().enumerate() {
+            let Some(old_index) = previous.index_of(&key.fingerprint) else {
+                continue;
+            };
+            let old = &previous.keys[old_index];
+            key.state
+                .store(old.state.load(Ordering::Acquire), Ordering::Release);
+            for (new, old) in [
+                (&key.requests, &old.requests),
+                (&key.failures, &old.failures),
+                (&key.last_used_ms, &old.last_used_ms),
+            ] {
+                new.store(old.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+            key.last_status
+                .store(old.last_status.load(Ordering::Relaxed), Ordering::Relaxed);
+            debug_assert_eq!(self.index_of(&key.fingerprint), Some(index));
+        }
     }
 
     /// The key's state now, with an expired cooldown read as available.
@@ -806,6 +866,46 @@ mod tests {
                 });
             }
         });
+    }
+
+    #[test]
+    fn keys_are_found_by_fingerprint_or_unique_hint() {
+        let clock = ManualClock::starting_at(T0);
+        let keys = vec![
+            ApiKey::new("sk-ant-aaaa-1111111111111-zzzz"),
+            ApiKey::new("sk-ant-bbbb-2222222222222-zzzz"),
+            ApiKey::new("sk-ant-cccc-3333333333333-yyyy"),
+        ];
+        let pool = Pool::new(keys, PoolSettings::default(), clock).unwrap();
+        assert_eq!(pool.find("sk-a...yyyy"), Ok(2));
+        assert_eq!(pool.find(pool.key(1).fingerprint()), Ok(1));
+        assert_eq!(
+            pool.find("sk-x...0000"),
+            Err(KeySelectError::NoMatch("sk-x...0000".into()))
+        );
+        let ambiguous = pool.find("sk-a...zzzz").unwrap_err();
+        assert!(
+            matches!(&ambiguous, KeySelectError::Ambiguous { fingerprints, .. } if fingerprints.len() == 2)
+        );
+        assert!(
+            ambiguous.to_string().contains(pool.key(0).fingerprint()),
+            "{ambiguous}"
+        );
+    }
+
+    #[test]
+    fn a_reloaded_pool_keeps_the_state_of_unchanged_keys() {
+        let (old, clock) = pool(3);
+        old.mark(1, Mark::Disable(DisableReason::Forbidden));
+        old.record_attempt(1, Some(403));
+        let mut reordered = keys(3);
+        reordered.swap(0, 1);
+        reordered.push(ApiKey::new("sk-test-key-new1"));
+        let new = Pool::new(reordered, PoolSettings::default(), clock).unwrap();
+        new.inherit_from(&old);
+        assert_eq!(new.state(0), KeyState::Disabled(DisableReason::Forbidden));
+        assert_eq!(new.snapshot(0).requests, 1);
+        assert_eq!(new.state(3), KeyState::Available);
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! Anthropic's Messages API: `x-api-key` auth and `{"type":"error","error":{...}}` errors.
 
-use http::{HeaderMap, HeaderName, HeaderValue};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use serde_json::{Value, json};
 
-use super::{ErrorSpec, ProviderApi, remove_credentials, secret_value};
+use super::{ApiRoute, ErrorSpec, ProviderApi, remove_credentials, secret_value, sse_event};
 use crate::secret::ApiKey;
 
 /// The version sent when the caller names none; the API rejects requests without one.
@@ -37,5 +38,14 @@ impl ProviderApi for Anthropic {
 
     fn error_body(&self, error: &ErrorSpec) -> Value {
         json!({"type": "error", "error": {"type": error.error_type, "message": error.message}})
+    }
+
+    fn route(&self, method: &Method, path: &str) -> ApiRoute {
+        ApiRoute::lookup(method, path, &[("/v1/messages", ApiRoute::Messages)])
+    }
+
+    fn stream_error_event(&self, _route: ApiRoute, message: &str) -> Bytes {
+        let data = json!({"type": "error", "error": {"type": "api_error", "message": message}});
+        sse_event(Some("error"), &data).into()
     }
 }

@@ -7,6 +7,7 @@ mod openai;
 
 use std::fmt;
 
+use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, header};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -78,6 +79,55 @@ pub trait ProviderApi: Sync {
 
     /// Renders an error in the provider's JSON shape.
     fn error_body(&self, error: &ErrorSpec) -> Value;
+
+    /// Which bridged API a request is for, from its method and path (without query).
+    fn route(&self, method: &http::Method, path: &str) -> ApiRoute;
+
+    /// The SSE event that ends a stream which broke off, so a cut stream never looks
+    /// complete: the provider's own error event for `route`.
+    fn stream_error_event(&self, route: ApiRoute, message: &str) -> Bytes;
+}
+
+/// The APIs the bridge reads (model, stream flag, token usage); everything else passes
+/// through unread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiRoute {
+    Messages,
+    ChatCompletions,
+    Responses,
+    Other,
+}
+
+impl ApiRoute {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Messages => "messages",
+            Self::ChatCompletions => "chat_completions",
+            Self::Responses => "responses",
+            Self::Other => "other",
+        }
+    }
+
+    /// Finds `route` among `(path, route)` pairs for a POST; anything else is `Other`.
+    fn lookup(method: &http::Method, path: &str, table: &[(&str, ApiRoute)]) -> Self {
+        if method != http::Method::POST {
+            return Self::Other;
+        }
+        let path = path.trim_end_matches('/');
+        table
+            .iter()
+            .find(|(known, _)| *known == path)
+            .map_or(Self::Other, |(_, route)| *route)
+    }
+}
+
+/// One SSE event: an optional `event:` line and one `data:` line.
+fn sse_event(event: Option<&str>, data: &Value) -> String {
+    match event {
+        Some(name) => format!("event: {name}\ndata: {data}\n\n"),
+        None => format!("data: {data}\n\n"),
+    }
 }
 
 /// Every header a caller may carry a credential in.
@@ -144,6 +194,54 @@ impl ErrorSpec {
             code,
             message: exhausted.message(),
         }
+    }
+
+    fn new(status: u16, error_type: &'static str, code: &'static str, message: String) -> Self {
+        Self {
+            status,
+            error_type,
+            code,
+            message,
+        }
+    }
+
+    pub fn unknown_provider(name: &str, known: &[&str]) -> Self {
+        let message = format!(
+            "unknown provider \"{name}\"; configured: {}",
+            known.join(", ")
+        );
+        Self::new(404, "not_found_error", "unknown_provider", message)
+    }
+
+    pub fn invalid_access_token() -> Self {
+        let message = "missing or invalid aibridge access token: send it in x-aibridge-token or the provider's auth header";
+        Self::new(
+            401,
+            "authentication_error",
+            "invalid_access_token",
+            message.to_owned(),
+        )
+    }
+
+    pub fn no_keys(message: String) -> Self {
+        Self::new(401, "authentication_error", "no_api_key", message)
+    }
+
+    pub fn body_too_large(limit: u64) -> Self {
+        let message = format!("request body is larger than max_body_size ({limit} bytes)");
+        Self::new(413, "request_too_large", "request_too_large", message)
+    }
+
+    pub fn unreachable(message: String) -> Self {
+        Self::new(502, "upstream_unreachable", "upstream_unreachable", message)
+    }
+
+    pub fn timeout(message: String) -> Self {
+        Self::new(504, "timeout_error", "upstream_timeout", message)
+    }
+
+    pub fn bad_request(message: String) -> Self {
+        Self::new(400, "invalid_request_error", "invalid_request", message)
     }
 
     pub fn provider_disabled(name: &str) -> Self {
@@ -251,6 +349,56 @@ mod tests {
         assert_eq!(
             Anthropic.error_body(&spec)["error"]["type"],
             "provider_disabled"
+        );
+    }
+
+    #[test]
+    fn bridged_routes() {
+        use http::Method;
+        assert_eq!(
+            Anthropic.route(&Method::POST, "/v1/messages"),
+            ApiRoute::Messages
+        );
+        assert_eq!(
+            Anthropic.route(&Method::POST, "/v1/messages/count_tokens"),
+            ApiRoute::Other
+        );
+        assert_eq!(
+            Anthropic.route(&Method::GET, "/v1/messages"),
+            ApiRoute::Other
+        );
+        assert_eq!(
+            OpenAi.route(&Method::POST, "/v1/chat/completions"),
+            ApiRoute::ChatCompletions
+        );
+        assert_eq!(
+            OpenAi.route(&Method::POST, "/v1/responses/"),
+            ApiRoute::Responses
+        );
+        assert_eq!(
+            Copilot.route(&Method::POST, "/chat/completions"),
+            ApiRoute::ChatCompletions
+        );
+        assert_eq!(OpenAi.route(&Method::GET, "/v1/models"), ApiRoute::Other);
+    }
+
+    #[test]
+    fn stream_error_events_in_each_shape() {
+        let anthropic =
+            Anthropic.stream_error_event(ApiRoute::Messages, "upstream stream interrupted: reset");
+        assert_eq!(
+            anthropic,
+            "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":\"upstream stream interrupted: reset\"}}\n\n"
+        );
+        let chat = OpenAi.stream_error_event(ApiRoute::ChatCompletions, "cut");
+        assert_eq!(
+            chat,
+            "data: {\"error\":{\"message\":\"cut\",\"type\":\"api_error\",\"code\":\"stream_interrupted\"}}\n\ndata: [DONE]\n\n"
+        );
+        let responses = OpenAi.stream_error_event(ApiRoute::Responses, "cut");
+        assert_eq!(
+            responses,
+            "event: error\ndata: {\"type\":\"error\",\"code\":\"stream_interrupted\",\"message\":\"cut\"}\n\n"
         );
     }
 

@@ -1,9 +1,10 @@
 //! OpenAI's Chat Completions and Responses APIs: bearer auth and `{"error":{...}}` errors.
 
-use http::HeaderMap;
+use bytes::Bytes;
+use http::{HeaderMap, Method};
 use serde_json::{Value, json};
 
-use super::{ErrorSpec, ProviderApi, set_bearer};
+use super::{ApiRoute, ErrorSpec, ProviderApi, set_bearer, sse_event};
 use crate::secret::ApiKey;
 
 pub struct OpenAi;
@@ -28,6 +29,33 @@ impl ProviderApi for OpenAi {
     fn error_body(&self, error: &ErrorSpec) -> Value {
         openai_error(error)
     }
+
+    fn route(&self, method: &Method, path: &str) -> ApiRoute {
+        ApiRoute::lookup(
+            method,
+            path,
+            &[
+                ("/v1/chat/completions", ApiRoute::ChatCompletions),
+                ("/v1/responses", ApiRoute::Responses),
+            ],
+        )
+    }
+
+    fn stream_error_event(&self, route: ApiRoute, message: &str) -> Bytes {
+        openai_stream_error(route, message)
+    }
+}
+
+/// Responses streams end with an `error` event; Chat Completions streams carry the error in
+/// a data line and still end with `[DONE]`, which is what clients wait for.
+pub(super) fn openai_stream_error(route: ApiRoute, message: &str) -> Bytes {
+    if route == ApiRoute::Responses {
+        let data = json!({"type": "error", "code": "stream_interrupted", "message": message});
+        return sse_event(Some("error"), &data).into();
+    }
+    let data =
+        json!({"error": {"message": message, "type": "api_error", "code": "stream_interrupted"}});
+    format!("{}data: [DONE]\n\n", sse_event(None, &data)).into()
 }
 
 /// The OpenAI error shape, which Copilot shares.

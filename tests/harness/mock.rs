@@ -20,6 +20,8 @@ pub enum Reply {
         headers: Vec<(String, String)>,
         body: String,
     },
+    /// Sends nothing for this long, then answers 200.
+    Slow(Duration),
     Sse {
         events: Vec<String>,
         /// Waits here after the first event until the test opens it.
@@ -112,6 +114,16 @@ struct Shared {
     /// Per key, the replies still to give; the last one repeats.
     replies: Mutex<HashMap<String, VecDeque<Reply>>>,
     requests: Mutex<Vec<Recorded>>,
+    streams: Mutex<StreamCounts>,
+}
+
+/// How SSE streams ended on the mock's side.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StreamCounts {
+    /// Every event was handed over.
+    pub finished: usize,
+    /// The reader went away first.
+    pub abandoned: usize,
 }
 
 pub struct MockUpstream {
@@ -171,6 +183,10 @@ impl MockUpstream {
         self.shared.requests.lock().unwrap().clone()
     }
 
+    pub fn streams(&self) -> StreamCounts {
+        *self.shared.streams.lock().unwrap()
+    }
+
     /// Which keys were used, in order.
     pub fn keys_used(&self) -> Vec<String> {
         self.requests()
@@ -223,11 +239,15 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
             None => Reply::ok(r#"{"id":"msg_default","type":"message"}"#),
         }
     };
-    respond(reply)
+    respond(reply, shared).await
 }
 
-fn respond(reply: Reply) -> Response {
+async fn respond(reply: Reply, shared: Arc<Shared>) -> Response {
     match reply {
+        Reply::Slow(delay) => {
+            tokio::time::sleep(delay).await;
+            Response::new(Body::from("{}"))
+        }
         Reply::Plain {
             status,
             headers,
@@ -240,7 +260,7 @@ fn respond(reply: Reply) -> Response {
             response.body(Body::from(body)).unwrap()
         }
         Reply::Sse { events, gate, cut } => {
-            let stream = async_stream(events, gate, cut);
+            let stream = async_stream(events, gate, cut, shared);
             Response::builder()
                 .header("content-type", "text/event-stream")
                 .header("cache-control", "no-cache")
@@ -250,12 +270,37 @@ fn respond(reply: Reply) -> Response {
     }
 }
 
+/// Counts a stream as abandoned when hyper drops it before its end.
+struct StreamEnd {
+    shared: Arc<Shared>,
+    finished: bool,
+}
+
+impl StreamEnd {
+    fn finish(&mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for StreamEnd {
+    fn drop(&mut self) {
+        let mut counts = self.shared.streams.lock().unwrap();
+        if self.finished {
+            counts.finished += 1;
+        } else {
+            counts.abandoned += 1;
+        }
+    }
+}
+
 fn async_stream(
     events: Vec<String>,
     gate: Option<Arc<Gate>>,
     cut: bool,
+    shared: Arc<Shared>,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    // Room for one chunk only, so the sender notices promptly when the reader is gone.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
     tokio::spawn(async move {
         for (index, event) in events.into_iter().enumerate() {
             if tx.send(Ok(Bytes::from(event))).await.is_err() {
@@ -282,7 +327,17 @@ fn async_stream(
                 .await;
         }
     });
-    futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
+    let end = StreamEnd {
+        shared,
+        finished: false,
+    };
+    futures_util::stream::unfold((rx, end), |(mut rx, mut end)| async move {
+        match rx.recv().await {
+            Some(item) => Some((item, (rx, end))),
+            None => {
+                end.finish();
+                None
+            }
+        }
     })
 }

@@ -1,0 +1,80 @@
+//! The pool as people and scripts see it: every provider's keys with their state and
+//! counters. One schema for `GET /_aibridge/pool` and `aibridge pool status --json`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::failover::Upstream;
+use crate::keypool::{KeySnapshot, KeyState, ceil_secs, from_unix_ms};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolReport {
+    pub providers: Vec<ProviderReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderReport {
+    pub name: String,
+    pub kind: String,
+    pub enabled: bool,
+    pub keys: Vec<KeyReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyReport {
+    pub hint: String,
+    pub fingerprint: String,
+    /// `available`, `cooling` or `disabled`.
+    pub state: String,
+    /// `rate_limited`, `unauthorized` or `forbidden`.
+    pub reason: Option<String>,
+    pub cooldown_remaining_secs: Option<u64>,
+    pub last_status: Option<u16>,
+    /// RFC 3339.
+    pub last_used: Option<String>,
+    pub requests: u64,
+    pub failures: u64,
+}
+
+impl PoolReport {
+    pub fn new<'a>(upstreams: impl IntoIterator<Item = &'a Upstream>) -> Self {
+        let providers = upstreams
+            .into_iter()
+            .map(|upstream| {
+                let now = upstream.pool.clock().now_ms();
+                ProviderReport {
+                    name: upstream.name.clone(),
+                    kind: upstream.kind.to_string(),
+                    enabled: upstream.enabled,
+                    keys: upstream
+                        .pool
+                        .snapshots()
+                        .iter()
+                        .map(|snapshot| KeyReport::new(snapshot, now))
+                        .collect(),
+                }
+            })
+            .collect();
+        Self { providers }
+    }
+}
+
+impl KeyReport {
+    pub fn new(snapshot: &KeySnapshot, now_ms: u64) -> Self {
+        Self {
+            hint: snapshot.hint.clone(),
+            fingerprint: snapshot.fingerprint.clone(),
+            state: snapshot.state.name().to_owned(),
+            reason: snapshot.state.reason().map(str::to_owned),
+            cooldown_remaining_secs: match snapshot.state {
+                KeyState::Cooling { .. } => Some(ceil_secs(snapshot.state.remaining(now_ms))),
+                _ => None,
+            },
+            last_status: snapshot.last_status,
+            last_used: snapshot
+                .last_used_ms
+                .map(|ms| humantime::format_rfc3339_seconds(from_unix_ms(ms)).to_string()),
+            requests: snapshot.requests,
+            failures: snapshot.failures,
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! Operator routes: health, the pool report, clearing marks, and Prometheus metrics.
+//! They need an access token whenever tokens are configured.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{HeaderMap, header};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::AppState;
+use super::proxy::error_response;
+use super::state_sync::StateChange;
+use crate::keypool::{KeySelectError, KeyState};
+use crate::provider::{ErrorSpec, ProviderKind};
+use crate::report::PoolReport;
+
+pub async fn health() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// Rejects callers without a valid access token (when tokens are configured).
+fn unauthorized(app: &AppState, headers: &HeaderMap) -> Option<Response> {
+    let mut headers = headers.clone();
+    (!app.bridge.load().authorize(&mut headers)).then(|| {
+        error_response(
+            ProviderKind::OpenAi.api(),
+            &ErrorSpec::invalid_access_token(),
+        )
+    })
+}
+
+pub async fn pool(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Some(denied) = unauthorized(&app, &headers) {
+        return denied;
+    }
+    let bridge = app.bridge.load();
+    Json(PoolReport::new(bridge.upstreams.values())).into_response()
+}
+
+pub async fn metrics(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Some(denied) = unauthorized(&app, &headers) {
+        return denied;
+    }
+    let bridge = app.bridge.load();
+    let text = app.metrics.render(bridge.upstreams.values());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// Which marks to clear: all, one provider's, or one key's (by hint or fingerprint).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResetRequest {
+    pub provider: Option<String>,
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClearedKey {
+    pub provider: String,
+    pub key: String,
+    pub fingerprint: String,
+    /// The state before the reset.
+    pub was: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ResetResponse {
+    pub cleared: Vec<ClearedKey>,
+}
+
+/// `POST /_aibridge/pool/reset`, with the selection as query parameters or a JSON body.
+pub async fn reset(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(query): Query<ResetRequest>,
+    body: Bytes,
+) -> Response {
+    if let Some(denied) = unauthorized(&app, &headers) {
+        return denied;
+    }
+    let api = ProviderKind::OpenAi.api();
+    let selection = if body.iter().all(u8::is_ascii_whitespace) {
+        query
+    } else {
+        match serde_json::from_slice::<ResetRequest>(&body) {
+            Ok(selection) => selection,
+            Err(error) => {
+                return error_response(
+                    api,
+                    &ErrorSpec::bad_request(format!("invalid reset request: {error}")),
+                );
+            }
+        }
+    };
+    match clear_marks(&app, &selection) {
+        Ok(cleared) => Json(ResetResponse { cleared }).into_response(),
+        Err(spec) => error_response(api, &spec),
+    }
+}
+
+fn clear_marks(app: &AppState, selection: &ResetRequest) -> Result<Vec<ClearedKey>, ErrorSpec> {
+    let bridge = app.bridge.load();
+    if let Some(name) = &selection.provider
+        && !bridge.upstreams.contains_key(name)
+    {
+        return Err(ErrorSpec::unknown_provider(name, &bridge.provider_names()));
+    }
+    let upstreams: Vec<_> = bridge
+        .upstreams
+        .values()
+        .filter(|upstream| {
+            selection
+                .provider
+                .as_ref()
+                .is_none_or(|name| *name == upstream.name)
+        })
+        .collect();
+    // Resolve the whole selection first, so an ambiguous key clears nothing.
+    let targets: Vec<_> = upstreams
+        .iter()
+        .flat_map(|upstream| {
+            let indices = match &selection.key {
+                None => (0..upstream.pool.len()).collect(),
+                Some(selector) => upstream.pool.matches(selector),
+            };
+            indices.into_iter().map(move |index| (*upstream, index))
+        })
+        .collect();
+    if let Some(selector) = &selection.key {
+        let error = match targets.as_slice() {
+            [] => Some(KeySelectError::NoMatch(selector.clone())),
+            [_] => None,
+            several => Some(KeySelectError::Ambiguous {
+                selector: selector.clone(),
+                fingerprints: several
+                    .iter()
+                    .map(|(upstream, index)| {
+                        format!(
+                            "{}:{}",
+                            upstream.name,
+                            upstream.pool.key(*index).fingerprint()
+                        )
+                    })
+                    .collect(),
+            }),
+        };
+        if let Some(error) = error {
+            return Err(ErrorSpec::bad_request(error.to_string()));
+        }
+    }
+    let mut cleared = Vec::new();
+    for (upstream, index) in targets {
+        let before = upstream.pool.state(index);
+        if before == KeyState::Available {
+            continue;
+        }
+        upstream.pool.set_state(index, KeyState::Available);
+        let key = upstream.pool.key(index);
+        tracing::info!(provider = %upstream.name, key = %key.key(), "key reset to available (was {})", before.name());
+        if let Some(sync) = &app.state_sync {
+            sync.record(StateChange::Cleared {
+                provider: Some(upstream.name.clone()),
+                fingerprint: Some(key.fingerprint().to_owned()),
+            });
+        }
+        cleared.push(ClearedKey {
+            provider: upstream.name.clone(),
+            key: key.key().hint(),
+            fingerprint: key.fingerprint().to_owned(),
+            was: before.name().to_owned(),
+        });
+    }
+    Ok(cleared)
+}

@@ -1,0 +1,138 @@
+//! The request log (one JSON line per request) and request dumps (every attempt's request
+//! and response, credentials masked), written by one background thread so the request path
+//! never waits on disk.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use anyhow::Context;
+use serde::Serialize;
+
+enum Entry {
+    Line(String),
+    Dump {
+        name: String,
+        contents: Vec<u8>,
+    },
+    /// Answered once everything sent before it is written.
+    Flush(mpsc::SyncSender<()>),
+}
+
+pub struct Journal {
+    sender: Option<mpsc::Sender<Entry>>,
+    thread: Option<JoinHandle<()>>,
+    logging: bool,
+    dumping: bool,
+}
+
+impl Journal {
+    /// Opens the log (appending) and creates the dump directory; either may be absent.
+    pub fn open(request_log: Option<&Path>, dump_dir: Option<&Path>) -> anyhow::Result<Self> {
+        if request_log.is_none() && dump_dir.is_none() {
+            return Ok(Self {
+                sender: None,
+                thread: None,
+                logging: false,
+                dumping: false,
+            });
+        }
+        let log = request_log
+            .map(|path| {
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .with_context(|| format!("cannot open request_log {}", path.display()))
+            })
+            .transpose()?;
+        if let Some(dir) = dump_dir {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create dump_dir {}", dir.display()))?;
+        }
+        let (sender, receiver) = mpsc::channel();
+        let dumping = dump_dir.is_some();
+        let dump_dir = dump_dir.map(Path::to_path_buf);
+        let thread = std::thread::Builder::new()
+            .name("aibridge-journal".into())
+            .spawn(move || write_entries(receiver, log, dump_dir))
+            .context("cannot start the journal thread")?;
+        Ok(Self {
+            sender: Some(sender),
+            thread: Some(thread),
+            logging: request_log.is_some(),
+            dumping,
+        })
+    }
+
+    pub fn logging(&self) -> bool {
+        self.logging
+    }
+
+    pub fn dumping(&self) -> bool {
+        self.dumping
+    }
+
+    pub fn log(&self, record: &impl Serialize) {
+        if !self.logging {
+            return;
+        }
+        if let (Some(sender), Ok(line)) = (&self.sender, serde_json::to_string(record)) {
+            let _ = sender.send(Entry::Line(line));
+        }
+    }
+
+    pub fn dump(&self, name: String, record: &impl Serialize) {
+        if !self.dumping {
+            return;
+        }
+        if let (Some(sender), Ok(contents)) = (&self.sender, serde_json::to_vec_pretty(record)) {
+            let _ = sender.send(Entry::Dump { name, contents });
+        }
+    }
+
+    /// Waits (briefly) until everything sent so far is written.
+    pub fn flush(&self) {
+        let Some(sender) = &self.sender else { return };
+        let (done, written) = mpsc::sync_channel(1);
+        if sender.send(Entry::Flush(done)).is_ok() {
+            let _ = written.recv_timeout(std::time::Duration::from_secs(5));
+        }
+    }
+
+    /// Writes what is pending and stops the thread.
+    fn close(&mut self) {
+        drop(self.sender.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn write_entries(receiver: mpsc::Receiver<Entry>, log: Option<File>, dump_dir: Option<PathBuf>) {
+    let mut log = log.map(BufWriter::new);
+    for entry in receiver {
+        let written = match (entry, &mut log, &dump_dir) {
+            (Entry::Line(line), Some(log), _) => writeln!(log, "{line}").and_then(|()| log.flush()),
+            (Entry::Dump { name, contents }, _, Some(dir)) => {
+                std::fs::write(dir.join(name), contents)
+            }
+            (Entry::Flush(done), _, _) => {
+                let _ = done.send(());
+                Ok(())
+            }
+            _ => Ok(()),
+        };
+        if let Err(error) = written {
+            tracing::warn!("cannot write to the request log or dump directory: {error}");
+        }
+    }
+}

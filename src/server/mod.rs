@@ -1,0 +1,268 @@
+//! `serve`: the HTTP front of the bridge. Every `/{provider}/...` request goes through the
+//! shared failover walker; `/_aibridge/*` and `/metrics` are for operators.
+//!
+//! The configuration lives behind an `ArcSwap`, so a SIGHUP reload swaps it without a lock
+//! on the request path.
+
+mod admin;
+mod journal;
+mod metrics;
+mod proxy;
+mod relay;
+mod state_sync;
+mod usage;
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use axum::Router;
+use axum::routing::{get, post};
+use http::HeaderMap;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::config::{Config, ConfigError, ServeSettings};
+use crate::failover::{Upstream, Walker};
+use crate::keypool::{Clock, SystemClock};
+use crate::provider::caller_credential;
+use crate::state::{StateFile, StateStore};
+
+pub use journal::Journal;
+use metrics::Metrics;
+use state_sync::StateSync;
+
+/// How long in-flight requests may run on after SIGINT/SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// The header a client may carry its aibridge access token in.
+const TOKEN_HEADER: &str = "x-aibridge-token";
+
+/// Reloads the configuration (on SIGHUP).
+pub type ConfigLoader = Box<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>;
+
+pub struct ServerOptions {
+    pub listener: TcpListener,
+    pub store: Option<StateStore>,
+    pub reload: ConfigLoader,
+}
+
+/// What one configuration builds: swapped whole on reload.
+pub struct Bridge {
+    upstreams: BTreeMap<String, Upstream>,
+    settings: ServeSettings,
+    walker: Walker,
+    /// Fingerprints of the access tokens, so tokens are compared by hash.
+    tokens: HashSet<String>,
+}
+
+impl Bridge {
+    fn build(
+        config: &Config,
+        clock: &Arc<dyn Clock>,
+        state: Option<&StateFile>,
+        previous: Option<&Bridge>,
+    ) -> anyhow::Result<Self> {
+        let mut upstreams = BTreeMap::new();
+        for (name, provider) in &config.providers {
+            let upstream = Upstream::from_config(provider, clock.clone())?;
+            if let Some(state) = state {
+                state.restore_into(name, &upstream.pool);
+            }
+            if let Some(old) = previous.and_then(|bridge| bridge.upstreams.get(name)) {
+                upstream.pool.inherit_from(&old.pool);
+            }
+            upstreams.insert(name.clone(), upstream);
+        }
+        Ok(Self {
+            upstreams,
+            walker: Walker::new(config.serve.response_timeout)
+                .context("cannot set up the HTTP client")?,
+            tokens: config
+                .serve
+                .access_tokens
+                .iter()
+                .map(|token| token.fingerprint())
+                .collect(),
+            settings: config.serve.clone(),
+        })
+    }
+
+    fn provider_names(&self) -> Vec<&str> {
+        self.upstreams.keys().map(String::as_str).collect()
+    }
+
+    /// Checks the caller's access token when tokens are configured, and removes it so it
+    /// is never forwarded or taken for a provider key.
+    fn authorize(&self, headers: &mut HeaderMap) -> bool {
+        let dedicated = headers.remove(TOKEN_HEADER);
+        if self.tokens.is_empty() {
+            return true;
+        }
+        let is_token = |value: &str| {
+            self.tokens
+                .contains(&crate::secret::ApiKey::new(value).fingerprint())
+        };
+        if let Some(value) = dedicated {
+            return value.to_str().is_ok_and(is_token);
+        }
+        for name in [http::header::AUTHORIZATION.as_str(), "x-api-key"] {
+            let mut single = HeaderMap::new();
+            if let Some(value) = headers.get(name) {
+                single.insert(
+                    name.parse::<http::HeaderName>().expect("static name"),
+                    value.clone(),
+                );
+            }
+            if caller_credential(&single).is_some_and(|credential| is_token(credential.expose())) {
+                headers.remove(name);
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// Shared by every request.
+pub struct AppState {
+    bridge: ArcSwap<Bridge>,
+    metrics: Metrics,
+    journal: Journal,
+    state_sync: Option<StateSync>,
+    store: Option<StateStore>,
+    clock: Arc<dyn Clock>,
+    next_request_id: AtomicU64,
+    reload: ConfigLoader,
+}
+
+impl AppState {
+    fn reload(&self) {
+        let reloaded = (self.reload)()
+            .map_err(anyhow::Error::from)
+            .and_then(|config| {
+                let state = self.store.as_ref().map(StateStore::load).transpose()?;
+                let previous = self.bridge.load();
+                Bridge::build(&config, &self.clock, state.as_ref(), Some(&previous))
+            });
+        match reloaded {
+            Ok(bridge) => {
+                let summary = bridge.provider_names().join(", ");
+                self.bridge.store(Arc::new(bridge));
+                tracing::info!("configuration reloaded; providers: {summary}");
+            }
+            Err(error) => {
+                tracing::error!("reload failed, keeping the running configuration: {error:#}")
+            }
+        }
+    }
+}
+
+/// Serves until SIGINT or SIGTERM, then lets in-flight requests finish.
+pub async fn run(config: Config, options: ServerOptions) -> anyhow::Result<()> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let state = options
+        .store
+        .as_ref()
+        .map(StateStore::load)
+        .transpose()
+        .context("cannot read the state file")?;
+    let bridge = Bridge::build(&config, &clock, state.as_ref(), None)?;
+    let journal = Journal::open(
+        config.serve.request_log.as_deref(),
+        config.serve.dump_dir.as_deref(),
+    )?;
+    let address = options
+        .listener
+        .local_addr()
+        .context("cannot read the bound address")?;
+    print_banner(address, &bridge);
+
+    let app = Arc::new(AppState {
+        bridge: ArcSwap::from_pointee(bridge),
+        metrics: Metrics::new(),
+        journal,
+        state_sync: options.store.clone().map(StateSync::start),
+        store: options.store,
+        clock,
+        next_request_id: AtomicU64::new(1),
+        reload: options.reload,
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(options.listener, router(app.clone()))
+        .with_graceful_shutdown(async {
+            let _ = stopped.await;
+        })
+        .into_future();
+    let server = tokio::spawn(server);
+
+    wait_for_stop(&app).await?;
+    tracing::info!(
+        "shutting down; in-flight requests have {}s to finish",
+        SHUTDOWN_GRACE.as_secs()
+    );
+    let _ = stop.send(());
+    match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+        Ok(Ok(result)) => result.context("server error")?,
+        Ok(Err(error)) => return Err(error).context("server task failed"),
+        Err(_) => tracing::warn!(
+            "requests still running after {}s; stopping anyway",
+            SHUTDOWN_GRACE.as_secs()
+        ),
+    }
+    if let Some(sync) = &app.state_sync {
+        sync.flush().await;
+    }
+    app.journal.flush();
+    Ok(())
+}
+
+fn router(app: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/_aibridge/health", get(admin::health))
+        .route("/_aibridge/pool", get(admin::pool))
+        .route("/_aibridge/pool/reset", post(admin::reset))
+        .route("/metrics", get(admin::metrics))
+        .fallback(proxy::handle)
+        .with_state(app)
+}
+
+/// Reloads on SIGHUP; returns on SIGINT or SIGTERM.
+async fn wait_for_stop(app: &AppState) -> anyhow::Result<()> {
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+    loop {
+        tokio::select! {
+            _ = interrupt.recv() => return Ok(()),
+            _ = terminate.recv() => return Ok(()),
+            _ = hangup.recv() => {
+                tracing::info!("SIGHUP: reloading configuration");
+                app.reload();
+            }
+        }
+    }
+}
+
+fn print_banner(address: SocketAddr, bridge: &Bridge) {
+    eprintln!("aibridge listening on http://{address}");
+    for upstream in bridge.upstreams.values() {
+        let keys = match upstream.pool.len() {
+            0 => "no keys (callers bring their own)".to_owned(),
+            1 => "1 key".to_owned(),
+            count => format!("{count} keys"),
+        };
+        let enabled = if upstream.enabled {
+            "enabled"
+        } else {
+            "disabled"
+        };
+        eprintln!(
+            "  {:<12} {:<10} {}  {keys}  {enabled}",
+            upstream.name, upstream.kind, upstream.base_url
+        );
+    }
+}

@@ -1,0 +1,370 @@
+//! The proxy route: `/{provider}/{rest}` to `{base_url}/{rest}` through the failover walker.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::relay::{Completion, Relay, RequestRecord};
+use super::state_sync::StateChange;
+use super::usage::RequestFacts;
+use super::{AppState, Bridge};
+use crate::failover::{
+    Attempt, Credentials, FailoverError, OutboundRequest, Upstream, forwardable_headers,
+};
+use crate::provider::{ApiRoute, ErrorSpec, ProviderApi, ProviderKind};
+use crate::secret::{ApiKey, mask};
+
+pub async fn handle(State(app): State<Arc<AppState>>, request: Request) -> Response {
+    let started = Instant::now();
+    let bridge = app.bridge.load_full();
+    let (parts, body) = request.into_parts();
+    let (name, rest) = split_provider(parts.uri.path());
+    let Some(upstream) = bridge.upstreams.get(name) else {
+        let spec = ErrorSpec::unknown_provider(name, &bridge.provider_names());
+        return error_response(ProviderKind::OpenAi.api(), &spec);
+    };
+    let api = upstream.kind.api();
+    let mut headers = parts.headers;
+    if !bridge.authorize(&mut headers) {
+        return error_response(api, &ErrorSpec::invalid_access_token());
+    }
+    let body = match read_body(body, &headers, bridge.settings.max_body_size).await {
+        Ok(body) => body,
+        Err(spec) => return error_response(api, &spec),
+    };
+    let credentials = match upstream.credentials_for(&headers, upstream.byok) {
+        Ok(credentials) => credentials,
+        Err(error) => return failover_error_response(api, &error),
+    };
+    let route = api.route(&parts.method, rest);
+    let facts = match route {
+        ApiRoute::Other => RequestFacts::default(),
+        _ => RequestFacts::read(&body),
+    };
+    let request = OutboundRequest {
+        method: parts.method,
+        path_and_query: match parts.uri.query() {
+            Some(query) => format!("{rest}?{query}"),
+            None => rest.to_owned(),
+        },
+        headers,
+        body,
+    };
+    let exchange = bridge.walker.send(upstream, &request, &credentials).await;
+    let id = app.next_request_id.fetch_add(1, Ordering::Relaxed);
+    record_marks(&app, upstream, &exchange.attempts);
+    dump_failed_attempts(
+        &app,
+        id,
+        upstream,
+        &request,
+        &credentials,
+        &exchange.attempts,
+    );
+
+    let record = RequestRecord::new(id, upstream, &request, route, &facts, &exchange.attempts);
+    match exchange.result {
+        Ok(response) => {
+            let upstream_time = exchange
+                .attempts
+                .iter()
+                .map(|attempt| attempt.elapsed)
+                .sum();
+            app.metrics.latency(
+                &upstream.name,
+                upstream_time,
+                started.elapsed().saturating_sub(upstream_time),
+            );
+            let dump = app.journal.dumping().then(|| {
+                let attempt = exchange.attempts.len();
+                let request_dump = dump_request(
+                    upstream,
+                    &request,
+                    &credentials,
+                    &exchange.attempts[attempt - 1],
+                );
+                (format!("{id:08}-attempt{attempt}.json"), request_dump)
+            });
+            let completion = Completion::new(app.clone(), record, started, dump);
+            relay_response(
+                &bridge,
+                api,
+                route,
+                response,
+                completion,
+                exchange.attempts.len(),
+            )
+        }
+        Err(error) => {
+            if let FailoverError::Exhausted(exhausted) = &error {
+                app.metrics.exhausted(&upstream.name, exhausted.kind);
+            }
+            let response = failover_error_response(api, &error);
+            Completion::new(app.clone(), record, started, None)
+                .failed(response.status().as_u16(), &error);
+            response
+        }
+    }
+}
+
+/// `/anthropic/v1/messages` -> (`anthropic`, `/v1/messages`).
+fn split_provider(path: &str) -> (&str, &str) {
+    let path = path.strip_prefix('/').unwrap_or(path);
+    match path.find('/') {
+        Some(slash) => (&path[..slash], &path[slash..]),
+        None => (path, ""),
+    }
+}
+
+async fn read_body(body: Body, headers: &HeaderMap, limit: u64) -> Result<Bytes, ErrorSpec> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Err(ErrorSpec::body_too_large(limit));
+    }
+    let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
+    axum::body::to_bytes(body, limit_usize)
+        .await
+        .map_err(|error| {
+            let too_large = std::error::Error::source(&error)
+                .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
+            if too_large {
+                ErrorSpec::body_too_large(limit)
+            } else {
+                ErrorSpec::bad_request(format!("cannot read the request body: {error}"))
+            }
+        })
+}
+
+/// Counts state changes and hands marks to the state file writer.
+fn record_marks(app: &AppState, upstream: &Upstream, attempts: &[Attempt]) {
+    for attempt in attempts.iter().filter(|attempt| attempt.mark.is_some()) {
+        if attempt.changed
+            && let Some(state) = attempt.mark
+        {
+            app.metrics.key_transition(&upstream.name, state);
+        }
+        if let (Some(sync), Some(seen)) = (&app.state_sync, attempt.observation(&upstream.name)) {
+            sync.record(StateChange::Observed(seen));
+        }
+    }
+}
+
+fn relay_response(
+    bridge: &Bridge,
+    api: &'static dyn ProviderApi,
+    route: ApiRoute,
+    response: reqwest::Response,
+    completion: Completion,
+    attempts: usize,
+) -> Response {
+    let status = response.status();
+    let is_sse = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("text/event-stream"));
+    let mut headers = forwardable_headers(response.headers());
+    if !is_sse && let Some(length) = response.headers().get(header::CONTENT_LENGTH) {
+        headers.insert(header::CONTENT_LENGTH, length.clone());
+    }
+    if let Some(hint) = completion.answering_key()
+        && let Ok(value) = HeaderValue::from_str(hint)
+    {
+        headers.insert("x-aibridge-key", value);
+    }
+    headers.insert("x-aibridge-attempts", HeaderValue::from(attempts));
+    let completion = completion.with_response(status.as_u16(), response.headers(), is_sse);
+    let relay = Relay::new(
+        response,
+        bridge.settings.stream_idle_timeout,
+        is_sse.then_some((api, route)),
+        completion,
+    );
+    let mut reply = Response::new(relay.into_body());
+    *reply.status_mut() = status;
+    *reply.headers_mut() = headers;
+    reply
+}
+
+pub fn error_response(api: &dyn ProviderApi, spec: &ErrorSpec) -> Response {
+    let status = StatusCode::from_u16(spec.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    (status, axum::Json(api.error_body(spec))).into_response()
+}
+
+fn failover_error_response(api: &dyn ProviderApi, error: &FailoverError) -> Response {
+    match error {
+        FailoverError::ProviderDisabled { provider } => {
+            error_response(api, &ErrorSpec::provider_disabled(provider))
+        }
+        FailoverError::NoKeys { .. } => error_response(api, &ErrorSpec::no_keys(error.to_string())),
+        FailoverError::Unreachable(_) => {
+            error_response(api, &ErrorSpec::unreachable(error.to_string()))
+        }
+        FailoverError::Timeout(_) => error_response(api, &ErrorSpec::timeout(error.to_string())),
+        FailoverError::Exhausted(exhausted) => {
+            let mut response = error_response(api, &ErrorSpec::exhausted(exhausted));
+            let seconds = exhausted.retry_after_secs();
+            if seconds > 0 {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            }
+            response
+        }
+    }
+}
+
+/// One attempt's request and response, as written to `dump_dir`.
+#[derive(Debug, Serialize)]
+pub struct AttemptDump {
+    pub request_id: u64,
+    pub attempt: usize,
+    pub provider: String,
+    pub time: String,
+    pub key: String,
+    pub request: Value,
+    pub response: Value,
+}
+
+fn dump_failed_attempts(
+    app: &AppState,
+    id: u64,
+    upstream: &Upstream,
+    request: &OutboundRequest,
+    credentials: &Credentials,
+    attempts: &[Attempt],
+) {
+    if !app.journal.dumping() {
+        return;
+    }
+    for (index, attempt) in attempts.iter().enumerate() {
+        let response = match (&attempt.drained, attempt.status) {
+            (Some(drained), Some(status)) => {
+                http_message(Some(status), &drained.headers, &drained.body)
+            }
+            (None, None) => serde_json::json!({"error": "no response"}),
+            // The answer that reaches the caller is dumped when its body has been relayed.
+            _ => continue,
+        };
+        let mut dump = dump_request(upstream, request, credentials, attempt);
+        dump.attempt = index + 1;
+        dump.request_id = id;
+        dump.response = response;
+        app.journal
+            .dump(format!("{id:08}-attempt{}.json", index + 1), &dump);
+    }
+}
+
+/// The request of one attempt as it was sent, with the key shown as its hint.
+pub fn dump_request(
+    upstream: &Upstream,
+    request: &OutboundRequest,
+    credentials: &Credentials,
+    attempt: &Attempt,
+) -> AttemptDump {
+    let mut headers = forwardable_headers(&request.headers);
+    match credentials {
+        Credentials::Pool => upstream
+            .kind
+            .api()
+            .apply_key(&mut headers, &ApiKey::new(attempt.key_hint.as_str())),
+        Credentials::Caller(_) => {
+            for name in [header::AUTHORIZATION.as_str(), "x-api-key"] {
+                if let Some(value) = headers.get(name).and_then(|value| value.to_str().ok()) {
+                    let masked = HeaderValue::from_str(&mask(value))
+                        .expect("a masked value is a valid header");
+                    headers.insert(
+                        name.parse::<http::HeaderName>().expect("static name"),
+                        masked,
+                    );
+                }
+            }
+        }
+    }
+    let mut message = http_message(None, &headers, &request.body);
+    message["method"] = Value::String(request.method.to_string());
+    message["url"] = Value::String(format!("{}{}", upstream.base_url, request.path_and_query));
+    AttemptDump {
+        request_id: 0,
+        attempt: 0,
+        provider: upstream.name.clone(),
+        time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        key: attempt.key_hint.clone(),
+        request: message,
+        response: Value::Null,
+    }
+}
+
+/// Status, headers and body as JSON; the body as parsed JSON when it is JSON, else text.
+pub fn http_message(status: Option<u16>, headers: &HeaderMap, body: &[u8]) -> Value {
+    let headers: Map<String, Value> = headers
+        .iter()
+        .map(|(name, value)| {
+            let text = value
+                .to_str()
+                .map_or_else(|_| "<binary>".to_owned(), str::to_owned);
+            (name.as_str().to_owned(), Value::String(text))
+        })
+        .collect();
+    let body = serde_json::from_slice(body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()));
+    let mut message = serde_json::json!({"headers": headers, "body": body});
+    if let Some(status) = status {
+        message["status"] = Value::from(status);
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_is_the_first_segment() {
+        assert_eq!(
+            split_provider("/anthropic/v1/messages"),
+            ("anthropic", "/v1/messages")
+        );
+        assert_eq!(
+            split_provider("/openai/v1/chat/completions"),
+            ("openai", "/v1/chat/completions")
+        );
+        assert_eq!(split_provider("/openai"), ("openai", ""));
+        assert_eq!(split_provider("/"), ("", ""));
+    }
+
+    #[test]
+    fn exhaustion_sets_retry_after() {
+        let exhausted = crate::keypool::Exhausted {
+            kind: crate::keypool::ExhaustionKind::RateLimited,
+            retry_after: std::time::Duration::from_millis(2500),
+        };
+        let response = failover_error_response(
+            ProviderKind::Anthropic.api(),
+            &FailoverError::Exhausted(exhausted),
+        );
+        assert_eq!(response.status(), 429);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "3");
+    }
+
+    #[test]
+    fn http_message_parses_json_bodies() {
+        let message = http_message(Some(429), &HeaderMap::new(), b"{\"a\":1}");
+        assert_eq!(
+            message,
+            serde_json::json!({"headers": {}, "body": {"a": 1}, "status": 429})
+        );
+        let text = http_message(None, &HeaderMap::new(), b"plain");
+        assert_eq!(text["body"], "plain");
+    }
+}

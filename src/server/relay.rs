@@ -1,0 +1,287 @@
+//! Relays an upstream body to the client chunk by chunk as it arrives, and accounts for the
+//! request when the body ends, breaks, or the client goes away.
+//!
+//! A stream that breaks after it started cannot fail over any more; an SSE stream then gets
+//! the provider's own error event and a clean end, so a cut stream never looks complete.
+//! Any other body is aborted, so the client sees a short read rather than a silent truncation.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::body::Body;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use http::HeaderMap;
+use serde::Serialize;
+
+use super::AppState;
+use super::proxy::{AttemptDump, http_message};
+use super::usage::{RequestFacts, UsageTap};
+use crate::failover::{Attempt, FailoverError, OutboundRequest, Upstream, error_chain};
+use crate::keypool::KeyState;
+use crate::provider::{ApiRoute, ProviderApi};
+
+/// How much of the answer a dump keeps.
+const MAX_DUMPED_BODY: usize = 1024 * 1024;
+
+/// One line of the request log.
+#[derive(Debug, Serialize)]
+pub struct RequestRecord {
+    pub time: String,
+    pub id: u64,
+    pub provider: String,
+    pub method: String,
+    pub path: String,
+    pub route: &'static str,
+    pub model: Option<String>,
+    pub stream: bool,
+    pub status: u16,
+    /// `completed`, `interrupted`, `client_disconnected` or `error`.
+    pub outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub attempts: Vec<AttemptRecord>,
+    /// The hint of the key that answered.
+    pub key: Option<String>,
+    pub input_tokens: Option<u64>,
+    pub output_tokens: Option<u64>,
+    pub latency_ms: f64,
+    pub ttfb_ms: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AttemptRecord {
+    pub key: String,
+    pub status: Option<u16>,
+    pub mark: Option<&'static str>,
+}
+
+impl RequestRecord {
+    pub fn new(
+        id: u64,
+        upstream: &Upstream,
+        request: &OutboundRequest,
+        route: ApiRoute,
+        facts: &RequestFacts,
+        attempts: &[Attempt],
+    ) -> Self {
+        let answered = attempts
+            .last()
+            .filter(|attempt| attempt.status.is_some() && attempt.mark.is_none());
+        Self {
+            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            id,
+            provider: upstream.name.clone(),
+            method: request.method.to_string(),
+            path: request.path_and_query.clone(),
+            route: route.as_str(),
+            model: facts.model.clone(),
+            stream: facts.stream,
+            status: 0,
+            outcome: "error",
+            error: None,
+            attempts: attempts
+                .iter()
+                .map(|attempt| AttemptRecord {
+                    key: attempt.key_hint.clone(),
+                    status: attempt.status,
+                    mark: attempt.mark.map(KeyState::name),
+                })
+                .collect(),
+            key: answered.map(|attempt| attempt.key_hint.clone()),
+            input_tokens: None,
+            output_tokens: None,
+            latency_ms: 0.0,
+            ttfb_ms: None,
+        }
+    }
+}
+
+/// Accounts for one request once: metrics, the request log and the final dump.
+pub struct Completion {
+    app: Arc<AppState>,
+    record: RequestRecord,
+    started: Instant,
+    tap: Option<UsageTap>,
+    dump: Option<(String, AttemptDump, Vec<u8>)>,
+    response_headers: HeaderMap,
+    finished: bool,
+}
+
+impl Completion {
+    pub fn new(
+        app: Arc<AppState>,
+        record: RequestRecord,
+        started: Instant,
+        dump: Option<(String, AttemptDump)>,
+    ) -> Self {
+        Self {
+            app,
+            record,
+            started,
+            tap: None,
+            dump: dump.map(|(name, dump)| (name, dump, Vec::new())),
+            response_headers: HeaderMap::new(),
+            finished: false,
+        }
+    }
+
+    pub fn answering_key(&self) -> Option<&str> {
+        self.record.key.as_deref()
+    }
+
+    /// The answer has started: its status and headers are known.
+    pub fn with_response(mut self, status: u16, headers: &HeaderMap, is_sse: bool) -> Self {
+        self.record.status = status;
+        self.record.stream |= is_sse;
+        if self.record.route != ApiRoute::Other.as_str() {
+            self.tap = Some(UsageTap::new(is_sse));
+        }
+        if self.dump.is_some() {
+            self.response_headers = headers.clone();
+        }
+        self
+    }
+
+    /// The bridge answered with its own error; nothing is relayed.
+    pub fn failed(mut self, status: u16, error: &FailoverError) {
+        self.record.status = status;
+        self.record.error = Some(error.to_string());
+        self.finish("error");
+    }
+
+    fn saw(&mut self, chunk: &[u8]) {
+        if self.record.ttfb_ms.is_none() {
+            self.record.ttfb_ms = Some(millis(self.started.elapsed()));
+        }
+        if let Some(tap) = &mut self.tap {
+            tap.feed(chunk);
+        }
+        if let Some((_, _, body)) = &mut self.dump {
+            let room = MAX_DUMPED_BODY.saturating_sub(body.len());
+            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        }
+    }
+
+    fn finish(&mut self, outcome: &'static str) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        self.record.outcome = outcome;
+        self.record.latency_ms = millis(self.started.elapsed());
+        if let Some(tap) = &mut self.tap {
+            let usage = tap.finish();
+            self.record.input_tokens = usage.input_tokens;
+            self.record.output_tokens = usage.output_tokens;
+        }
+        self.app.metrics.request(
+            &self.record.provider,
+            self.record.route,
+            self.record.status,
+            self.record.attempts.len(),
+        );
+        if let Some((name, mut dump, body)) = self.dump.take() {
+            dump.request_id = self.record.id;
+            dump.attempt = self.record.attempts.len();
+            dump.response = http_message(Some(self.record.status), &self.response_headers, &body);
+            self.app.journal.dump(name, &dump);
+        }
+        self.app.journal.log(&self.record);
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        // Dropped before the body ended: the client went away, and with it the upstream.
+        self.finish("client_disconnected");
+    }
+}
+
+fn millis(duration: Duration) -> f64 {
+    (duration.as_secs_f64() * 1_000_000.0).round() / 1000.0
+}
+
+/// The body of a relayed answer.
+pub struct Relay {
+    upstream: BoxStream<'static, reqwest::Result<Bytes>>,
+    idle_timeout: Duration,
+    /// Set for SSE answers: who shapes the error event.
+    sse: Option<(&'static dyn ProviderApi, ApiRoute)>,
+    completion: Completion,
+    /// The last two bytes relayed, to end a partial event before an error event.
+    tail: [u8; 2],
+    done: bool,
+}
+
+impl Relay {
+    pub fn new(
+        response: reqwest::Response,
+        idle_timeout: Duration,
+        sse: Option<(&'static dyn ProviderApi, ApiRoute)>,
+        completion: Completion,
+    ) -> Self {
+        Self {
+            upstream: response.bytes_stream().boxed(),
+            idle_timeout,
+            sse,
+            completion,
+            tail: *b"\n\n",
+            done: false,
+        }
+    }
+
+    pub fn into_body(self) -> Body {
+        Body::from_stream(futures_util::stream::unfold(self, Self::next_chunk))
+    }
+
+    async fn next_chunk(mut self) -> Option<(std::io::Result<Bytes>, Self)> {
+        if self.done {
+            return None;
+        }
+        match tokio::time::timeout(self.idle_timeout, self.upstream.next()).await {
+            Ok(Some(Ok(chunk))) => {
+                self.completion.saw(&chunk);
+                self.remember_tail(&chunk);
+                Some((Ok(chunk), self))
+            }
+            Ok(None) => {
+                self.completion.finish("completed");
+                None
+            }
+            Ok(Some(Err(error))) => self.interrupt(error_chain(&error)),
+            Err(_) => {
+                let idle = humantime::format_duration(self.idle_timeout);
+                self.interrupt(format!("no data from upstream for {idle}"))
+            }
+        }
+    }
+
+    fn remember_tail(&mut self, chunk: &[u8]) {
+        match chunk {
+            [] => {}
+            [only] => self.tail = [self.tail[1], *only],
+            [.., a, b] => self.tail = [*a, *b],
+        }
+    }
+
+    fn interrupt(mut self, reason: String) -> Option<(std::io::Result<Bytes>, Self)> {
+        self.done = true;
+        let message = format!("upstream stream interrupted: {reason}");
+        tracing::warn!(provider = %self.completion.record.provider, "{message}");
+        self.completion.record.error = Some(message.clone());
+        self.completion.finish("interrupted");
+        let Some((api, route)) = self.sse else {
+            return Some((Err(std::io::Error::other(message)), self));
+        };
+        let event = api.stream_error_event(route, &message);
+        let chunk = if &self.tail == b"\n\n" {
+            event
+        } else {
+            // Close the half-sent event first, so the error event stands on its own.
+            [&b"\n\n"[..], &event].concat().into()
+        };
+        Some((Ok(chunk), self))
+    }
+}
