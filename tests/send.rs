@@ -509,3 +509,42 @@ fn copilot_is_bring_your_own_key() {
         format!("Bearer {CALLER}")
     );
 }
+
+/// A server that drops its first connection unanswered, then answers 200.
+fn flaky_upstream() -> (String, std::thread::JoinHandle<usize>) {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let handle = std::thread::spawn(move || {
+        let mut connections = 0;
+        for stream in listener.incoming() {
+            let mut stream = stream.unwrap();
+            connections += 1;
+            if connections == 1 {
+                drop(stream);
+                continue;
+            }
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request).unwrap();
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\nconnection: close\r\n\r\n{\"ok\":true}")
+                .unwrap();
+            return connections;
+        }
+        connections
+    });
+    (url, handle)
+}
+
+#[test]
+fn a_dropped_connection_is_retried_once_with_the_same_key() {
+    let (url, upstream) = flaky_upstream();
+    let output = Test::new()
+        .config(&format!("[providers.anthropic]\nbase_url = \"{url}\"\nkeys = [\"{K1}\", \"{K2}\"]\n"))
+        .args(["send", "-d", BODY])
+        .run()
+        .success()
+        .stdout_is(r#"{"ok":true}"#);
+    assert_eq!(output.stderr_lines(), [format!("{}  200  ok", hint(K1))]);
+    assert_eq!(upstream.join().unwrap(), 2);
+}
