@@ -32,7 +32,7 @@ Register-ArgumentCompleter -Native -CommandName 'aibridge' -ScriptBlock {
             [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             [CompletionResult]::new('serve', 'serve', [CompletionResultType]::ParameterValue, 'Run the local proxy: /{provider}/... forwards to the provider with key failover')
-            [CompletionResult]::new('probe-keys', 'probe-keys', [CompletionResultType]::ParameterValue, 'Check which keys of a list work (not implemented yet)')
+            [CompletionResult]::new('probe-keys', 'probe-keys', [CompletionResultType]::ParameterValue, 'Check which keys work: one cheap request per key (a models list), no failover')
             [CompletionResult]::new('send', 'send', [CompletionResultType]::ParameterValue, 'Send one request through the failover walker and report which keys were marked')
             [CompletionResult]::new('pool', 'pool', [CompletionResultType]::ParameterValue, 'Inspect the key pool')
             [CompletionResult]::new('generate', 'generate', [CompletionResultType]::ParameterValue, 'Write shell completions and man pages (for maintainers)')
@@ -56,14 +56,22 @@ Register-ArgumentCompleter -Native -CommandName 'aibridge' -ScriptBlock {
             break
         }
         'aibridge;probe-keys' {
+            [CompletionResult]::new('-p', '-p', [CompletionResultType]::ParameterName, 'Probe only this provider''s keys (repeatable); with --key/--keys-file, the API the keys belong to [default: anthropic]')
+            [CompletionResult]::new('--provider', '--provider', [CompletionResultType]::ParameterName, 'Probe only this provider''s keys (repeatable); with --key/--keys-file, the API the keys belong to [default: anthropic]')
+            [CompletionResult]::new('--keys-file', '--keys-file', [CompletionResultType]::ParameterName, 'Probe the keys in this file instead of the configured ones ("-" for stdin; one per line, blank lines and # comments skipped)')
+            [CompletionResult]::new('--key', '--key', [CompletionResultType]::ParameterName, 'Probe this key instead of the configured ones (repeatable)')
+            [CompletionResult]::new('--concurrency', '--concurrency', [CompletionResultType]::ParameterName, 'How many probes run at once')
+            [CompletionResult]::new('--timeout', '--timeout', [CompletionResultType]::ParameterName, 'How long each probe may take')
             [CompletionResult]::new('--config', '--config', [CompletionResultType]::ParameterName, 'Config file [default: <config dir>/aibridge/config.toml when it exists]')
             [CompletionResult]::new('--state-file', '--state-file', [CompletionResultType]::ParameterName, 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print a JSON array instead of a table')
+            [CompletionResult]::new('--no-state', '--no-state', [CompletionResultType]::ParameterName, 'Do not write the results to the state file')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides')
             [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides')
             [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Print errors only')
             [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Print errors only')
-            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
-            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
             [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
             break
@@ -106,11 +114,33 @@ Register-ArgumentCompleter -Native -CommandName 'aibridge' -ScriptBlock {
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
             [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
-            [CompletionResult]::new('status', 'status', [CompletionResultType]::ParameterValue, 'Show every key''s state (not implemented yet)')
+            [CompletionResult]::new('status', 'status', [CompletionResultType]::ParameterValue, 'Show every key''s state, from the running server or else the state file')
+            [CompletionResult]::new('reset', 'reset', [CompletionResultType]::ParameterValue, 'Clear marks (all, one provider''s, or one key''s) in the state file and the running server')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }
         'aibridge;pool;status' {
+            [CompletionResult]::new('-p', '-p', [CompletionResultType]::ParameterName, 'Only this provider')
+            [CompletionResult]::new('--provider', '--provider', [CompletionResultType]::ParameterName, 'Only this provider')
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Ask this server [default: the server on the configured listen address, if one answers within 300 ms]')
+            [CompletionResult]::new('--config', '--config', [CompletionResultType]::ParameterName, 'Config file [default: <config dir>/aibridge/config.toml when it exists]')
+            [CompletionResult]::new('--state-file', '--state-file', [CompletionResultType]::ParameterName, 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]')
+            [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON (the schema of GET /_aibridge/pool)')
+            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides')
+            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides')
+            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Print errors only')
+            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Print errors only')
+            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help (see more with ''--help'')')
+            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
+            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
+            break
+        }
+        'aibridge;pool;reset' {
+            [CompletionResult]::new('-p', '-p', [CompletionResultType]::ParameterName, 'Only this provider''s keys')
+            [CompletionResult]::new('--provider', '--provider', [CompletionResultType]::ParameterName, 'Only this provider''s keys')
+            [CompletionResult]::new('--key', '--key', [CompletionResultType]::ParameterName, 'Only this key, by masked hint (sk-a...efgh) or fingerprint')
+            [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Also reset on this server [default: the server on the configured listen address, if one answers within 300 ms]')
             [CompletionResult]::new('--config', '--config', [CompletionResultType]::ParameterName, 'Config file [default: <config dir>/aibridge/config.toml when it exists]')
             [CompletionResult]::new('--state-file', '--state-file', [CompletionResultType]::ParameterName, 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides')
@@ -124,11 +154,15 @@ Register-ArgumentCompleter -Native -CommandName 'aibridge' -ScriptBlock {
             break
         }
         'aibridge;pool;help' {
-            [CompletionResult]::new('status', 'status', [CompletionResultType]::ParameterValue, 'Show every key''s state (not implemented yet)')
+            [CompletionResult]::new('status', 'status', [CompletionResultType]::ParameterValue, 'Show every key''s state, from the running server or else the state file')
+            [CompletionResult]::new('reset', 'reset', [CompletionResultType]::ParameterValue, 'Clear marks (all, one provider''s, or one key''s) in the state file and the running server')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }
         'aibridge;pool;help;status' {
+            break
+        }
+        'aibridge;pool;help;reset' {
             break
         }
         'aibridge;pool;help;help' {
@@ -150,7 +184,7 @@ Register-ArgumentCompleter -Native -CommandName 'aibridge' -ScriptBlock {
         }
         'aibridge;help' {
             [CompletionResult]::new('serve', 'serve', [CompletionResultType]::ParameterValue, 'Run the local proxy: /{provider}/... forwards to the provider with key failover')
-            [CompletionResult]::new('probe-keys', 'probe-keys', [CompletionResultType]::ParameterValue, 'Check which keys of a list work (not implemented yet)')
+            [CompletionResult]::new('probe-keys', 'probe-keys', [CompletionResultType]::ParameterValue, 'Check which keys work: one cheap request per key (a models list), no failover')
             [CompletionResult]::new('send', 'send', [CompletionResultType]::ParameterValue, 'Send one request through the failover walker and report which keys were marked')
             [CompletionResult]::new('pool', 'pool', [CompletionResultType]::ParameterValue, 'Inspect the key pool')
             [CompletionResult]::new('generate', 'generate', [CompletionResultType]::ParameterValue, 'Write shell completions and man pages (for maintainers)')
@@ -167,10 +201,14 @@ Register-ArgumentCompleter -Native -CommandName 'aibridge' -ScriptBlock {
             break
         }
         'aibridge;help;pool' {
-            [CompletionResult]::new('status', 'status', [CompletionResultType]::ParameterValue, 'Show every key''s state (not implemented yet)')
+            [CompletionResult]::new('status', 'status', [CompletionResultType]::ParameterValue, 'Show every key''s state, from the running server or else the state file')
+            [CompletionResult]::new('reset', 'reset', [CompletionResultType]::ParameterValue, 'Clear marks (all, one provider''s, or one key''s) in the state file and the running server')
             break
         }
         'aibridge;help;pool;status' {
+            break
+        }
+        'aibridge;help;pool;reset' {
             break
         }
         'aibridge;help;generate' {

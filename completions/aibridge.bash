@@ -52,17 +52,26 @@ _aibridge() {
             aibridge__subcmd__help,serve)
                 cmd="aibridge__subcmd__help__subcmd__serve"
                 ;;
+            aibridge__subcmd__help__subcmd__pool,reset)
+                cmd="aibridge__subcmd__help__subcmd__pool__subcmd__reset"
+                ;;
             aibridge__subcmd__help__subcmd__pool,status)
                 cmd="aibridge__subcmd__help__subcmd__pool__subcmd__status"
                 ;;
             aibridge__subcmd__pool,help)
                 cmd="aibridge__subcmd__pool__subcmd__help"
                 ;;
+            aibridge__subcmd__pool,reset)
+                cmd="aibridge__subcmd__pool__subcmd__reset"
+                ;;
             aibridge__subcmd__pool,status)
                 cmd="aibridge__subcmd__pool__subcmd__status"
                 ;;
             aibridge__subcmd__pool__subcmd__help,help)
                 cmd="aibridge__subcmd__pool__subcmd__help__subcmd__help"
+                ;;
+            aibridge__subcmd__pool__subcmd__help,reset)
+                cmd="aibridge__subcmd__pool__subcmd__help__subcmd__reset"
                 ;;
             aibridge__subcmd__pool__subcmd__help,status)
                 cmd="aibridge__subcmd__pool__subcmd__help__subcmd__status"
@@ -164,8 +173,22 @@ _aibridge() {
             return 0
             ;;
         aibridge__subcmd__help__subcmd__pool)
-            opts="status"
+            opts="status reset"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        aibridge__subcmd__help__subcmd__pool__subcmd__reset)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -234,7 +257,7 @@ _aibridge() {
             return 0
             ;;
         aibridge__subcmd__pool)
-            opts="-v -q -h -V --config --state-file --verbose --quiet --help --version status help"
+            opts="-v -q -h -V --config --state-file --verbose --quiet --help --version status reset help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -256,7 +279,7 @@ _aibridge() {
             return 0
             ;;
         aibridge__subcmd__pool__subcmd__help)
-            opts="status help"
+            opts="status reset help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -270,6 +293,20 @@ _aibridge() {
             return 0
             ;;
         aibridge__subcmd__pool__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        aibridge__subcmd__pool__subcmd__help__subcmd__reset)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -297,13 +334,63 @@ _aibridge() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        aibridge__subcmd__pool__subcmd__status)
-            opts="-v -q -h -V --config --state-file --verbose --quiet --help --version"
+        aibridge__subcmd__pool__subcmd__reset)
+            opts="-p -v -q -h -V --provider --key --server --config --state-file --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --provider)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -p)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --state-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        aibridge__subcmd__pool__subcmd__status)
+            opts="-p -v -q -h -V --provider --json --server --config --state-file --verbose --quiet --help --version"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --provider)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -p)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --server)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -320,12 +407,36 @@ _aibridge() {
             return 0
             ;;
         aibridge__subcmd__probe__subcmd__keys)
-            opts="-v -q -h -V --config --state-file --verbose --quiet --help --version"
+            opts="-p -v -q -h -V --provider --keys-file --key --concurrency --json --no-state --timeout --config --state-file --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --provider)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -p)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --keys-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --concurrency)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

@@ -29,7 +29,7 @@ set edit:completion:arg-completer[aibridge] = {|@words|
             cand -V 'Print version'
             cand --version 'Print version'
             cand serve 'Run the local proxy: /{provider}/... forwards to the provider with key failover'
-            cand probe-keys 'Check which keys of a list work (not implemented yet)'
+            cand probe-keys 'Check which keys work: one cheap request per key (a models list), no failover'
             cand send 'Send one request through the failover walker and report which keys were marked'
             cand pool 'Inspect the key pool'
             cand generate 'Write shell completions and man pages (for maintainers)'
@@ -51,14 +51,22 @@ set edit:completion:arg-completer[aibridge] = {|@words|
             cand --version 'Print version'
         }
         &'aibridge;probe-keys'= {
+            cand -p 'Probe only this provider''s keys (repeatable); with --key/--keys-file, the API the keys belong to [default: anthropic]'
+            cand --provider 'Probe only this provider''s keys (repeatable); with --key/--keys-file, the API the keys belong to [default: anthropic]'
+            cand --keys-file 'Probe the keys in this file instead of the configured ones ("-" for stdin; one per line, blank lines and # comments skipped)'
+            cand --key 'Probe this key instead of the configured ones (repeatable)'
+            cand --concurrency 'How many probes run at once'
+            cand --timeout 'How long each probe may take'
             cand --config 'Config file [default: <config dir>/aibridge/config.toml when it exists]'
             cand --state-file 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]'
+            cand --json 'Print a JSON array instead of a table'
+            cand --no-state 'Do not write the results to the state file'
             cand -v 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
             cand --verbose 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
             cand -q 'Print errors only'
             cand --quiet 'Print errors only'
-            cand -h 'Print help'
-            cand --help 'Print help'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
             cand -V 'Print version'
             cand --version 'Print version'
         }
@@ -99,10 +107,31 @@ set edit:completion:arg-completer[aibridge] = {|@words|
             cand --help 'Print help'
             cand -V 'Print version'
             cand --version 'Print version'
-            cand status 'Show every key''s state (not implemented yet)'
+            cand status 'Show every key''s state, from the running server or else the state file'
+            cand reset 'Clear marks (all, one provider''s, or one key''s) in the state file and the running server'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'aibridge;pool;status'= {
+            cand -p 'Only this provider'
+            cand --provider 'Only this provider'
+            cand --server 'Ask this server [default: the server on the configured listen address, if one answers within 300 ms]'
+            cand --config 'Config file [default: <config dir>/aibridge/config.toml when it exists]'
+            cand --state-file 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]'
+            cand --json 'Print JSON (the schema of GET /_aibridge/pool)'
+            cand -v 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
+            cand --verbose 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
+            cand -q 'Print errors only'
+            cand --quiet 'Print errors only'
+            cand -h 'Print help (see more with ''--help'')'
+            cand --help 'Print help (see more with ''--help'')'
+            cand -V 'Print version'
+            cand --version 'Print version'
+        }
+        &'aibridge;pool;reset'= {
+            cand -p 'Only this provider''s keys'
+            cand --provider 'Only this provider''s keys'
+            cand --key 'Only this key, by masked hint (sk-a...efgh) or fingerprint'
+            cand --server 'Also reset on this server [default: the server on the configured listen address, if one answers within 300 ms]'
             cand --config 'Config file [default: <config dir>/aibridge/config.toml when it exists]'
             cand --state-file 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]'
             cand -v 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
@@ -115,10 +144,13 @@ set edit:completion:arg-completer[aibridge] = {|@words|
             cand --version 'Print version'
         }
         &'aibridge;pool;help'= {
-            cand status 'Show every key''s state (not implemented yet)'
+            cand status 'Show every key''s state, from the running server or else the state file'
+            cand reset 'Clear marks (all, one provider''s, or one key''s) in the state file and the running server'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'aibridge;pool;help;status'= {
+        }
+        &'aibridge;pool;help;reset'= {
         }
         &'aibridge;pool;help;help'= {
         }
@@ -137,7 +169,7 @@ set edit:completion:arg-completer[aibridge] = {|@words|
         }
         &'aibridge;help'= {
             cand serve 'Run the local proxy: /{provider}/... forwards to the provider with key failover'
-            cand probe-keys 'Check which keys of a list work (not implemented yet)'
+            cand probe-keys 'Check which keys work: one cheap request per key (a models list), no failover'
             cand send 'Send one request through the failover walker and report which keys were marked'
             cand pool 'Inspect the key pool'
             cand generate 'Write shell completions and man pages (for maintainers)'
@@ -150,9 +182,12 @@ set edit:completion:arg-completer[aibridge] = {|@words|
         &'aibridge;help;send'= {
         }
         &'aibridge;help;pool'= {
-            cand status 'Show every key''s state (not implemented yet)'
+            cand status 'Show every key''s state, from the running server or else the state file'
+            cand reset 'Clear marks (all, one provider''s, or one key''s) in the state file and the running server'
         }
         &'aibridge;help;pool;status'= {
+        }
+        &'aibridge;help;pool;reset'= {
         }
         &'aibridge;help;generate'= {
         }

@@ -31,7 +31,7 @@ complete -c aibridge -n "__fish_aibridge_needs_command" -s q -l quiet -d 'Print 
 complete -c aibridge -n "__fish_aibridge_needs_command" -s h -l help -d 'Print help'
 complete -c aibridge -n "__fish_aibridge_needs_command" -s V -l version -d 'Print version'
 complete -c aibridge -n "__fish_aibridge_needs_command" -f -a "serve" -d 'Run the local proxy: /{provider}/... forwards to the provider with key failover'
-complete -c aibridge -n "__fish_aibridge_needs_command" -f -a "probe-keys" -d 'Check which keys of a list work (not implemented yet)'
+complete -c aibridge -n "__fish_aibridge_needs_command" -f -a "probe-keys" -d 'Check which keys work: one cheap request per key (a models list), no failover'
 complete -c aibridge -n "__fish_aibridge_needs_command" -f -a "send" -d 'Send one request through the failover walker and report which keys were marked'
 complete -c aibridge -n "__fish_aibridge_needs_command" -f -a "pool" -d 'Inspect the key pool'
 complete -c aibridge -n "__fish_aibridge_needs_command" -f -a "generate" -d 'Write shell completions and man pages (for maintainers)'
@@ -45,11 +45,18 @@ complete -c aibridge -n "__fish_aibridge_using_subcommand serve" -s v -l verbose
 complete -c aibridge -n "__fish_aibridge_using_subcommand serve" -s q -l quiet -d 'Print errors only'
 complete -c aibridge -n "__fish_aibridge_using_subcommand serve" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c aibridge -n "__fish_aibridge_using_subcommand serve" -s V -l version -d 'Print version'
+complete -c aibridge -n "__fish_aibridge_using_subcommand probe-keys" -s p -l provider -d 'Probe only this provider\'s keys (repeatable); with --key/--keys-file, the API the keys belong to [default: anthropic]' -r
+complete -c aibridge -n "__fish_aibridge_using_subcommand probe-keys" -l keys-file -d 'Probe the keys in this file instead of the configured ones ("-" for stdin; one per line, blank lines and # comments skipped)' -r -F
+complete -c aibridge -n "__fish_aibridge_using_subcommand probe-keys" -l key -d 'Probe this key instead of the configured ones (repeatable)' -r
+complete -c aibridge -n "__fish_aibridge_using_subcommand probe-keys" -l concurrency -d 'How many probes run at once' -r
+complete -c aibridge -n "__fish_aibridge_using_subcommand probe-keys" -l timeout -d 'How long each probe may take' -r
 complete -c aibridge -n "__fish_aibridge_using_subcommand probe-keys" -l config -d 'Config file [default: <config dir>/aibridge/config.toml when it exists]' -r -F
 complete -c aibridge -n "__fish_aibridge_using_subcommand probe-keys" -l state-file -d 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]' -r -F
+complete -c aibridge -n "__fish_aibridge_using_subcommand probe-keys" -l json -d 'Print a JSON array instead of a table'
+complete -c aibridge -n "__fish_aibridge_using_subcommand probe-keys" -l no-state -d 'Do not write the results to the state file'
 complete -c aibridge -n "__fish_aibridge_using_subcommand probe-keys" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
 complete -c aibridge -n "__fish_aibridge_using_subcommand probe-keys" -s q -l quiet -d 'Print errors only'
-complete -c aibridge -n "__fish_aibridge_using_subcommand probe-keys" -s h -l help -d 'Print help'
+complete -c aibridge -n "__fish_aibridge_using_subcommand probe-keys" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c aibridge -n "__fish_aibridge_using_subcommand probe-keys" -s V -l version -d 'Print version'
 complete -c aibridge -n "__fish_aibridge_using_subcommand send" -s p -l provider -d 'Provider to send to: a provider name from the config' -r
 complete -c aibridge -n "__fish_aibridge_using_subcommand send" -s d -l data -d 'Request body: the text itself, @FILE, or @- for stdin' -r
@@ -67,21 +74,35 @@ complete -c aibridge -n "__fish_aibridge_using_subcommand send" -s v -l verbose 
 complete -c aibridge -n "__fish_aibridge_using_subcommand send" -s q -l quiet -d 'Print errors only'
 complete -c aibridge -n "__fish_aibridge_using_subcommand send" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c aibridge -n "__fish_aibridge_using_subcommand send" -s V -l version -d 'Print version'
-complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and not __fish_seen_subcommand_from status help" -l config -d 'Config file [default: <config dir>/aibridge/config.toml when it exists]' -r -F
-complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and not __fish_seen_subcommand_from status help" -l state-file -d 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]' -r -F
-complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and not __fish_seen_subcommand_from status help" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
-complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and not __fish_seen_subcommand_from status help" -s q -l quiet -d 'Print errors only'
-complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and not __fish_seen_subcommand_from status help" -s h -l help -d 'Print help'
-complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and not __fish_seen_subcommand_from status help" -s V -l version -d 'Print version'
-complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and not __fish_seen_subcommand_from status help" -f -a "status" -d 'Show every key\'s state (not implemented yet)'
-complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and not __fish_seen_subcommand_from status help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and not __fish_seen_subcommand_from status reset help" -l config -d 'Config file [default: <config dir>/aibridge/config.toml when it exists]' -r -F
+complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and not __fish_seen_subcommand_from status reset help" -l state-file -d 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]' -r -F
+complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and not __fish_seen_subcommand_from status reset help" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
+complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and not __fish_seen_subcommand_from status reset help" -s q -l quiet -d 'Print errors only'
+complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and not __fish_seen_subcommand_from status reset help" -s h -l help -d 'Print help'
+complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and not __fish_seen_subcommand_from status reset help" -s V -l version -d 'Print version'
+complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and not __fish_seen_subcommand_from status reset help" -f -a "status" -d 'Show every key\'s state, from the running server or else the state file'
+complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and not __fish_seen_subcommand_from status reset help" -f -a "reset" -d 'Clear marks (all, one provider\'s, or one key\'s) in the state file and the running server'
+complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and not __fish_seen_subcommand_from status reset help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from status" -s p -l provider -d 'Only this provider' -r
+complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from status" -l server -d 'Ask this server [default: the server on the configured listen address, if one answers within 300 ms]' -r
 complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from status" -l config -d 'Config file [default: <config dir>/aibridge/config.toml when it exists]' -r -F
 complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from status" -l state-file -d 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]' -r -F
+complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from status" -l json -d 'Print JSON (the schema of GET /_aibridge/pool)'
 complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from status" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
 complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from status" -s q -l quiet -d 'Print errors only'
-complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from status" -s h -l help -d 'Print help'
+complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from status" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from status" -s V -l version -d 'Print version'
-complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from help" -f -a "status" -d 'Show every key\'s state (not implemented yet)'
+complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from reset" -s p -l provider -d 'Only this provider\'s keys' -r
+complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from reset" -l key -d 'Only this key, by masked hint (sk-a...efgh) or fingerprint' -r
+complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from reset" -l server -d 'Also reset on this server [default: the server on the configured listen address, if one answers within 300 ms]' -r
+complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from reset" -l config -d 'Config file [default: <config dir>/aibridge/config.toml when it exists]' -r -F
+complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from reset" -l state-file -d 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]' -r -F
+complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from reset" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
+complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from reset" -s q -l quiet -d 'Print errors only'
+complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from reset" -s h -l help -d 'Print help'
+complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from reset" -s V -l version -d 'Print version'
+complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from help" -f -a "status" -d 'Show every key\'s state, from the running server or else the state file'
+complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from help" -f -a "reset" -d 'Clear marks (all, one provider\'s, or one key\'s) in the state file and the running server'
 complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c aibridge -n "__fish_aibridge_using_subcommand generate" -l dir -d 'Directory to write completions/ and man/ into' -r -F
 complete -c aibridge -n "__fish_aibridge_using_subcommand generate" -l config -d 'Config file [default: <config dir>/aibridge/config.toml when it exists]' -r -F
@@ -91,9 +112,10 @@ complete -c aibridge -n "__fish_aibridge_using_subcommand generate" -s q -l quie
 complete -c aibridge -n "__fish_aibridge_using_subcommand generate" -s h -l help -d 'Print help'
 complete -c aibridge -n "__fish_aibridge_using_subcommand generate" -s V -l version -d 'Print version'
 complete -c aibridge -n "__fish_aibridge_using_subcommand help; and not __fish_seen_subcommand_from serve probe-keys send pool generate help" -f -a "serve" -d 'Run the local proxy: /{provider}/... forwards to the provider with key failover'
-complete -c aibridge -n "__fish_aibridge_using_subcommand help; and not __fish_seen_subcommand_from serve probe-keys send pool generate help" -f -a "probe-keys" -d 'Check which keys of a list work (not implemented yet)'
+complete -c aibridge -n "__fish_aibridge_using_subcommand help; and not __fish_seen_subcommand_from serve probe-keys send pool generate help" -f -a "probe-keys" -d 'Check which keys work: one cheap request per key (a models list), no failover'
 complete -c aibridge -n "__fish_aibridge_using_subcommand help; and not __fish_seen_subcommand_from serve probe-keys send pool generate help" -f -a "send" -d 'Send one request through the failover walker and report which keys were marked'
 complete -c aibridge -n "__fish_aibridge_using_subcommand help; and not __fish_seen_subcommand_from serve probe-keys send pool generate help" -f -a "pool" -d 'Inspect the key pool'
 complete -c aibridge -n "__fish_aibridge_using_subcommand help; and not __fish_seen_subcommand_from serve probe-keys send pool generate help" -f -a "generate" -d 'Write shell completions and man pages (for maintainers)'
 complete -c aibridge -n "__fish_aibridge_using_subcommand help; and not __fish_seen_subcommand_from serve probe-keys send pool generate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c aibridge -n "__fish_aibridge_using_subcommand help; and __fish_seen_subcommand_from pool" -f -a "status" -d 'Show every key\'s state (not implemented yet)'
+complete -c aibridge -n "__fish_aibridge_using_subcommand help; and __fish_seen_subcommand_from pool" -f -a "status" -d 'Show every key\'s state, from the running server or else the state file'
+complete -c aibridge -n "__fish_aibridge_using_subcommand help; and __fish_seen_subcommand_from pool" -f -a "reset" -d 'Clear marks (all, one provider\'s, or one key\'s) in the state file and the running server'

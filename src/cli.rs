@@ -53,8 +53,12 @@ pub enum Command {
     /// SIGTERM stop it after in-flight requests finish (up to 30 s).
     Serve(ServeArgs),
 
-    /// Check which keys of a list work (not implemented yet)
-    ProbeKeys,
+    /// Check which keys work: one cheap request per key (a models list), no failover
+    ///
+    /// Verdicts: valid (2xx), invalid (401/403), rate-limited (429), error (anything else).
+    /// Results go to the state file: invalid disables, rate-limited cools, valid clears a mark.
+    /// Exit codes: 0 every key is valid; 1 any is not; 2 usage or config error.
+    ProbeKeys(ProbeKeysArgs),
 
     /// Send one request through the failover walker and report which keys were marked
     ///
@@ -89,10 +93,84 @@ pub struct ServeArgs {
     pub no_state: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct ProbeKeysArgs {
+    /// Probe only this provider's keys (repeatable); with --key/--keys-file, the API the keys
+    /// belong to [default: anthropic]
+    #[arg(short, long = "provider", value_name = "NAME")]
+    pub providers: Vec<String>,
+
+    /// Probe the keys in this file instead of the configured ones ("-" for stdin; one per
+    /// line, blank lines and # comments skipped)
+    #[arg(long, env = "AIBRIDGE_KEYS_FILE", value_name = "FILE|-")]
+    pub keys_file: Option<PathBuf>,
+
+    /// Probe this key instead of the configured ones (repeatable)
+    #[arg(long = "key", value_name = "KEY")]
+    pub keys: Vec<String>,
+
+    /// How many probes run at once
+    #[arg(long, env = "AIBRIDGE_PROBE_CONCURRENCY", default_value_t = 8, value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub concurrency: u16,
+
+    /// Print a JSON array instead of a table
+    #[arg(long)]
+    pub json: bool,
+
+    /// Do not write the results to the state file
+    #[arg(long, env = "AIBRIDGE_NO_STATE")]
+    pub no_state: bool,
+
+    /// How long each probe may take
+    #[arg(long, env = "AIBRIDGE_PROBE_TIMEOUT", default_value = "10s", value_name = "DURATION",
+          value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum PoolCommand {
-    /// Show every key's state (not implemented yet)
-    Status,
+    /// Show every key's state, from the running server or else the state file
+    ///
+    /// Exit codes: 0 every provider with keys has an available one; 1 some provider has
+    /// none; 2 usage or config error.
+    Status(PoolStatusArgs),
+
+    /// Clear marks (all, one provider's, or one key's) in the state file and the running
+    /// server
+    Reset(PoolResetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PoolStatusArgs {
+    /// Only this provider
+    #[arg(short, long, value_name = "NAME")]
+    pub provider: Option<String>,
+
+    /// Print JSON (the schema of GET /_aibridge/pool)
+    #[arg(long)]
+    pub json: bool,
+
+    /// Ask this server [default: the server on the configured listen address, if one
+    /// answers within 300 ms]
+    #[arg(long, env = "AIBRIDGE_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PoolResetArgs {
+    /// Only this provider's keys
+    #[arg(short, long, value_name = "NAME")]
+    pub provider: Option<String>,
+
+    /// Only this key, by masked hint (sk-a...efgh) or fingerprint
+    #[arg(long, value_name = "HINT|FINGERPRINT")]
+    pub key: Option<String>,
+
+    /// Also reset on this server [default: the server on the configured listen address, if
+    /// one answers within 300 ms]
+    #[arg(long, env = "AIBRIDGE_SERVER", value_name = "URL")]
+    pub server: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -17,6 +17,9 @@ use crate::secret::ApiKey;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
 
+/// How often disabled keys are probed again unless configured otherwise.
+pub const DEFAULT_RECHECK: Duration = Duration::from_secs(15 * 60);
+
 /// Reads an environment variable; injected so tests need not touch the process environment.
 pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
@@ -71,6 +74,9 @@ pub struct ProviderConfig {
     /// Whether a caller's own credential is used instead of the pool.
     pub byok: bool,
     pub pool: PoolSettings,
+    /// How often `serve` probes disabled keys to bring back those that work again;
+    /// `None` = never.
+    pub recheck_disabled: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +150,8 @@ struct RawProvider {
     default_cooldown: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     max_cooldown: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    recheck_disabled: Option<Duration>,
 }
 
 /// The config file used when none is named: `<config dir>/aibridge/config.toml`.
@@ -359,6 +367,11 @@ fn resolve_provider(
         enabled: raw.enabled.unwrap_or(true),
         byok: raw.byok.unwrap_or(false),
         pool,
+        recheck_disabled: match raw.recheck_disabled {
+            None => Some(DEFAULT_RECHECK),
+            Some(interval) if interval.is_zero() => None,
+            Some(interval) => Some(interval),
+        },
     })
 }
 
@@ -417,6 +430,10 @@ mod tests {
         assert_eq!(anthropic.base_url, "https://api.anthropic.com");
         assert!(anthropic.keys.is_empty() && anthropic.enabled);
         assert_eq!(anthropic.pool, PoolSettings::default());
+        assert_eq!(anthropic.recheck_disabled, Some(DEFAULT_RECHECK));
+        let never =
+            parse_with("[providers.anthropic]\nrecheck_disabled = \"0\"\n", &no_env).unwrap();
+        assert_eq!(never.providers["anthropic"].recheck_disabled, None);
     }
 
     #[test]

@@ -182,14 +182,8 @@ pub struct Walker {
 impl Walker {
     /// `response_timeout` bounds the wait for response headers on each attempt.
     pub fn new(response_timeout: Duration) -> Result<Self, reqwest::Error> {
-        // Several crypto back ends may be linked in; name ours. Repeated calls are no-ops.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
-            .retry(reqwest::retry::never())
-            .connect_timeout(Duration::from_secs(10))
+        let client = client_builder()
             .pool_idle_timeout(Duration::from_secs(60))
-            .tcp_nodelay(true)
-            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         Ok(Self {
             client,
@@ -208,6 +202,18 @@ impl Walker {
             Credentials::Caller(key) => self.send_as_caller(upstream, request, key).await,
             Credentials::Pool => self.send_with_pool(upstream, request).await,
         }
+    }
+
+    /// One request with one key of the pool: no failover, nothing marked. For probes.
+    pub async fn send_with_key(
+        &self,
+        upstream: &Upstream,
+        request: &OutboundRequest,
+        key: &ApiKey,
+    ) -> Result<reqwest::Response, FailoverError> {
+        let mut headers = forwardable_headers(&request.headers);
+        upstream.kind.api().apply_key(&mut headers, key);
+        self.execute(upstream, request, headers).await
     }
 
     async fn send_as_caller(
@@ -327,6 +333,18 @@ impl Walker {
         let error = last_error.expect("the loop ran");
         Err(FailoverError::Unreachable(error_chain(&error)))
     }
+}
+
+/// An HTTP client as aibridge uses them: no retries of its own, no redirects.
+pub fn client_builder() -> reqwest::ClientBuilder {
+    // Several crypto back ends may be linked in; name ours. Repeated calls are no-ops.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .retry(reqwest::retry::never())
+        .connect_timeout(Duration::from_secs(10))
+        .tcp_nodelay(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("aibridge/", env!("CARGO_PKG_VERSION")))
 }
 
 /// Reads a failed answer in full so its connection can be reused; gives up quickly.

@@ -9,6 +9,7 @@ pub mod config;
 pub mod failover;
 pub mod keypool;
 mod logging;
+pub mod probe;
 pub mod provider;
 pub mod report;
 pub mod secret;
@@ -43,7 +44,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Send(args) => commands::send::run(&cli.global, args),
         Command::Serve(args) => commands::serve::run(&cli.global, &args),
         Command::Generate(args) => commands::generate::run(&args),
-        Command::ProbeKeys => commands::not_implemented("probe-keys"),
-        Command::Pool(PoolCommand::Status) => commands::not_implemented("pool status"),
+        Command::ProbeKeys(args) => commands::probe_keys::run(&cli.global, &args),
+        Command::Pool(PoolCommand::Status(args)) => commands::pool::status(&cli.global, &args),
+        Command::Pool(PoolCommand::Reset(args)) => commands::pool::reset(&cli.global, &args),
     }
 }

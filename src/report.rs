@@ -78,3 +78,29 @@ impl KeyReport {
         }
     }
 }
+
+/// Which marks `POST /_aibridge/pool/reset` clears: all, one provider's, or one key's.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResetRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// A masked hint or a fingerprint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// A key whose mark was cleared.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClearedKey {
+    pub provider: String,
+    pub key: String,
+    pub fingerprint: String,
+    /// The state before: `cooling` or `disabled`.
+    pub was: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResetResponse {
+    pub cleared: Vec<ClearedKey>,
+}

@@ -14,6 +14,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use crate::keypool::{DisableReason, KeyState, Pool, from_unix_ms, to_unix_ms};
+use crate::report::ClearedKey;
 
 const VERSION: u32 = 1;
 
@@ -145,22 +146,27 @@ impl StateFile {
         }
     }
 
-    /// Clears marks: of every provider, one provider, or one key. Returns how many keys
-    /// were marked before.
-    pub fn clear(&mut self, provider: Option<&str>, fingerprint: Option<&str>) -> usize {
-        let mut cleared = 0;
+    /// Clears marks: of every provider, one provider, or one key. Returns the keys that
+    /// were marked.
+    pub fn clear(&mut self, provider: Option<&str>, fingerprint: Option<&str>) -> Vec<ClearedKey> {
+        let mut cleared = Vec::new();
         for (name, keys) in &mut self.providers {
             if provider.is_some_and(|wanted| wanted != name) {
                 continue;
             }
             for (print, record) in keys.iter_mut() {
-                if fingerprint.is_some_and(|wanted| wanted != print) {
+                if fingerprint.is_some_and(|wanted| wanted != print)
+                    || record.state == RecordedState::Available
+                {
                     continue;
                 }
-                if record.state != RecordedState::Available {
-                    record.state = RecordedState::Available;
-                    cleared += 1;
-                }
+                cleared.push(ClearedKey {
+                    provider: name.clone(),
+                    key: record.hint.clone(),
+                    fingerprint: print.clone(),
+                    was: KeyState::from(record.state).name().to_owned(),
+                });
+                record.state = RecordedState::Available;
             }
         }
         cleared
@@ -214,13 +220,14 @@ impl StateStore {
         self.read_or_reset()
     }
 
-    /// Applies `change` under the lock: read, change, write atomically. Returns the new state.
-    pub fn update(&self, change: impl FnOnce(&mut StateFile)) -> Result<StateFile, StateError> {
+    /// Applies `change` under the lock: read, change, write atomically. Returns what
+    /// `change` returns.
+    pub fn update<T>(&self, change: impl FnOnce(&mut StateFile) -> T) -> Result<T, StateError> {
         let _lock = self.lock()?;
         let mut state = self.read_or_reset()?;
-        change(&mut state);
+        let result = change(&mut state);
         self.write(&state).map_err(|source| self.io_error(source))?;
-        Ok(state)
+        Ok(result)
     }
 
     fn io_error(&self, source: io::Error) -> StateError {
@@ -394,10 +401,19 @@ mod tests {
             403,
             Some(KeyState::Disabled(DisableReason::Forbidden)),
         );
-        assert_eq!(state.clear(Some("openai"), None), 0);
-        assert_eq!(state.clear(Some("anthropic"), Some("f2")), 1);
+        assert!(state.clear(Some("openai"), None).is_empty());
+        let cleared = state.clear(Some("anthropic"), Some("f2"));
+        assert_eq!(
+            cleared,
+            [ClearedKey {
+                provider: "anthropic".into(),
+                key: "sk-a...efgh".into(),
+                fingerprint: "f2".into(),
+                was: "disabled".into()
+            }]
+        );
         assert_eq!(record(&state, "f2").state, RecordedState::Available);
-        assert_eq!(state.clear(None, None), 1);
+        assert_eq!(state.clear(None, None).len(), 1);
     }
 
     #[test]

@@ -30,17 +30,6 @@ fn version_prints_the_crate_version() {
 }
 
 #[test]
-fn commands_not_built_yet_exit_2() {
-    for args in [&["probe-keys"][..], &["pool", "status"]] {
-        Test::new()
-            .args(args)
-            .run()
-            .code(2)
-            .one_line_error("not implemented yet");
-    }
-}
-
-#[test]
 fn bad_flags_exit_2() {
     Test::new()
         .args(["send", "--bogus"])
@@ -63,6 +52,12 @@ fn bad_flags_exit_2() {
         .code(2)
         .stderr_has("invalid HTTP method");
     Test::new().args(["frobnicate"]).run().code(2);
+    Test::new()
+        .args(["probe-keys", "--concurrency", "0"])
+        .run()
+        .code(2)
+        .stderr_has("--concurrency");
+    Test::new().args(["pool"]).run().code(2);
 }
 
 #[test]

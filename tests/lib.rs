@@ -3,5 +3,7 @@
 mod harness;
 
 mod cli;
+mod pool;
+mod probe_keys;
 mod send;
 mod serve;

@@ -540,7 +540,9 @@ fn flaky_upstream() -> (String, std::thread::JoinHandle<usize>) {
 fn a_dropped_connection_is_retried_once_with_the_same_key() {
     let (url, upstream) = flaky_upstream();
     let output = Test::new()
-        .config(&format!("[providers.anthropic]\nbase_url = \"{url}\"\nkeys = [\"{K1}\", \"{K2}\"]\n"))
+        .config(&format!(
+            "[providers.anthropic]\nbase_url = \"{url}\"\nkeys = [\"{K1}\", \"{K2}\"]\n"
+        ))
         .args(["send", "-d", BODY])
         .run()
         .success()

@@ -959,11 +959,21 @@ fn request_log_and_dumps_record_every_request_without_keys() {
 fn no_pool_and_no_caller_key_is_401_naming_the_setting() {
     let mock = MockUpstream::start();
     let server = Test::new()
-        .config(&format!("[providers.anthropic]\nbase_url = \"{}\"\n", mock.url()))
+        .config(&format!(
+            "[providers.anthropic]\nbase_url = \"{}\"\n",
+            mock.url()
+        ))
         .serve();
-    let response = client().post(server.url("/anthropic/v1/messages")).body("{}").send().unwrap();
+    let response = client()
+        .post(server.url("/anthropic/v1/messages"))
+        .body("{}")
+        .send()
+        .unwrap();
     assert_eq!(response.status(), 401);
-    let message = json_body(response)["error"]["message"].as_str().unwrap().to_owned();
+    let message = json_body(response)["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert!(message.contains("AIBRIDGE_ANTHROPIC_KEYS"), "{message}");
     // Without a pool, a caller's key is used as is.
     let response = routes()[0].request(&server, false, CALLER).send().unwrap();

@@ -1,22 +1,17 @@
 //! The subcommands: thin adapters from the command line to the library.
 
 pub mod generate;
+mod output;
+pub mod pool;
+pub mod probe_keys;
 pub mod send;
 pub mod serve;
-
-use std::process::ExitCode;
 
 use anyhow::Context;
 
 use crate::cli::GlobalArgs;
 use crate::config::{self, Config};
-use crate::exit;
 use crate::state::StateStore;
-
-pub fn not_implemented(command: &str) -> anyhow::Result<ExitCode> {
-    eprintln!("error: `aibridge {command}` is not implemented yet");
-    Ok(ExitCode::from(exit::USAGE))
-}
 
 /// The configuration, from `--config`/`AIBRIDGE_CONFIG`, the default file, or defaults.
 pub fn load_config(global: &GlobalArgs) -> anyhow::Result<Config> {

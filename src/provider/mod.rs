@@ -240,6 +240,10 @@ impl ErrorSpec {
         Self::new(504, "timeout_error", "upstream_timeout", message)
     }
 
+    pub fn not_found(message: String) -> Self {
+        Self::new(404, "not_found_error", "not_found", message)
+    }
+
     pub fn bad_request(message: String) -> Self {
         Self::new(400, "invalid_request_error", "invalid_request", message)
     }

@@ -8,7 +8,6 @@ use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderMap, header};
-use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::AppState;
@@ -16,7 +15,7 @@ use super::proxy::error_response;
 use super::state_sync::StateChange;
 use crate::keypool::{KeySelectError, KeyState};
 use crate::provider::{ErrorSpec, ProviderKind};
-use crate::report::PoolReport;
+use crate::report::{ClearedKey, PoolReport, ResetRequest, ResetResponse};
 
 pub async fn health() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
@@ -55,28 +54,6 @@ pub async fn metrics(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Re
         text,
     )
         .into_response()
-}
-
-/// Which marks to clear: all, one provider's, or one key's (by hint or fingerprint).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ResetRequest {
-    pub provider: Option<String>,
-    pub key: Option<String>,
-}
-
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ClearedKey {
-    pub provider: String,
-    pub key: String,
-    pub fingerprint: String,
-    /// The state before the reset.
-    pub was: String,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ResetResponse {
-    pub cleared: Vec<ClearedKey>,
 }
 
 /// `POST /_aibridge/pool/reset`, with the selection as query parameters or a JSON body.
@@ -139,7 +116,10 @@ fn clear_marks(app: &AppState, selection: &ResetRequest) -> Result<Vec<ClearedKe
         .collect();
     if let Some(selector) = &selection.key {
         let error = match targets.as_slice() {
-            [] => Some(KeySelectError::NoMatch(selector.clone())),
+            [] => {
+                let message = KeySelectError::NoMatch(selector.clone()).to_string();
+                return Err(ErrorSpec::not_found(message));
+            }
             [_] => None,
             several => Some(KeySelectError::Ambiguous {
                 selector: selector.clone(),

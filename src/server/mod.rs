@@ -8,6 +8,7 @@ mod admin;
 mod journal;
 mod metrics;
 mod proxy;
+mod recheck;
 mod relay;
 mod state_sync;
 mod usage;
@@ -58,6 +59,8 @@ pub struct Bridge {
     walker: Walker,
     /// Fingerprints of the access tokens, so tokens are compared by hash.
     tokens: HashSet<String>,
+    /// How often each provider's disabled keys are probed again.
+    rechecks: BTreeMap<String, Duration>,
 }
 
 impl Bridge {
@@ -87,6 +90,12 @@ impl Bridge {
                 .access_tokens
                 .iter()
                 .map(|token| token.fingerprint())
+                .collect(),
+            rechecks: config
+                .providers
+                .iter()
+                .filter(|(_, provider)| !provider.keys.is_empty())
+                .filter_map(|(name, provider)| Some((name.clone(), provider.recheck_disabled?)))
                 .collect(),
             settings: config.serve.clone(),
         })
@@ -198,8 +207,10 @@ pub async fn run(config: Config, options: ServerOptions) -> anyhow::Result<()> {
         })
         .into_future();
     let server = tokio::spawn(server);
+    let recheck = tokio::spawn(recheck::run(app.clone()));
 
     wait_for_stop(&app).await?;
+    recheck.abort();
     tracing::info!(
         "shutting down; in-flight requests have {}s to finish",
         SHUTDOWN_GRACE.as_secs()

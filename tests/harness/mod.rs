@@ -20,6 +20,17 @@ pub const K1: &str = "sk-ant-alpha-0000000000000000000001";
 pub const K2: &str = "sk-ant-bravo-0000000000000000000002";
 pub const K3: &str = "sk-ant-charl-0000000000000000000003";
 pub const CALLER: &str = "sk-ant-caller-000000000000000000009";
+pub const K4: &str = "sk-ant-delta-0000000000000000000004";
+pub const K5: &str = "sk-ant-echo0-0000000000000000000005";
+
+/// A port on 127.0.0.1 that nothing listens on.
+pub fn dead_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
 
 pub fn hint(key: &str) -> String {
     format!("{}...{}", &key[..4], &key[key.len() - 4..])
@@ -40,7 +51,7 @@ impl Test {
             args: Vec::new(),
             env: Vec::new(),
             stdin: None,
-            secrets: [K1, K2, K3, CALLER].map(str::to_owned).to_vec(),
+            secrets: [K1, K2, K3, K4, K5, CALLER].map(str::to_owned).to_vec(),
         }
     }
 
@@ -132,8 +143,18 @@ impl Test {
     }
 
     pub fn run(&self) -> Output {
-        let mut child = self
-            .command()
+        self.run_command(self.command())
+    }
+
+    /// Runs the binary with `args` instead of the test's own, in the same home.
+    pub fn run_with(&self, args: &[&str]) -> Output {
+        let mut command = self.bare_command();
+        command.args(args);
+        self.run_command(command)
+    }
+
+    fn run_command(&self, mut command: Command) -> Output {
+        let mut child = command
             .stdin(if self.stdin.is_some() {
                 Stdio::piped()
             } else {
@@ -251,8 +272,13 @@ pub struct Server {
 impl Test {
     /// Starts `aibridge serve` on a free port and waits until it listens.
     pub fn serve(&self) -> Server {
+        self.serve_with(&["--listen", "127.0.0.1:0"])
+    }
+
+    /// Starts `aibridge serve ARGS` and waits until it listens.
+    pub fn serve_with(&self, args: &[&str]) -> Server {
         let mut command = self.bare_command();
-        command.args(["serve", "--listen", "127.0.0.1:0"]);
+        command.arg("serve").args(args);
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())

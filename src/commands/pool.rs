@@ -1,0 +1,350 @@
+//! `aibridge pool status` and `aibridge pool reset`: the pool as the running server sees it,
+//! or as the state file records it when no server runs.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use super::output::{Table, ago, seconds};
+use super::{block_on, load_config, state_store};
+use crate::cli::{GlobalArgs, PoolResetArgs, PoolStatusArgs};
+use crate::config::Config;
+use crate::exit;
+use crate::failover::{Upstream, client_builder};
+use crate::keypool::SystemClock;
+use crate::report::{ClearedKey, KeyReport, PoolReport, ResetRequest, ResetResponse};
+use crate::state::StateStore;
+
+/// How long a server on the configured address gets to answer before the state file is read.
+const DETECT_TIMEOUT: Duration = Duration::from_millis(300);
+/// How long a server named with --server gets.
+const SERVER_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub fn status(global: &GlobalArgs, args: &PoolStatusArgs) -> anyhow::Result<ExitCode> {
+    let config = load_config(global)?;
+    if let Some(name) = &args.provider {
+        known_provider(&config, name)?;
+    }
+    let (mut report, source) = block_on(read_pool(global, &config, args.server.as_deref()))??;
+    if let Some(name) = &args.provider {
+        report.providers.retain(|provider| provider.name == *name);
+    }
+    if args.json {
+        eprintln!("source: {source}");
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("source: {source}");
+        print!("{}", status_table(&report));
+    }
+    let starved = report.providers.iter().any(|provider| {
+        !provider.keys.is_empty() && provider.keys.iter().all(|key| key.state != "available")
+    });
+    Ok(ExitCode::from(if starved {
+        exit::FAILURE
+    } else {
+        exit::OK
+    }))
+}
+
+fn known_provider(config: &Config, name: &str) -> anyhow::Result<()> {
+    if config.providers.contains_key(name) {
+        return Ok(());
+    }
+    let known: Vec<_> = config.providers.keys().map(String::as_str).collect();
+    bail!(
+        "unknown provider \"{name}\" (configured: {})",
+        known.join(", ")
+    )
+}
+
+/// The pool from the server (named, or found on the configured address), else the state file.
+async fn read_pool(
+    global: &GlobalArgs,
+    config: &Config,
+    server: Option<&str>,
+) -> anyhow::Result<(PoolReport, String)> {
+    let client = Server::client()?;
+    if let Some(url) = server {
+        let server = Server::new(url, config);
+        let report = server
+            .pool(&client, SERVER_TIMEOUT)
+            .await
+            .with_context(|| format!("cannot read the pool from {url}"))?;
+        return Ok((report, format!("server {}", server.base)));
+    }
+    let local = Server::local(config);
+    if let Ok(report) = local.pool(&client, DETECT_TIMEOUT).await {
+        return Ok((report, format!("server {}", local.base)));
+    }
+    let clock = Arc::new(SystemClock);
+    let upstreams = config
+        .providers
+        .values()
+        .map(|provider| Upstream::from_config(provider, clock.clone()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let Some(store) = state_store(global, config, false) else {
+        return Ok((
+            PoolReport::new(&upstreams),
+            "configuration only (no state file)".to_owned(),
+        ));
+    };
+    let state = store.load().context("cannot read the state file")?;
+    for upstream in &upstreams {
+        state.restore_into(&upstream.name, &upstream.pool);
+    }
+    Ok((
+        PoolReport::new(&upstreams),
+        format!("state file {}", store.path().display()),
+    ))
+}
+
+fn status_table(report: &PoolReport) -> String {
+    let mut table = Table::new(&[
+        "PROVIDER",
+        "KEY",
+        "STATE",
+        "LAST STATUS",
+        "LAST USED",
+        "REQUESTS",
+        "FAILURES",
+    ]);
+    for provider in &report.providers {
+        for key in &provider.keys {
+            table.row(vec![
+                provider.name.clone(),
+                key.hint.clone(),
+                state_label(key),
+                key.last_status
+                    .map_or("-".to_owned(), |status| status.to_string()),
+                ago(key.last_used.as_deref()),
+                key.requests.to_string(),
+                key.failures.to_string(),
+            ]);
+        }
+    }
+    table.render()
+}
+
+/// `available`, `cooling 41s`, `disabled (401 unauthorized)`.
+fn state_label(key: &KeyReport) -> String {
+    match (key.state.as_str(), key.reason.as_deref()) {
+        ("cooling", _) => format!(
+            "cooling {}",
+            seconds(key.cooldown_remaining_secs.unwrap_or(0))
+        ),
+        ("disabled", Some("unauthorized")) => "disabled (401 unauthorized)".to_owned(),
+        ("disabled", Some("forbidden")) => "disabled (403 forbidden)".to_owned(),
+        (state, _) => state.to_owned(),
+    }
+}
+
+pub fn reset(global: &GlobalArgs, args: &PoolResetArgs) -> anyhow::Result<ExitCode> {
+    let config = load_config(global)?;
+    if let Some(name) = &args.provider {
+        known_provider(&config, name)?;
+    }
+    let store = state_store(global, &config, false)
+        .context("no state directory on this system; pass --state-file")?;
+    let fingerprint = match &args.key {
+        Some(selector) => Some(resolve_key(
+            &config,
+            &store,
+            args.provider.as_deref(),
+            selector,
+        )?),
+        None => None,
+    };
+    let cleared = store
+        .update(|state| state.clear(args.provider.as_deref(), fingerprint.as_deref()))
+        .context("cannot update the state file")?;
+    report_cleared(&format!("state file {}", store.path().display()), &cleared);
+
+    let request = ResetRequest {
+        provider: args.provider.clone(),
+        key: fingerprint,
+    };
+    block_on(reset_server(&config, args.server.as_deref(), &request))??;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The fingerprint of the one key `selector` names, among configured keys and keys the state
+/// file knows.
+fn resolve_key(
+    config: &Config,
+    store: &StateStore,
+    provider: Option<&str>,
+    selector: &str,
+) -> anyhow::Result<String> {
+    let state = store.load().context("cannot read the state file")?;
+    let mut known = BTreeSet::new();
+    for (name, provider_config) in &config.providers {
+        for key in &provider_config.keys {
+            known.insert((name.clone(), key.fingerprint(), key.hint()));
+        }
+    }
+    for (name, records) in &state.providers {
+        for (fingerprint, record) in records {
+            known.insert((name.clone(), fingerprint.clone(), record.hint.clone()));
+        }
+    }
+    let matches: Vec<_> = known
+        .into_iter()
+        .filter(|(name, fingerprint, hint)| {
+            provider.is_none_or(|wanted| wanted == name)
+                && (fingerprint == selector || hint == selector)
+        })
+        .collect();
+    let fingerprints: BTreeSet<_> = matches
+        .iter()
+        .map(|(_, fingerprint, _)| fingerprint.clone())
+        .collect();
+    match fingerprints.len() {
+        0 => bail!("no key matches {selector:?}"),
+        1 => Ok(fingerprints.into_iter().next().expect("one")),
+        count => {
+            let listed: Vec<_> = matches
+                .iter()
+                .map(|(name, fingerprint, hint)| format!("{name} {hint} {fingerprint}"))
+                .collect();
+            bail!(
+                "{selector:?} matches {count} keys ({}); use a fingerprint",
+                listed.join(", ")
+            )
+        }
+    }
+}
+
+async fn reset_server(
+    config: &Config,
+    url: Option<&str>,
+    request: &ResetRequest,
+) -> anyhow::Result<()> {
+    let client = Server::client()?;
+    let (server, timeout) = match url {
+        Some(url) => (Server::new(url, config), SERVER_TIMEOUT),
+        None => {
+            let local = Server::local(config);
+            if !local.is_up(&client).await {
+                return Ok(());
+            }
+            (local, SERVER_TIMEOUT)
+        }
+    };
+    let cleared = server
+        .reset(&client, request, timeout)
+        .await
+        .with_context(|| format!("cannot reset marks on {}", server.base))?;
+    report_cleared(&format!("server {}", server.base), &cleared);
+    Ok(())
+}
+
+fn report_cleared(place: &str, cleared: &[ClearedKey]) {
+    if cleared.is_empty() {
+        println!("{place}: nothing to clear");
+    }
+    for key in cleared {
+        println!(
+            "{place}: cleared {} {} (was {})",
+            key.provider, key.key, key.was
+        );
+    }
+}
+
+/// A running `aibridge serve`, reached over its admin routes.
+struct Server {
+    base: String,
+    token: Option<String>,
+}
+
+impl Server {
+    fn client() -> anyhow::Result<reqwest::Client> {
+        client_builder()
+            .no_proxy()
+            .build()
+            .context("cannot set up the HTTP client")
+    }
+
+    fn new(url: &str, config: &Config) -> Self {
+        Self {
+            base: url.trim_end_matches('/').to_owned(),
+            token: config
+                .serve
+                .access_tokens
+                .first()
+                .map(|token| token.expose().to_owned()),
+        }
+    }
+
+    /// The server on the configured listen address (a wildcard address is reached on loopback).
+    fn local(config: &Config) -> Self {
+        let mut address: SocketAddr = config.listen;
+        if address.ip().is_unspecified() {
+            address.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        Self::new(&format!("http://{address}"), config)
+    }
+
+    fn request(
+        &self,
+        client: &reqwest::Client,
+        method: reqwest::Method,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        let builder = client.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(token) => builder.header("x-aibridge-token", token),
+            None => builder,
+        }
+    }
+
+    async fn is_up(&self, client: &reqwest::Client) -> bool {
+        let health = self
+            .request(client, reqwest::Method::GET, "/_aibridge/health")
+            .timeout(DETECT_TIMEOUT);
+        matches!(health.send().await, Ok(response) if response.status().is_success())
+    }
+
+    async fn pool(
+        &self,
+        client: &reqwest::Client,
+        timeout: Duration,
+    ) -> anyhow::Result<PoolReport> {
+        let response = self
+            .request(client, reqwest::Method::GET, "/_aibridge/pool")
+            .timeout(timeout)
+            .send()
+            .await?;
+        let status = response.status();
+        if !status.is_success() {
+            bail!("the server answered {status}");
+        }
+        Ok(response.json().await?)
+    }
+
+    async fn reset(
+        &self,
+        client: &reqwest::Client,
+        request: &ResetRequest,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<ClearedKey>> {
+        let response = self
+            .request(client, reqwest::Method::POST, "/_aibridge/pool/reset")
+            .json(request)
+            .timeout(timeout)
+            .send()
+            .await?;
+        match response.status().as_u16() {
+            200 => Ok(response.json::<ResetResponse>().await?.cleared),
+            // The server does not hold that key: nothing to clear there.
+            404 => Ok(Vec::new()),
+            status => bail!(
+                "the server answered {status}: {}",
+                response.text().await.unwrap_or_default()
+            ),
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! `aibridge probe-keys`: a verdict on every key, one cheap request each, no failover.
+
+use std::io::Read;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use anyhow::{Context, bail};
+use futures_util::StreamExt;
+use serde::Serialize;
+
+use super::output::{Table, progress_bar};
+use super::{block_on, load_config, state_store};
+use crate::cli::{GlobalArgs, ProbeKeysArgs};
+use crate::config::{Config, parse_keys_file};
+use crate::exit;
+use crate::failover::{Upstream, Walker};
+use crate::keypool::{SystemClock, validate_keys};
+use crate::probe::{Probe, Verdict, probe};
+use crate::secret::ApiKey;
+
+pub fn run(global: &GlobalArgs, args: &ProbeKeysArgs) -> anyhow::Result<ExitCode> {
+    let config = load_config(global)?;
+    let upstreams = targets(&config, args)?;
+    let total: usize = upstreams.iter().map(|upstream| upstream.pool.len()).sum();
+    if total == 0 {
+        bail!(
+            "no keys to probe: configure keys (e.g. AIBRIDGE_ANTHROPIC_KEYS) or pass --key/--keys-file"
+        );
+    }
+    let store = state_store(global, &config, args.no_state);
+    let walker = Walker::new(args.timeout).context("cannot set up the HTTP client")?;
+    let bar = progress_bar(total, !args.json && !global.quiet);
+    let probes = block_on(async {
+        let jobs = upstreams
+            .iter()
+            .flat_map(|upstream| (0..upstream.pool.len()).map(move |index| (upstream, index)))
+            .map(|(upstream, index)| {
+                let (walker, bar) = (&walker, &bar);
+                async move {
+                    let result = probe(walker, upstream, index, args.timeout).await;
+                    if let Some(bar) = bar {
+                        bar.inc(1);
+                    }
+                    result
+                }
+            });
+        futures_util::stream::iter(jobs)
+            .buffered(usize::from(args.concurrency))
+            .collect::<Vec<_>>()
+            .await
+    })?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    if let Some(store) = &store {
+        let now = SystemTime::now();
+        if let Err(error) =
+            store.update(|state| probes.iter().for_each(|probe| probe.record(state, now)))
+        {
+            tracing::warn!("probe results not saved: {error}");
+        }
+    }
+    print(&probes, args.json)?;
+    let all_valid = probes.iter().all(|probe| probe.verdict == Verdict::Valid);
+    Ok(ExitCode::from(if all_valid {
+        exit::OK
+    } else {
+        exit::FAILURE
+    }))
+}
+
+/// The pools to probe: the given keys under one provider, or the configured ones.
+fn targets(config: &Config, args: &ProbeKeysArgs) -> anyhow::Result<Vec<Upstream>> {
+    let clock = Arc::new(SystemClock);
+    let provider = |name: &str| {
+        config.providers.get(name).cloned().with_context(|| {
+            let known: Vec<_> = config.providers.keys().map(String::as_str).collect();
+            format!(
+                "unknown provider \"{name}\" (configured: {})",
+                known.join(", ")
+            )
+        })
+    };
+    if args.keys.is_empty() && args.keys_file.is_none() {
+        let names: Vec<&str> = if args.providers.is_empty() {
+            config.providers.keys().map(String::as_str).collect()
+        } else {
+            args.providers.iter().map(String::as_str).collect()
+        };
+        let mut upstreams = Vec::new();
+        for name in names {
+            upstreams.push(Upstream::from_config(&provider(name)?, clock.clone())?);
+        }
+        return Ok(upstreams);
+    }
+    let name = match args.providers.as_slice() {
+        [] => "anthropic",
+        [one] => one.as_str(),
+        _ => bail!("--key and --keys-file probe the keys of one provider: name one --provider"),
+    };
+    let mut config = provider(name)?;
+    config.keys = given_keys(args)?;
+    Ok(vec![Upstream::from_config(&config, clock)?])
+}
+
+/// `--key` then `--keys-file` keys, each duplicate reported once and probed once.
+fn given_keys(args: &ProbeKeysArgs) -> anyhow::Result<Vec<ApiKey>> {
+    let mut keys: Vec<ApiKey> = args
+        .keys
+        .iter()
+        .map(|key| ApiKey::new(key.as_str()))
+        .collect();
+    if let Some(path) = &args.keys_file {
+        let text = if path.as_os_str() == "-" {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("cannot read keys from stdin")?;
+            text
+        } else {
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read keys file {}", path.display()))?
+        };
+        keys.extend(parse_keys_file(&text));
+    }
+    let mut unique: Vec<ApiKey> = Vec::with_capacity(keys.len());
+    for (position, key) in keys.into_iter().enumerate() {
+        match unique.iter().position(|seen| *seen == key) {
+            Some(first) => eprintln!(
+                "note: key #{} duplicates key #{}; probed once",
+                position + 1,
+                first + 1
+            ),
+            None => unique.push(key),
+        }
+    }
+    validate_keys(&unique).context("invalid key list")?;
+    Ok(unique)
+}
+
+#[derive(Serialize)]
+struct ProbeReport<'a> {
+    provider: &'a str,
+    key: &'a str,
+    fingerprint: &'a str,
+    verdict: Verdict,
+    status: Option<u16>,
+    detail: &'a str,
+    latency_ms: u64,
+}
+
+fn print(probes: &[Probe], json: bool) -> anyhow::Result<()> {
+    if json {
+        let reports: Vec<_> = probes
+            .iter()
+            .map(|probe| ProbeReport {
+                provider: &probe.provider,
+                key: &probe.hint,
+                fingerprint: &probe.fingerprint,
+                verdict: probe.verdict,
+                status: probe.status,
+                detail: &probe.detail,
+                latency_ms: probe.latency.as_millis() as u64,
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+        return Ok(());
+    }
+    let mut table = Table::new(&["PROVIDER", "KEY", "VERDICT", "DETAIL", "LATENCY"]);
+    for probe in probes {
+        table.row(vec![
+            probe.provider.clone(),
+            probe.hint.clone(),
+            probe.verdict.as_str().to_owned(),
+            probe.detail.clone(),
+            format!("{}ms", probe.latency.as_millis()),
+        ]);
+    }
+    print!("{}", table.render());
+    Ok(())
+}
