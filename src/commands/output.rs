@@ -73,8 +73,8 @@ pub fn ago(time: Option<&str>) -> String {
         return "-".to_owned();
     };
     match std::time::SystemTime::now().duration_since(at) {
-        Ok(elapsed) => format!("{} ago", seconds(elapsed.as_secs())),
-        Err(_) => "just now".to_owned(),
+        Ok(elapsed) if elapsed.as_secs() > 0 => format!("{} ago", seconds(elapsed.as_secs())),
+        _ => "just now".to_owned(),
     }
 }
 

@@ -23,6 +23,7 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use axum::Router;
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use http::HeaderMap;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
@@ -201,7 +202,11 @@ pub async fn run(config: Config, options: ServerOptions) -> anyhow::Result<()> {
         reload: options.reload,
     });
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(options.listener, router(app.clone()))
+    // Small answers must not wait on Nagle's algorithm.
+    let listener = options.listener.tap_io(|stream| {
+        let _ = stream.set_nodelay(true);
+    });
+    let server = axum::serve(listener, router(app.clone()))
         .with_graceful_shutdown(async {
             let _ = stopped.await;
         })
