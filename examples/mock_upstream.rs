@@ -58,7 +58,10 @@ async fn main() -> anyhow::Result<()> {
     });
     let app = Router::new().fallback(handle).with_state(mock);
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
-    eprintln!("mock upstream listening on http://{}", listener.local_addr()?);
+    eprintln!(
+        "mock upstream listening on http://{}",
+        listener.local_addr()?
+    );
     let listener = listener.tap_io(|stream| {
         let _ = stream.set_nodelay(true);
     });
@@ -95,20 +98,32 @@ async fn handle(State(mock): State<Arc<Mock>>, request: Request) -> Response {
             )
                 .into_response();
             if status == 429 {
-                response.headers_mut().insert("retry-after-ms", mock.args.retry_after_ms.into());
+                response
+                    .headers_mut()
+                    .insert("retry-after-ms", mock.args.retry_after_ms.into());
             }
             return response;
         }
     }
-    let body = axum::body::to_bytes(body, 64 * 1024 * 1024).await.unwrap_or_default();
+    let body = axum::body::to_bytes(body, 64 * 1024 * 1024)
+        .await
+        .unwrap_or_default();
     let path = parts.uri.path();
     if parts.method != "POST" {
-        return ([(header::CONTENT_TYPE, "application/json")], r#"{"data":[{"id":"mock"}]}"#).into_response();
+        return (
+            [(header::CONTENT_TYPE, "application/json")],
+            r#"{"data":[{"id":"mock"}]}"#,
+        )
+            .into_response();
     }
     if body.windows(13).any(|window| window == b"\"stream\":true") {
         return stream(&mock.args, path);
     }
-    ([(header::CONTENT_TYPE, "application/json")], mock.json_body.clone()).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        mock.json_body.clone(),
+    )
+        .into_response()
 }
 
 /// `events` SSE events `gap_ms` apart, shaped for the route.
@@ -121,12 +136,18 @@ fn stream(args: &Args, path: &str) -> Response {
             if index > 0 {
                 tokio::time::sleep(gap).await;
             }
-            if sender.send(Ok(Bytes::from(event(&route, index)))).await.is_err() {
+            if sender
+                .send(Ok(Bytes::from(event(&route, index))))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
         if route.ends_with("/chat/completions") {
-            let _ = sender.send(Ok(Bytes::from_static(b"data: [DONE]\n\n"))).await;
+            let _ = sender
+                .send(Ok(Bytes::from_static(b"data: [DONE]\n\n")))
+                .await;
         }
     });
     let body = futures_util::stream::unfold(receiver, |mut receiver| async move {
@@ -141,10 +162,16 @@ fn stream(args: &Args, path: &str) -> Response {
 
 fn event(route: &str, index: usize) -> String {
     if route.ends_with("/chat/completions") {
-        format!("data: {{\"id\":\"chatcmpl-bench\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{index} \"}}}}]}}\n\n")
+        format!(
+            "data: {{\"id\":\"chatcmpl-bench\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{index} \"}}}}]}}\n\n"
+        )
     } else if route.ends_with("/responses") {
-        format!("event: response.output_text.delta\ndata: {{\"type\":\"response.output_text.delta\",\"delta\":\"{index} \"}}\n\n")
+        format!(
+            "event: response.output_text.delta\ndata: {{\"type\":\"response.output_text.delta\",\"delta\":\"{index} \"}}\n\n"
+        )
     } else {
-        format!("event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"{index} \"}}}}\n\n")
+        format!(
+            "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"{index} \"}}}}\n\n"
+        )
     }
 }

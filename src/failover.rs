@@ -21,6 +21,8 @@ pub struct Upstream {
     pub name: String,
     pub kind: ProviderKind,
     pub base_url: String,
+    /// `base_url` parsed once, so a request only sets its path.
+    url: reqwest::Url,
     pub enabled: bool,
     /// Whether a caller's own credential takes the place of the pool.
     pub byok: bool,
@@ -36,10 +38,24 @@ impl Upstream {
             name: config.name.clone(),
             kind: config.kind,
             base_url: config.base_url.clone(),
+            url: reqwest::Url::parse(&config.base_url).expect("the config validated base_url"),
             enabled: config.enabled,
             byok: config.byok,
             pool: Pool::new(config.keys.clone(), config.pool, clock)?,
         })
+    }
+
+    /// `base_url` joined with a request's path and query.
+    fn url_for(&self, path_and_query: &str) -> reqwest::Url {
+        let (path, query) = match path_and_query.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (path_and_query, None),
+        };
+        let mut url = self.url.clone();
+        let base_path = self.url.path().trim_end_matches('/');
+        url.set_path(&format!("{base_path}{path}"));
+        url.set_query(query);
+        url
     }
 
     fn missing_key_hint(&self) -> String {
@@ -311,12 +327,12 @@ impl Walker {
         request: &OutboundRequest,
         headers: HeaderMap,
     ) -> Result<reqwest::Response, FailoverError> {
-        let url = format!("{}{}", upstream.base_url, request.path_and_query);
+        let url = upstream.url_for(&request.path_and_query);
         let mut last_error = None;
         for _ in 0..2 {
             let mut builder = self
                 .client
-                .request(request.method.clone(), &url)
+                .request(request.method.clone(), url.clone())
                 .headers(headers.clone());
             if !request.body.is_empty() {
                 builder = builder.body(request.body.clone());
@@ -451,6 +467,35 @@ mod tests {
         let mut names: Vec<_> = forwarded.keys().map(HeaderName::as_str).collect();
         names.sort_unstable();
         assert_eq!(names, ["anthropic-version", "user-agent"]);
+    }
+
+    #[test]
+    fn urls_join_base_path_and_request_path() {
+        let upstream = |base: &str| {
+            let config = crate::config::ProviderConfig {
+                name: "p".into(),
+                kind: ProviderKind::OpenAi,
+                base_url: base.into(),
+                keys: Vec::new(),
+                enabled: true,
+                byok: false,
+                pool: crate::keypool::PoolSettings::default(),
+                recheck_disabled: None,
+            };
+            Upstream::from_config(&config, std::sync::Arc::new(crate::keypool::SystemClock))
+                .unwrap()
+        };
+        let plain = upstream("https://api.openai.com");
+        assert_eq!(
+            plain.url_for("/v1/models?limit=5").as_str(),
+            "https://api.openai.com/v1/models?limit=5"
+        );
+        assert_eq!(plain.url_for("").as_str(), "https://api.openai.com/");
+        let nested = upstream("http://127.0.0.1:9/proxy/openai");
+        assert_eq!(
+            nested.url_for("/v1/chat/completions").as_str(),
+            "http://127.0.0.1:9/proxy/openai/v1/chat/completions"
+        );
     }
 
     #[test]

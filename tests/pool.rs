@@ -49,7 +49,11 @@ fn status_from_the_state_file() {
         "{}",
         lines[3]
     );
-    assert!(lines[3].contains(" ago "), "{}", lines[3]);
+    assert!(
+        lines[3].contains("just now") || lines[3].contains(" ago "),
+        "{}",
+        lines[3]
+    );
     let columns: Vec<&str> = lines[4].split_whitespace().collect();
     assert_eq!(
         columns[..4],

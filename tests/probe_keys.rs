@@ -161,8 +161,13 @@ fn keys_file_with_comments_and_duplicates() {
         .success()
         .stdout_has("openai");
     let requests = mock.requests();
-    assert_eq!(requests[0].headers["authorization"], format!("Bearer {K4}"));
-    assert_eq!(requests[1].path, "/v1/models");
+    assert_eq!(requests.len(), 2);
+    for request in requests {
+        let key = request.key.clone().unwrap();
+        assert!(key == K4 || key == K5);
+        assert_eq!(request.headers["authorization"], format!("Bearer {key}"));
+        assert_eq!(request.path, "/v1/models");
+    }
 }
 
 #[test]

@@ -980,3 +980,32 @@ fn no_pool_and_no_caller_key_is_401_naming_the_setting() {
     assert_eq!(response.status(), 200);
     assert_eq!(mock.keys_used(), [CALLER]);
 }
+
+#[test]
+fn a_json_answer_that_breaks_is_a_clean_502() {
+    let mock = MockUpstream::start();
+    mock.on_key(K1, vec![Reply::Truncated]);
+    let test = bridge(&mock, &[K1, K2], "request_log = \"requests.jsonl\"");
+    let server = test.serve();
+    let response = routes()[0].send(&server, false);
+    assert_eq!(response.status(), 502);
+    let body = json_body(response);
+    assert_eq!(body["error"]["type"], "upstream_unreachable");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("upstream answer interrupted"),
+        "{body}"
+    );
+    assert_eq!(
+        mock.keys_used(),
+        [K1],
+        "the answer had started: no failover"
+    );
+    let log = wait_for_lines(&test.path("requests.jsonl"), 1);
+    assert_eq!(
+        (log[0]["status"].as_u64(), log[0]["outcome"].as_str()),
+        (Some(502), Some("error"))
+    );
+}

@@ -241,7 +241,6 @@ pub fn validate_keys(keys: &[ApiKey]) -> Result<(), PoolError> {
 pub struct PooledKey {
     key: ApiKey,
     fingerprint: String,
-    state: AtomicU64,
     requests: AtomicU64,
     failures: AtomicU64,
     /// 0 = never answered.
@@ -255,7 +254,6 @@ impl PooledKey {
         Self {
             fingerprint: key.fingerprint(),
             key,
-            state: AtomicU64::new(KeyState::Available.encode()),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             last_status: AtomicU16::new(0),
@@ -269,10 +267,6 @@ impl PooledKey {
 
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
-    }
-
-    fn raw_state(&self) -> KeyState {
-        KeyState::decode(self.state.load(Ordering::Acquire))
     }
 }
 
@@ -292,6 +286,9 @@ pub struct KeySnapshot {
 /// An ordered pool of keys for one provider.
 pub struct Pool {
     keys: Box<[PooledKey]>,
+    /// Each key's state word, apart from the rest so a walk scans a dense, cache-resident
+    /// array.
+    states: Box<[AtomicU64]>,
     by_fingerprint: HashMap<String, usize>,
     settings: PoolSettings,
     next_start: AtomicUsize,
@@ -322,8 +319,13 @@ impl Pool {
             .enumerate()
             .map(|(index, key)| (key.fingerprint.clone(), index))
             .collect();
+        let states = keys
+            .iter()
+            .map(|_| AtomicU64::new(KeyState::Available.encode()))
+            .collect();
         Ok(Self {
             keys,
+            states,
             by_fingerprint,
             settings,
             next_start: AtomicUsize::new(0),
@@ -388,8 +390,10 @@ impl Pool {
                 continue;
             };
             let old = &previous.keys[old_index];
-            key.state
-                .store(old.state.load(Ordering::Acquire), Ordering::Release);
+            self.states[index].store(
+                previous.states[old_index].load(Ordering::Acquire),
+                Ordering::Release,
+            );
             for (new, old) in [
                 (&key.requests, &old.requests),
                 (&key.failures, &old.failures),
@@ -403,9 +407,13 @@ impl Pool {
         }
     }
 
+    fn raw_state(&self, index: usize) -> KeyState {
+        KeyState::decode(self.states[index].load(Ordering::Acquire))
+    }
+
     /// The key's state now, with an expired cooldown read as available.
     pub fn state(&self, index: usize) -> KeyState {
-        self.keys[index].raw_state().settle(self.clock.now_ms())
+        self.raw_state(index).settle(self.clock.now_ms())
     }
 
     /// Starts one request's walk over the pool.
@@ -445,7 +453,7 @@ impl Pool {
     /// Applies a mark. A disabled key stays disabled; a cooldown only ever extends.
     pub fn mark(&self, index: usize, mark: Mark) -> MarkOutcome {
         let now = self.clock.now_ms();
-        let slot = &self.keys[index].state;
+        let slot = &self.states[index];
         let mut word = slot.load(Ordering::Acquire);
         loop {
             let stored = KeyState::decode(word);
@@ -483,11 +491,7 @@ impl Pool {
     /// Returns whether the state changed.
     pub fn set_state(&self, index: usize, state: KeyState) -> bool {
         let now = self.clock.now_ms();
-        let previous = KeyState::decode(
-            self.keys[index]
-                .state
-                .swap(state.encode(), Ordering::AcqRel),
-        );
+        let previous = KeyState::decode(self.states[index].swap(state.encode(), Ordering::AcqRel));
         previous.settle(now) != state.settle(now)
     }
 
@@ -542,7 +546,7 @@ impl Pool {
     pub fn exhaustion(&self) -> Exhausted {
         let now = self.clock.now_ms();
         let soonest = (0..self.keys.len())
-            .map(|index| self.keys[index].raw_state().settle(now))
+            .map(|index| self.raw_state(index).settle(now))
             .filter(|state| !matches!(state, KeyState::Disabled(_)))
             .map(|state| state.remaining(now))
             .min();
@@ -574,10 +578,16 @@ impl Iterator for Walk<'_> {
 
     fn next(&mut self) -> Option<usize> {
         let len = self.pool.keys.len();
+        // One clock read per call, not per key skipped: a walk may pass thousands.
+        let now = self.pool.clock.now_ms();
         while self.offset < len {
-            let index = (self.start + self.offset) % len;
+            // start < len and offset < len, so one subtraction wraps (no division per key).
+            let mut index = self.start + self.offset;
+            if index >= len {
+                index -= len;
+            }
             self.offset += 1;
-            if self.pool.state(index) == KeyState::Available {
+            if self.pool.raw_state(index).settle(now) == KeyState::Available {
                 return Some(index);
             }
         }

@@ -17,7 +17,8 @@ use super::state_sync::StateChange;
 use super::usage::RequestFacts;
 use super::{AppState, Bridge};
 use crate::failover::{
-    Attempt, Credentials, FailoverError, OutboundRequest, Upstream, forwardable_headers,
+    Attempt, Credentials, FailoverError, OutboundRequest, Upstream, error_chain,
+    forwardable_headers,
 };
 use crate::provider::{ApiRoute, ErrorSpec, ProviderApi, ProviderKind};
 use crate::secret::{ApiKey, mask};
@@ -70,7 +71,12 @@ pub async fn handle(State(app): State<Arc<AppState>>, request: Request) -> Respo
         &exchange.attempts,
     );
 
-    let record = RequestRecord::new(id, upstream, &request, route, &facts, &exchange.attempts);
+    // The log line is only put together when there is a log to write it to.
+    let record = app
+        .journal
+        .logging()
+        .then(|| RequestRecord::new(id, upstream, &request, route, &facts, &exchange.attempts));
+    let attempts = exchange.attempts.len();
     match exchange.result {
         Ok(response) => {
             let upstream_time = exchange
@@ -84,32 +90,45 @@ pub async fn handle(State(app): State<Arc<AppState>>, request: Request) -> Respo
                 started.elapsed().saturating_sub(upstream_time),
             );
             let dump = app.journal.dumping().then(|| {
-                let attempt = exchange.attempts.len();
-                let request_dump = dump_request(
+                let mut request_dump = dump_request(
                     upstream,
                     &request,
                     &credentials,
-                    &exchange.attempts[attempt - 1],
+                    &exchange.attempts[attempts - 1],
                 );
-                (format!("{id:08}-attempt{attempt}.json"), request_dump)
+                request_dump.request_id = id;
+                (format!("{id:08}-attempt{attempts}.json"), request_dump)
             });
-            let completion = Completion::new(app.clone(), record, started, dump);
-            relay_response(
-                &bridge,
-                api,
+            let key = exchange
+                .attempts
+                .last()
+                .map(|attempt| attempt.key_hint.as_str());
+            let completion = Completion::new(
+                app.clone(),
+                &upstream.name,
                 route,
-                response,
-                completion,
-                exchange.attempts.len(),
-            )
+                attempts,
+                started,
+                record,
+                dump,
+            );
+            relay_response(&bridge, api, route, response, completion, key).await
         }
         Err(error) => {
             if let FailoverError::Exhausted(exhausted) = &error {
                 app.metrics.exhausted(&upstream.name, exhausted.kind);
             }
             let response = failover_error_response(api, &error);
-            Completion::new(app.clone(), record, started, None)
-                .failed(response.status().as_u16(), &error);
+            Completion::new(
+                app.clone(),
+                &upstream.name,
+                route,
+                attempts,
+                started,
+                record,
+                None,
+            )
+            .failed(response.status().as_u16(), &error.to_string());
             response
         }
     }
@@ -159,13 +178,17 @@ fn record_marks(app: &AppState, upstream: &Upstream, attempts: &[Attempt]) {
     }
 }
 
-fn relay_response(
+/// Answers up to this size with a known length are read whole and sent in one write, as a
+/// buffering proxy does; anything larger, and every SSE stream, is relayed as it arrives.
+const BUFFERED_ANSWER_LIMIT: u64 = 256 * 1024;
+
+async fn relay_response(
     bridge: &Bridge,
     api: &'static dyn ProviderApi,
     route: ApiRoute,
     response: reqwest::Response,
     completion: Completion,
-    attempts: usize,
+    key: Option<&str>,
 ) -> Response {
     let status = response.status();
     let is_sse = response
@@ -174,23 +197,64 @@ fn relay_response(
         .and_then(|value| value.to_str().ok())
         .is_some_and(|value| value.starts_with("text/event-stream"));
     let mut headers = forwardable_headers(response.headers());
-    if !is_sse && let Some(length) = response.headers().get(header::CONTENT_LENGTH) {
-        headers.insert(header::CONTENT_LENGTH, length.clone());
-    }
-    if let Some(hint) = completion.answering_key()
+    if let Some(hint) = key
         && let Ok(value) = HeaderValue::from_str(hint)
     {
         headers.insert("x-aibridge-key", value);
     }
-    headers.insert("x-aibridge-attempts", HeaderValue::from(attempts));
-    let completion = completion.with_response(status.as_u16(), response.headers(), is_sse);
+    headers.insert(
+        "x-aibridge-attempts",
+        HeaderValue::from(completion.attempts()),
+    );
+    let mut completion = completion.with_response(status.as_u16(), response.headers(), is_sse);
+    let idle_timeout = bridge.settings.stream_idle_timeout;
+
+    let small = !is_sse
+        && response
+            .content_length()
+            .is_some_and(|length| length <= BUFFERED_ANSWER_LIMIT);
+    if small {
+        let body = match tokio::time::timeout(idle_timeout, response.bytes()).await {
+            Ok(Ok(body)) => body,
+            Ok(Err(error)) => return broken_answer(api, completion, &error_chain(&error)),
+            Err(_) => {
+                let idle = humantime::format_duration(idle_timeout);
+                return broken_answer(
+                    api,
+                    completion,
+                    &format!("no data from upstream for {idle}"),
+                );
+            }
+        };
+        completion.saw(&body);
+        completion.finish("completed");
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        return reply(status, headers, Body::from(body));
+    }
+
+    if !is_sse && let Some(length) = response.headers().get(header::CONTENT_LENGTH) {
+        headers.insert(header::CONTENT_LENGTH, length.clone());
+    }
     let relay = Relay::new(
         response,
-        bridge.settings.stream_idle_timeout,
+        idle_timeout,
         is_sse.then_some((api, route)),
         completion,
     );
-    let mut reply = Response::new(relay.into_body());
+    reply(status, headers, relay.into_body())
+}
+
+/// An answer whose body broke before any of it was sent: the caller gets a clean 502.
+fn broken_answer(api: &dyn ProviderApi, completion: Completion, reason: &str) -> Response {
+    let message = format!("upstream answer interrupted: {reason}");
+    tracing::warn!("{message}");
+    let response = error_response(api, &ErrorSpec::unreachable(message.clone()));
+    completion.failed(response.status().as_u16(), &message);
+    response
+}
+
+fn reply(status: StatusCode, headers: HeaderMap, body: Body) -> Response {
+    let mut reply = Response::new(body);
     *reply.status_mut() = status;
     *reply.headers_mut() = headers;
     reply

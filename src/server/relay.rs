@@ -18,7 +18,7 @@ use serde::Serialize;
 use super::AppState;
 use super::proxy::{AttemptDump, http_message};
 use super::usage::{RequestFacts, UsageTap};
-use crate::failover::{Attempt, FailoverError, OutboundRequest, Upstream, error_chain};
+use crate::failover::{Attempt, OutboundRequest, Upstream, error_chain};
 use crate::keypool::KeyState;
 use crate::provider::{ApiRoute, ProviderApi};
 
@@ -101,8 +101,14 @@ impl RequestRecord {
 /// Accounts for one request once: metrics, the request log and the final dump.
 pub struct Completion {
     app: Arc<AppState>,
-    record: RequestRecord,
+    provider: String,
+    route: ApiRoute,
+    status: u16,
+    attempts: usize,
     started: Instant,
+    /// The log line, when there is a request log.
+    record: Option<Box<RequestRecord>>,
+    /// Reads token usage for the log line.
     tap: Option<UsageTap>,
     dump: Option<(String, AttemptDump, Vec<u8>)>,
     response_headers: HeaderMap,
@@ -112,14 +118,21 @@ pub struct Completion {
 impl Completion {
     pub fn new(
         app: Arc<AppState>,
-        record: RequestRecord,
+        provider: &str,
+        route: ApiRoute,
+        attempts: usize,
         started: Instant,
+        record: Option<RequestRecord>,
         dump: Option<(String, AttemptDump)>,
     ) -> Self {
         Self {
             app,
-            record,
+            provider: provider.to_owned(),
+            route,
+            status: 0,
+            attempts,
             started,
+            record: record.map(Box::new),
             tap: None,
             dump: dump.map(|(name, dump)| (name, dump, Vec::new())),
             response_headers: HeaderMap::new(),
@@ -127,16 +140,18 @@ impl Completion {
         }
     }
 
-    pub fn answering_key(&self) -> Option<&str> {
-        self.record.key.as_deref()
+    pub fn attempts(&self) -> usize {
+        self.attempts
     }
 
     /// The answer has started: its status and headers are known.
     pub fn with_response(mut self, status: u16, headers: &HeaderMap, is_sse: bool) -> Self {
-        self.record.status = status;
-        self.record.stream |= is_sse;
-        if self.record.route != ApiRoute::Other.as_str() {
-            self.tap = Some(UsageTap::new(is_sse));
+        self.status = status;
+        if let Some(record) = &mut self.record {
+            record.stream |= is_sse;
+            if self.route != ApiRoute::Other {
+                self.tap = Some(UsageTap::new(is_sse));
+            }
         }
         if self.dump.is_some() {
             self.response_headers = headers.clone();
@@ -144,16 +159,20 @@ impl Completion {
         self
     }
 
-    /// The bridge answered with its own error; nothing is relayed.
-    pub fn failed(mut self, status: u16, error: &FailoverError) {
-        self.record.status = status;
-        self.record.error = Some(error.to_string());
+    /// The bridge answered with its own error.
+    pub fn failed(mut self, status: u16, error: &str) {
+        self.status = status;
+        if let Some(record) = &mut self.record {
+            record.error = Some(error.to_owned());
+        }
         self.finish("error");
     }
 
-    fn saw(&mut self, chunk: &[u8]) {
-        if self.record.ttfb_ms.is_none() {
-            self.record.ttfb_ms = Some(millis(self.started.elapsed()));
+    pub fn saw(&mut self, chunk: &[u8]) {
+        if let Some(record) = &mut self.record
+            && record.ttfb_ms.is_none()
+        {
+            record.ttfb_ms = Some(millis(self.started.elapsed()));
         }
         if let Some(tap) = &mut self.tap {
             tap.feed(chunk);
@@ -164,31 +183,40 @@ impl Completion {
         }
     }
 
-    fn finish(&mut self, outcome: &'static str) {
+    fn interrupted(&mut self, message: &str) {
+        if let Some(record) = &mut self.record {
+            record.error = Some(message.to_owned());
+        }
+        self.finish("interrupted");
+    }
+
+    pub fn finish(&mut self, outcome: &'static str) {
         if self.finished {
             return;
         }
         self.finished = true;
-        self.record.outcome = outcome;
-        self.record.latency_ms = millis(self.started.elapsed());
-        if let Some(tap) = &mut self.tap {
-            let usage = tap.finish();
-            self.record.input_tokens = usage.input_tokens;
-            self.record.output_tokens = usage.output_tokens;
-        }
         self.app.metrics.request(
-            &self.record.provider,
-            self.record.route,
-            self.record.status,
-            self.record.attempts.len(),
+            &self.provider,
+            self.route.as_str(),
+            self.status,
+            self.attempts,
         );
         if let Some((name, mut dump, body)) = self.dump.take() {
-            dump.request_id = self.record.id;
-            dump.attempt = self.record.attempts.len();
-            dump.response = http_message(Some(self.record.status), &self.response_headers, &body);
+            dump.attempt = self.attempts;
+            dump.response = http_message(Some(self.status), &self.response_headers, &body);
             self.app.journal.dump(name, &dump);
         }
-        self.app.journal.log(&self.record);
+        if let Some(record) = &mut self.record {
+            record.outcome = outcome;
+            record.status = self.status;
+            record.latency_ms = millis(self.started.elapsed());
+            if let Some(tap) = &mut self.tap {
+                let usage = tap.finish();
+                record.input_tokens = usage.input_tokens;
+                record.output_tokens = usage.output_tokens;
+            }
+            self.app.journal.log(record);
+        }
     }
 }
 
@@ -269,9 +297,8 @@ impl Relay {
     fn interrupt(mut self, reason: String) -> Option<(std::io::Result<Bytes>, Self)> {
         self.done = true;
         let message = format!("upstream stream interrupted: {reason}");
-        tracing::warn!(provider = %self.completion.record.provider, "{message}");
-        self.completion.record.error = Some(message.clone());
-        self.completion.finish("interrupted");
+        tracing::warn!(provider = %self.completion.provider, "{message}");
+        self.completion.interrupted(&message);
         let Some((api, route)) = self.sse else {
             return Some((Err(std::io::Error::other(message)), self));
         };

@@ -22,6 +22,8 @@ pub enum Reply {
     },
     /// Sends nothing for this long, then answers 200.
     Slow(Duration),
+    /// Promises a JSON body of 100 bytes, sends 10, and drops the connection.
+    Truncated,
     Sse {
         events: Vec<String>,
         /// Waits here after the first event until the test opens it.
@@ -247,6 +249,24 @@ async fn respond(reply: Reply, shared: Arc<Shared>) -> Response {
         Reply::Slow(delay) => {
             tokio::time::sleep(delay).await;
             Response::new(Body::from("{}"))
+        }
+        Reply::Truncated => {
+            let chunks = futures_util::stream::unfold(0, |step| async move {
+                match step {
+                    0 => Some((Ok(Bytes::from_static(b"{\"id\":\"ms")), 1)),
+                    1 => {
+                        // Let the headers and the first bytes go out before the cut.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        Some((Err(std::io::Error::other("mock cut the body")), 2))
+                    }
+                    _ => None,
+                }
+            });
+            Response::builder()
+                .header("content-type", "application/json")
+                .header("content-length", "100")
+                .body(Body::from_stream(chunks))
+                .unwrap()
         }
         Reply::Plain {
             status,

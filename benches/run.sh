@@ -1,0 +1,288 @@
+#!/usr/bin/env bash
+# Load benchmarks for aibridge, on loopback, each against the same fast mock in the same run:
+# direct to the mock, through `aibridge serve`, and through nginx `proxy_pass`.
+# Prints one markdown table (also written to target/bench/report.md).
+#
+#   benches/run.sh                 # ~5 minutes on 2 cores
+#   BENCH_SECONDS=3 benches/run.sh # shorter wrk runs
+#
+# Not part of .ci/run: it measures, it does not test.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+SECONDS_PER_RUN=${BENCH_SECONDS:-10}
+STREAM_RUNS=${BENCH_STREAM_RUNS:-30}
+MOCK=127.0.0.1:19100
+SLOW_MOCK=127.0.0.1:19101
+BRIDGE=127.0.0.1:19200
+NGINX=127.0.0.1:19300
+OUT=target/bench
+mkdir -p "$OUT"
+WORK=$(mktemp -d)
+PIDS=()
+
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+say() { printf '>> %s\n' "$*" >&2; }
+calc() { awk "BEGIN { printf \"%.3f\", $* }"; }
+
+install_tools() {
+  local missing=()
+  command -v wrk >/dev/null || missing+=(wrk)
+  command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+  command -v hyperfine >/dev/null || missing+=(hyperfine)
+  command -v curl >/dev/null || missing+=(curl)
+  if ((${#missing[@]})); then
+    say "installing ${missing[*]}"
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo=sudo
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
+
+wait_for_port() {
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  say "nothing listens on $1"
+  exit 1
+}
+
+rss_mb() { awk '/VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
+
+start_services() {
+  ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+  target/release/examples/mock_upstream --listen "$MOCK" --events 20 --gap-ms 10 2>"$WORK/mock.log" &
+  PIDS+=($!)
+  # Long streams for the open-streams memory test: 60 events, 500 ms apart.
+  target/release/examples/mock_upstream --listen "$SLOW_MOCK" --events 60 --gap-ms 500 2>"$WORK/slow-mock.log" &
+  PIDS+=($!)
+
+  local bad good="\"sk-bench-good-0000000000000000000001\""
+  {
+    echo "listen = \"$BRIDGE\""
+    echo "[providers.anthropic]"
+    echo "base_url = \"http://$MOCK\""
+    echo "keys = [$good]"
+    echo "[providers.slow]"
+    echo "kind = \"anthropic\""
+    echo "base_url = \"http://$SLOW_MOCK\""
+    echo "keys = [$good]"
+    for n in 0 1 10 100; do
+      bad=""
+      for i in $(seq 1 "$n"); do bad+="\"sk-bench-429-$(printf '%020d' "$i")\", "; done
+      echo "[providers.failover-$n]"
+      echo "kind = \"anthropic\""
+      echo "base_url = \"http://$MOCK\""
+      echo "keys = [$bad$good]"
+    done
+  } >"$WORK/aibridge.toml"
+  export AIBRIDGE_CONFIG="$WORK/aibridge.toml"
+
+  target/release/aibridge serve --no-state 2>"$WORK/aibridge.log" &
+  BRIDGE_PID=$!
+  PIDS+=($BRIDGE_PID)
+
+  mkdir -p "$WORK/nginx-tmp"
+  cat >"$WORK/nginx.conf" <<EOF
+worker_processes 2;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log warn;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx-tmp/body;
+  proxy_temp_path $WORK/nginx-tmp/proxy;
+  fastcgi_temp_path $WORK/nginx-tmp/fastcgi;
+  uwsgi_temp_path $WORK/nginx-tmp/uwsgi;
+  scgi_temp_path $WORK/nginx-tmp/scgi;
+  upstream mock { server $MOCK; keepalive 256; }
+  server {
+    listen $NGINX;
+    location / {
+      proxy_pass http://mock;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header x-api-key "sk-bench-good-0000000000000000000001";
+    }
+  }
+}
+EOF
+  "$(command -v nginx || echo /usr/sbin/nginx)" -p "$WORK" -c "$WORK/nginx.conf" -g 'daemon off;' &
+  PIDS+=($!)
+  for port in "$MOCK" "$SLOW_MOCK" "$BRIDGE" "$NGINX"; do wait_for_port "$port"; done
+}
+
+# A 1 KiB Messages request.
+make_bodies() {
+  local text
+  text=$(head -c 900 /dev/zero | tr '\0' 'a')
+  printf '{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"%s"}]}' "$text" >"$WORK/body.json"
+  printf '{"model":"claude-sonnet-4-5","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"Hi"}]}' >"$WORK/stream.json"
+  for name in body stream; do
+    cat >"$WORK/$name.lua" <<EOF
+local file = io.open("$WORK/$name.json", "rb")
+wrk.method = "POST"
+wrk.body = file:read("*a")
+file:close()
+wrk.headers["content-type"] = "application/json"
+wrk.headers["anthropic-version"] = "2023-06-01"
+wrk.headers["x-api-key"] = "sk-bench-good-0000000000000000000001"
+EOF
+  done
+}
+
+# wrk latency cell ("51.00us", "1.2ms", "2s") -> milliseconds
+to_ms() {
+  awk -v v="$1" 'BEGIN {
+    n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+    if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000
+    printf "%.3f", n }'
+}
+
+# run_wrk NAME URL CONNECTIONS -> sets RPS[NAME] P50[NAME] P99[NAME]
+declare -A RPS P50 P99
+run_wrk() {
+  local name=$1 url=$2 connections=$3 threads=2 log
+  ((connections < 2)) && threads=1
+  log="$OUT/wrk-$name.txt"
+  wrk -t"$threads" -c"$connections" -d"${SECONDS_PER_RUN}s" --latency -s "$WORK/body.lua" "$url" >"$log"
+  if grep -q "Non-2xx" "$log"; then
+    say "$name: errors during the run"; cat "$log" >&2; exit 1
+  fi
+  RPS[$name]=$(awk '/^Requests\/sec/ { printf "%.0f", $2 }' "$log")
+  P50[$name]=$(to_ms "$(awk '$1 == "50%" { print $2 }' "$log")")
+  P99[$name]=$(to_ms "$(awk '$1 == "99%" { print $2 }' "$log")")
+  say "$name: ${RPS[$name]} req/s, p50 ${P50[$name]} ms, p99 ${P99[$name]} ms"
+}
+
+median() { sort -n | awk '{ v[NR] = $1 } END { printf "%.3f", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+# Time to first byte and to last byte of a 20-event stream (10 ms apart), in ms.
+stream_times() {
+  local url=$1 i
+  for i in $(seq "$STREAM_RUNS"); do
+    curl -s -N -o /dev/null -w '%{time_starttransfer} %{time_total}\n' \
+      -H 'content-type: application/json' -H 'anthropic-version: 2023-06-01' \
+      -H 'x-api-key: sk-bench-good-0000000000000000000001' \
+      --data-binary "@$WORK/stream.json" "$url"
+  done >"$WORK/stream-times"
+  FIRST=$(awk '{ print $1 * 1000 }' "$WORK/stream-times" | median)
+  LAST=$(awk '{ print $2 * 1000 }' "$WORK/stream-times" | median)
+}
+
+measure_memory() {
+  IDLE_RSS=$(rss_mb "$BRIDGE_PID")
+  say "idle RSS ${IDLE_RSS} MB; opening 1000 streams"
+  wrk -t2 -c1000 -d14s -s "$WORK/stream.lua" "http://$BRIDGE/slow/v1/messages" >"$OUT/wrk-streams.txt" 2>&1 &
+  local wrk_pid=$! peak=0 open=0 rss conns
+  for _ in $(seq 12); do
+    sleep 1
+    rss=$(rss_mb "$BRIDGE_PID")
+    conns=$(ss -Htn state established "( sport = :${BRIDGE#*:} )" | wc -l)
+    peak=$(awk -v a="$peak" -v b="$rss" 'BEGIN { print (b > a) ? b : a }')
+    ((conns > open)) && open=$conns
+  done
+  wait "$wrk_pid" || true
+  STREAMS_RSS=$peak
+  OPEN_STREAMS=$open
+  say "peak RSS ${STREAMS_RSS} MB with ${OPEN_STREAMS} open streams"
+}
+
+hyperfine_mean_ms() {
+  # hyperfine_mean_ms NAME COMMAND...
+  local name=$1
+  shift
+  hyperfine -N --warmup 3 --runs 40 --export-json "$OUT/hyperfine-$name.json" "$@" >/dev/null
+  awk -F': ' '/"mean"/ { gsub(/,/, "", $2); printf "%.3f\n", $2 * 1000 }' "$OUT/hyperfine-$name.json"
+}
+
+measure_failover() {
+  local n
+  for n in 0 1 10 100; do
+    FAILOVER[$n]=$(hyperfine_mean_ms "failover-$n" \
+      "target/release/aibridge send --no-state --provider failover-$n -d @$WORK/body.json")
+    say "failover $n keys answering 429: ${FAILOVER[$n]} ms"
+  done
+}
+
+measure_send() {
+  SEND_MS=$(hyperfine_mean_ms send "target/release/aibridge send --no-state -d @$WORK/body.json")
+  CURL_MS=$(hyperfine_mean_ms curl "curl -s -o /dev/null -X POST -H content-type:application/json -H anthropic-version:2023-06-01 -H x-api-key:sk-bench-good-0000000000000000000001 --data-binary @$WORK/body.json http://$MOCK/v1/messages")
+  say "send ${SEND_MS} ms, curl ${CURL_MS} ms"
+}
+
+measure_pool() {
+  cargo bench --quiet --bench pool >"$OUT/pool.txt" 2>/dev/null
+  # Medians in output order: pick_and_mark 10 t1 t2, 10000 t1 t2; pick_past_cooling_keys the same.
+  mapfile -t POOL < <(awk -F'│' '/t=[12]/ { v = $(NF - 3); gsub(/^ +| +$/, "", v); print v }' "$OUT/pool.txt")
+}
+
+verdict() { awk -v v="$1" -v limit="$2" 'BEGIN { print (v + 0 <= limit + 0) ? "met" : "missed" }'; }
+
+main() {
+  install_tools
+  say "building (release)"
+  cargo build --release --quiet --bin aibridge --example mock_upstream
+  make_bodies
+  start_services
+  measure_memory
+
+  for c in 1 16 64; do
+    run_wrk "direct-$c" "http://$MOCK/v1/messages" "$c"
+    run_wrk "aibridge-$c" "http://$BRIDGE/anthropic/v1/messages" "$c"
+    run_wrk "nginx-$c" "http://$NGINX/v1/messages" "$c"
+  done
+
+  stream_times "http://$MOCK/v1/messages"
+  DIRECT_FIRST=$FIRST DIRECT_LAST=$LAST
+  stream_times "http://$BRIDGE/anthropic/v1/messages"
+  BRIDGE_FIRST=$FIRST BRIDGE_LAST=$LAST
+
+  declare -gA FAILOVER
+  measure_failover
+  measure_send
+  measure_pool
+
+  local report="$OUT/report.md"
+  {
+    echo "Machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), $(uname -sr); wrk ${SECONDS_PER_RUN}s per run; $(date -u +%Y-%m-%d)."
+    echo
+    echo "| measure | direct | aibridge | nginx | aibridge vs direct | aibridge vs nginx |"
+    echo "|---|---|---|---|---|---|"
+    for c in 1 16 64; do
+      echo "| c=$c requests/s | ${RPS[direct-$c]} | ${RPS[aibridge-$c]} | ${RPS[nginx-$c]} | $(calc "${RPS[aibridge-$c]} / ${RPS[direct-$c]}")x | $(calc "${RPS[aibridge-$c]} / ${RPS[nginx-$c]}")x |"
+      echo "| c=$c p50 ms | ${P50[direct-$c]} | ${P50[aibridge-$c]} | ${P50[nginx-$c]} | +$(calc "${P50[aibridge-$c]} - ${P50[direct-$c]}") ms | $(calc "${P50[aibridge-$c]} - ${P50[nginx-$c]}") ms |"
+      echo "| c=$c p99 ms | ${P99[direct-$c]} | ${P99[aibridge-$c]} | ${P99[nginx-$c]} | +$(calc "${P99[aibridge-$c]} - ${P99[direct-$c]}") ms | $(calc "${P99[aibridge-$c]} - ${P99[nginx-$c]}") ms |"
+    done
+    echo "| stream: first byte ms (median of $STREAM_RUNS) | $DIRECT_FIRST | $BRIDGE_FIRST | | +$(calc "$BRIDGE_FIRST - $DIRECT_FIRST") ms | |"
+    echo "| stream: last byte ms (20 events, 10 ms apart) | $DIRECT_LAST | $BRIDGE_LAST | | +$(calc "$BRIDGE_LAST - $DIRECT_LAST") ms | |"
+    echo
+    echo "| measure | figure | target | |"
+    echo "|---|---|---|---|"
+    echo "| added latency p50, c=16 | $(calc "${P50[aibridge-16]} - ${P50[direct-16]}") ms | < 0.1 ms | $(verdict "$(calc "${P50[aibridge-16]} - ${P50[direct-16]}")" 0.1) |"
+    echo "| added latency p99, c=16 | $(calc "${P99[aibridge-16]} - ${P99[direct-16]}") ms | < 1 ms | $(verdict "$(calc "${P99[aibridge-16]} - ${P99[direct-16]}")" 1) |"
+    echo "| throughput vs nginx, c=16 | $(calc "${RPS[aibridge-16]} / ${RPS[nginx-16]}")x | >= 1.0x | $(verdict 1 "$(calc "${RPS[aibridge-16]} / ${RPS[nginx-16]}")") |"
+    echo "| stream first byte vs direct | +$(calc "$BRIDGE_FIRST - $DIRECT_FIRST") ms | < 1 ms | $(verdict "$(calc "$BRIDGE_FIRST - $DIRECT_FIRST")" 1) |"
+    echo "| RSS idle | $IDLE_RSS MB | < 30 MB | $(verdict "$IDLE_RSS" 30) |"
+    echo "| RSS with $OPEN_STREAMS open streams | $STREAMS_RSS MB | < 100 MB | $(verdict "$STREAMS_RSS" 100) |"
+    echo "| \`aibridge send\` vs curl | $SEND_MS ms vs $CURL_MS ms = $(calc "$SEND_MS / $CURL_MS")x | <= 1.3x | $(verdict "$(calc "$SEND_MS / $CURL_MS")" 1.3) |"
+    for n in 1 10 100; do
+      echo "| failover: first $n keys answer 429 (\`send\`) | ${FAILOVER[$n]} ms (+$(calc "(${FAILOVER[$n]} - ${FAILOVER[0]}) / $n") ms per key) | | |"
+    done
+    echo "| pool pick + mark, 10 keys, 1 / 2 threads | ${POOL[0]} / ${POOL[1]} | < 1 µs | |"
+    echo "| pool pick + mark, 10,000 keys, 1 / 2 threads | ${POOL[2]} / ${POOL[3]} | < 1 µs | |"
+    echo "| pool pick past 9,999 cooling keys, 1 / 2 threads | ${POOL[6]} / ${POOL[7]} | (worst case) | |"
+  } >"$report"
+  cat "$report"
+}
+
+main "$@"
