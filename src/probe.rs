@@ -9,7 +9,7 @@ use http::{HeaderMap, Method};
 use serde::Serialize;
 
 use crate::failover::{OutboundRequest, Upstream, Walker};
-use crate::keypool::{DisableReason, KeyState, Mark, ceil_secs, to_unix_ms};
+use crate::keypool::{KeyState, Mark, ceil_secs, to_unix_ms};
 use crate::state::{Observation, StateFile};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -185,15 +185,6 @@ pub fn disabled_keys(upstream: &Upstream) -> Vec<usize> {
     (0..upstream.pool.len())
         .filter(|&index| matches!(upstream.pool.state(index), KeyState::Disabled(_)))
         .collect()
-}
-
-/// The reason a disabled key was disabled, as shown in status output.
-pub fn disabled_label(reason: DisableReason) -> String {
-    let text = match reason {
-        DisableReason::Unauthorized => "unauthorized",
-        DisableReason::Forbidden => "forbidden",
-    };
-    format!("{} {text}", reason.status())
 }
 
 #[cfg(test)]

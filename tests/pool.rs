@@ -240,19 +240,7 @@ fn reset_reaches_the_running_server_too() {
         .filter(|line| line.starts_with("server "))
         .collect();
     assert_eq!(server_lines.len(), 2, "{}", output.stdout);
-    let pool: Value = client()
-        .get(server.url("/_aibridge/pool"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    assert!(
-        pool["providers"][0]["keys"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|key| key["state"] == "available")
-    );
+    assert!(server.all_keys_available());
 }
 
 #[test]
@@ -272,12 +260,7 @@ fn serve_revives_a_disabled_key_whose_probe_succeeds() {
         .unwrap();
     assert_eq!(response.headers()["x-aibridge-key"], hint(K2).as_str());
     server.wait_for_log("key revived");
-    let pool: Value = client()
-        .get(server.url("/_aibridge/pool"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let pool = server.pool();
     assert_eq!(pool["providers"][0]["keys"][0]["state"], "available");
     let probe = &mock.requests()[2];
     assert_eq!(

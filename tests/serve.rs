@@ -335,17 +335,7 @@ fn byok_uses_the_callers_key_once_and_marks_nothing() {
         assert_eq!(response.status(), 401, "{}", route.name);
         assert_eq!(header(&response, "x-aibridge-attempts"), "1");
         assert_eq!(mock.keys_used(), [CALLER]);
-        let pool: Value = client()
-            .get(server.url("/_aibridge/pool"))
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
-        for provider in pool["providers"].as_array().unwrap() {
-            for key in provider["keys"].as_array().unwrap() {
-                assert_eq!(key["state"], "available");
-            }
-        }
+        assert!(server.all_keys_available(), "{}", route.name);
     }
 }
 
@@ -487,12 +477,7 @@ fn body_limit_unreachable_upstream_and_timeout() {
     assert_eq!(response.status(), 502);
     let body = json_body(response);
     assert_eq!(body["error"]["code"], "upstream_unreachable");
-    let pool: Value = client()
-        .get(server.url("/_aibridge/pool"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let pool = server.pool();
     let openai = pool["providers"]
         .as_array()
         .unwrap()
@@ -628,12 +613,7 @@ fn pool_admin_reports_and_resets_marks() {
         .json()
         .unwrap();
     assert_eq!(health, json!({"status": "ok"}));
-    let pool: Value = client()
-        .get(server.url("/_aibridge/pool"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let pool = server.pool();
     let anthropic = &pool["providers"][0];
     assert_eq!(anthropic["name"], "anthropic");
     let keys = anthropic["keys"].as_array().unwrap();
@@ -682,19 +662,7 @@ fn pool_admin_reports_and_resets_marks() {
         .unwrap();
     let body: Value = response.json().unwrap();
     assert_eq!(body["cleared"].as_array().unwrap().len(), 1, "{body}");
-    let pool: Value = client()
-        .get(server.url("/_aibridge/pool"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    assert!(
-        pool["providers"][0]["keys"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|key| key["state"] == "available")
-    );
+    assert!(server.all_keys_available());
 }
 
 #[test]

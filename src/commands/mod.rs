@@ -7,11 +7,46 @@ pub mod probe_keys;
 pub mod send;
 pub mod serve;
 
+use std::io::Read;
+use std::path::Path;
+
 use anyhow::Context;
 
 use crate::cli::GlobalArgs;
-use crate::config::{self, Config};
+use crate::config::{self, Config, ProviderConfig, parse_keys_file};
+use crate::secret::ApiKey;
 use crate::state::StateStore;
+
+/// The configured provider `name`, or an error naming the configured ones.
+pub fn provider_config<'a>(config: &'a Config, name: &str) -> anyhow::Result<&'a ProviderConfig> {
+    config.providers.get(name).with_context(|| {
+        let known: Vec<_> = config.providers.keys().map(String::as_str).collect();
+        format!(
+            "unknown provider \"{name}\" (configured: {})",
+            known.join(", ")
+        )
+    })
+}
+
+/// Keys given on the command line: `--key` values, then the lines of `--keys-file` (`-` is
+/// stdin; blank lines and `#` comments are skipped).
+pub fn keys_from_flags(keys: &[String], keys_file: Option<&Path>) -> anyhow::Result<Vec<ApiKey>> {
+    let mut list: Vec<ApiKey> = keys.iter().map(|key| ApiKey::new(key.as_str())).collect();
+    if let Some(path) = keys_file {
+        let text = if path.as_os_str() == "-" {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("cannot read keys from stdin")?;
+            text
+        } else {
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read keys file {}", path.display()))?
+        };
+        list.extend(parse_keys_file(&text));
+    }
+    Ok(list)
+}
 
 /// The configuration, from `--config`/`AIBRIDGE_CONFIG`, the default file, or defaults.
 pub fn load_config(global: &GlobalArgs) -> anyhow::Result<Config> {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 use super::output::{Table, ago, seconds};
-use super::{block_on, load_config, state_store};
+use super::{block_on, load_config, provider_config, state_store};
 use crate::cli::{GlobalArgs, PoolResetArgs, PoolStatusArgs};
 use crate::config::Config;
 use crate::exit;
@@ -27,7 +27,7 @@ const SERVER_TIMEOUT: Duration = Duration::from_secs(5);
 pub fn status(global: &GlobalArgs, args: &PoolStatusArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(global)?;
     if let Some(name) = &args.provider {
-        known_provider(&config, name)?;
+        provider_config(&config, name)?;
     }
     let (mut report, source) = block_on(read_pool(global, &config, args.server.as_deref()))??;
     if let Some(name) = &args.provider {
@@ -48,17 +48,6 @@ pub fn status(global: &GlobalArgs, args: &PoolStatusArgs) -> anyhow::Result<Exit
     } else {
         exit::OK
     }))
-}
-
-fn known_provider(config: &Config, name: &str) -> anyhow::Result<()> {
-    if config.providers.contains_key(name) {
-        return Ok(());
-    }
-    let known: Vec<_> = config.providers.keys().map(String::as_str).collect();
-    bail!(
-        "unknown provider \"{name}\" (configured: {})",
-        known.join(", ")
-    )
 }
 
 /// The pool from the server (named, or found on the configured address), else the state file.
@@ -145,7 +134,7 @@ fn state_label(key: &KeyReport) -> String {
 pub fn reset(global: &GlobalArgs, args: &PoolResetArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(global)?;
     if let Some(name) = &args.provider {
-        known_provider(&config, name)?;
+        provider_config(&config, name)?;
     }
     let store = state_store(global, &config, false)
         .context("no state directory on this system; pass --state-file")?;

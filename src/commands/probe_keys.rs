@@ -1,6 +1,5 @@
 //! `aibridge probe-keys`: a verdict on every key, one cheap request each, no failover.
 
-use std::io::Read;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -10,9 +9,9 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use super::output::{Table, progress_bar};
-use super::{block_on, load_config, state_store};
+use super::{block_on, keys_from_flags, load_config, provider_config, state_store};
 use crate::cli::{GlobalArgs, ProbeKeysArgs};
-use crate::config::{Config, parse_keys_file};
+use crate::config::Config;
 use crate::exit;
 use crate::failover::{Upstream, Walker};
 use crate::keypool::{SystemClock, validate_keys};
@@ -73,15 +72,6 @@ pub fn run(global: &GlobalArgs, args: &ProbeKeysArgs) -> anyhow::Result<ExitCode
 /// The pools to probe: the given keys under one provider, or the configured ones.
 fn targets(config: &Config, args: &ProbeKeysArgs) -> anyhow::Result<Vec<Upstream>> {
     let clock = Arc::new(SystemClock);
-    let provider = |name: &str| {
-        config.providers.get(name).cloned().with_context(|| {
-            let known: Vec<_> = config.providers.keys().map(String::as_str).collect();
-            format!(
-                "unknown provider \"{name}\" (configured: {})",
-                known.join(", ")
-            )
-        })
-    };
     if args.keys.is_empty() && args.keys_file.is_none() {
         let names: Vec<&str> = if args.providers.is_empty() {
             config.providers.keys().map(String::as_str).collect()
@@ -90,7 +80,10 @@ fn targets(config: &Config, args: &ProbeKeysArgs) -> anyhow::Result<Vec<Upstream
         };
         let mut upstreams = Vec::new();
         for name in names {
-            upstreams.push(Upstream::from_config(&provider(name)?, clock.clone())?);
+            upstreams.push(Upstream::from_config(
+                provider_config(config, name)?,
+                clock.clone(),
+            )?);
         }
         return Ok(upstreams);
     }
@@ -99,31 +92,13 @@ fn targets(config: &Config, args: &ProbeKeysArgs) -> anyhow::Result<Vec<Upstream
         [one] => one.as_str(),
         _ => bail!("--key and --keys-file probe the keys of one provider: name one --provider"),
     };
-    let mut config = provider(name)?;
-    config.keys = given_keys(args)?;
-    Ok(vec![Upstream::from_config(&config, clock)?])
+    let mut provider = provider_config(config, name)?.clone();
+    provider.keys = unique(keys_from_flags(&args.keys, args.keys_file.as_deref())?)?;
+    Ok(vec![Upstream::from_config(&provider, clock)?])
 }
 
-/// `--key` then `--keys-file` keys, each duplicate reported once and probed once.
-fn given_keys(args: &ProbeKeysArgs) -> anyhow::Result<Vec<ApiKey>> {
-    let mut keys: Vec<ApiKey> = args
-        .keys
-        .iter()
-        .map(|key| ApiKey::new(key.as_str()))
-        .collect();
-    if let Some(path) = &args.keys_file {
-        let text = if path.as_os_str() == "-" {
-            let mut text = String::new();
-            std::io::stdin()
-                .read_to_string(&mut text)
-                .context("cannot read keys from stdin")?;
-            text
-        } else {
-            std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read keys file {}", path.display()))?
-        };
-        keys.extend(parse_keys_file(&text));
-    }
+/// Drops repeated keys, reporting each once: a key is probed once however often it is listed.
+fn unique(keys: Vec<ApiKey>) -> anyhow::Result<Vec<ApiKey>> {
     let mut unique: Vec<ApiKey> = Vec::with_capacity(keys.len());
     for (position, key) in keys.into_iter().enumerate() {
         match unique.iter().position(|seen| *seen == key) {

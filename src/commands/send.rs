@@ -13,16 +13,15 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{block_on, load_config, state_store};
+use super::{block_on, keys_from_flags, load_config, provider_config, state_store};
 use crate::cli::{GlobalArgs, SendArgs};
-use crate::config::{Config, ProviderConfig, parse_keys_file};
+use crate::config::{Config, ProviderConfig};
 use crate::exit;
 use crate::failover::{
     Attempt, Credentials, FailoverError, OutboundRequest, Upstream, Walker, error_chain,
 };
 use crate::keypool::{ExhaustionKind, KeyState, SystemClock, ceil_secs, validate_keys};
 use crate::provider::ErrorSpec;
-use crate::secret::ApiKey;
 use crate::state::StateStore;
 
 pub fn run(global: &GlobalArgs, args: SendArgs) -> anyhow::Result<ExitCode> {
@@ -53,15 +52,7 @@ pub fn run(global: &GlobalArgs, args: SendArgs) -> anyhow::Result<ExitCode> {
 
 /// The provider to use, with `--key`/`--keys-file` in place of its configured keys.
 fn provider_for_run(config: &Config, args: &SendArgs) -> anyhow::Result<ProviderConfig> {
-    let Some(provider) = config.providers.get(&args.provider) else {
-        let known: Vec<_> = config.providers.keys().map(String::as_str).collect();
-        bail!(
-            "unknown provider \"{}\" (configured: {})",
-            args.provider,
-            known.join(", ")
-        );
-    };
-    let mut provider = provider.clone();
+    let mut provider = provider_config(config, &args.provider)?.clone();
     if args.keys.is_empty() && args.keys_file.is_none() {
         return Ok(provider);
     }
@@ -71,16 +62,7 @@ fn provider_for_run(config: &Config, args: &SendArgs) -> anyhow::Result<Provider
             provider.kind
         );
     }
-    let mut keys: Vec<ApiKey> = args
-        .keys
-        .iter()
-        .map(|key| ApiKey::new(key.as_str()))
-        .collect();
-    if let Some(path) = &args.keys_file {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read keys file {}", path.display()))?;
-        keys.extend(parse_keys_file(&text));
-    }
+    let keys = keys_from_flags(&args.keys, args.keys_file.as_deref())?;
     validate_keys(&keys).context("invalid --key/--keys-file list")?;
     provider.keys = keys;
     Ok(provider)

@@ -130,24 +130,29 @@ fn sse_event(event: Option<&str>, data: &Value) -> String {
     }
 }
 
+/// The caller's own credential, if the request carries one (BYOK).
+pub fn caller_credential(headers: &HeaderMap) -> Option<ApiKey> {
+    CREDENTIAL_HEADERS
+        .iter()
+        .find_map(|name| credential_in(headers, name))
+}
+
+/// The token in one credential header, without a `Bearer` scheme.
+pub fn credential_in(headers: &HeaderMap, name: &header::HeaderName) -> Option<ApiKey> {
+    let value = headers.get(name)?.to_str().ok()?.trim();
+    let token = match value.split_once(' ') {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+        _ if value.eq_ignore_ascii_case("bearer") => "",
+        _ => value,
+    };
+    (!token.is_empty()).then(|| ApiKey::new(token))
+}
+
 /// Every header a caller may carry a credential in.
-const CREDENTIAL_HEADERS: [header::HeaderName; 2] = [
+pub const CREDENTIAL_HEADERS: [header::HeaderName; 2] = [
     header::AUTHORIZATION,
     header::HeaderName::from_static("x-api-key"),
 ];
-
-/// The caller's own credential, if the request carries one (BYOK).
-pub fn caller_credential(headers: &HeaderMap) -> Option<ApiKey> {
-    CREDENTIAL_HEADERS.iter().find_map(|name| {
-        let value = headers.get(name)?.to_str().ok()?.trim();
-        let token = match value.split_once(' ') {
-            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
-            _ if value.eq_ignore_ascii_case("bearer") => "",
-            _ => value,
-        };
-        (!token.is_empty()).then(|| ApiKey::new(token))
-    })
-}
 
 pub fn remove_credentials(headers: &mut HeaderMap) {
     for name in &CREDENTIAL_HEADERS {

@@ -31,7 +31,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::config::{Config, ConfigError, ServeSettings};
 use crate::failover::{Upstream, Walker};
 use crate::keypool::{Clock, SystemClock};
-use crate::provider::caller_credential;
+use crate::provider::{CREDENTIAL_HEADERS, credential_in};
 use crate::state::{StateFile, StateStore};
 
 pub use journal::Journal;
@@ -120,15 +120,9 @@ impl Bridge {
         if let Some(value) = dedicated {
             return value.to_str().is_ok_and(is_token);
         }
-        for name in [http::header::AUTHORIZATION.as_str(), "x-api-key"] {
-            let mut single = HeaderMap::new();
-            if let Some(value) = headers.get(name) {
-                single.insert(
-                    name.parse::<http::HeaderName>().expect("static name"),
-                    value.clone(),
-                );
-            }
-            if caller_credential(&single).is_some_and(|credential| is_token(credential.expose())) {
+        for name in &CREDENTIAL_HEADERS {
+            if credential_in(headers, name).is_some_and(|credential| is_token(credential.expose()))
+            {
                 headers.remove(name);
                 return true;
             }

@@ -362,6 +362,28 @@ impl Server {
     }
 }
 
+impl Server {
+    /// `GET /_aibridge/pool`.
+    pub fn pool(&self) -> Value {
+        client()
+            .get(self.url("/_aibridge/pool"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
+    }
+
+    /// Whether every key of every provider is available.
+    pub fn all_keys_available(&self) -> bool {
+        self.pool()["providers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|provider| provider["keys"].as_array().unwrap())
+            .all(|key| key["state"] == "available")
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
