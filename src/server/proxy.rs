@@ -14,7 +14,6 @@ use serde_json::{Map, Value};
 
 use super::relay::{Completion, Relay, RequestRecord};
 use super::state_sync::StateChange;
-use super::usage::RequestFacts;
 use super::{AppState, Bridge};
 use crate::failover::{
     Attempt, Credentials, FailoverError, OutboundRequest, Upstream, error_chain,
@@ -33,32 +32,16 @@ pub async fn handle(State(app): State<Arc<AppState>>, request: Request) -> Respo
         return error_response(ProviderKind::OpenAi.api(), &spec);
     };
     let api = upstream.kind.api();
-    let mut headers = parts.headers;
-    if !bridge.authorize(&mut headers) {
-        return error_response(api, &ErrorSpec::invalid_access_token());
-    }
-    let body = match read_body(body, &headers, bridge.settings.max_body_size).await {
-        Ok(body) => body,
+    let route = api.route(&parts.method, rest);
+    let path_and_query = match parts.uri.query() {
+        Some(query) => format!("{rest}?{query}"),
+        None => rest.to_owned(),
+    };
+    let (request, credentials) = match admit(&bridge, upstream, parts, path_and_query, body).await {
+        Ok(admitted) => admitted,
         Err(spec) => return error_response(api, &spec),
     };
-    let credentials = match upstream.credentials_for(&headers, upstream.byok) {
-        Ok(credentials) => credentials,
-        Err(error) => return failover_error_response(api, &error),
-    };
-    let route = api.route(&parts.method, rest);
-    let facts = match route {
-        ApiRoute::Other => RequestFacts::default(),
-        _ => RequestFacts::read(&body),
-    };
-    let request = OutboundRequest {
-        method: parts.method,
-        path_and_query: match parts.uri.query() {
-            Some(query) => format!("{rest}?{query}"),
-            None => rest.to_owned(),
-        },
-        headers,
-        body,
-    };
+
     let exchange = bridge.walker.send(upstream, &request, &credentials).await;
     let id = app.next_request_id.fetch_add(1, Ordering::Relaxed);
     record_marks(&app, upstream, &exchange.attempts);
@@ -70,68 +53,81 @@ pub async fn handle(State(app): State<Arc<AppState>>, request: Request) -> Respo
         &credentials,
         &exchange.attempts,
     );
-
     // The log line is only put together when there is a log to write it to.
     let record = app
         .journal
         .logging()
-        .then(|| RequestRecord::new(id, upstream, &request, route, &facts, &exchange.attempts));
+        .then(|| RequestRecord::new(id, upstream, &request, route, &exchange.attempts));
     let attempts = exchange.attempts.len();
-    match exchange.result {
-        Ok(response) => {
-            let upstream_time = exchange
-                .attempts
-                .iter()
-                .map(|attempt| attempt.elapsed)
-                .sum();
-            app.metrics.latency(
-                &upstream.name,
-                upstream_time,
-                started.elapsed().saturating_sub(upstream_time),
-            );
-            let dump = app.journal.dumping().then(|| {
-                let mut request_dump = dump_request(
-                    upstream,
-                    &request,
-                    &credentials,
-                    &exchange.attempts[attempts - 1],
-                );
-                request_dump.request_id = id;
-                (format!("{id:08}-attempt{attempts}.json"), request_dump)
-            });
-            let key = exchange
-                .attempts
-                .last()
-                .map(|attempt| attempt.key_hint.as_str());
-            let completion = Completion::new(
-                app.clone(),
-                &upstream.name,
-                route,
-                attempts,
-                started,
-                record,
-                dump,
-            );
-            relay_response(&bridge, api, route, response, completion, key).await
-        }
+    let mut completion = Completion::new(
+        app.clone(),
+        &upstream.name,
+        route,
+        attempts,
+        started,
+        record,
+    );
+    let response = match exchange.result {
+        Ok(response) => response,
         Err(error) => {
             if let FailoverError::Exhausted(exhausted) = &error {
                 app.metrics.exhausted(&upstream.name, exhausted.kind);
             }
             let response = failover_error_response(api, &error);
-            Completion::new(
-                app.clone(),
-                &upstream.name,
-                route,
-                attempts,
-                started,
-                record,
-                None,
-            )
-            .failed(response.status().as_u16(), &error.to_string());
-            response
+            completion.failed(response.status().as_u16(), &error.to_string());
+            return response;
         }
+    };
+    let upstream_time = exchange
+        .attempts
+        .iter()
+        .map(|attempt| attempt.elapsed)
+        .sum();
+    app.metrics.latency(
+        &upstream.name,
+        upstream_time,
+        started.elapsed().saturating_sub(upstream_time),
+    );
+    let answering = &exchange.attempts[attempts - 1];
+    if app.journal.dumping() {
+        let mut dump = dump_request(upstream, &request, &credentials, answering);
+        dump.request_id = id;
+        completion.dump_answer(format!("{id:08}-attempt{attempts}.json"), dump);
     }
+    relay_response(
+        &bridge,
+        api,
+        route,
+        response,
+        completion,
+        &answering.key_hint,
+    )
+    .await
+}
+
+/// Checks the access token, reads the body within the limit and picks whose key to use.
+async fn admit(
+    bridge: &Bridge,
+    upstream: &Upstream,
+    parts: http::request::Parts,
+    path_and_query: String,
+    body: Body,
+) -> Result<(OutboundRequest, Credentials), ErrorSpec> {
+    let mut headers = parts.headers;
+    if !bridge.authorize(&mut headers) {
+        return Err(ErrorSpec::invalid_access_token());
+    }
+    let body = read_body(body, &headers, bridge.settings.max_body_size).await?;
+    let credentials = upstream
+        .credentials_for(&headers, upstream.byok)
+        .map_err(|error| failover_error_spec(&error))?;
+    let request = OutboundRequest {
+        method: parts.method,
+        path_and_query,
+        headers,
+        body,
+    };
+    Ok((request, credentials))
 }
 
 /// `/anthropic/v1/messages` -> (`anthropic`, `/v1/messages`).
@@ -188,7 +184,7 @@ async fn relay_response(
     route: ApiRoute,
     response: reqwest::Response,
     completion: Completion,
-    key: Option<&str>,
+    key: &str,
 ) -> Response {
     let status = response.status();
     let is_sse = response
@@ -197,9 +193,7 @@ async fn relay_response(
         .and_then(|value| value.to_str().ok())
         .is_some_and(|value| value.starts_with("text/event-stream"));
     let mut headers = forwardable_headers(response.headers());
-    if let Some(hint) = key
-        && let Ok(value) = HeaderValue::from_str(hint)
-    {
+    if let Ok(value) = HeaderValue::from_str(key) {
         headers.insert("x-aibridge-key", value);
     }
     headers.insert(
@@ -245,7 +239,7 @@ async fn relay_response(
 }
 
 /// An answer whose body broke before any of it was sent: the caller gets a clean 502.
-fn broken_answer(api: &dyn ProviderApi, completion: Completion, reason: &str) -> Response {
+fn broken_answer(api: &dyn ProviderApi, mut completion: Completion, reason: &str) -> Response {
     let message = format!("upstream answer interrupted: {reason}");
     tracing::warn!("{message}");
     let response = error_response(api, &ErrorSpec::unreachable(message.clone()));
@@ -265,27 +259,28 @@ pub fn error_response(api: &dyn ProviderApi, spec: &ErrorSpec) -> Response {
     (status, axum::Json(api.error_body(spec))).into_response()
 }
 
-fn failover_error_response(api: &dyn ProviderApi, error: &FailoverError) -> Response {
+/// The bridge's own error for a failed exchange.
+fn failover_error_spec(error: &FailoverError) -> ErrorSpec {
     match error {
-        FailoverError::ProviderDisabled { provider } => {
-            error_response(api, &ErrorSpec::provider_disabled(provider))
-        }
-        FailoverError::NoKeys { .. } => error_response(api, &ErrorSpec::no_keys(error.to_string())),
-        FailoverError::Unreachable(_) => {
-            error_response(api, &ErrorSpec::unreachable(error.to_string()))
-        }
-        FailoverError::Timeout(_) => error_response(api, &ErrorSpec::timeout(error.to_string())),
-        FailoverError::Exhausted(exhausted) => {
-            let mut response = error_response(api, &ErrorSpec::exhausted(exhausted));
-            let seconds = exhausted.retry_after_secs();
-            if seconds > 0 {
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-            }
+        FailoverError::ProviderDisabled { provider } => ErrorSpec::provider_disabled(provider),
+        FailoverError::NoKeys { .. } => ErrorSpec::no_keys(error.to_string()),
+        FailoverError::Unreachable(_) => ErrorSpec::unreachable(error.to_string()),
+        FailoverError::Timeout(_) => ErrorSpec::timeout(error.to_string()),
+        FailoverError::Exhausted(exhausted) => ErrorSpec::exhausted(exhausted),
+    }
+}
+
+fn failover_error_response(api: &dyn ProviderApi, error: &FailoverError) -> Response {
+    let mut response = error_response(api, &failover_error_spec(error));
+    if let FailoverError::Exhausted(exhausted) = error {
+        let seconds = exhausted.retry_after_secs();
+        if seconds > 0 {
             response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
     }
+    response
 }
 
 /// One attempt's request and response, as written to `dump_dir`.

@@ -63,9 +63,12 @@ impl RequestRecord {
         upstream: &Upstream,
         request: &OutboundRequest,
         route: ApiRoute,
-        facts: &RequestFacts,
         attempts: &[Attempt],
     ) -> Self {
+        let facts = match route {
+            ApiRoute::Other => RequestFacts::default(),
+            _ => RequestFacts::read(&request.body),
+        };
         let answered = attempts
             .last()
             .filter(|attempt| attempt.status.is_some() && attempt.mark.is_none());
@@ -76,7 +79,7 @@ impl RequestRecord {
             method: request.method.to_string(),
             path: request.path_and_query.clone(),
             route: route.as_str(),
-            model: facts.model.clone(),
+            model: facts.model,
             stream: facts.stream,
             status: 0,
             outcome: "error",
@@ -123,7 +126,6 @@ impl Completion {
         attempts: usize,
         started: Instant,
         record: Option<RequestRecord>,
-        dump: Option<(String, AttemptDump)>,
     ) -> Self {
         Self {
             app,
@@ -134,10 +136,15 @@ impl Completion {
             started,
             record: record.map(Box::new),
             tap: None,
-            dump: dump.map(|(name, dump)| (name, dump, Vec::new())),
+            dump: None,
             response_headers: HeaderMap::new(),
             finished: false,
         }
+    }
+
+    /// Dumps the answering attempt, with the answer's body, when the body has been relayed.
+    pub fn dump_answer(&mut self, name: String, dump: AttemptDump) {
+        self.dump = Some((name, dump, Vec::new()));
     }
 
     pub fn attempts(&self) -> usize {
@@ -160,7 +167,7 @@ impl Completion {
     }
 
     /// The bridge answered with its own error.
-    pub fn failed(mut self, status: u16, error: &str) {
+    pub fn failed(&mut self, status: u16, error: &str) {
         self.status = status;
         if let Some(record) = &mut self.record {
             record.error = Some(error.to_owned());
