@@ -674,12 +674,7 @@ fn metrics_count_requests_transitions_and_exhaustion() {
     let route = &routes()[0];
     assert_eq!(route.send(&server, false).status(), 429);
     assert_eq!(route.send(&server, false).status(), 429);
-    let text = client()
-        .get(server.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let text = server.metrics();
     for line in [
         "aibridge_keys{provider=\"anthropic\",state=\"disabled\"} 1",
         "aibridge_keys{provider=\"anthropic\",state=\"cooling\"} 1",
@@ -695,12 +690,7 @@ fn metrics_count_requests_transitions_and_exhaustion() {
     let mock = MockUpstream::start();
     let server = bridge(&mock, &[K1], "").serve();
     route.send(&server, false).text().unwrap();
-    let text = client()
-        .get(server.url("/metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let text = server.metrics();
     for line in [
         "aibridge_requests_total{provider=\"anthropic\",route=\"messages\",status=\"200\"} 1",
         "aibridge_upstream_latency_seconds_count{provider=\"anthropic\"} 1",

@@ -364,31 +364,33 @@ mod tests {
     #[test]
     fn bridged_routes() {
         use http::Method;
-        assert_eq!(
-            Anthropic.route(&Method::POST, "/v1/messages"),
-            ApiRoute::Messages
-        );
-        assert_eq!(
-            Anthropic.route(&Method::POST, "/v1/messages/count_tokens"),
-            ApiRoute::Other
-        );
-        assert_eq!(
-            Anthropic.route(&Method::GET, "/v1/messages"),
-            ApiRoute::Other
-        );
-        assert_eq!(
-            OpenAi.route(&Method::POST, "/v1/chat/completions"),
-            ApiRoute::ChatCompletions
-        );
-        assert_eq!(
-            OpenAi.route(&Method::POST, "/v1/responses/"),
-            ApiRoute::Responses
-        );
-        assert_eq!(
-            Copilot.route(&Method::POST, "/chat/completions"),
-            ApiRoute::ChatCompletions
-        );
-        assert_eq!(OpenAi.route(&Method::GET, "/v1/models"), ApiRoute::Other);
+        let cases: [(&dyn ProviderApi, Method, &str, ApiRoute); 7] = [
+            (&Anthropic, Method::POST, "/v1/messages", ApiRoute::Messages),
+            (
+                &Anthropic,
+                Method::POST,
+                "/v1/messages/count_tokens",
+                ApiRoute::Other,
+            ),
+            (&Anthropic, Method::GET, "/v1/messages", ApiRoute::Other),
+            (
+                &OpenAi,
+                Method::POST,
+                "/v1/chat/completions",
+                ApiRoute::ChatCompletions,
+            ),
+            (&OpenAi, Method::POST, "/v1/responses/", ApiRoute::Responses),
+            (&OpenAi, Method::GET, "/v1/models", ApiRoute::Other),
+            (
+                &Copilot,
+                Method::POST,
+                "/chat/completions",
+                ApiRoute::ChatCompletions,
+            ),
+        ];
+        for (api, method, path, route) in cases {
+            assert_eq!(api.route(&method, path), route, "{method} {path}");
+        }
     }
 
     #[test]

@@ -373,6 +373,16 @@ impl Server {
             .unwrap()
     }
 
+    /// `GET /metrics`.
+    pub fn metrics(&self) -> String {
+        client()
+            .get(self.url("/metrics"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap()
+    }
+
     /// Whether every key of every provider is available.
     pub fn all_keys_available(&self) -> bool {
         self.pool()["providers"]
