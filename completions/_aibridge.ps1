@@ -41,6 +41,7 @@ Register-ArgumentCompleter -Native -CommandName 'aibridge' -ScriptBlock {
         }
         'aibridge;serve' {
             [CompletionResult]::new('--listen', '--listen', [CompletionResultType]::ParameterName, 'Address to listen on; port 0 picks a free port [default: listen from the config, else 127.0.0.1:8787]')
+            [CompletionResult]::new('--workers', '--workers', [CompletionResultType]::ParameterName, 'Request-serving threads [default: one per CPU core]')
             [CompletionResult]::new('--config', '--config', [CompletionResultType]::ParameterName, 'Config file [default: <config dir>/aibridge/config.toml when it exists]')
             [CompletionResult]::new('--state-file', '--state-file', [CompletionResultType]::ParameterName, 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]')
             [CompletionResult]::new('--allow-unauthenticated', '--allow-unauthenticated', [CompletionResultType]::ParameterName, 'Allow listening on a non-loopback address without access tokens')

@@ -523,13 +523,17 @@ _aibridge() {
             return 0
             ;;
         aibridge__subcmd__serve)
-            opts="-v -q -h -V --listen --allow-unauthenticated --no-state --config --state-file --verbose --quiet --help --version"
+            opts="-v -q -h -V --listen --allow-unauthenticated --no-state --workers --config --state-file --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
                 --listen)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --workers)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

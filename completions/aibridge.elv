@@ -37,6 +37,7 @@ set edit:completion:arg-completer[aibridge] = {|@words|
         }
         &'aibridge;serve'= {
             cand --listen 'Address to listen on; port 0 picks a free port [default: listen from the config, else 127.0.0.1:8787]'
+            cand --workers 'Request-serving threads [default: one per CPU core]'
             cand --config 'Config file [default: <config dir>/aibridge/config.toml when it exists]'
             cand --state-file 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]'
             cand --allow-unauthenticated 'Allow listening on a non-loopback address without access tokens'

@@ -37,6 +37,7 @@ complete -c aibridge -n "__fish_aibridge_needs_command" -f -a "pool" -d 'Inspect
 complete -c aibridge -n "__fish_aibridge_needs_command" -f -a "generate" -d 'Write shell completions and man pages (for maintainers)'
 complete -c aibridge -n "__fish_aibridge_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c aibridge -n "__fish_aibridge_using_subcommand serve" -l listen -d 'Address to listen on; port 0 picks a free port [default: listen from the config, else 127.0.0.1:8787]' -r
+complete -c aibridge -n "__fish_aibridge_using_subcommand serve" -l workers -d 'Request-serving threads [default: one per CPU core]' -r
 complete -c aibridge -n "__fish_aibridge_using_subcommand serve" -l config -d 'Config file [default: <config dir>/aibridge/config.toml when it exists]' -r -F
 complete -c aibridge -n "__fish_aibridge_using_subcommand serve" -l state-file -d 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]' -r -F
 complete -c aibridge -n "__fish_aibridge_using_subcommand serve" -l allow-unauthenticated -d 'Allow listening on a non-loopback address without access tokens'

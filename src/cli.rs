@@ -91,6 +91,11 @@ pub struct ServeArgs {
     /// Neither read nor write the state file
     #[arg(long, env = "AIBRIDGE_NO_STATE")]
     pub no_state: bool,
+
+    /// Request-serving threads [default: one per CPU core]
+    #[arg(long, env = "AIBRIDGE_WORKERS", value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Option<u16>,
 }
 
 #[derive(Debug, Args)]

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 
-use super::{block_on, load_config, state_store};
+use super::{load_config, state_store};
 use crate::cli::{GlobalArgs, ServeArgs};
 use crate::config;
 use crate::server::{self, ServerOptions};
@@ -27,19 +27,20 @@ pub fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<ExitCode> {
         let env = |name: &str| std::env::var(name).ok();
         config::load(config_path.as_deref(), &env)
     });
-    block_on(async move {
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("cannot listen on {listen}"))?;
-        server::run(
-            config,
-            ServerOptions {
-                listener,
-                store,
-                reload,
-            },
-        )
-        .await
-    })??;
+    let listener = std::net::TcpListener::bind(listen)
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let workers = args.workers.map_or_else(
+        || std::thread::available_parallelism().map_or(1, usize::from),
+        usize::from,
+    );
+    server::run(
+        config,
+        ServerOptions {
+            listener,
+            workers,
+            store,
+            reload,
+        },
+    )?;
     Ok(ExitCode::SUCCESS)
 }

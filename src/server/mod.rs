@@ -3,6 +3,10 @@
 //!
 //! The configuration lives behind an `ArcSwap`, so a SIGHUP reload swaps it without a lock
 //! on the request path.
+//!
+//! One single-threaded runtime per core serves requests, each accepting on the same socket
+//! and keeping its own upstream connections, as nginx's workers do: a request never wakes
+//! another thread. A separate control thread handles signals, the state file and rechecks.
 
 mod admin;
 mod journal;
@@ -48,16 +52,25 @@ const TOKEN_HEADER: &str = "x-aibridge-token";
 pub type ConfigLoader = Box<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>;
 
 pub struct ServerOptions {
-    pub listener: TcpListener,
+    pub listener: std::net::TcpListener,
+    /// How many request-serving threads to run.
+    pub workers: usize,
     pub store: Option<StateStore>,
     pub reload: ConfigLoader,
+}
+
+thread_local! {
+    /// This thread's worker number; unset on the control thread.
+    static WORKER: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
 }
 
 /// What one configuration builds: swapped whole on reload.
 pub struct Bridge {
     upstreams: BTreeMap<String, Upstream>,
     settings: ServeSettings,
-    walker: Walker,
+    /// One HTTP client per worker, then one for the control thread, so each thread keeps
+    /// its own upstream connections.
+    walkers: Vec<Walker>,
     /// Fingerprints of the access tokens, so tokens are compared by hash.
     tokens: HashSet<String>,
     /// How often each provider's disabled keys are probed again.
@@ -70,6 +83,7 @@ impl Bridge {
         clock: &Arc<dyn Clock>,
         state: Option<&StateFile>,
         previous: Option<&Bridge>,
+        workers: usize,
     ) -> anyhow::Result<Self> {
         let mut upstreams = BTreeMap::new();
         for (name, provider) in &config.providers {
@@ -84,7 +98,9 @@ impl Bridge {
         }
         Ok(Self {
             upstreams,
-            walker: Walker::new(config.serve.response_timeout)
+            walkers: (0..=workers)
+                .map(|_| Walker::new(config.serve.response_timeout))
+                .collect::<Result<_, _>>()
                 .context("cannot set up the HTTP client")?,
             tokens: config
                 .serve
@@ -100,6 +116,12 @@ impl Bridge {
                 .collect(),
             settings: config.serve.clone(),
         })
+    }
+
+    /// The HTTP client of the calling thread.
+    fn walker(&self) -> &Walker {
+        let control = self.walkers.len() - 1;
+        &self.walkers[WORKER.get().map_or(control, |worker| worker.min(control))]
     }
 
     fn provider_names(&self) -> Vec<&str> {
@@ -141,6 +163,7 @@ pub struct AppState {
     clock: Arc<dyn Clock>,
     next_request_id: AtomicU64,
     reload: ConfigLoader,
+    workers: usize,
 }
 
 impl AppState {
@@ -150,7 +173,13 @@ impl AppState {
             .and_then(|config| {
                 let state = self.store.as_ref().map(StateStore::load).transpose()?;
                 let previous = self.bridge.load();
-                Bridge::build(&config, &self.clock, state.as_ref(), Some(&previous))
+                Bridge::build(
+                    &config,
+                    &self.clock,
+                    state.as_ref(),
+                    Some(&previous),
+                    self.workers,
+                )
             });
         match reloaded {
             Ok(bridge) => {
@@ -166,7 +195,11 @@ impl AppState {
 }
 
 /// Serves until SIGINT or SIGTERM, then lets in-flight requests finish.
-pub async fn run(config: Config, options: ServerOptions) -> anyhow::Result<()> {
+pub fn run(config: Config, options: ServerOptions) -> anyhow::Result<()> {
+    let control = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let state = options
         .store
@@ -174,7 +207,8 @@ pub async fn run(config: Config, options: ServerOptions) -> anyhow::Result<()> {
         .map(StateStore::load)
         .transpose()
         .context("cannot read the state file")?;
-    let bridge = Bridge::build(&config, &clock, state.as_ref(), None)?;
+    let workers = options.workers.max(1);
+    let bridge = Bridge::build(&config, &clock, state.as_ref(), None, workers)?;
     let journal = Journal::open(
         config.serve.request_log.as_deref(),
         config.serve.dump_dir.as_deref(),
@@ -185,48 +219,108 @@ pub async fn run(config: Config, options: ServerOptions) -> anyhow::Result<()> {
         .context("cannot read the bound address")?;
     print_banner(address, &bridge);
 
-    let app = Arc::new(AppState {
-        bridge: ArcSwap::from_pointee(bridge),
-        metrics: Metrics::new(),
-        journal,
-        state_sync: options.store.clone().map(StateSync::start),
-        store: options.store,
-        clock,
-        next_request_id: AtomicU64::new(1),
-        reload: options.reload,
-    });
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    // Small answers must not wait on Nagle's algorithm.
-    let listener = options.listener.tap_io(|stream| {
-        let _ = stream.set_nodelay(true);
-    });
-    let server = axum::serve(listener, router(app.clone()))
-        .with_graceful_shutdown(async {
-            let _ = stopped.await;
+    let app = control.block_on(async {
+        Arc::new(AppState {
+            bridge: ArcSwap::from_pointee(bridge),
+            metrics: Metrics::new(),
+            journal,
+            state_sync: options.store.clone().map(StateSync::start),
+            store: options.store,
+            clock,
+            next_request_id: AtomicU64::new(1),
+            reload: options.reload,
+            workers,
         })
-        .into_future();
-    let server = tokio::spawn(server);
-    let recheck = tokio::spawn(recheck::run(app.clone()));
+    });
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (finished, worker_results) = std::sync::mpsc::channel();
+    for worker in 0..workers {
+        let listener = options
+            .listener
+            .try_clone()
+            .context("cannot share the listening socket")?;
+        let (app, stopped, finished) = (app.clone(), stopped.clone(), finished.clone());
+        std::thread::Builder::new()
+            .name(format!("aibridge-worker-{worker}"))
+            .spawn(move || {
+                let _ = finished.send(serve_worker(worker, listener, app, stopped));
+            })
+            .context("cannot start a worker thread")?;
+    }
+    drop(finished);
+    // Only the workers hold the socket now, so it closes when they stop accepting.
+    drop(options.listener);
 
-    wait_for_stop(&app).await?;
-    recheck.abort();
-    tracing::info!(
-        "shutting down; in-flight requests have {}s to finish",
-        SHUTDOWN_GRACE.as_secs()
-    );
-    let _ = stop.send(());
-    match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
-        Ok(Ok(result)) => result.context("server error")?,
-        Ok(Err(error)) => return Err(error).context("server task failed"),
-        Err(_) => tracing::warn!(
-            "requests still running after {}s; stopping anyway",
+    control.block_on(async {
+        let recheck = tokio::spawn(recheck::run(app.clone()));
+        wait_for_stop(&app).await?;
+        recheck.abort();
+        tracing::info!(
+            "shutting down; in-flight requests have {}s to finish",
             SHUTDOWN_GRACE.as_secs()
-        ),
+        );
+        let _ = stop.send(true);
+        let outcome =
+            tokio::task::spawn_blocking(move || wait_for_workers(&worker_results, workers))
+                .await
+                .context("cannot wait for the workers")?;
+        if let Some(sync) = &app.state_sync {
+            sync.flush().await;
+        }
+        app.journal.flush();
+        outcome
+    })
+}
+
+/// One worker: a single-threaded runtime serving connections from the shared socket.
+fn serve_worker(
+    worker: usize,
+    listener: std::net::TcpListener,
+    app: Arc<AppState>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    WORKER.set(Some(worker));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start a worker runtime")?;
+    runtime.block_on(async move {
+        listener
+            .set_nonblocking(true)
+            .context("cannot configure the listening socket")?;
+        // Small answers must not wait on Nagle's algorithm.
+        let listener = TcpListener::from_std(listener)
+            .context("cannot use the listening socket")?
+            .tap_io(|stream| {
+                let _ = stream.set_nodelay(true);
+            });
+        axum::serve(listener, router(app))
+            .with_graceful_shutdown(async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            })
+            .await
+            .context("server error")
+    })
+}
+
+/// Waits for every worker to finish its requests, up to the grace period.
+fn wait_for_workers(
+    results: &std::sync::mpsc::Receiver<anyhow::Result<()>>,
+    workers: usize,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + SHUTDOWN_GRACE;
+    for _ in 0..workers {
+        match results.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+            Ok(result) => result?,
+            Err(_) => {
+                tracing::warn!(
+                    "requests still running after {}s; stopping anyway",
+                    SHUTDOWN_GRACE.as_secs()
+                );
+                break;
+            }
+        }
     }
-    if let Some(sync) = &app.state_sync {
-        sync.flush().await;
-    }
-    app.journal.flush();
     Ok(())
 }
 

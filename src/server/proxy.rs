@@ -42,7 +42,7 @@ pub async fn handle(State(app): State<Arc<AppState>>, request: Request) -> Respo
         Err(spec) => return error_response(api, &spec),
     };
 
-    let exchange = bridge.walker.send(upstream, &request, &credentials).await;
+    let exchange = bridge.walker().send(upstream, &request, &credentials).await;
     let id = app.next_request_id.fetch_add(1, Ordering::Relaxed);
     record_marks(&app, upstream, &exchange.attempts);
     dump_failed_attempts(

@@ -40,7 +40,7 @@ pub async fn run(app: Arc<AppState>) {
                 continue;
             };
             for index in disabled_keys(upstream) {
-                let result = probe(&bridge.walker, upstream, index, PROBE_TIMEOUT).await;
+                let result = probe(bridge.walker(), upstream, index, PROBE_TIMEOUT).await;
                 if result.verdict != Verdict::Valid || result.apply(upstream).is_none() {
                     continue;
                 }
