@@ -967,3 +967,19 @@ fn a_json_answer_that_breaks_is_a_clean_502() {
         (Some(502), Some("error"))
     );
 }
+
+#[test]
+fn workers_flag() {
+    let mock = MockUpstream::start();
+    let test = bridge(&mock, &[K1], "");
+    let server = test.serve_with(&["--listen", "127.0.0.1:0", "--workers", "1"]);
+    for _ in 0..3 {
+        assert_eq!(routes()[0].send(&server, false).status(), 200);
+    }
+    assert_eq!(mock.keys_used(), [K1, K1, K1]);
+    Test::new()
+        .args(["serve", "--workers", "0"])
+        .run()
+        .code(2)
+        .stderr_has("--workers");
+}
