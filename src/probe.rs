@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Method};
 use serde::Serialize;
 
-use crate::failover::{OutboundRequest, Upstream, Walker};
+use crate::failover::{FailoverError, OutboundRequest, Upstream, Walker};
 use crate::keypool::{KeyState, Mark, ceil_secs, to_unix_ms};
 use crate::state::{Observation, StateFile};
 
@@ -58,7 +58,8 @@ pub async fn probe(walker: &Walker, upstream: &Upstream, index: usize, timeout: 
         Ok(probe) => probe,
         Err(_) => {
             let mut probe = Probe::unanswered(upstream, index);
-            probe.detail = format!("timed out after {}", humantime::format_duration(timeout));
+            // Worded as the client's own timeout, which races this one.
+            probe.detail = FailoverError::Timeout(timeout).to_string();
             probe.latency = started.elapsed();
             probe
         }
