@@ -175,19 +175,6 @@ pub struct Exchange {
     pub result: Result<reqwest::Response, FailoverError>,
 }
 
-impl Exchange {
-    /// The hint of the key whose answer came back.
-    pub fn answering_key(&self) -> Option<&str> {
-        match self.result {
-            Ok(_) => self
-                .attempts
-                .last()
-                .map(|attempt| attempt.key_hint.as_str()),
-            Err(_) => None,
-        }
-    }
-}
-
 /// Sends requests across a pool's keys.
 #[derive(Debug, Clone)]
 pub struct Walker {

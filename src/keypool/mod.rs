@@ -341,10 +341,6 @@ impl Pool {
         self.keys.is_empty()
     }
 
-    pub fn settings(&self) -> PoolSettings {
-        self.settings
-    }
-
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
     }
