@@ -19,8 +19,10 @@ use crate::failover::{
     Attempt, Credentials, FailoverError, OutboundRequest, Upstream, error_chain,
     forwardable_headers,
 };
-use crate::provider::{ApiRoute, ErrorSpec, ProviderApi, ProviderKind};
-use crate::secret::{ApiKey, mask};
+use crate::provider::{
+    ApiRoute, CREDENTIAL_HEADERS, ErrorSpec, ProviderApi, ProviderKind, credential_in,
+};
+use crate::secret::ApiKey;
 
 pub async fn handle(State(app): State<Arc<AppState>>, request: Request) -> Response {
     let started = Instant::now();
@@ -338,14 +340,11 @@ pub fn dump_request(
             .api()
             .apply_key(&mut headers, &ApiKey::new(attempt.key_hint.as_str())),
         Credentials::Caller(_) => {
-            for name in [header::AUTHORIZATION.as_str(), "x-api-key"] {
-                if let Some(value) = headers.get(name).and_then(|value| value.to_str().ok()) {
-                    let masked = HeaderValue::from_str(&mask(value))
-                        .expect("a masked value is a valid header");
-                    headers.insert(
-                        name.parse::<http::HeaderName>().expect("static name"),
-                        masked,
-                    );
+            for name in &CREDENTIAL_HEADERS {
+                let masked = credential_in(&headers, name)
+                    .and_then(|credential| HeaderValue::from_str(&credential.hint()).ok());
+                if let Some(masked) = masked {
+                    headers.insert(name.clone(), masked);
                 }
             }
         }
