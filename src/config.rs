@@ -376,16 +376,24 @@ fn resolve_provider(
 }
 
 fn validate_base_url(name: &str, url: &str) -> Result<String, ConfigError> {
-    let parsed = reqwest::Url::parse(url).map_err(|error| {
-        ConfigError::provider(name, format!("invalid base_url {url:?}: {error}"))
+    normalized_base_url(url).map_err(|reason| {
+        ConfigError::provider(name, format!("invalid base_url {url:?}: {reason}"))
     })?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(ConfigError::provider(
-            name,
-            format!("invalid base_url {url:?}: scheme must be http or https"),
-        ));
-    }
     Ok(url.trim_end_matches('/').to_owned())
+}
+
+/// A base URL as requests are built on it: percent-encoded, without a trailing slash.
+pub fn normalized_base_url(url: &str) -> Result<String, String> {
+    let parsed = url::Url::parse(url).map_err(|error| error.to_string())?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err("scheme must be http or https".to_owned());
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err("a query or fragment cannot be followed by a request path".to_owned());
+    }
+    let normalized = parsed.as_str().trim_end_matches('/').to_owned();
+    http::Uri::try_from(normalized.as_str()).map_err(|error| error.to_string())?;
+    Ok(normalized)
 }
 
 /// Keys from a keys file: one per line; blank lines and `#` comments are skipped.

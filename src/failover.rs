@@ -7,13 +7,15 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, Method, header};
+use http::{HeaderMap, HeaderName, Method, Uri, header};
+use http_body_util::Full;
 
 use crate::config::ProviderConfig;
 use crate::keypool::{Clock, Exhausted, KeyState, Pool, PoolError};
 use crate::provider::{ProviderKind, caller_credential};
 use crate::secret::ApiKey;
 use crate::state::Observation;
+use crate::transport::{self, HttpClient, Response, TlsSetupError};
 
 /// A provider as the walker uses it: where to send, and the keys to send with.
 #[derive(Debug)]
@@ -21,8 +23,8 @@ pub struct Upstream {
     pub name: String,
     pub kind: ProviderKind,
     pub base_url: String,
-    /// `base_url` parsed once, so a request only sets its path.
-    url: reqwest::Url,
+    /// `base_url` normalized (percent-encoded), so a request only appends its path.
+    request_base: String,
     pub enabled: bool,
     /// Whether a caller's own credential takes the place of the pool.
     pub byok: bool,
@@ -38,7 +40,8 @@ impl Upstream {
             name: config.name.clone(),
             kind: config.kind,
             base_url: config.base_url.clone(),
-            url: reqwest::Url::parse(&config.base_url).expect("the config validated base_url"),
+            request_base: crate::config::normalized_base_url(&config.base_url)
+                .expect("the config validated base_url"),
             enabled: config.enabled,
             byok: config.byok,
             pool: Pool::new(config.keys.clone(), config.pool, clock)?,
@@ -46,16 +49,13 @@ impl Upstream {
     }
 
     /// `base_url` joined with a request's path and query.
-    fn url_for(&self, path_and_query: &str) -> reqwest::Url {
-        let (path, query) = match path_and_query.split_once('?') {
-            Some((path, query)) => (path, Some(query)),
-            None => (path_and_query, None),
+    fn uri_for(&self, path_and_query: &str) -> Result<Uri, http::uri::InvalidUri> {
+        let separator = if path_and_query.starts_with('/') {
+            ""
+        } else {
+            "/"
         };
-        let mut url = self.url.clone();
-        let base_path = self.url.path().trim_end_matches('/');
-        url.set_path(&format!("{base_path}{path}"));
-        url.set_query(query);
-        url
+        Uri::try_from(format!("{}{separator}{path_and_query}", self.request_base))
     }
 
     fn missing_key_hint(&self) -> String {
@@ -172,24 +172,21 @@ pub enum FailoverError {
 #[derive(Debug)]
 pub struct Exchange {
     pub attempts: Vec<Attempt>,
-    pub result: Result<reqwest::Response, FailoverError>,
+    pub result: Result<Response, FailoverError>,
 }
 
 /// Sends requests across a pool's keys.
 #[derive(Debug, Clone)]
 pub struct Walker {
-    client: reqwest::Client,
+    client: HttpClient,
     response_timeout: Duration,
 }
 
 impl Walker {
     /// `response_timeout` bounds the wait for response headers on each attempt.
-    pub fn new(response_timeout: Duration) -> Result<Self, reqwest::Error> {
-        let client = client_builder()
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build()?;
+    pub fn new(response_timeout: Duration) -> Result<Self, TlsSetupError> {
         Ok(Self {
-            client,
+            client: HttpClient::new()?,
             response_timeout,
         })
     }
@@ -213,7 +210,7 @@ impl Walker {
         upstream: &Upstream,
         request: &OutboundRequest,
         key: &ApiKey,
-    ) -> Result<reqwest::Response, FailoverError> {
+    ) -> Result<Response, FailoverError> {
         let mut headers = forwardable_headers(&request.headers);
         upstream.kind.api().apply_key(&mut headers, key);
         self.execute(upstream, request, headers).await
@@ -313,23 +310,19 @@ impl Walker {
         upstream: &Upstream,
         request: &OutboundRequest,
         headers: HeaderMap,
-    ) -> Result<reqwest::Response, FailoverError> {
-        let url = upstream.url_for(&request.path_and_query);
+    ) -> Result<Response, FailoverError> {
+        let uri = upstream.uri_for(&request.path_and_query).map_err(|error| {
+            FailoverError::Unreachable(format!("invalid request path: {error}"))
+        })?;
         let mut last_error = None;
         for _ in 0..2 {
-            let mut builder = self
-                .client
-                .request(request.method.clone(), url.clone())
-                .headers(headers.clone());
-            if !request.body.is_empty() {
-                builder = builder.body(request.body.clone());
-            }
-            match tokio::time::timeout(self.response_timeout, builder.send()).await {
+            let mut outbound = http::Request::new(Full::new(request.body.clone()));
+            *outbound.method_mut() = request.method.clone();
+            *outbound.uri_mut() = uri.clone();
+            *outbound.headers_mut() = headers.clone();
+            match tokio::time::timeout(self.response_timeout, self.client.send(outbound)).await {
                 Err(_) => return Err(FailoverError::Timeout(self.response_timeout)),
                 Ok(Ok(response)) => return Ok(response),
-                Ok(Err(error)) if error.is_builder() => {
-                    return Err(FailoverError::Unreachable(error_chain(&error)));
-                }
                 Ok(Err(error)) => last_error = Some(error),
             }
         }
@@ -338,27 +331,18 @@ impl Walker {
     }
 }
 
-/// An HTTP client as aibridge uses them: no retries of its own, no redirects.
-pub fn client_builder() -> reqwest::ClientBuilder {
-    // Several crypto back ends may be linked in; name ours. Repeated calls are no-ops.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .retry(reqwest::retry::never())
-        .connect_timeout(Duration::from_secs(10))
-        .tcp_nodelay(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("aibridge/", env!("CARGO_PKG_VERSION")))
-}
-
 /// Reads a failed answer in full so its connection can be reused; gives up quickly.
-async fn drain(response: reqwest::Response) -> DrainedResponse {
-    let headers = response.headers().clone();
-    let body = tokio::time::timeout(Duration::from_secs(2), response.bytes())
+async fn drain(response: Response) -> DrainedResponse {
+    let (parts, body) = response.into_parts();
+    let body = tokio::time::timeout(Duration::from_secs(2), transport::read_body(body))
         .await
         .ok()
         .and_then(Result::ok)
         .unwrap_or_default();
-    DrainedResponse { headers, body }
+    DrainedResponse {
+        headers: parts.headers,
+        body,
+    }
 }
 
 fn log_mark(provider: &str, attempt: &Attempt, now_ms: u64) {
@@ -381,7 +365,7 @@ fn log_mark(provider: &str, attempt: &Attempt, now_ms: u64) {
     }
 }
 
-/// The error and its causes on one line: reqwest's own message alone rarely says why.
+/// The error and its causes on one line: an HTTP client's own message alone rarely says why.
 pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
@@ -474,13 +458,13 @@ mod tests {
         };
         let plain = upstream("https://api.openai.com");
         assert_eq!(
-            plain.url_for("/v1/models?limit=5").as_str(),
+            plain.uri_for("/v1/models?limit=5").unwrap(),
             "https://api.openai.com/v1/models?limit=5"
         );
-        assert_eq!(plain.url_for("").as_str(), "https://api.openai.com/");
-        let nested = upstream("http://127.0.0.1:9/proxy/openai");
+        assert_eq!(plain.uri_for("").unwrap(), "https://api.openai.com/");
+        let nested = upstream("http://127.0.0.1:9/proxy/openai/");
         assert_eq!(
-            nested.url_for("/v1/chat/completions").as_str(),
+            nested.uri_for("/v1/chat/completions").unwrap(),
             "http://127.0.0.1:9/proxy/openai/v1/chat/completions"
         );
     }

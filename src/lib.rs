@@ -15,6 +15,7 @@ pub mod report;
 pub mod secret;
 pub mod server;
 pub mod state;
+pub mod transport;
 
 use std::process::ExitCode;
 

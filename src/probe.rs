@@ -88,7 +88,9 @@ async fn probe_once(walker: &Walker, upstream: &Upstream, index: usize) -> Probe
     let status = response.status().as_u16();
     probe.status = Some(status);
     probe.mark = upstream.pool.mark_for(status, response.headers());
-    let body = response.bytes().await.unwrap_or_default();
+    let body = crate::transport::read_body(response.into_body())
+        .await
+        .unwrap_or_default();
     probe.latency = started.elapsed();
     (probe.verdict, probe.detail) = match (status, probe.mark) {
         (200..=299, _) => (Verdict::Valid, String::new()),

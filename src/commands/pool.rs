@@ -7,17 +7,21 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
+use bytes::Bytes;
+use http::{HeaderValue, Method, StatusCode, header};
+use http_body_util::Full;
 
 use super::output::{Table, ago, seconds};
 use super::{block_on, load_config, provider_config, state_store};
 use crate::cli::{GlobalArgs, PoolResetArgs, PoolStatusArgs};
 use crate::config::Config;
 use crate::exit;
-use crate::failover::{Upstream, client_builder};
+use crate::failover::{Upstream, error_chain};
 use crate::keypool::SystemClock;
 use crate::report::{ClearedKey, KeyReport, PoolReport, ResetRequest, ResetResponse};
 use crate::state::StateStore;
+use crate::transport::{self, HttpClient};
 
 /// How long a server on the configured address gets to answer before the state file is read.
 const DETECT_TIMEOUT: Duration = Duration::from_millis(300);
@@ -250,11 +254,8 @@ struct Server {
 }
 
 impl Server {
-    fn client() -> anyhow::Result<reqwest::Client> {
-        client_builder()
-            .no_proxy()
-            .build()
-            .context("cannot set up the HTTP client")
+    fn client() -> anyhow::Result<HttpClient> {
+        HttpClient::new().context("cannot set up the HTTP client")
     }
 
     fn new(url: &str, config: &Config) -> Self {
@@ -277,62 +278,96 @@ impl Server {
         Self::new(&format!("http://{address}"), config)
     }
 
-    fn request(
+    /// One admin call within `timeout`: the status and the whole body.
+    async fn call(
         &self,
-        client: &reqwest::Client,
-        method: reqwest::Method,
+        client: &HttpClient,
+        method: Method,
         path: &str,
-    ) -> reqwest::RequestBuilder {
-        let builder = client.request(method, format!("{}{path}", self.base));
-        match &self.token {
-            Some(token) => builder.header("x-aibridge-token", token),
-            None => builder,
-        }
-    }
-
-    async fn is_up(&self, client: &reqwest::Client) -> bool {
-        let health = self
-            .request(client, reqwest::Method::GET, "/_aibridge/health")
-            .timeout(DETECT_TIMEOUT);
-        matches!(health.send().await, Ok(response) if response.status().is_success())
-    }
-
-    async fn pool(
-        &self,
-        client: &reqwest::Client,
+        json: Option<Vec<u8>>,
         timeout: Duration,
-    ) -> anyhow::Result<PoolReport> {
-        let response = self
-            .request(client, reqwest::Method::GET, "/_aibridge/pool")
-            .timeout(timeout)
-            .send()
+    ) -> anyhow::Result<(StatusCode, Bytes)> {
+        let is_json = json.is_some();
+        let mut request = http::Request::new(Full::new(Bytes::from(json.unwrap_or_default())));
+        *request.method_mut() = method;
+        *request.uri_mut() = format!("{}{path}", self.base)
+            .parse()
+            .context("invalid server URL")?;
+        let headers = request.headers_mut();
+        if is_json {
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
+        if let Some(token) = &self.token {
+            headers.insert(
+                "x-aibridge-token",
+                HeaderValue::from_str(token).context("the access token is not a valid header")?,
+            );
+        }
+        let exchange = async {
+            let response = client
+                .send(request)
+                .await
+                .map_err(|error| anyhow!(error_chain(&error)))?;
+            let status = response.status();
+            let body = transport::read_body(response.into_body()).await?;
+            anyhow::Ok((status, body))
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| anyhow!("no answer within {}", humantime::format_duration(timeout)))?
+    }
+
+    async fn is_up(&self, client: &HttpClient) -> bool {
+        let health = self
+            .call(
+                client,
+                Method::GET,
+                "/_aibridge/health",
+                None,
+                DETECT_TIMEOUT,
+            )
+            .await;
+        matches!(health, Ok((status, _)) if status.is_success())
+    }
+
+    async fn pool(&self, client: &HttpClient, timeout: Duration) -> anyhow::Result<PoolReport> {
+        let (status, body) = self
+            .call(client, Method::GET, "/_aibridge/pool", None, timeout)
             .await?;
-        let status = response.status();
         if !status.is_success() {
             bail!("the server answered {status}");
         }
-        Ok(response.json().await?)
+        serde_json::from_slice(&body).context("the server's answer is not a pool report")
     }
 
     async fn reset(
         &self,
-        client: &reqwest::Client,
+        client: &HttpClient,
         request: &ResetRequest,
         timeout: Duration,
     ) -> anyhow::Result<Vec<ClearedKey>> {
-        let response = self
-            .request(client, reqwest::Method::POST, "/_aibridge/pool/reset")
-            .json(request)
-            .timeout(timeout)
-            .send()
+        let json = serde_json::to_vec(request)?;
+        let (status, body) = self
+            .call(
+                client,
+                Method::POST,
+                "/_aibridge/pool/reset",
+                Some(json),
+                timeout,
+            )
             .await?;
-        match response.status().as_u16() {
-            200 => Ok(response.json::<ResetResponse>().await?.cleared),
+        match status.as_u16() {
+            200 => Ok(serde_json::from_slice::<ResetResponse>(&body)
+                .context("the server's answer is not a reset report")?
+                .cleared),
             // The server does not hold that key: nothing to clear there.
             404 => Ok(Vec::new()),
             status => bail!(
                 "the server answered {status}: {}",
-                response.text().await.unwrap_or_default()
+                String::from_utf8_lossy(&body)
             ),
         }
     }

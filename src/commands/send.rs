@@ -23,6 +23,7 @@ use crate::failover::{
 use crate::keypool::{ExhaustionKind, KeyState, SystemClock, ceil_secs, validate_keys};
 use crate::provider::ErrorSpec;
 use crate::state::StateStore;
+use crate::transport::{self, Response};
 
 pub fn run(global: &GlobalArgs, args: SendArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(global)?;
@@ -151,7 +152,7 @@ impl Send<'_> {
 
     /// Walks the pool; with `--wait`, walks again when the soonest key is back, while the
     /// wait budget allows.
-    async fn exchange(&self) -> (Vec<Attempt>, Result<reqwest::Response, FailoverError>) {
+    async fn exchange(&self) -> (Vec<Attempt>, Result<Response, FailoverError>) {
         let started = Instant::now();
         let mut attempts = Vec::new();
         loop {
@@ -230,14 +231,15 @@ impl Send<'_> {
     }
 
     /// Copies the body to stdout chunk by chunk, so a stream shows as it arrives.
-    async fn stream_answer(&self, mut response: reqwest::Response) -> anyhow::Result<u8> {
+    async fn stream_answer(&self, response: Response) -> anyhow::Result<u8> {
         let code = status_exit_code(response.status().as_u16());
+        let mut body = response.into_body();
         let mut stdout = std::io::stdout().lock();
         loop {
-            let chunk = match response.chunk().await {
-                Ok(Some(chunk)) => chunk,
-                Ok(None) => break,
-                Err(error) => {
+            let chunk = match transport::next_chunk(&mut body).await {
+                Some(Ok(chunk)) => chunk,
+                None => break,
+                Some(Err(error)) => {
                     let _ = stdout.flush();
                     eprintln!(
                         "error: upstream stream interrupted: {}",
@@ -260,10 +262,10 @@ impl Send<'_> {
     async fn print_json_answer(
         &self,
         attempts: &[Attempt],
-        response: reqwest::Response,
+        response: Response,
     ) -> anyhow::Result<u8> {
         let status = response.status().as_u16();
-        let body = match response.bytes().await {
+        let body = match transport::read_body(response.into_body()).await {
             Ok(bytes) => bytes,
             Err(error) => {
                 let report = self.report(attempts, Some(status), Outcome::NetworkError, None);

@@ -23,6 +23,7 @@ use crate::provider::{
     ApiRoute, CREDENTIAL_HEADERS, ErrorSpec, ProviderApi, ProviderKind, credential_in,
 };
 use crate::secret::ApiKey;
+use crate::transport::{self, Response as UpstreamResponse};
 
 pub async fn handle(State(app): State<Arc<AppState>>, request: Request) -> Response {
     let started = Instant::now();
@@ -184,11 +185,12 @@ async fn relay_response(
     bridge: &Bridge,
     api: &'static dyn ProviderApi,
     route: ApiRoute,
-    response: reqwest::Response,
+    response: UpstreamResponse,
     completion: Completion,
     key: &str,
 ) -> Response {
     let status = response.status();
+    let content_length = transport::content_length(&response);
     let is_sse = response
         .headers()
         .get(header::CONTENT_TYPE)
@@ -205,12 +207,10 @@ async fn relay_response(
     let mut completion = completion.with_response(status.as_u16(), response.headers(), is_sse);
     let idle_timeout = bridge.settings.stream_idle_timeout;
 
-    let small = !is_sse
-        && response
-            .content_length()
-            .is_some_and(|length| length <= BUFFERED_ANSWER_LIMIT);
+    let small = !is_sse && content_length.is_some_and(|length| length <= BUFFERED_ANSWER_LIMIT);
     if small {
-        let body = match tokio::time::timeout(idle_timeout, response.bytes()).await {
+        let body = response.into_body();
+        let body = match tokio::time::timeout(idle_timeout, transport::read_body(body)).await {
             Ok(Ok(body)) => body,
             Ok(Err(error)) => return broken_answer(api, completion, &error_chain(&error)),
             Err(_) => {

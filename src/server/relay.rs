@@ -10,9 +10,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Body;
 use bytes::Bytes;
-use futures_util::StreamExt;
-use futures_util::stream::BoxStream;
 use http::HeaderMap;
+use hyper::body::Incoming;
 use serde::Serialize;
 
 use super::AppState;
@@ -21,6 +20,7 @@ use super::usage::{RequestFacts, UsageTap};
 use crate::failover::{Attempt, OutboundRequest, Upstream, error_chain};
 use crate::keypool::KeyState;
 use crate::provider::{ApiRoute, ProviderApi};
+use crate::transport::{self, Response};
 
 /// How much of the answer a dump keeps.
 const MAX_DUMPED_BODY: usize = 1024 * 1024;
@@ -240,7 +240,7 @@ fn millis(duration: Duration) -> f64 {
 
 /// The body of a relayed answer.
 pub struct Relay {
-    upstream: BoxStream<'static, reqwest::Result<Bytes>>,
+    upstream: Incoming,
     idle_timeout: Duration,
     /// Set for SSE answers: who shapes the error event.
     sse: Option<(&'static dyn ProviderApi, ApiRoute)>,
@@ -252,13 +252,13 @@ pub struct Relay {
 
 impl Relay {
     pub fn new(
-        response: reqwest::Response,
+        response: Response,
         idle_timeout: Duration,
         sse: Option<(&'static dyn ProviderApi, ApiRoute)>,
         completion: Completion,
     ) -> Self {
         Self {
-            upstream: response.bytes_stream().boxed(),
+            upstream: response.into_body(),
             idle_timeout,
             sse,
             completion,
@@ -275,7 +275,9 @@ impl Relay {
         if self.done {
             return None;
         }
-        match tokio::time::timeout(self.idle_timeout, self.upstream.next()).await {
+        match tokio::time::timeout(self.idle_timeout, transport::next_chunk(&mut self.upstream))
+            .await
+        {
             Ok(Some(Ok(chunk))) => {
                 self.completion.saw(&chunk);
                 self.remember_tail(&chunk);
