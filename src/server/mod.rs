@@ -7,6 +7,10 @@
 //! One single-threaded runtime per core serves requests, each accepting on the same socket
 //! and keeping its own upstream connections, as nginx's workers do: a request never wakes
 //! another thread. A separate control thread handles signals, the state file and rechecks.
+//!
+//! Connections are served by hyper directly and proxied requests go straight to the proxy
+//! handler; only the operator routes go through a router, which keeps its per-request cost
+//! off the hot path.
 
 mod admin;
 mod journal;
@@ -26,11 +30,15 @@ use std::time::Duration;
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use axum::Router;
+use axum::body::Body;
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use http::HeaderMap;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
+use tower::ServiceExt;
 
 use crate::config::{Config, ConfigError, ServeSettings};
 use crate::failover::{Upstream, Walker};
@@ -288,19 +296,67 @@ fn serve_worker(
         listener
             .set_nonblocking(true)
             .context("cannot configure the listening socket")?;
-        // Small answers must not wait on Nagle's algorithm.
-        let listener = TcpListener::from_std(listener)
-            .context("cannot use the listening socket")?
-            .tap_io(|stream| {
-                let _ = stream.set_nodelay(true);
+        let listener =
+            TcpListener::from_std(listener).context("cannot use the listening socket")?;
+        let operator_routes = router(app.clone());
+        let connections = GracefulShutdown::new();
+        loop {
+            let stream = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(error) => {
+                        pause_after_accept_error(&error).await;
+                        continue;
+                    }
+                },
+                _ = stopped.wait_for(|stop| *stop) => break,
+            };
+            // Small answers must not wait on Nagle's algorithm.
+            let _ = stream.set_nodelay(true);
+            let (app, operator_routes) = (app.clone(), operator_routes.clone());
+            let service = hyper::service::service_fn(move |request| {
+                dispatch(app.clone(), operator_routes.clone(), request)
             });
-        axum::serve(listener, router(app))
-            .with_graceful_shutdown(async move {
-                let _ = stopped.wait_for(|stop| *stop).await;
-            })
-            .await
-            .context("server error")
+            let connection = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
+            let connection = connections.watch(connection);
+            tokio::spawn(async move {
+                // A client that goes away mid-request is not the server's error.
+                let _ = connection.await;
+            });
+        }
+        // Stop accepting, let requests in flight finish, and close idle connections.
+        drop(listener);
+        connections.shutdown().await;
+        Ok(())
     })
+}
+
+/// Proxied requests go straight to the proxy; operator routes through the router.
+async fn dispatch(
+    app: Arc<AppState>,
+    operator_routes: Router,
+    request: http::Request<Incoming>,
+) -> Result<axum::response::Response, std::convert::Infallible> {
+    let path = request.uri().path();
+    if path.starts_with("/_aibridge/") || path == "/metrics" {
+        return operator_routes.oneshot(request.map(Body::new)).await;
+    }
+    Ok(proxy::handle(app, request).await)
+}
+
+/// Out of file descriptors and the like: accepting again at once would spin.
+async fn pause_after_accept_error(error: &std::io::Error) {
+    use std::io::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset | ErrorKind::Interrupted
+    ) {
+        return;
+    }
+    tracing::error!("cannot accept a connection: {error}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
 /// Waits for every worker to finish its requests, up to the grace period.
@@ -330,7 +386,7 @@ fn router(app: Arc<AppState>) -> Router {
         .route("/_aibridge/pool", get(admin::pool))
         .route("/_aibridge/pool/reset", post(admin::reset))
         .route("/metrics", get(admin::metrics))
-        .fallback(proxy::handle)
+        .fallback(proxy::handle_routed)
         .with_state(app)
 }
 

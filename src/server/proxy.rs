@@ -9,6 +9,7 @@ use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http_body_util::BodyExt;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -25,7 +26,16 @@ use crate::provider::{
 use crate::secret::ApiKey;
 use crate::transport::{self, Response as UpstreamResponse};
 
-pub async fn handle(State(app): State<Arc<AppState>>, request: Request) -> Response {
+/// `/_aibridge/...` paths the router does not know are proxied too (to a provider of that name).
+pub async fn handle_routed(State(app): State<Arc<AppState>>, request: Request) -> Response {
+    handle(app, request).await
+}
+
+pub async fn handle<B>(app: Arc<AppState>, request: http::Request<B>) -> Response
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
     let started = Instant::now();
     let bridge = app.bridge.load_full();
     let (parts, body) = request.into_parts();
@@ -109,13 +119,17 @@ pub async fn handle(State(app): State<Arc<AppState>>, request: Request) -> Respo
 }
 
 /// Checks the access token, reads the body within the limit and picks whose key to use.
-async fn admit(
+async fn admit<B>(
     bridge: &Bridge,
     upstream: &Upstream,
     parts: http::request::Parts,
     path_and_query: String,
-    body: Body,
-) -> Result<(OutboundRequest, Credentials), ErrorSpec> {
+    body: B,
+) -> Result<(OutboundRequest, Credentials), ErrorSpec>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
     let mut headers = parts.headers;
     if !bridge.authorize(&mut headers) {
         return Err(ErrorSpec::invalid_access_token());
@@ -142,7 +156,11 @@ fn split_provider(path: &str) -> (&str, &str) {
     }
 }
 
-async fn read_body(body: Body, headers: &HeaderMap, limit: u64) -> Result<Bytes, ErrorSpec> {
+async fn read_body<B>(body: B, headers: &HeaderMap, limit: u64) -> Result<Bytes, ErrorSpec>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
@@ -150,17 +168,18 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: u64) -> Result<Bytes,
         return Err(ErrorSpec::body_too_large(limit));
     }
     let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
-    axum::body::to_bytes(body, limit_usize)
+    match http_body_util::Limited::new(body, limit_usize)
+        .collect()
         .await
-        .map_err(|error| {
-            let too_large = std::error::Error::source(&error)
-                .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
-            if too_large {
-                ErrorSpec::body_too_large(limit)
-            } else {
-                ErrorSpec::bad_request(format!("cannot read the request body: {error}"))
-            }
-        })
+    {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+            Err(ErrorSpec::body_too_large(limit))
+        }
+        Err(error) => Err(ErrorSpec::bad_request(format!(
+            "cannot read the request body: {error}"
+        ))),
+    }
 }
 
 /// Counts state changes and hands marks to the state file writer.
