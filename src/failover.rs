@@ -84,10 +84,16 @@ impl Upstream {
                 provider: self.name.clone(),
             });
         }
-        match caller_credential(headers) {
-            Some(key) if prefer_caller || self.pool.is_empty() => Ok(Credentials::Caller(key)),
-            _ if !self.pool.is_empty() => Ok(Credentials::Pool),
-            _ => Err(FailoverError::NoKeys {
+        // The caller's credential only matters when it may be used.
+        let caller = if prefer_caller || self.pool.is_empty() {
+            caller_credential(headers)
+        } else {
+            None
+        };
+        match caller {
+            Some(key) => Ok(Credentials::Caller(key)),
+            None if !self.pool.is_empty() => Ok(Credentials::Pool),
+            None => Err(FailoverError::NoKeys {
                 provider: self.name.clone(),
                 hint: self.missing_key_hint(),
             }),
@@ -211,9 +217,7 @@ impl Walker {
         request: &OutboundRequest,
         key: &ApiKey,
     ) -> Result<Response, FailoverError> {
-        let mut headers = forwardable_headers(&request.headers);
-        upstream.kind.api().apply_key(&mut headers, key);
-        self.execute(upstream, request, headers).await
+        self.execute(upstream, request, Some(key)).await
     }
 
     async fn send_as_caller(
@@ -222,9 +226,8 @@ impl Walker {
         request: &OutboundRequest,
         key: &ApiKey,
     ) -> Exchange {
-        let headers = forwardable_headers(&request.headers);
         let started = Instant::now();
-        let result = self.execute(upstream, request, headers).await;
+        let result = self.execute(upstream, request, None).await;
         let attempt = Attempt {
             key_hint: key.hint(),
             fingerprint: None,
@@ -246,15 +249,12 @@ impl Walker {
 
     async fn send_with_pool(&self, upstream: &Upstream, request: &OutboundRequest) -> Exchange {
         let pool = &upstream.pool;
-        let api = upstream.kind.api();
-        let base_headers = forwardable_headers(&request.headers);
         let mut attempts = Vec::new();
         for index in pool.walk() {
-            let key = pool.key(index).key();
-            let mut headers = base_headers.clone();
-            api.apply_key(&mut headers, key);
+            let pooled = pool.key(index);
+            let key = pooled.key();
             let started = Instant::now();
-            let result = self.execute(upstream, request, headers).await;
+            let result = self.execute(upstream, request, Some(key)).await;
             let elapsed = started.elapsed();
             let status = result
                 .as_ref()
@@ -262,8 +262,8 @@ impl Walker {
                 .map(|response| response.status().as_u16());
             pool.record_attempt(index, status);
             let mut attempt = Attempt {
-                key_hint: key.hint(),
-                fingerprint: Some(pool.key(index).fingerprint().to_owned()),
+                key_hint: pooled.hint().to_owned(),
+                fingerprint: Some(pooled.fingerprint().to_owned()),
                 status,
                 mark: None,
                 changed: false,
@@ -303,13 +303,14 @@ impl Walker {
         }
     }
 
-    /// One attempt. A connection that fails before any response (refused, reset, a stale
-    /// pooled connection) is tried once more with the same key before it counts.
+    /// One attempt, with `key` or else the caller's own credentials. A connection that fails
+    /// before any response (refused, reset, a stale pooled connection) is tried once more with
+    /// the same key before it counts.
     async fn execute(
         &self,
         upstream: &Upstream,
         request: &OutboundRequest,
-        headers: HeaderMap,
+        key: Option<&ApiKey>,
     ) -> Result<Response, FailoverError> {
         let uri = upstream.uri_for(&request.path_and_query).map_err(|error| {
             FailoverError::Unreachable(format!("invalid request path: {error}"))
@@ -319,7 +320,12 @@ impl Walker {
             let mut outbound = http::Request::new(Full::new(request.body.clone()));
             *outbound.method_mut() = request.method.clone();
             *outbound.uri_mut() = uri.clone();
-            *outbound.headers_mut() = headers.clone();
+            let headers = outbound.headers_mut();
+            headers.clone_from(&request.headers);
+            strip_hop_by_hop(headers);
+            if let Some(key) = key {
+                upstream.kind.api().apply_key(headers, key);
+            }
             match tokio::time::timeout(self.response_timeout, self.client.send(outbound)).await {
                 Err(_) => return Err(FailoverError::Timeout(self.response_timeout)),
                 Ok(Ok(response)) => return Ok(response),
@@ -380,21 +386,41 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// Headers that describe one connection, not the message, and so are never forwarded.
-const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-];
+/// Hop-by-hop headers describe one connection, not the message; `host`, `content-length`
+/// and `upgrade` are the next hop's to set.
+fn is_dropped_when_forwarding(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "host"
+            | "content-length"
+            | "upgrade"
+    )
+}
+
+/// A copy without hop-by-hop headers, `host` and `content-length` (see [`strip_hop_by_hop`]).
+pub fn forwardable_headers(headers: &HeaderMap) -> HeaderMap {
+    let mut forwarded = headers.clone();
+    strip_hop_by_hop(&mut forwarded);
+    forwarded
+}
 
 /// Drops hop-by-hop headers (and those `Connection` names), plus `host` and
-/// `content-length`, which the client sets for the upstream.
-pub fn forwardable_headers(headers: &HeaderMap) -> HeaderMap {
+/// `content-length`, which the HTTP client sets for the next hop.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // A removal is a hash lookup: remove only the names the message has, found in one pass.
+    let present: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_dropped_when_forwarding(name.as_str()))
+        .cloned()
+        .collect();
     let named_by_connection: Vec<String> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -402,17 +428,12 @@ pub fn forwardable_headers(headers: &HeaderMap) -> HeaderMap {
         .flat_map(|value| value.split(','))
         .map(|name| name.trim().to_ascii_lowercase())
         .collect();
-    let mut forwarded = headers.clone();
-    for name in HOP_BY_HOP
-        .iter()
-        .chain([&header::HOST, &header::CONTENT_LENGTH, &header::UPGRADE])
-    {
-        forwarded.remove(name);
+    for name in present {
+        headers.remove(name);
     }
     for name in named_by_connection {
-        forwarded.remove(name.as_str());
+        headers.remove(name.as_str());
     }
-    forwarded
 }
 
 #[cfg(test)]

@@ -241,6 +241,8 @@ pub fn validate_keys(keys: &[ApiKey]) -> Result<(), PoolError> {
 pub struct PooledKey {
     key: ApiKey,
     fingerprint: String,
+    /// The masked hint, worked out once: requests report it on every attempt.
+    hint: String,
     requests: AtomicU64,
     failures: AtomicU64,
     /// 0 = never answered.
@@ -253,6 +255,7 @@ impl PooledKey {
     fn new(key: ApiKey) -> Self {
         Self {
             fingerprint: key.fingerprint(),
+            hint: key.hint(),
             key,
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
@@ -267,6 +270,10 @@ impl PooledKey {
 
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
+    }
+
+    pub fn hint(&self) -> &str {
+        &self.hint
     }
 }
 

@@ -1,8 +1,6 @@
 //! Operator routes: health, the pool report, clearing marks, and Prometheus metrics.
 //! They need an access token whenever tokens are configured.
 
-use std::sync::Arc;
-
 use axum::Json;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
@@ -32,16 +30,16 @@ fn unauthorized(app: &AppState, headers: &HeaderMap) -> Option<Response> {
     })
 }
 
-pub async fn pool(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Some(denied) = unauthorized(&app, &headers) {
+pub async fn pool(State(app): State<&'static AppState>, headers: HeaderMap) -> Response {
+    if let Some(denied) = unauthorized(app, &headers) {
         return denied;
     }
     let bridge = app.bridge.load();
     Json(PoolReport::new(bridge.upstreams.values())).into_response()
 }
 
-pub async fn metrics(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Some(denied) = unauthorized(&app, &headers) {
+pub async fn metrics(State(app): State<&'static AppState>, headers: HeaderMap) -> Response {
+    if let Some(denied) = unauthorized(app, &headers) {
         return denied;
     }
     let bridge = app.bridge.load();
@@ -58,12 +56,12 @@ pub async fn metrics(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Re
 
 /// `POST /_aibridge/pool/reset`, with the selection as query parameters or a JSON body.
 pub async fn reset(
-    State(app): State<Arc<AppState>>,
+    State(app): State<&'static AppState>,
     headers: HeaderMap,
     Query(query): Query<ResetRequest>,
     body: Bytes,
 ) -> Response {
-    if let Some(denied) = unauthorized(&app, &headers) {
+    if let Some(denied) = unauthorized(app, &headers) {
         return denied;
     }
     let api = ProviderKind::OpenAi.api();
@@ -80,7 +78,7 @@ pub async fn reset(
             }
         }
     };
-    match clear_marks(&app, &selection) {
+    match clear_marks(app, &selection) {
         Ok(cleared) => Json(ResetResponse { cleared }).into_response(),
         Err(spec) => error_response(api, &spec),
     }

@@ -227,8 +227,9 @@ pub fn run(config: Config, options: ServerOptions) -> anyhow::Result<()> {
         .context("cannot read the bound address")?;
     print_banner(address, &bridge);
 
-    let app = control.block_on(async {
-        Arc::new(AppState {
+    // Lives as long as the process, so workers share it without a reference count.
+    let app: &'static AppState = control.block_on(async {
+        Box::leak(Box::new(AppState {
             bridge: ArcSwap::from_pointee(bridge),
             metrics: Metrics::new(),
             journal,
@@ -238,7 +239,7 @@ pub fn run(config: Config, options: ServerOptions) -> anyhow::Result<()> {
             next_request_id: AtomicU64::new(1),
             reload: options.reload,
             workers,
-        })
+        }))
     });
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let (finished, worker_results) = std::sync::mpsc::channel();
@@ -247,7 +248,7 @@ pub fn run(config: Config, options: ServerOptions) -> anyhow::Result<()> {
             .listener
             .try_clone()
             .context("cannot share the listening socket")?;
-        let (app, stopped, finished) = (app.clone(), stopped.clone(), finished.clone());
+        let (stopped, finished) = (stopped.clone(), finished.clone());
         std::thread::Builder::new()
             .name(format!("aibridge-worker-{worker}"))
             .spawn(move || {
@@ -260,8 +261,8 @@ pub fn run(config: Config, options: ServerOptions) -> anyhow::Result<()> {
     drop(options.listener);
 
     control.block_on(async {
-        let recheck = tokio::spawn(recheck::run(app.clone()));
-        wait_for_stop(&app).await?;
+        let recheck = tokio::spawn(recheck::run(app));
+        wait_for_stop(app).await?;
         recheck.abort();
         tracing::info!(
             "shutting down; in-flight requests have {}s to finish",
@@ -284,7 +285,7 @@ pub fn run(config: Config, options: ServerOptions) -> anyhow::Result<()> {
 fn serve_worker(
     worker: usize,
     listener: std::net::TcpListener,
-    app: Arc<AppState>,
+    app: &'static AppState,
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     WORKER.set(Some(worker));
@@ -298,7 +299,7 @@ fn serve_worker(
             .context("cannot configure the listening socket")?;
         let listener =
             TcpListener::from_std(listener).context("cannot use the listening socket")?;
-        let operator_routes = router(app.clone());
+        let operator_routes = router(app);
         let connections = GracefulShutdown::new();
         loop {
             let stream = tokio::select! {
@@ -313,9 +314,9 @@ fn serve_worker(
             };
             // Small answers must not wait on Nagle's algorithm.
             let _ = stream.set_nodelay(true);
-            let (app, operator_routes) = (app.clone(), operator_routes.clone());
+            let operator_routes = operator_routes.clone();
             let service = hyper::service::service_fn(move |request| {
-                dispatch(app.clone(), operator_routes.clone(), request)
+                dispatch(app, operator_routes.clone(), request)
             });
             let connection = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
@@ -335,7 +336,7 @@ fn serve_worker(
 
 /// Proxied requests go straight to the proxy; operator routes through the router.
 async fn dispatch(
-    app: Arc<AppState>,
+    app: &'static AppState,
     operator_routes: Router,
     request: http::Request<Incoming>,
 ) -> Result<axum::response::Response, std::convert::Infallible> {
@@ -380,7 +381,7 @@ fn wait_for_workers(
     Ok(())
 }
 
-fn router(app: Arc<AppState>) -> Router {
+fn router(app: &'static AppState) -> Router {
     Router::new()
         .route("/_aibridge/health", get(admin::health))
         .route("/_aibridge/pool", get(admin::pool))

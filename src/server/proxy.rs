@@ -1,6 +1,5 @@
 //! The proxy route: `/{provider}/{rest}` to `{base_url}/{rest}` through the failover walker.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime};
 
@@ -18,7 +17,7 @@ use super::state_sync::StateChange;
 use super::{AppState, Bridge};
 use crate::failover::{
     Attempt, Credentials, FailoverError, OutboundRequest, Upstream, error_chain,
-    forwardable_headers,
+    forwardable_headers, strip_hop_by_hop,
 };
 use crate::provider::{
     ApiRoute, CREDENTIAL_HEADERS, ErrorSpec, ProviderApi, ProviderKind, credential_in,
@@ -27,17 +26,18 @@ use crate::secret::ApiKey;
 use crate::transport::{self, Response as UpstreamResponse};
 
 /// `/_aibridge/...` paths the router does not know are proxied too (to a provider of that name).
-pub async fn handle_routed(State(app): State<Arc<AppState>>, request: Request) -> Response {
+pub async fn handle_routed(State(app): State<&'static AppState>, request: Request) -> Response {
     handle(app, request).await
 }
 
-pub async fn handle<B>(app: Arc<AppState>, request: http::Request<B>) -> Response
+pub async fn handle<B>(app: &'static AppState, request: http::Request<B>) -> Response
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let started = Instant::now();
-    let bridge = app.bridge.load_full();
+    // A guard, not a clone: no reference count shared between the workers is touched.
+    let bridge = app.bridge.load();
     let (parts, body) = request.into_parts();
     let (name, rest) = split_provider(parts.uri.path());
     let Some(upstream) = bridge.upstreams.get(name) else {
@@ -56,10 +56,15 @@ where
     };
 
     let exchange = bridge.walker().send(upstream, &request, &credentials).await;
-    let id = app.next_request_id.fetch_add(1, Ordering::Relaxed);
-    record_marks(&app, upstream, &exchange.attempts);
+    // Only logs and dumps name requests; the shared counter is left alone otherwise.
+    let id = if app.journal.logging() || app.journal.dumping() {
+        app.next_request_id.fetch_add(1, Ordering::Relaxed)
+    } else {
+        0
+    };
+    record_marks(app, upstream, &exchange.attempts);
     dump_failed_attempts(
-        &app,
+        app,
         id,
         upstream,
         &request,
@@ -72,14 +77,7 @@ where
         .logging()
         .then(|| RequestRecord::new(id, upstream, &request, route, &exchange.attempts));
     let attempts = exchange.attempts.len();
-    let mut completion = Completion::new(
-        app.clone(),
-        &upstream.name,
-        route,
-        attempts,
-        started,
-        record,
-    );
+    let mut completion = Completion::new(app, &upstream.name, route, attempts, started, record);
     let response = match exchange.result {
         Ok(response) => response,
         Err(error) => {
@@ -208,14 +206,18 @@ async fn relay_response(
     completion: Completion,
     key: &str,
 ) -> Response {
-    let status = response.status();
     let content_length = transport::content_length(&response);
-    let is_sse = response
-        .headers()
+    let (parts, body) = response.into_parts();
+    let status = parts.status;
+    let is_sse = parts
+        .headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
         .is_some_and(|value| value.starts_with("text/event-stream"));
-    let mut headers = forwardable_headers(response.headers());
+    let mut completion = completion.with_response(status.as_u16(), &parts.headers, is_sse);
+    let declared_length = parts.headers.get(header::CONTENT_LENGTH).cloned();
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers);
     if let Ok(value) = HeaderValue::from_str(key) {
         headers.insert("x-aibridge-key", value);
     }
@@ -223,12 +225,10 @@ async fn relay_response(
         "x-aibridge-attempts",
         HeaderValue::from(completion.attempts()),
     );
-    let mut completion = completion.with_response(status.as_u16(), response.headers(), is_sse);
     let idle_timeout = bridge.settings.stream_idle_timeout;
 
     let small = !is_sse && content_length.is_some_and(|length| length <= BUFFERED_ANSWER_LIMIT);
     if small {
-        let body = response.into_body();
         let body = match tokio::time::timeout(idle_timeout, transport::read_body(body)).await {
             Ok(Ok(body)) => body,
             Ok(Err(error)) => return broken_answer(api, completion, &error_chain(&error)),
@@ -247,11 +247,11 @@ async fn relay_response(
         return reply(status, headers, Body::from(body));
     }
 
-    if !is_sse && let Some(length) = response.headers().get(header::CONTENT_LENGTH) {
-        headers.insert(header::CONTENT_LENGTH, length.clone());
+    if !is_sse && let Some(length) = declared_length {
+        headers.insert(header::CONTENT_LENGTH, length);
     }
     let relay = Relay::new(
-        response,
+        body,
         idle_timeout,
         is_sse.then_some((api, route)),
         completion,

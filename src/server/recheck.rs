@@ -3,7 +3,6 @@
 //! never a user's request, and a key whose probe answers 2xx is available again.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::AppState;
@@ -15,7 +14,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often to look again when no provider rechecks (a reload may change that).
 const IDLE_POLL: Duration = Duration::from_secs(60);
 
-pub async fn run(app: Arc<AppState>) {
+pub async fn run(app: &'static AppState) {
     let mut last_round: HashMap<String, Instant> = HashMap::new();
     loop {
         let pause = app

@@ -5,7 +5,6 @@
 //! the provider's own error event and a clean end, so a cut stream never looks complete.
 //! Any other body is aborted, so the client sees a short read rather than a silent truncation.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Body;
@@ -20,7 +19,7 @@ use super::usage::{RequestFacts, UsageTap};
 use crate::failover::{Attempt, OutboundRequest, Upstream, error_chain};
 use crate::keypool::KeyState;
 use crate::provider::{ApiRoute, ProviderApi};
-use crate::transport::{self, Response};
+use crate::transport;
 
 /// How much of the answer a dump keeps.
 const MAX_DUMPED_BODY: usize = 1024 * 1024;
@@ -103,7 +102,7 @@ impl RequestRecord {
 
 /// Accounts for one request once: metrics, the request log and the final dump.
 pub struct Completion {
-    app: Arc<AppState>,
+    app: &'static AppState,
     provider: String,
     route: ApiRoute,
     status: u16,
@@ -120,7 +119,7 @@ pub struct Completion {
 
 impl Completion {
     pub fn new(
-        app: Arc<AppState>,
+        app: &'static AppState,
         provider: &str,
         route: ApiRoute,
         attempts: usize,
@@ -252,13 +251,13 @@ pub struct Relay {
 
 impl Relay {
     pub fn new(
-        response: Response,
+        body: Incoming,
         idle_timeout: Duration,
         sse: Option<(&'static dyn ProviderApi, ApiRoute)>,
         completion: Completion,
     ) -> Self {
         Self {
-            upstream: response.into_body(),
+            upstream: body,
             idle_timeout,
             sse,
             completion,
