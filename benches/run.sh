@@ -38,6 +38,7 @@ install_tools() {
   command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
   command -v hyperfine >/dev/null || missing+=(hyperfine)
   command -v curl >/dev/null || missing+=(curl)
+  command -v valgrind >/dev/null || missing+=(valgrind)
   if ((${#missing[@]})); then
     say "installing ${missing[*]}"
     local sudo=""
@@ -48,7 +49,7 @@ install_tools() {
 }
 
 wait_for_port() {
-  for _ in $(seq 100); do
+  for _ in $(seq "${2:-100}"); do
     (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null && return 0
     sleep 0.05
   done
@@ -226,6 +227,37 @@ measure_pool() {
   mapfile -t POOL < <(awk -F'│' '/t=[12]/ { v = $(NF - 3); gsub(/^ +| +$/, "", v); print v }' "$OUT/pool.txt")
 }
 
+# instructions_per_request NAME URL COMMAND...: user-space instructions per proxied request,
+# counted by callgrind. Unlike requests/s, this does not move with what else the machine runs.
+instructions_per_request() {
+  local name=$1 url=$2 pid requests total
+  shift 2
+  valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind-$name.%p" "$@" >"$WORK/callgrind-$name.log" 2>&1 &
+  pid=$!
+  local address=${url#http://}
+  wait_for_port "${address%%/*}" 600
+  wrk -t1 -c4 -d2s -s "$WORK/body.lua" "$url" >/dev/null
+  callgrind_control -z "$pid" >/dev/null
+  requests=$(wrk -t1 -c4 -d5s -s "$WORK/body.lua" "$url" | awk '/requests in/ { print $1 }')
+  callgrind_control -d "$pid" >/dev/null
+  kill "$pid"
+  wait "$pid" 2>/dev/null || true
+  total=$(callgrind_annotate "$(ls -t "$WORK/callgrind-$name".*.* | head -1)" 2>/dev/null |
+    awk '/PROGRAM TOTALS/ { gsub(/,/, "", $1); print $1 }')
+  echo $((total / requests))
+}
+
+measure_instructions() {
+  local port=19250 nginx_port=19350
+  INSTR_AIBRIDGE=$(instructions_per_request aibridge "http://127.0.0.1:$port/anthropic/v1/messages" \
+    target/release/aibridge serve --no-state --workers 1 --listen "127.0.0.1:$port")
+  sed -e "s/listen $NGINX;/listen 127.0.0.1:$nginx_port;/" -e 's/^worker_processes 2;/worker_processes 1; master_process off;/' \
+    -e "s|^pid .*|pid $WORK/nginx-callgrind.pid;|" "$WORK/nginx.conf" >"$WORK/nginx-callgrind.conf"
+  INSTR_NGINX=$(instructions_per_request nginx "http://127.0.0.1:$nginx_port/v1/messages" \
+    "$(command -v nginx || echo /usr/sbin/nginx)" -p "$WORK" -c "$WORK/nginx-callgrind.conf" -g 'daemon off;')
+  say "instructions per request: aibridge $INSTR_AIBRIDGE, nginx $INSTR_NGINX"
+}
+
 verdict() { awk -v v="$1" -v limit="$2" 'BEGIN { print (v + 0 <= limit + 0) ? "met" : "missed" }'; }
 
 main() {
@@ -251,6 +283,7 @@ main() {
   measure_failover
   measure_send
   measure_pool
+  measure_instructions
 
   local report="$OUT/report.md"
   {
@@ -265,6 +298,7 @@ main() {
     done
     echo "| stream: first byte ms (median of $STREAM_RUNS) | $DIRECT_FIRST | $BRIDGE_FIRST | | +$(calc "$BRIDGE_FIRST - $DIRECT_FIRST") ms | |"
     echo "| stream: last byte ms (20 events, 10 ms apart) | $DIRECT_LAST | $BRIDGE_LAST | | +$(calc "$BRIDGE_LAST - $DIRECT_LAST") ms | |"
+    echo "| user-space instructions per request (callgrind, 1 worker) | | $INSTR_AIBRIDGE | $INSTR_NGINX | | $(calc "$INSTR_AIBRIDGE / $INSTR_NGINX")x |"
     echo
     echo "| measure | figure | target | |"
     echo "|---|---|---|---|"

@@ -8,14 +8,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, Method, Uri, header};
-use http_body_util::Full;
 
 use crate::config::ProviderConfig;
 use crate::keypool::{Clock, Exhausted, KeyState, Pool, PoolError};
 use crate::provider::{ProviderKind, caller_credential};
 use crate::secret::ApiKey;
 use crate::state::Observation;
-use crate::transport::{self, HttpClient, Response, TlsSetupError};
+use crate::transport::{self, HttpClient, Response};
 
 /// A provider as the walker uses it: where to send, and the keys to send with.
 #[derive(Debug)]
@@ -190,11 +189,11 @@ pub struct Walker {
 
 impl Walker {
     /// `response_timeout` bounds the wait for response headers on each attempt.
-    pub fn new(response_timeout: Duration) -> Result<Self, TlsSetupError> {
-        Ok(Self {
-            client: HttpClient::new()?,
+    pub fn new(client: HttpClient, response_timeout: Duration) -> Self {
+        Self {
+            client,
             response_timeout,
-        })
+        }
     }
 
     /// Sends `request` to `upstream` with `credentials`, failing over across the pool.
@@ -317,7 +316,7 @@ impl Walker {
         })?;
         let mut last_error = None;
         for _ in 0..2 {
-            let mut outbound = http::Request::new(Full::new(request.body.clone()));
+            let mut outbound = http::Request::new(request.body.clone());
             *outbound.method_mut() = request.method.clone();
             *outbound.uri_mut() = uri.clone();
             let headers = outbound.headers_mut();
@@ -333,7 +332,7 @@ impl Walker {
             }
         }
         let error = last_error.expect("the loop ran");
-        Err(FailoverError::Unreachable(error_chain(&error)))
+        Err(FailoverError::Unreachable(error_chain(&*error)))
     }
 }
 

@@ -1,14 +1,21 @@
-//! The HTTP client every subcommand sends with: hyper's pooled client over rustls.
+//! The HTTP clients aibridge sends with, behind one request and response type.
 //!
-//! A general-purpose client wraps each request in layers a bridge does not want (redirects,
-//! retries, a URL re-parsed per answer); on the proxy's hot path they cost more than the
-//! bridge's own work. Requests here carry a body that is already in memory, so a failover can
-//! replay it without copying.
+//! - reqwest, for the command line (`send`, `probe-keys`, `pool`): it honors `HTTPS_PROXY`,
+//!   `NO_PROXY` and the like, and a one-off request does not feel its per-request layers.
+//! - hyper's pooled client, for `serve`'s forwarding: reqwest wraps each request in layers a
+//!   bridge does not want (redirects, retries, the URL of every answer parsed again), and on
+//!   the hot path they cost more than the bridge's own work. When a proxy is configured in the
+//!   environment, `serve` uses reqwest too, so the proxy is honored.
+//!
+//! Requests carry a body that is already in memory, so a failover replays it without copying.
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, header};
+use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
@@ -17,11 +24,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 /// A request as aibridge sends it: the body is whole and cheap to clone.
-pub type Request = http::Request<Full<Bytes>>;
+pub type Request = http::Request<Bytes>;
 /// An answer whose body has not been read yet.
-pub type Response = http::Response<Incoming>;
-/// Why a request got no answer (connect, TLS, or the connection broke).
-pub type SendError = hyper_util::client::legacy::Error;
+pub type Response = http::Response<ResponseBody>;
+/// Why a request got no answer (connect, TLS, or the connection broke), or a body broke.
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
 const USER_AGENT: &str = concat!("aibridge/", env!("CARGO_PKG_VERSION"));
 
@@ -30,40 +37,68 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Variables that route requests through a proxy, as curl and reqwest read them.
+const PROXY_VARIABLES: [&str; 6] = [
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
 #[derive(Debug, thiserror::Error)]
-#[error("cannot set up TLS: {0}")]
-pub struct TlsSetupError(#[from] rustls::Error);
+pub enum ClientSetupError {
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("cannot set up the HTTP client: {0}")]
+    Reqwest(#[from] reqwest::Error),
+}
 
 /// A pooled HTTP/1.1 and HTTP/2 (by ALPN) client; clones share the pool.
 #[derive(Debug, Clone)]
 pub struct HttpClient {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    inner: Inner,
+}
+
+#[derive(Debug, Clone)]
+enum Inner {
+    Direct(Box<Client<HttpsConnector<HttpConnector>, Full<Bytes>>>),
+    Reqwest(reqwest::Client),
 }
 
 impl HttpClient {
-    pub fn new() -> Result<Self, TlsSetupError> {
-        let mut http = HttpConnector::new();
-        // Small requests must not wait on Nagle's algorithm.
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        // The connector sees https URLs too, and hands them to rustls.
-        http.enforce_http(false);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls_config()?)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_timer(TokioTimer::new())
-            .build(https);
-        Ok(Self { client })
+    /// For the command line: reqwest, honoring the environment's proxy settings.
+    pub fn general() -> Result<Self, ClientSetupError> {
+        Ok(Self {
+            inner: Inner::Reqwest(reqwest_builder().build()?),
+        })
+    }
+
+    /// For reaching a server on this machine: reqwest, never through a proxy.
+    pub fn local() -> Result<Self, ClientSetupError> {
+        Ok(Self {
+            inner: Inner::Reqwest(reqwest_builder().no_proxy().build()?),
+        })
+    }
+
+    /// For `serve`'s forwarding: hyper's client directly, unless the environment names a
+    /// proxy, which only reqwest honors.
+    pub fn forwarding() -> Result<Self, ClientSetupError> {
+        let proxy_configured = PROXY_VARIABLES
+            .iter()
+            .any(|name| std::env::var_os(name).is_some_and(|value| !value.is_empty()));
+        if proxy_configured {
+            return Self::general();
+        }
+        Ok(Self {
+            inner: Inner::Direct(Box::new(direct_client()?)),
+        })
     }
 
     /// Sends one request; no retries, no redirects. Adds `user-agent` and `accept` when the
     /// request has none.
-    pub async fn send(&self, mut request: Request) -> Result<Response, SendError> {
+    pub async fn send(&self, mut request: Request) -> Result<Response, Error> {
         let headers = request.headers_mut();
         headers
             .entry(header::USER_AGENT)
@@ -71,12 +106,52 @@ impl HttpClient {
         headers
             .entry(header::ACCEPT)
             .or_insert(HeaderValue::from_static("*/*"));
-        self.client.request(request).await
+        match &self.inner {
+            Inner::Direct(client) => {
+                let response = client.request(request.map(Full::new)).await?;
+                Ok(response.map(ResponseBody::Direct))
+            }
+            Inner::Reqwest(client) => {
+                let request = reqwest::Request::try_from(request)?;
+                let response = http::Response::from(client.execute(request).await?);
+                Ok(response.map(ResponseBody::Reqwest))
+            }
+        }
     }
 }
 
-/// rustls with the operating system's trust store, as browsers and curl use it.
-fn tls_config() -> Result<rustls::ClientConfig, TlsSetupError> {
+fn reqwest_builder() -> reqwest::ClientBuilder {
+    // Several crypto back ends may be linked in; name ours. Repeated calls are no-ops.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .retry(reqwest::retry::never())
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+}
+
+fn direct_client() -> Result<Client<HttpsConnector<HttpConnector>, Full<Bytes>>, ClientSetupError> {
+    let mut http = HttpConnector::new();
+    // Small requests must not wait on Nagle's algorithm.
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    // The connector sees https URLs too, and hands them to rustls.
+    http.enforce_http(false);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls_config()?)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_timer(TokioTimer::new())
+        .build(https))
+}
+
+/// rustls with the operating system's trust store, as reqwest uses it.
+fn tls_config() -> Result<rustls::ClientConfig, ClientSetupError> {
     use rustls_platform_verifier::BuilderVerifierExt;
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
@@ -86,13 +161,49 @@ fn tls_config() -> Result<rustls::ClientConfig, TlsSetupError> {
     Ok(config)
 }
 
+/// An answer's body, from whichever client sent the request.
+#[derive(Debug)]
+pub enum ResponseBody {
+    Direct(Incoming),
+    Reqwest(reqwest::Body),
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        match self.get_mut() {
+            Self::Direct(body) => Pin::new(body).poll_frame(cx).map_err(Error::from),
+            Self::Reqwest(body) => Pin::new(body).poll_frame(cx).map_err(Error::from),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Direct(body) => body.is_end_stream(),
+            Self::Reqwest(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Direct(body) => body.size_hint(),
+            Self::Reqwest(body) => body.size_hint(),
+        }
+    }
+}
+
 /// Reads an answer's whole body.
-pub async fn read_body(body: Incoming) -> Result<Bytes, hyper::Error> {
+pub async fn read_body(body: ResponseBody) -> Result<Bytes, Error> {
     Ok(body.collect().await?.to_bytes())
 }
 
 /// The next chunk of data of an answer's body; `None` at its end. Trailers are skipped.
-pub async fn next_chunk(body: &mut Incoming) -> Option<Result<Bytes, hyper::Error>> {
+pub async fn next_chunk(body: &mut ResponseBody) -> Option<Result<Bytes, Error>> {
     loop {
         match body.frame().await? {
             Ok(frame) => {
@@ -107,5 +218,5 @@ pub async fn next_chunk(body: &mut Incoming) -> Option<Result<Bytes, hyper::Erro
 
 /// The body's length when the answer declares it.
 pub fn content_length(response: &Response) -> Option<u64> {
-    hyper::body::Body::size_hint(response.body()).exact()
+    response.body().size_hint().exact()
 }

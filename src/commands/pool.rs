@@ -10,7 +10,6 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, header};
-use http_body_util::Full;
 
 use super::output::{Table, ago, seconds};
 use super::{block_on, load_config, provider_config, state_store};
@@ -255,7 +254,7 @@ struct Server {
 
 impl Server {
     fn client() -> anyhow::Result<HttpClient> {
-        HttpClient::new().context("cannot set up the HTTP client")
+        Ok(HttpClient::local()?)
     }
 
     fn new(url: &str, config: &Config) -> Self {
@@ -288,7 +287,7 @@ impl Server {
         timeout: Duration,
     ) -> anyhow::Result<(StatusCode, Bytes)> {
         let is_json = json.is_some();
-        let mut request = http::Request::new(Full::new(Bytes::from(json.unwrap_or_default())));
+        let mut request = http::Request::new(Bytes::from(json.unwrap_or_default()));
         *request.method_mut() = method;
         *request.uri_mut() = format!("{}{path}", self.base)
             .parse()
@@ -310,9 +309,11 @@ impl Server {
             let response = client
                 .send(request)
                 .await
-                .map_err(|error| anyhow!(error_chain(&error)))?;
+                .map_err(|error| anyhow!(error_chain(&*error)))?;
             let status = response.status();
-            let body = transport::read_body(response.into_body()).await?;
+            let body = transport::read_body(response.into_body())
+                .await
+                .map_err(|error| anyhow!(error_chain(&*error)))?;
             anyhow::Ok((status, body))
         };
         tokio::time::timeout(timeout, exchange)

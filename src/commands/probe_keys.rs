@@ -17,6 +17,7 @@ use crate::failover::{Upstream, Walker};
 use crate::keypool::{SystemClock, validate_keys};
 use crate::probe::{Probe, Verdict, probe};
 use crate::secret::ApiKey;
+use crate::transport::HttpClient;
 
 pub fn run(global: &GlobalArgs, args: &ProbeKeysArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(global)?;
@@ -28,7 +29,7 @@ pub fn run(global: &GlobalArgs, args: &ProbeKeysArgs) -> anyhow::Result<ExitCode
         );
     }
     let store = state_store(global, &config, args.no_state);
-    let walker = Walker::new(args.timeout).context("cannot set up the HTTP client")?;
+    let walker = Walker::new(HttpClient::general()?, args.timeout);
     let bar = progress_bar(total, !args.json && !global.quiet);
     let probes = block_on(async {
         let jobs = upstreams

@@ -23,7 +23,7 @@ use crate::failover::{
 use crate::keypool::{ExhaustionKind, KeyState, SystemClock, ceil_secs, validate_keys};
 use crate::provider::ErrorSpec;
 use crate::state::StateStore;
-use crate::transport::{self, Response};
+use crate::transport::{self, HttpClient, Response};
 
 pub fn run(global: &GlobalArgs, args: SendArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(global)?;
@@ -38,7 +38,7 @@ pub fn run(global: &GlobalArgs, args: SendArgs) -> anyhow::Result<ExitCode> {
             .context("cannot read the state file (--no-state skips it)")?;
         state.restore_into(&upstream.name, &upstream.pool);
     }
-    let walker = Walker::new(args.timeout).context("cannot set up the HTTP client")?;
+    let walker = Walker::new(HttpClient::general()?, args.timeout);
     let send = Send {
         upstream: &upstream,
         request: &request,
@@ -243,7 +243,7 @@ impl Send<'_> {
                     let _ = stdout.flush();
                     eprintln!(
                         "error: upstream stream interrupted: {}",
-                        error_chain(&error)
+                        error_chain(&*error)
                     );
                     return Ok(exit::UNREACHABLE);
                 }
@@ -271,7 +271,7 @@ impl Send<'_> {
                 let report = self.report(attempts, Some(status), Outcome::NetworkError, None);
                 print_json(&report.with_body(Value::String(format!(
                     "upstream stream interrupted: {}",
-                    error_chain(&error)
+                    error_chain(&*error)
                 ))))?;
                 return Ok(exit::UNREACHABLE);
             }

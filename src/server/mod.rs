@@ -45,6 +45,7 @@ use crate::failover::{Upstream, Walker};
 use crate::keypool::{Clock, SystemClock};
 use crate::provider::{CREDENTIAL_HEADERS, credential_in};
 use crate::state::{StateFile, StateStore};
+use crate::transport::HttpClient;
 
 pub use journal::Journal;
 use metrics::Metrics;
@@ -107,7 +108,10 @@ impl Bridge {
         Ok(Self {
             upstreams,
             walkers: (0..=workers)
-                .map(|_| Walker::new(config.serve.response_timeout))
+                .map(|_| {
+                    HttpClient::forwarding()
+                        .map(|client| Walker::new(client, config.serve.response_timeout))
+                })
                 .collect::<Result<_, _>>()
                 .context("cannot set up the HTTP client")?,
             tokens: config

@@ -231,7 +231,7 @@ async fn relay_response(
     if small {
         let body = match tokio::time::timeout(idle_timeout, transport::read_body(body)).await {
             Ok(Ok(body)) => body,
-            Ok(Err(error)) => return broken_answer(api, completion, &error_chain(&error)),
+            Ok(Err(error)) => return broken_answer(api, completion, &error_chain(&*error)),
             Err(_) => {
                 let idle = humantime::format_duration(idle_timeout);
                 return broken_answer(

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use axum::body::Body;
 use bytes::Bytes;
 use http::HeaderMap;
-use hyper::body::Incoming;
+
 use serde::Serialize;
 
 use super::AppState;
@@ -19,7 +19,7 @@ use super::usage::{RequestFacts, UsageTap};
 use crate::failover::{Attempt, OutboundRequest, Upstream, error_chain};
 use crate::keypool::KeyState;
 use crate::provider::{ApiRoute, ProviderApi};
-use crate::transport;
+use crate::transport::{self, ResponseBody};
 
 /// How much of the answer a dump keeps.
 const MAX_DUMPED_BODY: usize = 1024 * 1024;
@@ -239,7 +239,7 @@ fn millis(duration: Duration) -> f64 {
 
 /// The body of a relayed answer.
 pub struct Relay {
-    upstream: Incoming,
+    upstream: ResponseBody,
     idle_timeout: Duration,
     /// Set for SSE answers: who shapes the error event.
     sse: Option<(&'static dyn ProviderApi, ApiRoute)>,
@@ -251,7 +251,7 @@ pub struct Relay {
 
 impl Relay {
     pub fn new(
-        body: Incoming,
+        body: ResponseBody,
         idle_timeout: Duration,
         sse: Option<(&'static dyn ProviderApi, ApiRoute)>,
         completion: Completion,
@@ -286,7 +286,7 @@ impl Relay {
                 self.completion.finish("completed");
                 None
             }
-            Ok(Some(Err(error))) => self.interrupt(error_chain(&error)),
+            Ok(Some(Err(error))) => self.interrupt(error_chain(&*error)),
             Err(_) => {
                 let idle = humantime::format_duration(self.idle_timeout);
                 self.interrupt(format!("no data from upstream for {idle}"))
