@@ -992,3 +992,21 @@ fn workers_flag() {
         .code(2)
         .stderr_has("--workers");
 }
+
+#[test]
+fn a_proxy_in_the_environment_carries_forwarded_requests() {
+    let upstream = MockUpstream::start();
+    let proxy = MockUpstream::start();
+    let test = Test::new()
+        .anthropic(&upstream, &[K1])
+        .env("HTTP_PROXY", &proxy.url());
+    let server = test.serve();
+    let response = client()
+        .post(server.url("/anthropic/v1/messages"))
+        .body("{}")
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(proxy.keys_used(), [K1]);
+    assert!(upstream.requests().is_empty());
+}
