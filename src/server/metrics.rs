@@ -1,12 +1,15 @@
 //! Prometheus metrics for `GET /metrics`.
 
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::failover::Upstream;
@@ -30,52 +33,22 @@ struct ExhaustionLabels {
     kind: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ProviderLabels {
-    provider: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RequestLabels {
-    provider: String,
-    route: &'static str,
-    status: u16,
-}
-
-type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
-
 pub struct Metrics {
     registry: Registry,
     keys: Family<KeyLabels, Gauge>,
     transitions: Family<TransitionLabels, Counter>,
     exhaustions: Family<ExhaustionLabels, Counter>,
-    attempts: HistogramFamily<ProviderLabels>,
-    requests: Family<RequestLabels, Counter>,
-    upstream_latency: HistogramFamily<ProviderLabels>,
-    added_latency: Histogram,
-}
-
-fn attempt_buckets() -> Histogram {
-    Histogram::new([0.0, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0])
-}
-
-fn upstream_buckets() -> Histogram {
-    // 1 ms .. ~65 s
-    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+    requests: Arc<RequestStats>,
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    /// `threads`: how many threads record requests, each into its own shard.
+    pub fn new(threads: usize) -> Self {
         let mut registry = Registry::default();
         let keys = Family::default();
         let transitions = Family::default();
         let exhaustions = Family::default();
-        let attempts = HistogramFamily::new_with_constructor(attempt_buckets as fn() -> Histogram);
-        let requests = Family::default();
-        let upstream_latency =
-            HistogramFamily::new_with_constructor(upstream_buckets as fn() -> Histogram);
-        // 10 us .. ~80 ms
-        let added_latency = Histogram::new(exponential_buckets(0.000_01, 2.0, 14));
+        let requests = Arc::new(RequestStats::new(threads));
         registry.register("aibridge_keys", "Keys per provider and state", keys.clone());
         registry.register(
             "aibridge_key_transitions",
@@ -87,35 +60,13 @@ impl Metrics {
             "Requests that found no usable key, by kind",
             exhaustions.clone(),
         );
-        registry.register(
-            "aibridge_attempts_per_request",
-            "Upstream attempts per request",
-            attempts.clone(),
-        );
-        registry.register(
-            "aibridge_requests",
-            "Requests by provider, route and status",
-            requests.clone(),
-        );
-        registry.register(
-            "aibridge_upstream_latency_seconds",
-            "Time from sending an attempt to its response headers",
-            upstream_latency.clone(),
-        );
-        registry.register(
-            "aibridge_added_latency_seconds",
-            "Time the bridge itself adds before the response starts",
-            added_latency.clone(),
-        );
+        registry.register_collector(Box::new(requests.clone()));
         Self {
             registry,
             keys,
             transitions,
             exhaustions,
-            attempts,
             requests,
-            upstream_latency,
-            added_latency,
         }
     }
 
@@ -142,29 +93,20 @@ impl Metrics {
     }
 
     pub fn request(&self, provider: &str, route: &'static str, status: u16, attempts: usize) {
-        let labels = RequestLabels {
-            provider: provider.to_owned(),
-            route,
-            status,
-        };
-        self.requests.get_or_create(&labels).inc();
-        let labels = ProviderLabels {
-            provider: provider.to_owned(),
-        };
+        let mut shard = self.requests.shard();
+        let stats = shard.provider(provider);
+        stats.count(route, status, 1);
         // Zero attempts is a real value: every key was already marked.
-        self.attempts
-            .get_or_create(&labels)
-            .observe(attempts as f64);
+        stats.attempts.observe(attempts as f64);
     }
 
     pub fn latency(&self, provider: &str, upstream: Duration, added: Duration) {
-        let labels = ProviderLabels {
-            provider: provider.to_owned(),
-        };
-        self.upstream_latency
-            .get_or_create(&labels)
+        let mut shard = self.requests.shard();
+        shard
+            .provider(provider)
+            .upstream_latency
             .observe(upstream.as_secs_f64());
-        self.added_latency.observe(added.as_secs_f64());
+        shard.added_latency.observe(added.as_secs_f64());
     }
 
     /// The exposition text, with the key gauges read from the pools now.
@@ -190,5 +132,298 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String cannot fail");
         text
+    }
+}
+
+/// Upstream attempts per request.
+const ATTEMPT_BOUNDS: [f64; 9] = [0.0, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0];
+/// 1 ms .. ~65 s.
+const UPSTREAM_BOUNDS: [f64; 17] = exponential_bounds(0.001);
+/// 10 us .. ~80 ms.
+const ADDED_BOUNDS: [f64; 14] = exponential_bounds(0.000_01);
+
+const fn exponential_bounds<const N: usize>(start: f64) -> [f64; N] {
+    let mut bounds = [0.0; N];
+    let mut index = 0;
+    let mut bound = start;
+    while index < N {
+        bounds[index] = bound;
+        bound *= 2.0;
+        index += 1;
+    }
+    bounds
+}
+
+/// The per-request series. Every worker thread records into a shard of its own, and a
+/// scrape adds the shards up, so recording a request takes no lock another core holds and
+/// writes no cache line another core reads.
+#[derive(Debug)]
+struct RequestStats {
+    shards: Box<[Padded]>,
+}
+
+/// Keeps each shard on cache lines of its own.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded(Mutex<Shard>);
+
+#[derive(Debug)]
+struct Shard {
+    /// A handful of providers: a scan is cheaper than hashing the name.
+    providers: Vec<ProviderStats>,
+    added_latency: Buckets,
+}
+
+#[derive(Debug)]
+struct ProviderStats {
+    provider: String,
+    /// Requests by route and status.
+    requests: Vec<(&'static str, u16, u64)>,
+    attempts: Buckets,
+    upstream_latency: Buckets,
+}
+
+/// A histogram's counts: one per bound, then the overflow.
+#[derive(Debug)]
+struct Buckets {
+    bounds: &'static [f64],
+    counts: Box<[u64]>,
+    sum: f64,
+}
+
+impl RequestStats {
+    fn new(threads: usize) -> Self {
+        Self {
+            shards: (0..threads.max(1)).map(|_| Padded::default()).collect(),
+        }
+    }
+
+    /// The calling thread's shard; threads that are not workers share the last one.
+    fn shard(&self) -> MutexGuard<'_, Shard> {
+        lock(&self.shards[super::thread_slot(self.shards.len())].0)
+    }
+
+    /// All shards added up.
+    fn total(&self) -> Shard {
+        let mut total = Shard::default();
+        for shard in &self.shards {
+            total.add(&lock(&shard.0));
+        }
+        total
+    }
+}
+
+/// Counts cannot be torn, so a shard stays usable after a panic while it was held.
+fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    shard.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Self {
+            providers: Vec::new(),
+            added_latency: Buckets::new(&ADDED_BOUNDS),
+        }
+    }
+}
+
+impl Shard {
+    fn provider(&mut self, name: &str) -> &mut ProviderStats {
+        let index = match self
+            .providers
+            .iter()
+            .position(|stats| stats.provider == name)
+        {
+            Some(index) => index,
+            None => {
+                self.providers.push(ProviderStats::new(name));
+                self.providers.len() - 1
+            }
+        };
+        &mut self.providers[index]
+    }
+
+    fn add(&mut self, other: &Shard) {
+        for theirs in &other.providers {
+            let ours = self.provider(&theirs.provider);
+            for &(route, status, count) in &theirs.requests {
+                ours.count(route, status, count);
+            }
+            ours.attempts.add(&theirs.attempts);
+            ours.upstream_latency.add(&theirs.upstream_latency);
+        }
+        self.added_latency.add(&other.added_latency);
+    }
+}
+
+impl ProviderStats {
+    fn new(provider: &str) -> Self {
+        Self {
+            provider: provider.to_owned(),
+            requests: Vec::new(),
+            attempts: Buckets::new(&ATTEMPT_BOUNDS),
+            upstream_latency: Buckets::new(&UPSTREAM_BOUNDS),
+        }
+    }
+
+    fn count(&mut self, route: &'static str, status: u16, count: u64) {
+        let existing = self
+            .requests
+            .iter_mut()
+            .find(|(r, s, _)| *r == route && *s == status);
+        match existing {
+            Some((_, _, total)) => *total += count,
+            None => self.requests.push((route, status, count)),
+        }
+    }
+}
+
+impl Buckets {
+    fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            counts: vec![0; bounds.len() + 1].into(),
+            sum: 0.0,
+        }
+    }
+
+    fn observe(&mut self, value: f64) {
+        self.sum += value;
+        let index = self.bounds.partition_point(|bound| *bound < value);
+        self.counts[index] += 1;
+    }
+
+    fn add(&mut self, other: &Self) {
+        for (ours, theirs) in self.counts.iter_mut().zip(&other.counts) {
+            *ours += theirs;
+        }
+        self.sum += other.sum;
+    }
+
+    fn encode(&self, encoder: &mut MetricEncoder) -> fmt::Result {
+        let buckets: Vec<(f64, u64)> = self
+            .bounds
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(self.counts.iter().copied())
+            .collect();
+        let count = self.counts.iter().sum();
+        encoder.encode_histogram::<NoLabelSet>(self.sum, count, &buckets, None)
+    }
+}
+
+impl Collector for RequestStats {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let total = self.total();
+        let mut requests = encoder.encode_descriptor(
+            "aibridge_requests",
+            "Requests by provider, route and status",
+            None,
+            MetricType::Counter,
+        )?;
+        for stats in &total.providers {
+            for &(route, status, count) in &stats.requests {
+                let labels = (
+                    [("provider", stats.provider.as_str()), ("route", route)],
+                    [("status", status)],
+                );
+                requests
+                    .encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&count, None)?;
+            }
+        }
+        encode_per_provider(
+            &mut encoder,
+            "aibridge_attempts_per_request",
+            "Upstream attempts per request",
+            &total.providers,
+            |stats| &stats.attempts,
+        )?;
+        encode_per_provider(
+            &mut encoder,
+            "aibridge_upstream_latency_seconds",
+            "Time from sending an attempt to its response headers",
+            &total.providers,
+            |stats| &stats.upstream_latency,
+        )?;
+        let mut added = encoder.encode_descriptor(
+            "aibridge_added_latency_seconds",
+            "Time the bridge itself adds before the response starts",
+            None,
+            MetricType::Histogram,
+        )?;
+        total.added_latency.encode(&mut added)
+    }
+}
+
+fn encode_per_provider(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    providers: &[ProviderStats],
+    histogram: impl Fn(&ProviderStats) -> &Buckets,
+) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    for stats in providers {
+        let labels = [("provider", stats.provider.as_str())];
+        histogram(stats).encode(&mut family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exposition(stats: RequestStats) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(stats));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        text
+    }
+
+    #[test]
+    fn shards_add_up_when_scraped() {
+        let stats = RequestStats::new(2);
+        for shard in &stats.shards {
+            let mut shard = lock(&shard.0);
+            let anthropic = shard.provider("anthropic");
+            anthropic.count("messages", 200, 1);
+            anthropic.attempts.observe(1.0);
+            shard.added_latency.observe(0.000_02);
+        }
+        lock(&stats.shards[1].0)
+            .provider("openai")
+            .count("responses", 429, 1);
+        let text = exposition(stats);
+        for line in [
+            "aibridge_requests_total{provider=\"anthropic\",route=\"messages\",status=\"200\"} 2",
+            "aibridge_requests_total{provider=\"openai\",route=\"responses\",status=\"429\"} 1",
+            "aibridge_attempts_per_request_count{provider=\"anthropic\"} 2",
+            "aibridge_attempts_per_request_bucket{le=\"1.0\",provider=\"anthropic\"} 2",
+            "aibridge_added_latency_seconds_count 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_value_on_a_bound_falls_in_its_bucket() {
+        let mut buckets = Buckets::new(&ATTEMPT_BOUNDS);
+        for value in [0.0, 1.0, 1.5, 1000.0] {
+            buckets.observe(value);
+        }
+        assert_eq!(buckets.counts[..3], [1, 1, 1]);
+        assert_eq!(buckets.counts[ATTEMPT_BOUNDS.len()], 1);
+        assert_eq!(buckets.sum, 1002.5);
+    }
+
+    #[test]
+    fn exponential_bounds_double() {
+        assert_eq!(UPSTREAM_BOUNDS[0], 0.001);
+        assert_eq!(UPSTREAM_BOUNDS[16], 65.536);
+        assert_eq!(ADDED_BOUNDS[13], 0.081_92);
     }
 }

@@ -73,6 +73,13 @@ thread_local! {
     static WORKER: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
 }
 
+/// Which of `slots` per-thread slots (one per worker, then one for every other thread) the
+/// calling thread uses.
+fn thread_slot(slots: usize) -> usize {
+    let shared = slots.saturating_sub(1);
+    WORKER.get().map_or(shared, |worker| worker.min(shared))
+}
+
 /// What one configuration builds: swapped whole on reload.
 pub struct Bridge {
     upstreams: BTreeMap<String, Upstream>,
@@ -132,8 +139,7 @@ impl Bridge {
 
     /// The HTTP client of the calling thread.
     fn walker(&self) -> &Walker {
-        let control = self.walkers.len() - 1;
-        &self.walkers[WORKER.get().map_or(control, |worker| worker.min(control))]
+        &self.walkers[thread_slot(self.walkers.len())]
     }
 
     fn provider_names(&self) -> Vec<&str> {
@@ -235,7 +241,7 @@ pub fn run(config: Config, options: ServerOptions) -> anyhow::Result<()> {
     let app: &'static AppState = control.block_on(async {
         Box::leak(Box::new(AppState {
             bridge: ArcSwap::from_pointee(bridge),
-            metrics: Metrics::new(),
+            metrics: Metrics::new(workers + 1),
             journal,
             state_sync: options.store.clone().map(StateSync::start),
             store: options.store,
