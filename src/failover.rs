@@ -7,7 +7,8 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, Method, Uri, header};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderMap, Method, Uri, header};
 
 use crate::config::ProviderConfig;
 use crate::keypool::{Clock, Exhausted, KeyState, Pool, PoolError};
@@ -22,8 +23,7 @@ pub struct Upstream {
     pub name: String,
     pub kind: ProviderKind,
     pub base_url: String,
-    /// `base_url` normalized (percent-encoded), so a request only appends its path.
-    request_base: String,
+    destination: Destination,
     pub enabled: bool,
     /// Whether a caller's own credential takes the place of the pool.
     pub byok: bool,
@@ -39,8 +39,7 @@ impl Upstream {
             name: config.name.clone(),
             kind: config.kind,
             base_url: config.base_url.clone(),
-            request_base: crate::config::normalized_base_url(&config.base_url)
-                .expect("the config validated base_url"),
+            destination: Destination::parse(&config.base_url),
             enabled: config.enabled,
             byok: config.byok,
             pool: Pool::new(config.keys.clone(), config.pool, clock)?,
@@ -48,13 +47,8 @@ impl Upstream {
     }
 
     /// `base_url` joined with a request's path and query.
-    fn uri_for(&self, path_and_query: &str) -> Result<Uri, http::uri::InvalidUri> {
-        let separator = if path_and_query.starts_with('/') {
-            ""
-        } else {
-            "/"
-        };
-        Uri::try_from(format!("{}{separator}{path_and_query}", self.request_base))
+    fn uri_for(&self, path_and_query: &str) -> Result<Uri, http::Error> {
+        self.destination.uri_for(path_and_query)
     }
 
     fn missing_key_hint(&self) -> String {
@@ -109,14 +103,85 @@ pub enum Credentials {
     Caller(ApiKey),
 }
 
+/// `base_url` split once into what every request's URL shares.
+#[derive(Debug)]
+struct Destination {
+    scheme: Scheme,
+    authority: Authority,
+    /// The base URL's own path, without a trailing slash; usually empty.
+    base_path: String,
+}
+
+impl Destination {
+    fn parse(base_url: &str) -> Self {
+        let normalized =
+            crate::config::normalized_base_url(base_url).expect("the config validated base_url");
+        let parts = Uri::try_from(normalized)
+            .expect("normalized_base_url checked the URL")
+            .into_parts();
+        let base_path = parts
+            .path_and_query
+            .as_ref()
+            .map_or("", PathAndQuery::path)
+            .trim_end_matches('/')
+            .to_owned();
+        Self {
+            scheme: parts.scheme.expect("the base URL has a scheme"),
+            authority: parts.authority.expect("the base URL has a host"),
+            base_path,
+        }
+    }
+
+    fn uri_for(&self, path_and_query: &str) -> Result<Uri, http::Error> {
+        let separator = if path_and_query.starts_with('/') {
+            ""
+        } else {
+            "/"
+        };
+        let path = if self.base_path.is_empty() && separator.is_empty() {
+            PathAndQuery::try_from(path_and_query)?
+        } else {
+            PathAndQuery::try_from(format!("{}{separator}{path_and_query}", self.base_path))?
+        };
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path)
+            .build()
+    }
+}
+
 /// A request, read in full once and replayed as is on every attempt.
 #[derive(Debug, Clone)]
 pub struct OutboundRequest {
     pub method: Method,
     /// Path and query, appended to the provider's base URL.
     pub path_and_query: String,
-    pub headers: HeaderMap,
+    /// As forwarded: without hop-by-hop headers (see [`strip_hop_by_hop`]).
+    headers: HeaderMap,
     pub body: Bytes,
+}
+
+impl OutboundRequest {
+    pub fn new(
+        method: Method,
+        path_and_query: String,
+        mut headers: HeaderMap,
+        body: Bytes,
+    ) -> Self {
+        // Once here rather than on every attempt.
+        strip_hop_by_hop(&mut headers);
+        Self {
+            method,
+            path_and_query,
+            headers,
+            body,
+        }
+    }
+
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
 }
 
 /// One try with one key.
@@ -321,7 +386,6 @@ impl Walker {
             *outbound.uri_mut() = uri.clone();
             let headers = outbound.headers_mut();
             headers.clone_from(&request.headers);
-            strip_hop_by_hop(headers);
             if let Some(key) = key {
                 upstream.kind.api().apply_key(headers, key);
             }
@@ -404,22 +468,9 @@ fn is_dropped_when_forwarding(name: &str) -> bool {
     )
 }
 
-/// A copy without hop-by-hop headers, `host` and `content-length` (see [`strip_hop_by_hop`]).
-pub fn forwardable_headers(headers: &HeaderMap) -> HeaderMap {
-    let mut forwarded = headers.clone();
-    strip_hop_by_hop(&mut forwarded);
-    forwarded
-}
-
 /// Drops hop-by-hop headers (and those `Connection` names), plus `host` and
 /// `content-length`, which the HTTP client sets for the next hop.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // A removal is a hash lookup: remove only the names the message has, found in one pass.
-    let present: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| is_dropped_when_forwarding(name.as_str()))
-        .cloned()
-        .collect();
     let named_by_connection: Vec<String> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -427,7 +478,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .flat_map(|value| value.split(','))
         .map(|name| name.trim().to_ascii_lowercase())
         .collect();
-    for name in present {
+    // A removal is a hash lookup, so only the names the message has are removed; a message
+    // has a few, and finding each by a scan allocates nothing.
+    while let Some(name) = headers
+        .keys()
+        .find(|name| is_dropped_when_forwarding(name.as_str()))
+        .cloned()
+    {
         headers.remove(name);
     }
     for name in named_by_connection {
@@ -437,6 +494,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 #[cfg(test)]
 mod tests {
+    use http::HeaderName;
+
     use super::*;
 
     #[test]
@@ -454,8 +513,8 @@ mod tests {
         ] {
             headers.insert(HeaderName::from_static(name), value.parse().unwrap());
         }
-        let forwarded = forwardable_headers(&headers);
-        let mut names: Vec<_> = forwarded.keys().map(HeaderName::as_str).collect();
+        strip_hop_by_hop(&mut headers);
+        let mut names: Vec<_> = headers.keys().map(HeaderName::as_str).collect();
         names.sort_unstable();
         assert_eq!(names, ["anthropic-version", "user-agent"]);
     }

@@ -68,12 +68,12 @@ pub async fn probe(walker: &Walker, upstream: &Upstream, index: usize, timeout: 
 
 async fn probe_once(walker: &Walker, upstream: &Upstream, index: usize) -> Probe {
     let key = upstream.pool.key(index);
-    let request = OutboundRequest {
-        method: Method::GET,
-        path_and_query: upstream.kind.api().probe_path().to_owned(),
-        headers: HeaderMap::new(),
-        body: Bytes::new(),
-    };
+    let request = OutboundRequest::new(
+        Method::GET,
+        upstream.kind.api().probe_path().to_owned(),
+        HeaderMap::new(),
+        Bytes::new(),
+    );
     let started = Instant::now();
     let result = walker.send_with_key(upstream, &request, key.key()).await;
     let mut probe = Probe::unanswered(upstream, index);

@@ -30,7 +30,7 @@ pub fn run(global: &GlobalArgs, args: SendArgs) -> anyhow::Result<ExitCode> {
     let provider = provider_for_run(&config, &args)?;
     let request = build_request(&args, &provider)?;
     let upstream = Upstream::from_config(&provider, Arc::new(SystemClock))?;
-    let credentials = upstream.credentials_for(&request.headers, true)?;
+    let credentials = upstream.credentials_for(request.headers(), true)?;
     let store = state_store(global, &config, args.no_state);
     if let Some(store) = &store {
         let state = store
@@ -102,12 +102,7 @@ fn build_request(args: &SendArgs, provider: &ProviderConfig) -> anyhow::Result<O
             HeaderValue::from_static("application/json"),
         );
     }
-    Ok(OutboundRequest {
-        method,
-        path_and_query,
-        headers,
-        body,
-    })
+    Ok(OutboundRequest::new(method, path_and_query, headers, body))
 }
 
 fn read_body(data: Option<&str>) -> anyhow::Result<Bytes> {

@@ -16,8 +16,7 @@ use super::relay::{Completion, Relay, RequestRecord};
 use super::state_sync::StateChange;
 use super::{AppState, Bridge};
 use crate::failover::{
-    Attempt, Credentials, FailoverError, OutboundRequest, Upstream, error_chain,
-    forwardable_headers, strip_hop_by_hop,
+    Attempt, Credentials, FailoverError, OutboundRequest, Upstream, error_chain, strip_hop_by_hop,
 };
 use crate::provider::{
     ApiRoute, CREDENTIAL_HEADERS, ErrorSpec, ProviderApi, ProviderKind, credential_in,
@@ -136,12 +135,7 @@ where
     let credentials = upstream
         .credentials_for(&headers, upstream.byok)
         .map_err(|error| failover_error_spec(&error))?;
-    let request = OutboundRequest {
-        method: parts.method,
-        path_and_query,
-        headers,
-        body,
-    };
+    let request = OutboundRequest::new(parts.method, path_and_query, headers, body);
     Ok((request, credentials))
 }
 
@@ -352,7 +346,7 @@ pub fn dump_request(
     credentials: &Credentials,
     attempt: &Attempt,
 ) -> AttemptDump {
-    let mut headers = forwardable_headers(&request.headers);
+    let mut headers = request.headers().clone();
     match credentials {
         Credentials::Pool => upstream
             .kind
