@@ -62,7 +62,8 @@ rss_mb() { awk '/VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
 start_services() {
   ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
   target/release/examples/mock_upstream --listen "$MOCK" --events 20 --gap-ms 10 2>"$WORK/mock.log" &
-  PIDS+=($!)
+  MOCK_PID=$!
+  PIDS+=($MOCK_PID)
   # Long streams for the open-streams memory test: 60 events, 500 ms apart.
   target/release/examples/mock_upstream --listen "$SLOW_MOCK" --events 60 --gap-ms 500 2>"$WORK/slow-mock.log" &
   PIDS+=($!)
@@ -118,7 +119,8 @@ http {
 }
 EOF
   "$(command -v nginx || echo /usr/sbin/nginx)" -p "$WORK" -c "$WORK/nginx.conf" -g 'daemon off;' &
-  PIDS+=($!)
+  NGINX_PID=$!
+  PIDS+=($NGINX_PID)
   for port in "$MOCK" "$SLOW_MOCK" "$BRIDGE" "$NGINX"; do wait_for_port "$port"; done
 }
 
@@ -139,6 +141,9 @@ wrk.headers["anthropic-version"] = "2023-06-01"
 wrk.headers["x-api-key"] = "sk-bench-good-0000000000000000000001"
 EOF
   done
+  # The same requests, each connection pausing 1 ms after every answer: a load the machine
+  # keeps up with, so latency shows the work per request rather than a queue.
+  { cat "$WORK/body.lua"; echo 'function delay() return 1 end'; } >"$WORK/paced.lua"
 }
 
 # wrk latency cell ("51.00us", "1.2ms", "2s") -> milliseconds
@@ -149,13 +154,14 @@ to_ms() {
     printf "%.3f", n }'
 }
 
-# run_wrk NAME URL CONNECTIONS -> sets RPS[NAME] P50[NAME] P99[NAME]
+# run_wrk NAME URL CONNECTIONS [SCRIPT] -> sets RPS[NAME] P50[NAME] P99[NAME]
 declare -A RPS P50 P99
+ON_CLIENT_CORE=""
 run_wrk() {
-  local name=$1 url=$2 connections=$3 threads=2 log
+  local name=$1 url=$2 connections=$3 script=${4:-body} threads=2 log
   ((connections < 2)) && threads=1
   log="$OUT/wrk-$name.txt"
-  wrk -t"$threads" -c"$connections" -d"${SECONDS_PER_RUN}s" --latency -s "$WORK/body.lua" "$url" >"$log"
+  $ON_CLIENT_CORE wrk -t"$threads" -c"$connections" -d"${SECONDS_PER_RUN}s" --latency -s "$WORK/$script.lua" "$url" >"$log"
   if grep -q "Non-2xx" "$log"; then
     say "$name: errors during the run"; cat "$log" >&2; exit 1
   fi
@@ -258,6 +264,75 @@ measure_instructions() {
   say "instructions per request: aibridge $INSTR_AIBRIDGE, nginx $INSTR_NGINX"
 }
 
+# CPU time (user and system ticks) that processes have used so far.
+cpu_ticks() {
+  local pid
+  for pid in "$@"; do awk '{ print $14, $15 }' "/proc/$pid/stat"; done |
+    awk '{ user += $1; sys += $2 } END { print user, sys }'
+}
+
+# cpu_per_request NAME URL PIDS...: wrk at c=16 against URL; sets CPU_USER[NAME] and
+# CPU_SYSTEM[NAME], the processes' CPU time in microseconds per request.
+declare -A CPU_USER CPU_SYSTEM
+cpu_per_request() {
+  local name=$1 url=$2 before after requests
+  shift 2
+  before=$(cpu_ticks "$@")
+  requests=$(wrk -t2 -c16 -d"${SECONDS_PER_RUN}s" -s "$WORK/body.lua" "$url" | awk '/requests in/ { print $1 }')
+  after=$(cpu_ticks "$@")
+  read -r "CPU_USER[$name]" "CPU_SYSTEM[$name]" < <(echo "$before $after" |
+    awk -v n="$requests" -v hz="$(getconf CLK_TCK)" \
+      '{ printf "%.1f %.1f\n", ($3 - $1) * 1e6 / hz / n, ($4 - $2) * 1e6 / hz / n }')
+  say "$name: ${CPU_USER[$name]} us user + ${CPU_SYSTEM[$name]} us system per request"
+}
+
+measure_cpu() {
+  cpu_per_request aibridge "http://$BRIDGE/anthropic/v1/messages" "$BRIDGE_PID"
+  # shellcheck disable=SC2046
+  cpu_per_request nginx "http://$NGINX/v1/messages" $(pgrep -P "$NGINX_PID")
+}
+
+# pin CPUS PIDS...: moves every thread of the processes onto CPUS.
+pin() {
+  local cpus=$1 pid
+  shift
+  for pid in "$@"; do taskset -a -p -c "$cpus" "$pid" >/dev/null; done
+}
+
+# The proxy on a core of its own, wrk and the mock on the other, as a gateway runs in
+# production: beside neither its clients nor the provider.
+measure_pinned() {
+  local workers
+  workers=$(pgrep -P "$NGINX_PID" | tr '\n' ' ')
+  # shellcheck disable=SC2086
+  pin 1 "$BRIDGE_PID" $workers
+  pin 0 "$MOCK_PID"
+  ON_CLIENT_CORE="taskset -c 0"
+  local mode
+  for mode in body paced; do
+    run_wrk "direct-pinned-$mode" "http://$MOCK/v1/messages" 16 "$mode"
+    run_wrk "aibridge-pinned-$mode" "http://$BRIDGE/anthropic/v1/messages" 16 "$mode"
+    run_wrk "nginx-pinned-$mode" "http://$NGINX/v1/messages" 16 "$mode"
+  done
+  ON_CLIENT_CORE=""
+  # shellcheck disable=SC2086
+  pin "0-$(($(nproc) - 1))" "$BRIDGE_PID" $workers "$MOCK_PID"
+}
+
+# rows LABEL SUFFIX: requests/s, p50 and p99 of the direct-, aibridge- and nginx-SUFFIX runs.
+rows() {
+  local label=$1 d=direct-$2 a=aibridge-$2 n=nginx-$2
+  echo "| $label requests/s | ${RPS[$d]} | ${RPS[$a]} | ${RPS[$n]} | $(calc "${RPS[$a]} / ${RPS[$d]}")x | $(calc "${RPS[$a]} / ${RPS[$n]}")x |"
+  echo "| $label p50 ms | ${P50[$d]} | ${P50[$a]} | ${P50[$n]} | +$(calc "${P50[$a]} - ${P50[$d]}") ms | $(calc "${P50[$a]} - ${P50[$n]}") ms |"
+  echo "| $label p99 ms | ${P99[$d]} | ${P99[$a]} | ${P99[$n]} | +$(calc "${P99[$a]} - ${P99[$d]}") ms | $(calc "${P99[$a]} - ${P99[$n]}") ms |"
+}
+
+# added NAME-SUFFIX COLUMN: what the bridge adds to direct, in ms, at p50 or p99.
+added() {
+  local -n column=$2
+  calc "${column[aibridge-$1]} - ${column[direct-$1]}"
+}
+
 verdict() { awk -v v="$1" -v limit="$2" 'BEGIN { print (v + 0 <= limit + 0) ? "met" : "missed" }'; }
 
 main() {
@@ -273,6 +348,13 @@ main() {
     run_wrk "aibridge-$c" "http://$BRIDGE/anthropic/v1/messages" "$c"
     run_wrk "nginx-$c" "http://$NGINX/v1/messages" "$c"
   done
+
+  measure_cpu
+  PINNED=""
+  if (($(nproc) >= 2)); then
+    measure_pinned
+    PINNED=yes
+  fi
 
   stream_times "http://$MOCK/v1/messages"
   DIRECT_FIRST=$FIRST DIRECT_LAST=$LAST
@@ -291,20 +373,28 @@ main() {
     echo
     echo "| measure | direct | aibridge | nginx | aibridge vs direct | aibridge vs nginx |"
     echo "|---|---|---|---|---|---|"
-    for c in 1 16 64; do
-      echo "| c=$c requests/s | ${RPS[direct-$c]} | ${RPS[aibridge-$c]} | ${RPS[nginx-$c]} | $(calc "${RPS[aibridge-$c]} / ${RPS[direct-$c]}")x | $(calc "${RPS[aibridge-$c]} / ${RPS[nginx-$c]}")x |"
-      echo "| c=$c p50 ms | ${P50[direct-$c]} | ${P50[aibridge-$c]} | ${P50[nginx-$c]} | +$(calc "${P50[aibridge-$c]} - ${P50[direct-$c]}") ms | $(calc "${P50[aibridge-$c]} - ${P50[nginx-$c]}") ms |"
-      echo "| c=$c p99 ms | ${P99[direct-$c]} | ${P99[aibridge-$c]} | ${P99[nginx-$c]} | +$(calc "${P99[aibridge-$c]} - ${P99[direct-$c]}") ms | $(calc "${P99[aibridge-$c]} - ${P99[nginx-$c]}") ms |"
-    done
+    for c in 1 16 64; do rows "c=$c" "$c"; done
+    echo "| c=16 CPU per request, user + system µs | | ${CPU_USER[aibridge]} + ${CPU_SYSTEM[aibridge]} | ${CPU_USER[nginx]} + ${CPU_SYSTEM[nginx]} | | $(calc "(${CPU_USER[aibridge]} + ${CPU_SYSTEM[aibridge]}) / (${CPU_USER[nginx]} + ${CPU_SYSTEM[nginx]})")x |"
+    if [ -n "$PINNED" ]; then
+      rows "c=16, proxy on its own core:" pinned-body
+      rows "c=16 paced, proxy on its own core:" pinned-paced
+    fi
     echo "| stream: first byte ms (median of $STREAM_RUNS) | $DIRECT_FIRST | $BRIDGE_FIRST | | +$(calc "$BRIDGE_FIRST - $DIRECT_FIRST") ms | |"
     echo "| stream: last byte ms (20 events, 10 ms apart) | $DIRECT_LAST | $BRIDGE_LAST | | +$(calc "$BRIDGE_LAST - $DIRECT_LAST") ms | |"
     echo "| user-space instructions per request (callgrind, 1 worker) | | $INSTR_AIBRIDGE | $INSTR_NGINX | | $(calc "$INSTR_AIBRIDGE / $INSTR_NGINX")x |"
     echo
     echo "| measure | figure | target | |"
     echo "|---|---|---|---|"
-    echo "| added latency p50, c=16 | $(calc "${P50[aibridge-16]} - ${P50[direct-16]}") ms | < 0.1 ms | $(verdict "$(calc "${P50[aibridge-16]} - ${P50[direct-16]}")" 0.1) |"
-    echo "| added latency p99, c=16 | $(calc "${P99[aibridge-16]} - ${P99[direct-16]}") ms | < 1 ms | $(verdict "$(calc "${P99[aibridge-16]} - ${P99[direct-16]}")" 1) |"
-    echo "| throughput vs nginx, c=16 | $(calc "${RPS[aibridge-16]} / ${RPS[nginx-16]}")x | >= 1.0x | $(verdict 1 "$(calc "${RPS[aibridge-16]} / ${RPS[nginx-16]}")") |"
+    echo "| added latency p50, c=16, all on shared cores | $(added 16 P50) ms | < 0.1 ms | $(verdict "$(added 16 P50)" 0.1) |"
+    echo "| added latency p99, c=16, all on shared cores | $(added 16 P99) ms | < 1 ms | $(verdict "$(added 16 P99)" 1) |"
+    if [ -n "$PINNED" ]; then
+      echo "| added latency p50, c=16 paced, proxy on its own core | $(added pinned-paced P50) ms | < 0.1 ms | $(verdict "$(added pinned-paced P50)" 0.1) |"
+      echo "| added latency p99, c=16 paced, proxy on its own core | $(added pinned-paced P99) ms | < 1 ms | $(verdict "$(added pinned-paced P99)" 1) |"
+    fi
+    echo "| throughput vs nginx, c=16, all on shared cores | $(calc "${RPS[aibridge-16]} / ${RPS[nginx-16]}")x | >= 1.0x | $(verdict 1 "$(calc "${RPS[aibridge-16]} / ${RPS[nginx-16]}")") |"
+    if [ -n "$PINNED" ]; then
+      echo "| throughput vs nginx, c=16, proxy on its own core | $(calc "${RPS[aibridge-pinned-body]} / ${RPS[nginx-pinned-body]}")x | >= 1.0x | $(verdict 1 "$(calc "${RPS[aibridge-pinned-body]} / ${RPS[nginx-pinned-body]}")") |"
+    fi
     echo "| stream first byte vs direct | +$(calc "$BRIDGE_FIRST - $DIRECT_FIRST") ms | < 1 ms | $(verdict "$(calc "$BRIDGE_FIRST - $DIRECT_FIRST")" 1) |"
     echo "| RSS idle | $IDLE_RSS MB | < 30 MB | $(verdict "$IDLE_RSS" 30) |"
     echo "| RSS with $OPEN_STREAMS open streams | $STREAMS_RSS MB | < 100 MB | $(verdict "$STREAMS_RSS" 100) |"

@@ -9,6 +9,9 @@ use crate::secret::ApiKey;
 
 /// The version sent when the caller names none; the API rejects requests without one.
 const DEFAULT_VERSION: &str = "2023-06-01";
+// Constants, so the names are checked once at compile time rather than on every request.
+const API_KEY_HEADER: HeaderName = HeaderName::from_static("x-api-key");
+const VERSION_HEADER: HeaderName = HeaderName::from_static("anthropic-version");
 
 pub struct Anthropic;
 
@@ -27,12 +30,9 @@ impl ProviderApi for Anthropic {
 
     fn apply_key(&self, headers: &mut HeaderMap, key: &ApiKey) {
         remove_credentials(headers);
-        headers.insert(
-            HeaderName::from_static("x-api-key"),
-            secret_value(key.expose()),
-        );
+        headers.insert(API_KEY_HEADER, secret_value(key.expose()));
         headers
-            .entry(HeaderName::from_static("anthropic-version"))
+            .entry(VERSION_HEADER)
             .or_insert(HeaderValue::from_static(DEFAULT_VERSION));
     }
 

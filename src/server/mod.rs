@@ -55,7 +55,7 @@ use state_sync::StateSync;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 /// The header a client may carry its aibridge access token in.
-const TOKEN_HEADER: &str = "x-aibridge-token";
+const TOKEN_HEADER: http::HeaderName = http::HeaderName::from_static("x-aibridge-token");
 
 /// Reloads the configuration (on SIGHUP).
 pub type ConfigLoader = Box<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>;
