@@ -2,14 +2,18 @@
 //!
 //! - reqwest, for the command line (`send`, `probe-keys`, `pool`): it honors `HTTPS_PROXY`,
 //!   `NO_PROXY` and the like, and a one-off request does not feel its per-request layers.
-//! - hyper's pooled client, for `serve`'s forwarding: reqwest wraps each request in layers a
-//!   bridge does not want (redirects, retries, the URL of every answer parsed again), and on
-//!   the hot path they cost more than the bridge's own work. When a proxy is configured in the
-//!   environment, `serve` uses reqwest too, so the proxy is honored.
+//! - hyper's connections in a pool of each worker's own ([`pool`]), for `serve`'s forwarding:
+//!   reqwest wraps each request in layers a bridge does not want (redirects, retries, the URL
+//!   of every answer parsed again), and on the hot path they cost more than the bridge's own
+//!   work. When a proxy is configured in the environment, `serve` uses reqwest too, so the
+//!   proxy is honored.
 //!
 //! Requests carry a body that is already in memory, so a failover replays it without copying.
 
+mod pool;
+
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -17,11 +21,9 @@ use bytes::Bytes;
 use http::{HeaderValue, header};
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use pool::{ConnectionPool, PooledBody};
 
 /// A request as aibridge sends it: the body is whole and cheap to clone.
 pub type Request = http::Request<Bytes>;
@@ -63,7 +65,7 @@ pub struct HttpClient {
 
 #[derive(Debug, Clone)]
 enum Inner {
-    Direct(Box<Client<HttpsConnector<HttpConnector>, Full<Bytes>>>),
+    Direct(Arc<ConnectionPool>),
     Reqwest(reqwest::Client),
 }
 
@@ -92,7 +94,10 @@ impl HttpClient {
             return Self::general();
         }
         Ok(Self {
-            inner: Inner::Direct(Box::new(direct_client()?)),
+            inner: Inner::Direct(Arc::new(ConnectionPool::new(
+                https_connector()?,
+                POOL_IDLE_TIMEOUT,
+            ))),
         })
     }
 
@@ -107,8 +112,8 @@ impl HttpClient {
             .entry(header::ACCEPT)
             .or_insert(HeaderValue::from_static("*/*"));
         match &self.inner {
-            Inner::Direct(client) => {
-                let response = client.request(request.map(Full::new)).await?;
+            Inner::Direct(pool) => {
+                let response = pool.send(request.map(Full::new)).await?;
                 Ok(response.map(ResponseBody::Direct))
             }
             Inner::Reqwest(client) => {
@@ -131,23 +136,19 @@ fn reqwest_builder() -> reqwest::ClientBuilder {
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
 }
 
-fn direct_client() -> Result<Client<HttpsConnector<HttpConnector>, Full<Bytes>>, ClientSetupError> {
+fn https_connector() -> Result<hyper_rustls::HttpsConnector<HttpConnector>, ClientSetupError> {
     let mut http = HttpConnector::new();
     // Small requests must not wait on Nagle's algorithm.
     http.set_nodelay(true);
     http.set_connect_timeout(Some(CONNECT_TIMEOUT));
     // The connector sees https URLs too, and hands them to rustls.
     http.enforce_http(false);
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls_config()?)
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .pool_timer(TokioTimer::new())
-        .build(https))
+        .wrap_connector(http))
 }
 
 /// rustls with the operating system's trust store, as reqwest uses it.
@@ -164,7 +165,7 @@ fn tls_config() -> Result<rustls::ClientConfig, ClientSetupError> {
 /// An answer's body, from whichever client sent the request.
 #[derive(Debug)]
 pub enum ResponseBody {
-    Direct(Incoming),
+    Direct(PooledBody),
     Reqwest(reqwest::Body),
 }
 

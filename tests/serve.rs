@@ -994,6 +994,31 @@ fn workers_flag() {
 }
 
 #[test]
+fn upstream_connections_are_reused() {
+    let mock = MockUpstream::start();
+    let test = bridge(&mock, &[K1], "");
+    // One worker, so every request goes out through the same pool.
+    let server = test.serve_with(&["--listen", "127.0.0.1:0", "--workers", "1"]);
+    for _ in 0..5 {
+        assert_eq!(routes()[0].send(&server, false).status(), 200);
+    }
+    assert_eq!(mock.requests().len(), 5);
+    assert_eq!(mock.connections_used(), 1);
+}
+
+#[test]
+fn an_upstream_that_closes_each_connection_still_answers_every_request() {
+    let mock = MockUpstream::start();
+    mock.on_key(K1, vec![Reply::ok("{}").header("connection", "close")]);
+    let test = bridge(&mock, &[K1], "");
+    let server = test.serve_with(&["--listen", "127.0.0.1:0", "--workers", "1"]);
+    for _ in 0..3 {
+        assert_eq!(routes()[0].send(&server, false).status(), 200);
+    }
+    assert_eq!(mock.connections_used(), 3);
+}
+
+#[test]
 fn a_proxy_in_the_environment_carries_forwarded_requests() {
     let upstream = MockUpstream::start();
     let proxy = MockUpstream::start();

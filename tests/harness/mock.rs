@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use tokio::sync::{Semaphore, oneshot};
@@ -104,6 +104,8 @@ impl Gate {
 /// One request as the mock saw it.
 #[derive(Clone, Debug)]
 pub struct Recorded {
+    /// The address the request came from: one per connection.
+    pub peer: SocketAddr,
     pub key: Option<String>,
     pub method: String,
     pub path: String,
@@ -150,6 +152,7 @@ impl MockUpstream {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 addr_tx.send(listener.local_addr().unwrap()).unwrap();
                 let app = axum::Router::new().fallback(handle).with_state(state);
+                let app = app.into_make_service_with_connect_info::<SocketAddr>();
                 axum::serve(listener, app)
                     .with_graceful_shutdown(async {
                         let _ = shutdown_rx.await;
@@ -189,6 +192,13 @@ impl MockUpstream {
         *self.shared.streams.lock().unwrap()
     }
 
+    /// How many connections the requests came over.
+    pub fn connections_used(&self) -> usize {
+        let peers: std::collections::HashSet<_> =
+            self.requests().iter().map(|request| request.peer).collect();
+        peers.len()
+    }
+
     /// Which keys were used, in order.
     pub fn keys_used(&self) -> Vec<String> {
         self.requests()
@@ -216,13 +226,18 @@ fn key_of(headers: &HeaderMap) -> Option<String> {
     Some(auth.strip_prefix("Bearer ").unwrap_or(auth).to_owned())
 }
 
-async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
     let (parts, body) = request.into_parts();
     let body = axum::body::to_bytes(body, usize::MAX)
         .await
         .unwrap_or_default();
     let key = key_of(&parts.headers);
     shared.requests.lock().unwrap().push(Recorded {
+        peer,
         key: key.clone(),
         method: parts.method.to_string(),
         path: parts
