@@ -45,6 +45,8 @@ struct OriginKey {
 #[derive(Debug)]
 struct Origin {
     key: OriginKey,
+    /// What HTTP/1 requests name in `Host`.
+    host: HeaderValue,
     /// Oldest first: the newest is reused first, so the oldest go idle long enough to expire.
     idle: Vec<Idle>,
 }
@@ -84,7 +86,7 @@ impl ConnectionPool {
         };
         match sender {
             Sender::Http1(mut sender) => {
-                to_origin_form(&mut request)?;
+                to_origin_form(&mut request, self.host_of(&key)?);
                 let response = sender.send_request(request).await?;
                 let home = Some(Home {
                     pool: self.clone(),
@@ -154,20 +156,17 @@ impl ConnectionPool {
         }
     }
 
+    fn host_of(&self, key: &OriginKey) -> Result<HeaderValue, Error> {
+        Ok(origin_in(&mut self.lock(), key)?.host.clone())
+    }
+
     fn put_back(&self, key: &OriginKey, sender: Sender) {
         let now = Instant::now();
         let mut origins = self.lock();
-        let index = match origins.iter().position(|origin| origin.key == *key) {
-            Some(index) => index,
-            None => {
-                origins.push(Origin {
-                    key: key.clone(),
-                    idle: Vec::new(),
-                });
-                origins.len() - 1
-            }
+        let Ok(origin) = origin_in(&mut origins, key) else {
+            return;
         };
-        let idle = &mut origins[index].idle;
+        let idle = &mut origin.idle;
         idle.push(Idle { sender, since: now });
         let expired = idle
             .iter()
@@ -194,30 +193,42 @@ impl OriginKey {
     }
 }
 
+/// The origin's entry, made on first use.
+fn origin_in<'a>(origins: &'a mut Vec<Origin>, key: &OriginKey) -> Result<&'a mut Origin, Error> {
+    let index = match origins.iter().position(|origin| origin.key == *key) {
+        Some(index) => index,
+        None => {
+            origins.push(Origin {
+                host: host_header(key)?,
+                key: key.clone(),
+                idle: Vec::new(),
+            });
+            origins.len() - 1
+        }
+    };
+    Ok(&mut origins[index])
+}
+
 /// An HTTP/1 request names its host in `Host` and carries only the path.
-fn to_origin_form(request: &mut http::Request<Body>) -> Result<(), Error> {
-    if !request.headers().contains_key(header::HOST) {
-        let host = host_header(request.uri())?;
-        request.headers_mut().insert(header::HOST, host);
-    }
+fn to_origin_form(request: &mut http::Request<Body>, host: HeaderValue) {
+    request.headers_mut().entry(header::HOST).or_insert(host);
     let path = request
         .uri()
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     *request.uri_mut() = Uri::from(path);
-    Ok(())
 }
 
 /// The host, with the port only when it is not the scheme's default.
-fn host_header(uri: &Uri) -> Result<HeaderValue, Error> {
-    let host = uri.host().ok_or("the URL has no host")?;
-    let default_port = match uri.scheme_str() {
-        Some("https") => Some(443),
-        Some("http") => Some(80),
+fn host_header(key: &OriginKey) -> Result<HeaderValue, Error> {
+    let host = key.authority.host();
+    let default_port = match key.scheme.as_str() {
+        "https" => Some(443),
+        "http" => Some(80),
         _ => None,
     };
-    let value = match uri.port_u16() {
+    let value = match key.authority.port_u16() {
         Some(port) if Some(port) != default_port => {
             HeaderValue::try_from(format!("{host}:{port}"))?
         }
@@ -365,8 +376,8 @@ mod tests {
     }
 
     fn host_of(url: &str) -> String {
-        let uri: Uri = url.parse().unwrap();
-        host_header(&uri).unwrap().to_str().unwrap().to_owned()
+        let key = OriginKey::of(&url.parse().unwrap()).unwrap();
+        host_header(&key).unwrap().to_str().unwrap().to_owned()
     }
 
     #[test]
@@ -384,7 +395,7 @@ mod tests {
     fn http1_requests_carry_the_path_and_a_host() {
         let mut request = http::Request::new(Body::default());
         *request.uri_mut() = "http://127.0.0.1:9/v1/messages?beta=true".parse().unwrap();
-        to_origin_form(&mut request).unwrap();
+        to_origin_form(&mut request, HeaderValue::from_static("127.0.0.1:9"));
         assert_eq!(request.uri(), "/v1/messages?beta=true");
         assert_eq!(request.headers()[header::HOST], "127.0.0.1:9");
     }
