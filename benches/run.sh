@@ -3,7 +3,8 @@
 # direct to the mock, through `aibridge serve`, and through nginx `proxy_pass`.
 # Prints one markdown table (also written to target/bench/report.md).
 #
-#   benches/run.sh                 # ~5 minutes on 2 cores
+#   benches/run.sh                 # ~11 minutes on 2 cores
+#   BENCH_ROUNDS=1 benches/run.sh  # each load run once, not three times
 #   BENCH_SECONDS=3 benches/run.sh # shorter wrk runs
 #
 # Not part of .ci/run: it measures, it does not test.
@@ -12,6 +13,9 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 SECONDS_PER_RUN=${BENCH_SECONDS:-10}
+# The load runs take turns this many times; the table shows each figure's median, as the
+# machine's other load comes and goes.
+ROUNDS=${BENCH_ROUNDS:-3}
 STREAM_RUNS=${BENCH_STREAM_RUNS:-30}
 MOCK=127.0.0.1:19100
 SLOW_MOCK=127.0.0.1:19101
@@ -153,8 +157,9 @@ to_ms() {
     printf "%.3f", n }'
 }
 
-# run_wrk NAME URL CONNECTIONS [SCRIPT] -> sets RPS[NAME] P50[NAME] P99[NAME]
-declare -A RPS P50 P99
+# run_wrk NAME URL CONNECTIONS [SCRIPT] -> adds a run to RUNS_RPS[NAME], RUNS_P50[NAME] and
+# RUNS_P99[NAME]; settle_runs turns them into RPS[NAME], P50[NAME] and P99[NAME].
+declare -A RPS P50 P99 RUNS_RPS RUNS_P50 RUNS_P99
 ON_CLIENT_CORE=""
 run_wrk() {
   local name=$1 url=$2 connections=$3 script=${4:-body} threads=2 log
@@ -164,13 +169,30 @@ run_wrk() {
   if grep -q "Non-2xx" "$log"; then
     say "$name: errors during the run"; cat "$log" >&2; exit 1
   fi
-  RPS[$name]=$(awk '/^Requests\/sec/ { printf "%.0f", $2 }' "$log")
-  P50[$name]=$(to_ms "$(awk '$1 == "50%" { print $2 }' "$log")")
-  P99[$name]=$(to_ms "$(awk '$1 == "99%" { print $2 }' "$log")")
-  say "$name: ${RPS[$name]} req/s, p50 ${P50[$name]} ms, p99 ${P99[$name]} ms"
+  local rps p50 p99
+  rps=$(awk '/^Requests\/sec/ { printf "%.0f", $2 }' "$log")
+  p50=$(to_ms "$(awk '$1 == "50%" { print $2 }' "$log")")
+  p99=$(to_ms "$(awk '$1 == "99%" { print $2 }' "$log")")
+  RUNS_RPS[$name]+="$rps "
+  RUNS_P50[$name]+="$p50 "
+  RUNS_P99[$name]+="$p99 "
+  say "$name: $rps req/s, p50 $p50 ms, p99 $p99 ms"
 }
 
-median() { sort -n | awk '{ v[NR] = $1 } END { printf "%.3f", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+settle_runs() {
+  local name
+  for name in "${!RUNS_RPS[@]}"; do
+    RPS[$name]=$(tr ' ' '\n' <<<"${RUNS_RPS[$name]}" | grep . | median "%.0f")
+    P50[$name]=$(tr ' ' '\n' <<<"${RUNS_P50[$name]}" | grep . | median)
+    P99[$name]=$(tr ' ' '\n' <<<"${RUNS_P99[$name]}" | grep . | median)
+  done
+}
+
+# median [FORMAT]: of the numbers on stdin, one per line.
+median() {
+  sort -n | awk -v format="${1:-%.3f}" '{ v[NR] = $1 }
+    END { printf format, (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
 
 # Time to first byte and to last byte of a 20-event stream (10 ms apart), in ms.
 stream_times() {
@@ -185,9 +207,14 @@ stream_times() {
   LAST=$(awk '{ print $2 * 1000 }' "$WORK/stream-times" | median)
 }
 
-measure_memory() {
+measure_idle_memory() {
   IDLE_RSS=$(rss_mb "$BRIDGE_PID")
-  say "idle RSS ${IDLE_RSS} MB; opening 1000 streams"
+  say "idle RSS ${IDLE_RSS} MB"
+}
+
+# After the other load runs: 1,000 streams leave as many upstream connections in the pool.
+measure_stream_memory() {
+  say "opening 1000 streams"
   wrk -t2 -c1000 -d14s -s "$WORK/stream.lua" "http://$BRIDGE/slow/v1/messages" >"$OUT/wrk-streams.txt" 2>&1 &
   local wrk_pid=$! peak=0 open=0 rss conns
   for _ in $(seq 12); do
@@ -307,11 +334,13 @@ measure_pinned() {
   pin 1 "$BRIDGE_PID" $workers
   pin 0 "$MOCK_PID"
   ON_CLIENT_CORE="taskset -c 0"
-  local mode
-  for mode in body paced; do
-    run_wrk "direct-pinned-$mode" "http://$MOCK/v1/messages" 16 "$mode"
-    run_wrk "aibridge-pinned-$mode" "http://$BRIDGE/anthropic/v1/messages" 16 "$mode"
-    run_wrk "nginx-pinned-$mode" "http://$NGINX/v1/messages" 16 "$mode"
+  local round mode
+  for round in $(seq "$ROUNDS"); do
+    for mode in body paced; do
+      run_wrk "direct-pinned-$mode" "http://$MOCK/v1/messages" 16 "$mode"
+      run_wrk "aibridge-pinned-$mode" "http://$BRIDGE/anthropic/v1/messages" 16 "$mode"
+      run_wrk "nginx-pinned-$mode" "http://$NGINX/v1/messages" 16 "$mode"
+    done
   done
   ON_CLIENT_CORE=""
   # shellcheck disable=SC2086
@@ -340,12 +369,15 @@ main() {
   cargo build --release --quiet --bin aibridge --example mock_upstream
   make_bodies
   start_services
-  measure_memory
+  measure_idle_memory
 
-  for c in 1 16 64; do
-    run_wrk "direct-$c" "http://$MOCK/v1/messages" "$c"
-    run_wrk "aibridge-$c" "http://$BRIDGE/anthropic/v1/messages" "$c"
-    run_wrk "nginx-$c" "http://$NGINX/v1/messages" "$c"
+  local round
+  for round in $(seq "$ROUNDS"); do
+    for c in 1 16 64; do
+      run_wrk "direct-$c" "http://$MOCK/v1/messages" "$c"
+      run_wrk "aibridge-$c" "http://$BRIDGE/anthropic/v1/messages" "$c"
+      run_wrk "nginx-$c" "http://$NGINX/v1/messages" "$c"
+    done
   done
 
   measure_cpu
@@ -354,7 +386,9 @@ main() {
     measure_pinned
     PINNED=yes
   fi
+  settle_runs
 
+  measure_stream_memory
   stream_times "http://$MOCK/v1/messages"
   DIRECT_FIRST=$FIRST DIRECT_LAST=$LAST
   stream_times "http://$BRIDGE/anthropic/v1/messages"
@@ -368,7 +402,7 @@ main() {
 
   local report="$OUT/report.md"
   {
-    echo "Machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), $(uname -sr); wrk ${SECONDS_PER_RUN}s per run; $(date -u +%Y-%m-%d)."
+    echo "Machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), $(uname -sr); wrk ${SECONDS_PER_RUN}s per run, medians of $ROUNDS rounds; $(date -u +%Y-%m-%d)."
     echo
     echo "| measure | direct | aibridge | nginx | aibridge vs direct | aibridge vs nginx |"
     echo "|---|---|---|---|---|---|"
