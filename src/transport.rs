@@ -95,7 +95,7 @@ impl HttpClient {
         }
         Ok(Self {
             inner: Inner::Direct(Arc::new(ConnectionPool::new(
-                https_connector()?,
+                https_connector(tls_config()?),
                 POOL_IDLE_TIMEOUT,
             ))),
         })
@@ -136,19 +136,19 @@ fn reqwest_builder() -> reqwest::ClientBuilder {
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
 }
 
-fn https_connector() -> Result<hyper_rustls::HttpsConnector<HttpConnector>, ClientSetupError> {
+fn https_connector(tls: rustls::ClientConfig) -> hyper_rustls::HttpsConnector<HttpConnector> {
     let mut http = HttpConnector::new();
     // Small requests must not wait on Nagle's algorithm.
     http.set_nodelay(true);
     http.set_connect_timeout(Some(CONNECT_TIMEOUT));
     // The connector sees https URLs too, and hands them to rustls.
     http.enforce_http(false);
-    Ok(hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls_config()?)
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(http))
+        .wrap_connector(http)
 }
 
 /// rustls with the operating system's trust store, as reqwest uses it.
