@@ -977,14 +977,20 @@ fn a_json_answer_that_breaks_is_a_clean_502() {
     );
 }
 
+/// Sends `count` requests, one after the other, through a bridge with one worker: every
+/// request goes out through the same connection pool.
+fn send_through_one_worker(mock: &MockUpstream, count: usize) {
+    let test = bridge(mock, &[K1], "");
+    let server = test.serve_with(&["--listen", "127.0.0.1:0", "--workers", "1"]);
+    for _ in 0..count {
+        assert_eq!(routes()[0].send(&server, false).status(), 200);
+    }
+}
+
 #[test]
 fn workers_flag() {
     let mock = MockUpstream::start();
-    let test = bridge(&mock, &[K1], "");
-    let server = test.serve_with(&["--listen", "127.0.0.1:0", "--workers", "1"]);
-    for _ in 0..3 {
-        assert_eq!(routes()[0].send(&server, false).status(), 200);
-    }
+    send_through_one_worker(&mock, 3);
     assert_eq!(mock.keys_used(), [K1, K1, K1]);
     Test::new()
         .args(["serve", "--workers", "0"])
@@ -996,12 +1002,7 @@ fn workers_flag() {
 #[test]
 fn upstream_connections_are_reused() {
     let mock = MockUpstream::start();
-    let test = bridge(&mock, &[K1], "");
-    // One worker, so every request goes out through the same pool.
-    let server = test.serve_with(&["--listen", "127.0.0.1:0", "--workers", "1"]);
-    for _ in 0..5 {
-        assert_eq!(routes()[0].send(&server, false).status(), 200);
-    }
+    send_through_one_worker(&mock, 5);
     assert_eq!(mock.requests().len(), 5);
     assert_eq!(mock.connections_used(), 1);
 }
@@ -1010,11 +1011,7 @@ fn upstream_connections_are_reused() {
 fn an_upstream_that_closes_each_connection_still_answers_every_request() {
     let mock = MockUpstream::start();
     mock.on_key(K1, vec![Reply::ok("{}").header("connection", "close")]);
-    let test = bridge(&mock, &[K1], "");
-    let server = test.serve_with(&["--listen", "127.0.0.1:0", "--workers", "1"]);
-    for _ in 0..3 {
-        assert_eq!(routes()[0].send(&server, false).status(), 200);
-    }
+    send_through_one_worker(&mock, 3);
     assert_eq!(mock.connections_used(), 3);
 }
 
