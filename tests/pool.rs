@@ -216,11 +216,7 @@ fn reset_reaches_the_running_server_too() {
     let mock = marked_mock();
     let test = offline(&mock, &[K1, K2, K3], "");
     let server = test.serve();
-    let response = client()
-        .post(server.url("/anthropic/v1/messages"))
-        .body("{}")
-        .send()
-        .unwrap();
+    let response = server.post_message();
     assert_eq!(response.status(), 200);
     server.wait_for_log("key disabled");
     let output = test
@@ -253,11 +249,7 @@ fn serve_revives_a_disabled_key_whose_probe_succeeds() {
         mock.url()
     ));
     let server = test.serve();
-    let response = client()
-        .post(server.url("/anthropic/v1/messages"))
-        .body("{}")
-        .send()
-        .unwrap();
+    let response = server.post_message();
     assert_eq!(response.headers()["x-aibridge-key"], hint(K2).as_str());
     server.wait_for_log("key revived");
     let pool = server.pool();
@@ -271,10 +263,6 @@ fn serve_revives_a_disabled_key_whose_probe_succeeds() {
         ),
         ("GET", "/v1/models", Some(K1))
     );
-    let response = client()
-        .post(server.url("/anthropic/v1/messages"))
-        .body("{}")
-        .send()
-        .unwrap();
+    let response = server.post_message();
     assert_eq!(response.headers()["x-aibridge-key"], hint(K1).as_str());
 }

@@ -493,11 +493,7 @@ fn body_limit_unreachable_upstream_and_timeout() {
         "{openai}"
     );
 
-    let response = client()
-        .post(server.url("/anthropic/v1/messages"))
-        .body("{}")
-        .send()
-        .unwrap();
+    let response = server.post_message();
     assert_eq!(response.status(), 504);
     assert!(
         json_body(response)["error"]["message"]
@@ -931,11 +927,7 @@ fn no_pool_and_no_caller_key_is_401_naming_the_setting() {
             mock.url()
         ))
         .serve();
-    let response = client()
-        .post(server.url("/anthropic/v1/messages"))
-        .body("{}")
-        .send()
-        .unwrap();
+    let response = server.post_message();
     assert_eq!(response.status(), 401);
     let message = json_body(response)["error"]["message"]
         .as_str()
@@ -1023,11 +1015,7 @@ fn a_proxy_in_the_environment_carries_forwarded_requests() {
         .anthropic(&upstream, &[K1])
         .env("HTTP_PROXY", &proxy.url());
     let server = test.serve();
-    let response = client()
-        .post(server.url("/anthropic/v1/messages"))
-        .body("{}")
-        .send()
-        .unwrap();
+    let response = server.post_message();
     assert_eq!(response.status(), 200);
     assert_eq!(proxy.keys_used(), [K1]);
     assert!(upstream.requests().is_empty());

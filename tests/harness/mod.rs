@@ -320,6 +320,15 @@ impl Server {
         format!("{}{path}", self.base)
     }
 
+    /// A Messages request with an empty JSON body, through the bridge's pool.
+    pub fn post_message(&self) -> reqwest::blocking::Response {
+        client()
+            .post(self.url("/anthropic/v1/messages"))
+            .body("{}")
+            .send()
+            .unwrap()
+    }
+
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }
