@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderMap, Method, Uri, header};
+use http::{HeaderMap, HeaderName, Method, Uri, header};
 
 use crate::config::ProviderConfig;
 use crate::keypool::{Clock, Exhausted, KeyState, Pool, PoolError};
@@ -170,7 +170,7 @@ impl OutboundRequest {
         body: Bytes,
     ) -> Self {
         // Once here rather than on every attempt.
-        strip_hop_by_hop(&mut headers);
+        strip_hop_by_hop(&mut headers, u64::try_from(body.len()).ok());
         Self {
             method,
             path_and_query,
@@ -449,53 +449,77 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// Hop-by-hop headers describe one connection, not the message; `host`, `content-length`
-/// and `upgrade` are the next hop's to set.
-fn is_dropped_when_forwarding(name: &str) -> bool {
-    matches!(
-        name,
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "host"
-            | "content-length"
-            | "upgrade"
-    )
-}
+/// Hop-by-hop headers describe one connection, not the message; `host` and `upgrade` are
+/// the next hop's to set.
+const DROPPED_WHEN_FORWARDING: [HeaderName; 10] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::HOST,
+    header::UPGRADE,
+];
 
-/// Drops hop-by-hop headers (and those `Connection` names), plus `host` and
-/// `content-length`, which the HTTP client sets for the next hop.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named_by_connection: Vec<String> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .map(|name| name.trim().to_ascii_lowercase())
-        .collect();
-    // A removal is a hash lookup, so only the names the message has are removed; a message
-    // has a few, and finding each by a scan allocates nothing.
-    while let Some(name) = headers
-        .keys()
-        .find(|name| is_dropped_when_forwarding(name.as_str()))
-        .cloned()
-    {
-        headers.remove(name);
+/// Drops hop-by-hop headers (and those `Connection` names) and `host`, which the HTTP client
+/// sets for the next hop. `content-length` stays when it states `body_length`, the length
+/// the message is forwarded with, so the client need not write it again.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, body_length: Option<u64>) {
+    // One pass notes which are present, as a removal is a hash lookup and most are absent.
+    let mut present = 0u16;
+    let mut has_length = false;
+    for name in headers.keys() {
+        if let Some(index) = DROPPED_WHEN_FORWARDING
+            .iter()
+            .position(|dropped| dropped == name)
+        {
+            present |= 1 << index;
+        }
+        has_length |= name == header::CONTENT_LENGTH;
+    }
+    let named_by_connection: Vec<String> = if present & 1 == 0 {
+        Vec::new()
+    } else {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .map(|name| name.trim().to_ascii_lowercase())
+            .collect()
+    };
+    for (index, name) in DROPPED_WHEN_FORWARDING.iter().enumerate() {
+        if present & (1 << index) != 0 {
+            headers.remove(name);
+        }
     }
     for name in named_by_connection {
         headers.remove(name.as_str());
     }
+    if has_length && !states_length(headers, body_length) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
+}
+
+/// Whether the message has one `content-length`, and it is `length`.
+fn states_length(headers: &HeaderMap, length: Option<u64>) -> bool {
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let (Some(value), None, Some(length)) = (values.next(), values.next(), length) else {
+        return false;
+    };
+    let digits = value.as_bytes();
+    digits.iter().all(u8::is_ascii_digit)
+        && std::str::from_utf8(digits)
+            .ok()
+            .and_then(|digits| digits.parse::<u64>().ok())
+            == Some(length)
 }
 
 #[cfg(test)]
 mod tests {
-    use http::HeaderName;
-
     use super::*;
 
     #[test]
@@ -513,10 +537,32 @@ mod tests {
         ] {
             headers.insert(HeaderName::from_static(name), value.parse().unwrap());
         }
-        strip_hop_by_hop(&mut headers);
+        strip_hop_by_hop(&mut headers, None);
         let mut names: Vec<_> = headers.keys().map(HeaderName::as_str).collect();
         names.sort_unstable();
         assert_eq!(names, ["anthropic-version", "user-agent"]);
+    }
+
+    #[test]
+    fn content_length_stays_only_when_it_states_the_forwarded_length() {
+        let kept = |values: &[&str], length: Option<u64>| {
+            let mut headers = HeaderMap::new();
+            for value in values {
+                headers.append(header::CONTENT_LENGTH, value.parse().unwrap());
+            }
+            strip_hop_by_hop(&mut headers, length);
+            headers
+                .get_all(header::CONTENT_LENGTH)
+                .iter()
+                .map(|value| value.to_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(kept(&["12"], Some(12)), ["12"]);
+        assert!(kept(&["12"], Some(11)).is_empty());
+        assert!(kept(&["12"], None).is_empty());
+        assert!(kept(&["+12"], Some(12)).is_empty());
+        assert!(kept(&["12", "12"], Some(12)).is_empty());
+        assert!(kept(&[], Some(0)).is_empty());
     }
 
     #[test]

@@ -194,6 +194,11 @@ fn bridged_routes_succeed_blocking_and_streaming() {
                 assert_eq!(header(&response, "content-type"), "text/event-stream");
             } else {
                 assert_eq!(header(&response, "request-id"), "req_upstream");
+                assert_eq!(
+                    header(&response, "content-length"),
+                    route.expected(stream).len().to_string(),
+                    "one length, the answer's own"
+                );
             }
             assert_eq!(
                 response.text().unwrap(),
@@ -216,6 +221,8 @@ fn bridged_routes_succeed_blocking_and_streaming() {
                 serde_json::to_vec(&route.body(stream)).unwrap(),
                 "body replayed as sent"
             );
+            let lengths: Vec<_> = upstream.headers.get_all("content-length").iter().collect();
+            assert_eq!(lengths, [&upstream.body.len().to_string()]);
             assert_eq!(upstream.headers["x-stainless-lang"], "python");
             assert!(
                 upstream.headers["user-agent"]

@@ -7,7 +7,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use http_body_util::BodyExt;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -188,6 +188,20 @@ fn record_marks(app: &AppState, upstream: &Upstream, attempts: &[Attempt]) {
     }
 }
 
+/// Which pool key answered, as its hint.
+const KEY_HEADER: HeaderName = HeaderName::from_static("x-aibridge-key");
+/// How many attempts the request took.
+const ATTEMPTS_HEADER: HeaderName = HeaderName::from_static("x-aibridge-attempts");
+
+/// A small count without formatting it.
+fn count_value(count: usize) -> HeaderValue {
+    const DIGITS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    DIGITS.get(count).map_or_else(
+        || HeaderValue::from(count),
+        |digit| HeaderValue::from_static(digit),
+    )
+}
+
 /// Answers up to this size with a known length are read whole and sent in one write, as a
 /// buffering proxy does; anything larger, and every SSE stream, is relayed as it arrives.
 const BUFFERED_ANSWER_LIMIT: u64 = 256 * 1024;
@@ -209,16 +223,14 @@ async fn relay_response(
         .and_then(|value| value.to_str().ok())
         .is_some_and(|value| value.starts_with("text/event-stream"));
     let mut completion = completion.with_response(status.as_u16(), &parts.headers, is_sse);
-    let declared_length = parts.headers.get(header::CONTENT_LENGTH).cloned();
     let mut headers = parts.headers;
-    strip_hop_by_hop(&mut headers);
+    // An SSE stream is relayed event by event; anything else with the length it declared.
+    strip_hop_by_hop(&mut headers, content_length.filter(|_| !is_sse));
+    headers.reserve(2);
     if let Ok(value) = HeaderValue::from_str(key) {
-        headers.insert("x-aibridge-key", value);
+        headers.insert(KEY_HEADER, value);
     }
-    headers.insert(
-        "x-aibridge-attempts",
-        HeaderValue::from(completion.attempts()),
-    );
+    headers.insert(ATTEMPTS_HEADER, count_value(completion.attempts()));
     let idle_timeout = bridge.settings.stream_idle_timeout;
 
     let small = !is_sse && content_length.is_some_and(|length| length <= BUFFERED_ANSWER_LIMIT);
@@ -237,13 +249,9 @@ async fn relay_response(
         };
         completion.saw(&body);
         completion.finish("completed");
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
         return reply(status, headers, Body::from(body));
     }
 
-    if !is_sse && let Some(length) = declared_length {
-        headers.insert(header::CONTENT_LENGTH, length);
-    }
     let relay = Relay::new(
         body,
         idle_timeout,
