@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, header};
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
@@ -200,7 +200,35 @@ impl http_body::Body for ResponseBody {
 
 /// Reads an answer's whole body.
 pub async fn read_body(body: ResponseBody) -> Result<Bytes, Error> {
-    Ok(body.collect().await?.to_bytes())
+    collect(body).await
+}
+
+/// Reads a body whole; trailers are skipped. Unlike [`BodyExt::collect`], a body that comes
+/// in one chunk, as most requests and answers here do, is that chunk: nothing is allocated
+/// to gather it.
+pub async fn collect<B: http_body::Body<Data = Bytes>>(body: B) -> Result<Bytes, B::Error> {
+    let mut body = std::pin::pin!(body);
+    let mut first = Bytes::new();
+    let mut gathered: Option<BytesMut> = None;
+    while let Some(frame) = body.frame().await {
+        let Ok(chunk) = frame?.into_data() else {
+            continue;
+        };
+        match &mut gathered {
+            Some(buffer) => buffer.extend_from_slice(&chunk),
+            None if first.is_empty() => first = chunk,
+            None => {
+                // The rest's declared length, so the buffer grows once.
+                let rest = usize::try_from(body.size_hint().lower()).unwrap_or(0);
+                let expected = first.len() + chunk.len() + rest;
+                let mut buffer = BytesMut::with_capacity(expected);
+                buffer.extend_from_slice(&first);
+                buffer.extend_from_slice(&chunk);
+                gathered = Some(buffer);
+            }
+        }
+    }
+    Ok(gathered.map_or(first, BytesMut::freeze))
 }
 
 /// The next chunk of data of an answer's body; `None` at its end. Trailers are skipped.
@@ -220,4 +248,36 @@ pub async fn next_chunk(body: &mut ResponseBody) -> Option<Result<Bytes, Error>>
 /// The body's length when the answer declares it.
 pub fn content_length(response: &Response) -> Option<u64> {
     response.body().size_hint().exact()
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::StreamBody;
+
+    use super::*;
+
+    fn body_of(frames: Vec<Frame<Bytes>>) -> impl http_body::Body<Data = Bytes, Error = Error> {
+        StreamBody::new(futures_util::stream::iter(frames.into_iter().map(Ok)))
+    }
+
+    #[tokio::test]
+    async fn a_body_in_one_chunk_is_that_chunk() {
+        let chunk = Bytes::from_static(b"{\"model\":\"m\"}");
+        let body = collect(Full::new(chunk.clone())).await.unwrap();
+        assert_eq!(body, chunk);
+        assert_eq!(body.as_ptr(), chunk.as_ptr(), "not copied");
+    }
+
+    #[tokio::test]
+    async fn chunks_are_joined_in_order_and_trailers_skipped() {
+        let frames = vec![
+            Frame::data(Bytes::from_static(b"one ")),
+            Frame::data(Bytes::new()),
+            Frame::data(Bytes::from_static(b"two ")),
+            Frame::data(Bytes::from_static(b"three")),
+            Frame::trailers(http::HeaderMap::new()),
+        ];
+        assert_eq!(collect(body_of(frames)).await.unwrap(), "one two three");
+        assert_eq!(collect(body_of(Vec::new())).await.unwrap(), "");
+    }
 }

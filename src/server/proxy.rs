@@ -8,7 +8,6 @@ use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
-use http_body_util::BodyExt;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -160,11 +159,8 @@ where
         return Err(ErrorSpec::body_too_large(limit));
     }
     let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
-    match http_body_util::Limited::new(body, limit_usize)
-        .collect()
-        .await
-    {
-        Ok(collected) => Ok(collected.to_bytes()),
+    match transport::collect(http_body_util::Limited::new(body, limit_usize)).await {
+        Ok(body) => Ok(body),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => {
             Err(ErrorSpec::body_too_large(limit))
         }
