@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{InvalidUri, PathAndQuery};
 use http::{HeaderMap, HeaderName, Method, Uri, header};
 
 use crate::config::ProviderConfig;
@@ -15,7 +15,7 @@ use crate::keypool::{Clock, Exhausted, KeyState, Pool, PoolError};
 use crate::provider::{ProviderKind, caller_credential};
 use crate::secret::ApiKey;
 use crate::state::Observation;
-use crate::transport::{self, HttpClient, Response};
+use crate::transport::{self, HttpClient, Origin, Response};
 
 /// A provider as the walker uses it: where to send, and the keys to send with.
 #[derive(Debug)]
@@ -44,11 +44,6 @@ impl Upstream {
             byok: config.byok,
             pool: Pool::new(config.keys.clone(), config.pool, clock)?,
         })
-    }
-
-    /// `base_url` joined with a request's path and query.
-    fn uri_for(&self, path_and_query: &str) -> Result<Uri, http::Error> {
-        self.destination.uri_for(path_and_query)
     }
 
     fn missing_key_hint(&self) -> String {
@@ -106,8 +101,7 @@ pub enum Credentials {
 /// `base_url` split once into what every request's URL shares.
 #[derive(Debug)]
 struct Destination {
-    scheme: Scheme,
-    authority: Authority,
+    origin: Origin,
     /// The base URL's own path, without a trailing slash; usually empty.
     base_path: String,
 }
@@ -116,38 +110,26 @@ impl Destination {
     fn parse(base_url: &str) -> Self {
         let normalized =
             crate::config::normalized_base_url(base_url).expect("the config validated base_url");
-        let parts = Uri::try_from(normalized)
-            .expect("normalized_base_url checked the URL")
-            .into_parts();
-        let base_path = parts
-            .path_and_query
-            .as_ref()
-            .map_or("", PathAndQuery::path)
-            .trim_end_matches('/')
-            .to_owned();
+        let url = Uri::try_from(normalized).expect("normalized_base_url checked the URL");
+        let base_path = url.path().trim_end_matches('/').to_owned();
         Self {
-            scheme: parts.scheme.expect("the base URL has a scheme"),
-            authority: parts.authority.expect("the base URL has a host"),
+            origin: Origin::of(&url).expect("the base URL is absolute"),
             base_path,
         }
     }
 
-    fn uri_for(&self, path_and_query: &str) -> Result<Uri, http::Error> {
+    /// The base URL's path joined with a request's path and query.
+    fn path_for(&self, path_and_query: &str) -> Result<PathAndQuery, InvalidUri> {
         let separator = if path_and_query.starts_with('/') {
             ""
         } else {
             "/"
         };
-        let path = if self.base_path.is_empty() && separator.is_empty() {
-            PathAndQuery::try_from(path_and_query)?
+        if self.base_path.is_empty() && separator.is_empty() {
+            PathAndQuery::try_from(path_and_query)
         } else {
-            PathAndQuery::try_from(format!("{}{separator}{path_and_query}", self.base_path))?
-        };
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(path)
-            .build()
+            PathAndQuery::try_from(format!("{}{separator}{path_and_query}", self.base_path))
+        }
     }
 }
 
@@ -376,20 +358,28 @@ impl Walker {
         request: &OutboundRequest,
         key: Option<&ApiKey>,
     ) -> Result<Response, FailoverError> {
-        let uri = upstream.uri_for(&request.path_and_query).map_err(|error| {
-            FailoverError::Unreachable(format!("invalid request path: {error}"))
-        })?;
+        let destination = &upstream.destination;
+        let path = destination
+            .path_for(&request.path_and_query)
+            .map_err(|error| {
+                FailoverError::Unreachable(format!("invalid request path: {error}"))
+            })?;
         let mut last_error = None;
         for _ in 0..2 {
             let mut outbound = http::Request::new(request.body.clone());
             *outbound.method_mut() = request.method.clone();
-            *outbound.uri_mut() = uri.clone();
+            *outbound.uri_mut() = Uri::from(path.clone());
             let headers = outbound.headers_mut();
             headers.clone_from(&request.headers);
             if let Some(key) = key {
                 upstream.kind.api().apply_key(headers, key);
             }
-            match tokio::time::timeout(self.response_timeout, self.client.send(outbound)).await {
+            match tokio::time::timeout(
+                self.response_timeout,
+                self.client.send_to(&destination.origin, outbound),
+            )
+            .await
+            {
                 Err(_) => return Err(FailoverError::Timeout(self.response_timeout)),
                 Ok(Ok(response)) => return Ok(response),
                 Ok(Err(error)) => last_error = Some(error),
@@ -566,30 +556,22 @@ mod tests {
     }
 
     #[test]
-    fn urls_join_base_path_and_request_path() {
-        let upstream = |base: &str| {
-            let config = crate::config::ProviderConfig {
-                name: "p".into(),
-                kind: ProviderKind::OpenAi,
-                base_url: base.into(),
-                keys: Vec::new(),
-                enabled: true,
-                byok: false,
-                pool: crate::keypool::PoolSettings::default(),
-                recheck_disabled: None,
-            };
-            Upstream::from_config(&config, std::sync::Arc::new(crate::keypool::SystemClock))
-                .unwrap()
+    fn paths_join_base_path_and_request_path() {
+        let path = |base: &str, request: &str| {
+            let destination = Destination::parse(base);
+            let path = destination.path_for(request).unwrap();
+            destination.origin.url(path).unwrap().to_string()
         };
-        let plain = upstream("https://api.openai.com");
         assert_eq!(
-            plain.uri_for("/v1/models?limit=5").unwrap(),
+            path("https://api.openai.com", "/v1/models?limit=5"),
             "https://api.openai.com/v1/models?limit=5"
         );
-        assert_eq!(plain.uri_for("").unwrap(), "https://api.openai.com/");
-        let nested = upstream("http://127.0.0.1:9/proxy/openai/");
         assert_eq!(
-            nested.uri_for("/v1/chat/completions").unwrap(),
+            path("https://api.openai.com", ""),
+            "https://api.openai.com/"
+        );
+        assert_eq!(
+            path("http://127.0.0.1:9/proxy/openai/", "/v1/chat/completions"),
             "http://127.0.0.1:9/proxy/openai/v1/chat/completions"
         );
     }

@@ -18,7 +18,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderValue, header};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Uri, header};
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -101,9 +102,16 @@ impl HttpClient {
         })
     }
 
-    /// Sends one request; no retries, no redirects. Adds `user-agent` and `accept` when the
-    /// request has none.
+    /// Sends one request to the absolute URL it names; no retries, no redirects.
     pub async fn send(&self, mut request: Request) -> Result<Response, Error> {
+        let origin = Origin::of(request.uri())?;
+        *request.uri_mut() = Uri::from(path_of(request.uri()));
+        self.send_to(&origin, request).await
+    }
+
+    /// Sends one request, whose URI is its path and query, to `origin`; no retries, no
+    /// redirects. Adds `user-agent` and `accept` when the request has none.
+    pub async fn send_to(&self, origin: &Origin, mut request: Request) -> Result<Response, Error> {
         let headers = request.headers_mut();
         headers
             .entry(header::USER_AGENT)
@@ -113,15 +121,68 @@ impl HttpClient {
             .or_insert(HeaderValue::from_static("*/*"));
         match &self.inner {
             Inner::Direct(pool) => {
-                let response = pool.send(request.map(Full::new)).await?;
+                let response = pool.send(origin, request.map(Full::new)).await?;
                 Ok(response.map(ResponseBody::Direct))
             }
             Inner::Reqwest(client) => {
+                *request.uri_mut() = origin.url(path_of(request.uri()))?;
                 let request = reqwest::Request::try_from(request)?;
                 let response = http::Response::from(client.execute(request).await?);
                 Ok(response.map(ResponseBody::Reqwest))
             }
         }
+    }
+}
+
+/// A URI's path and query; `/` when it has none.
+fn path_of(uri: &Uri) -> PathAndQuery {
+    uri.path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"))
+}
+
+/// Where requests go, as connections are pooled: a scheme and an authority.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    scheme: Scheme,
+    authority: Authority,
+}
+
+impl Origin {
+    /// The origin of an absolute URL.
+    pub fn of(uri: &Uri) -> Result<Self, Error> {
+        match (uri.scheme(), uri.authority()) {
+            (Some(scheme), Some(authority)) => Ok(Self {
+                scheme: scheme.clone(),
+                authority: authority.clone(),
+            }),
+            _ => Err(format!("not an absolute URL: {uri}").into()),
+        }
+    }
+
+    /// `path` on this origin.
+    pub fn url(&self, path: PathAndQuery) -> Result<Uri, Error> {
+        Ok(Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path)
+            .build()?)
+    }
+
+    /// Byte for byte: `Authority`'s own comparison ignores case one byte at a time, and the
+    /// URLs of one upstream are spelled the same every time.
+    fn is(&self, other: &Origin) -> bool {
+        self.authority.as_str() == other.authority.as_str() && self.scheme == other.scheme
+    }
+
+    /// A copy that shares no memory with this one, so threads that each keep one never
+    /// touch the same reference count.
+    fn unshared(&self) -> Result<Self, Error> {
+        let authority = Bytes::copy_from_slice(self.authority.as_str().as_bytes());
+        Ok(Self {
+            scheme: self.scheme.clone(),
+            authority: Authority::from_maybe_shared(authority)?,
+        })
     }
 }
 

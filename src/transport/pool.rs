@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{HeaderValue, Uri, header};
 use http_body::{Frame, SizeHint};
 use http_body_util::Full;
@@ -24,7 +24,7 @@ use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::rt::TokioExecutor;
 use tower::ServiceExt;
 
-use super::Error;
+use super::{Error, Origin};
 
 type Body = Full<Bytes>;
 
@@ -33,18 +33,13 @@ type Body = Full<Bytes>;
 pub struct ConnectionPool {
     connector: HttpsConnector<HttpConnector>,
     idle_timeout: Duration,
-    origins: Mutex<Vec<Origin>>,
-}
-
-#[derive(Debug, Clone)]
-struct OriginKey {
-    scheme: Scheme,
-    authority: Authority,
+    /// Never shrinks, so an origin's index stays valid.
+    origins: Mutex<Vec<OriginEntry>>,
 }
 
 #[derive(Debug)]
-struct Origin {
-    key: OriginKey,
+struct OriginEntry {
+    origin: Origin,
     /// What HTTP/1 requests name in `Host`.
     host: HeaderValue,
     /// Oldest first: the newest is reused first, so the oldest go idle long enough to expire.
@@ -72,54 +67,75 @@ impl ConnectionPool {
         }
     }
 
-    /// Sends a request with an absolute URL on an idle connection to its origin, or on a
-    /// new one. An HTTP/1 connection comes back to the pool when the answer's body has been
-    /// read to its end.
+    /// Sends a request, whose URI is its path and query, to `origin` on an idle connection,
+    /// or on a new one. An HTTP/1 connection comes back to the pool when the answer's body
+    /// has been read to its end.
     pub async fn send(
         self: &Arc<Self>,
+        origin: &Origin,
         mut request: http::Request<Body>,
     ) -> Result<http::Response<PooledBody>, Error> {
-        let key = OriginKey::of(request.uri())?;
-        let sender = match self.checkout(&key).await {
-            Some(sender) => sender,
-            None => self.connect(&key, request.uri()).await?,
+        let (slot, idle) = self.take_idle(origin)?;
+        let sender = match idle {
+            Some(sender) => match self.ready(slot, sender).await {
+                Some(sender) => sender,
+                None => self.connect(slot).await?,
+            },
+            None => self.connect(slot).await?,
         };
         match sender {
             Sender::Http1(mut sender) => {
-                to_origin_form(&mut request, self.host_of(&key)?);
+                let host = self.lock()[slot].host.clone();
+                request.headers_mut().entry(header::HOST).or_insert(host);
                 let response = sender.send_request(request).await?;
                 let home = Some(Home {
                     pool: self.clone(),
-                    key,
+                    slot,
                     sender,
                 });
                 Ok(response.map(|body| PooledBody { body, home }))
             }
             Sender::Http2(mut sender) => {
+                let path = request.uri().clone();
+                *request.uri_mut() = self.url(slot, &path)?;
                 let response = sender.send_request(request).await?;
                 Ok(response.map(|body| PooledBody { body, home: None }))
             }
         }
     }
 
-    /// A live idle connection, if the origin has one.
-    async fn checkout(&self, key: &OriginKey) -> Option<Sender> {
+    /// `sender` once the previous exchange on it has wound down, or a later idle one of the
+    /// origin; `None` when every one turned out closed.
+    async fn ready(&self, slot: usize, mut sender: Sender) -> Option<Sender> {
         loop {
-            match self.take_idle(key)? {
-                // Ready once the previous exchange has wound down; an error means closed.
-                Sender::Http1(mut sender) => {
-                    if sender.ready().await.is_ok() {
-                        return Some(Sender::Http1(sender));
-                    }
-                }
-                http2 => return Some(http2),
+            if let Sender::Http1(http1) = &mut sender
+                && http1.ready().await.is_err()
+            {
+                sender = self.take_idle_in(slot)?;
+                continue;
             }
+            return Some(sender);
         }
     }
 
-    fn take_idle(&self, key: &OriginKey) -> Option<Sender> {
+    /// The origin's slot, made on first use, and its newest live idle connection.
+    fn take_idle(&self, origin: &Origin) -> Result<(usize, Option<Sender>), Error> {
         let mut origins = self.lock();
-        let idle = &mut origins.iter_mut().find(|origin| origin.key.is(key))?.idle;
+        let slot = match origins.iter().position(|entry| entry.origin.is(origin)) {
+            Some(slot) => slot,
+            None => {
+                origins.push(OriginEntry::new(origin)?);
+                origins.len() - 1
+            }
+        };
+        Ok((slot, self.newest_idle(&mut origins[slot].idle)))
+    }
+
+    fn take_idle_in(&self, slot: usize) -> Option<Sender> {
+        self.newest_idle(&mut self.lock()[slot].idle)
+    }
+
+    fn newest_idle(&self, idle: &mut Vec<Idle>) -> Option<Sender> {
         let now = Instant::now();
         while let Some(newest) = idle.last_mut() {
             if now.duration_since(newest.since) > self.idle_timeout {
@@ -142,12 +158,22 @@ impl ConnectionPool {
         None
     }
 
-    async fn connect(&self, key: &OriginKey, uri: &Uri) -> Result<Sender, Error> {
-        let io = self.connector.clone().oneshot(uri.clone()).await?;
+    /// The absolute URL of `path` on the origin in `slot`.
+    fn url(&self, slot: usize, path: &Uri) -> Result<Uri, Error> {
+        let path = path
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        self.lock()[slot].origin.url(path)
+    }
+
+    async fn connect(&self, slot: usize) -> Result<Sender, Error> {
+        let root = self.url(slot, &Uri::from_static("/"))?;
+        let io = self.connector.clone().oneshot(root).await?;
         if io.connected().is_negotiated_h2() {
             let (sender, connection) = http2::handshake(TokioExecutor::new(), io).await?;
             tokio::spawn(connection);
-            self.put_back(key, Sender::Http2(sender.clone()));
+            self.put_back(slot, Sender::Http2(sender.clone()));
             Ok(Sender::Http2(sender))
         } else {
             let (sender, connection) = http1::handshake(io).await?;
@@ -156,17 +182,9 @@ impl ConnectionPool {
         }
     }
 
-    fn host_of(&self, key: &OriginKey) -> Result<HeaderValue, Error> {
-        Ok(origin_in(&mut self.lock(), key)?.host.clone())
-    }
-
-    fn put_back(&self, key: &OriginKey, sender: Sender) {
+    fn put_back(&self, slot: usize, sender: Sender) {
         let now = Instant::now();
-        let mut origins = self.lock();
-        let Ok(origin) = origin_in(&mut origins, key) else {
-            return;
-        };
-        let idle = &mut origin.idle;
+        let idle = &mut self.lock()[slot].idle;
         idle.push(Idle { sender, since: now });
         let expired = idle
             .iter()
@@ -176,65 +194,31 @@ impl ConnectionPool {
     }
 
     /// The list stays consistent whatever a panicking holder was doing.
-    fn lock(&self) -> MutexGuard<'_, Vec<Origin>> {
+    fn lock(&self) -> MutexGuard<'_, Vec<OriginEntry>> {
         self.origins.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-impl OriginKey {
-    /// Byte for byte: `Authority`'s own comparison ignores case one byte at a time, and the
-    /// URLs of one upstream are spelled the same every time.
-    fn is(&self, other: &OriginKey) -> bool {
-        self.authority.as_str() == other.authority.as_str() && self.scheme == other.scheme
+impl OriginEntry {
+    fn new(origin: &Origin) -> Result<Self, Error> {
+        Ok(Self {
+            // This worker's own copy, so requests on other workers never contend for it.
+            origin: origin.unshared()?,
+            host: host_header(origin)?,
+            idle: Vec::new(),
+        })
     }
-
-    fn of(uri: &Uri) -> Result<Self, Error> {
-        match (uri.scheme(), uri.authority()) {
-            (Some(scheme), Some(authority)) => Ok(Self {
-                scheme: scheme.clone(),
-                authority: authority.clone(),
-            }),
-            _ => Err(format!("not an absolute URL: {uri}").into()),
-        }
-    }
-}
-
-/// The origin's entry, made on first use.
-fn origin_in<'a>(origins: &'a mut Vec<Origin>, key: &OriginKey) -> Result<&'a mut Origin, Error> {
-    let index = match origins.iter().position(|origin| origin.key.is(key)) {
-        Some(index) => index,
-        None => {
-            origins.push(Origin {
-                host: host_header(key)?,
-                key: key.clone(),
-                idle: Vec::new(),
-            });
-            origins.len() - 1
-        }
-    };
-    Ok(&mut origins[index])
-}
-
-/// An HTTP/1 request names its host in `Host` and carries only the path.
-fn to_origin_form(request: &mut http::Request<Body>, host: HeaderValue) {
-    request.headers_mut().entry(header::HOST).or_insert(host);
-    let path = request
-        .uri()
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    *request.uri_mut() = Uri::from(path);
 }
 
 /// The host, with the port only when it is not the scheme's default.
-fn host_header(key: &OriginKey) -> Result<HeaderValue, Error> {
-    let host = key.authority.host();
-    let default_port = match key.scheme.as_str() {
+fn host_header(origin: &Origin) -> Result<HeaderValue, Error> {
+    let host = origin.authority.host();
+    let default_port = match origin.scheme.as_str() {
         "https" => Some(443),
         "http" => Some(80),
         _ => None,
     };
-    let value = match key.authority.port_u16() {
+    let value = match origin.authority.port_u16() {
         Some(port) if Some(port) != default_port => {
             HeaderValue::try_from(format!("{host}:{port}"))?
         }
@@ -247,7 +231,7 @@ fn host_header(key: &OriginKey) -> Result<HeaderValue, Error> {
 #[derive(Debug)]
 struct Home {
     pool: Arc<ConnectionPool>,
-    key: OriginKey,
+    slot: usize,
     sender: http1::SendRequest<Body>,
 }
 
@@ -272,7 +256,7 @@ impl http_body::Body for PooledBody {
         match &frame {
             Poll::Ready(None) => {
                 if let Some(home) = this.home.take() {
-                    home.pool.put_back(&home.key, Sender::Http1(home.sender));
+                    home.pool.put_back(home.slot, Sender::Http1(home.sender));
                 }
             }
             Poll::Ready(Some(Err(_))) => this.home = None,
@@ -355,10 +339,53 @@ mod tests {
     }
 
     async fn answer(pool: &Arc<ConnectionPool>, url: &str) -> String {
-        let request = http::Request::get(url).body(Body::default()).unwrap();
-        let response = pool.send(request).await.unwrap();
+        let url: Uri = url.parse().unwrap();
+        let origin = Origin::of(&url).unwrap();
+        let request = http::Request::get(url.path_and_query().unwrap().as_str())
+            .body(Body::default())
+            .unwrap();
+        let response = pool.send(&origin, request).await.unwrap();
         let body = http_body_util::BodyExt::collect(response.into_body()).await;
         String::from_utf8(body.unwrap().to_bytes().to_vec()).unwrap()
+    }
+
+    /// A plain HTTP/1 server on 127.0.0.1 that answers with the URL and `Host` it saw.
+    async fn http1_server() -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let echo = hyper::service::service_fn(|request: http::Request<Incoming>| {
+                    let host = request.headers()[header::HOST].to_str().unwrap();
+                    let seen = format!("{} host={host}", request.uri());
+                    async move {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Body::from(seen)))
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), echo),
+                );
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn http1_requests_carry_the_path_and_a_host() {
+        let port = http1_server().await;
+        let pool = Arc::new(ConnectionPool::new(
+            super::super::https_connector(super::super::tls_config().unwrap()),
+            Duration::from_secs(60),
+        ));
+        let url = format!("http://127.0.0.1:{port}/v1/messages?beta=true");
+        let expected = format!("/v1/messages?beta=true host=127.0.0.1:{port}");
+        assert_eq!(answer(&pool, &url).await, expected);
+        assert_eq!(
+            answer(&pool, &url).await,
+            expected,
+            "on the pooled connection"
+        );
     }
 
     #[tokio::test]
@@ -375,8 +402,8 @@ mod tests {
     }
 
     fn host_of(url: &str) -> String {
-        let key = OriginKey::of(&url.parse().unwrap()).unwrap();
-        host_header(&key).unwrap().to_str().unwrap().to_owned()
+        let origin = Origin::of(&url.parse().unwrap()).unwrap();
+        host_header(&origin).unwrap().to_str().unwrap().to_owned()
     }
 
     #[test]
@@ -391,18 +418,15 @@ mod tests {
     }
 
     #[test]
-    fn http1_requests_carry_the_path_and_a_host() {
-        let mut request = http::Request::new(Body::default());
-        *request.uri_mut() = "http://127.0.0.1:9/v1/messages?beta=true".parse().unwrap();
-        to_origin_form(&mut request, HeaderValue::from_static("127.0.0.1:9"));
-        assert_eq!(request.uri(), "/v1/messages?beta=true");
-        assert_eq!(request.headers()[header::HOST], "127.0.0.1:9");
-    }
-
-    #[test]
     fn only_absolute_urls_have_an_origin() {
-        assert!(OriginKey::of(&"/v1/messages".parse().unwrap()).is_err());
-        let key = OriginKey::of(&"https://api.openai.com/v1".parse().unwrap()).unwrap();
-        assert_eq!(key.authority, "api.openai.com");
+        assert!(Origin::of(&"/v1/messages".parse().unwrap()).is_err());
+        let origin = Origin::of(&"https://api.openai.com/v1".parse().unwrap()).unwrap();
+        assert_eq!(origin.authority, "api.openai.com");
+        let copy = origin.unshared().unwrap();
+        assert!(copy.is(&origin));
+        assert_ne!(
+            copy.authority.as_str().as_ptr(),
+            origin.authority.as_str().as_ptr()
+        );
     }
 }
