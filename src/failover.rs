@@ -461,11 +461,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, body_length: Option<u64>) {
     // One pass notes which are present, as a removal is a hash lookup and most are absent.
     let mut present = 0u16;
     let mut has_length = false;
+    // Bound once: each use of a `const` of header names makes and drops a copy of it.
+    let dropped_names = DROPPED_WHEN_FORWARDING;
     for name in headers.keys() {
-        if let Some(index) = DROPPED_WHEN_FORWARDING
-            .iter()
-            .position(|dropped| dropped == name)
-        {
+        if let Some(index) = dropped_names.iter().position(|dropped| dropped == name) {
             present |= 1 << index;
         }
         has_length |= name == header::CONTENT_LENGTH;
@@ -481,7 +480,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, body_length: Option<u64>) {
             .map(|name| name.trim().to_ascii_lowercase())
             .collect()
     };
-    for (index, name) in DROPPED_WHEN_FORWARDING.iter().enumerate() {
+    for (index, name) in dropped_names.iter().enumerate() {
         if present & (1 << index) != 0 {
             headers.remove(name);
         }
