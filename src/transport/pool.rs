@@ -79,9 +79,9 @@ impl ConnectionPool {
         let sender = match idle {
             Some(sender) => match self.ready(slot, sender).await {
                 Some(sender) => sender,
-                None => self.connect(slot).await?,
+                None => Box::pin(self.connect(slot)).await?,
             },
-            None => self.connect(slot).await?,
+            None => Box::pin(self.connect(slot)).await?,
         };
         match sender {
             Sender::Http1(mut sender) => {
