@@ -54,6 +54,9 @@ use state_sync::StateSync;
 /// How long in-flight requests may run on after SIGINT/SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
+/// How far away each worker's nearest timer may be; see [`keep_timer_wakeups_near`].
+const TIMER_WAKEUP_BOUND: Duration = Duration::from_secs(1);
+
 /// The header a client may carry its aibridge access token in.
 const TOKEN_HEADER: http::HeaderName = http::HeaderName::from_static("x-aibridge-token");
 
@@ -310,6 +313,7 @@ fn serve_worker(
         let listener =
             TcpListener::from_std(listener).context("cannot use the listening socket")?;
         let operator_routes = router(app);
+        tokio::spawn(keep_timer_wakeups_near());
         let connections = GracefulShutdown::new();
         loop {
             let stream = tokio::select! {
@@ -342,6 +346,18 @@ fn serve_worker(
         connections.shutdown().await;
         Ok(())
     })
+}
+
+/// Every request sets timers minutes away (response and idle timeouts). A timer due sooner
+/// than the runtime's next wake-up makes tokio wake its driver with a write to an eventfd
+/// and one more `epoll_wait`; with nothing else pending, that is every request. A timer
+/// that is never more than a second away keeps the request timers from ever being sooner.
+async fn keep_timer_wakeups_near() {
+    let mut tick = tokio::time::interval(TIMER_WAKEUP_BOUND);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+    }
 }
 
 /// Proxied requests go straight to the proxy; operator routes through the router.
