@@ -460,18 +460,17 @@ const DROPPED_WHEN_FORWARDING: [HeaderName; 10] = [
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, body_length: Option<u64>) {
     // One pass notes which are present, as a removal is a hash lookup and most are absent.
     let mut present = 0u16;
-    let mut has_length = false;
+    let (mut has_connection, mut has_length) = (false, false);
     // Bound once: each use of a `const` of header names makes and drops a copy of it.
     let dropped_names = DROPPED_WHEN_FORWARDING;
     for name in headers.keys() {
         if let Some(index) = dropped_names.iter().position(|dropped| dropped == name) {
             present |= 1 << index;
         }
+        has_connection |= name == header::CONNECTION;
         has_length |= name == header::CONTENT_LENGTH;
     }
-    let named_by_connection: Vec<String> = if present & 1 == 0 {
-        Vec::new()
-    } else {
+    let named_by_connection: Vec<String> = if has_connection {
         headers
             .get_all(header::CONNECTION)
             .iter()
@@ -479,6 +478,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, body_length: Option<u64>) {
             .flat_map(|value| value.split(','))
             .map(|name| name.trim().to_ascii_lowercase())
             .collect()
+    } else {
+        Vec::new()
     };
     for (index, name) in dropped_names.iter().enumerate() {
         if present & (1 << index) != 0 {

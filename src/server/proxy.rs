@@ -222,7 +222,6 @@ async fn relay_response(
     let mut headers = parts.headers;
     // An SSE stream is relayed event by event; anything else with the length it declared.
     strip_hop_by_hop(&mut headers, content_length.filter(|_| !is_sse));
-    headers.reserve(2);
     if let Ok(value) = HeaderValue::from_str(key) {
         headers.insert(KEY_HEADER, value);
     }

@@ -13,7 +13,6 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::uri::PathAndQuery;
 use http::{HeaderValue, Uri, header};
 use http_body::{Frame, SizeHint};
 use http_body_util::Full;
@@ -24,7 +23,7 @@ use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::rt::TokioExecutor;
 use tower::ServiceExt;
 
-use super::{Error, Origin};
+use super::{Error, Origin, path_of};
 
 type Body = Full<Bytes>;
 
@@ -76,11 +75,14 @@ impl ConnectionPool {
         mut request: http::Request<Body>,
     ) -> Result<http::Response<PooledBody>, Error> {
         let (slot, idle) = self.take_idle(origin)?;
-        let sender = match idle {
-            Some(sender) => match self.ready(slot, sender).await {
-                Some(sender) => sender,
-                None => Box::pin(self.connect(slot)).await?,
-            },
+        let ready = match idle {
+            Some(sender) => self.ready(slot, sender).await,
+            None => None,
+        };
+        let sender = match ready {
+            Some(sender) => sender,
+            // Boxed: connecting is rare, and its future (TLS, HTTP/2 handshake) would make
+            // every request's future several times larger.
             None => Box::pin(self.connect(slot)).await?,
         };
         match sender {
@@ -160,11 +162,7 @@ impl ConnectionPool {
 
     /// The absolute URL of `path` on the origin in `slot`.
     fn url(&self, slot: usize, path: &Uri) -> Result<Uri, Error> {
-        let path = path
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        self.lock()[slot].origin.url(path)
+        self.lock()[slot].origin.url(path_of(path))
     }
 
     async fn connect(&self, slot: usize) -> Result<Sender, Error> {
