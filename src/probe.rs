@@ -68,10 +68,12 @@ pub async fn probe(walker: &Walker, upstream: &Upstream, index: usize, timeout: 
 
 async fn probe_once(walker: &Walker, upstream: &Upstream, index: usize) -> Probe {
     let key = upstream.pool.key(index);
+    let mut headers = HeaderMap::new();
+    crate::transport::identify_as_aibridge(&mut headers);
     let request = OutboundRequest::new(
         Method::GET,
         upstream.kind.api().probe_path().to_owned(),
-        HeaderMap::new(),
+        headers,
         Bytes::new(),
     );
     let started = Instant::now();

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderValue, Uri, header};
+use http::{HeaderMap, HeaderValue, Uri, header};
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -110,15 +110,8 @@ impl HttpClient {
     }
 
     /// Sends one request, whose URI is its path and query, to `origin`; no retries, no
-    /// redirects. Adds `user-agent` and `accept` when the request has none.
+    /// redirects. The headers go as they are: a forwarded request keeps its caller's.
     pub async fn send_to(&self, origin: &Origin, mut request: Request) -> Result<Response, Error> {
-        let headers = request.headers_mut();
-        headers
-            .entry(header::USER_AGENT)
-            .or_insert(HeaderValue::from_static(USER_AGENT));
-        headers
-            .entry(header::ACCEPT)
-            .or_insert(HeaderValue::from_static("*/*"));
         match &self.inner {
             Inner::Direct(pool) => {
                 let response = pool.send(origin, request.map(Full::new)).await?;
@@ -132,6 +125,17 @@ impl HttpClient {
             }
         }
     }
+}
+
+/// Names aibridge as the user agent of a request it makes itself (probes, `send`, admin
+/// calls), unless the request names one.
+pub fn identify_as_aibridge(headers: &mut HeaderMap) {
+    headers
+        .entry(header::USER_AGENT)
+        .or_insert(HeaderValue::from_static(USER_AGENT));
+    headers
+        .entry(header::ACCEPT)
+        .or_insert(HeaderValue::from_static("*/*"));
 }
 
 /// A URI's path and query; `/` when it has none.

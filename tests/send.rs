@@ -38,6 +38,8 @@ fn fails_over_401_then_429_then_succeeds_with_identical_bodies() {
         assert_eq!(request.headers["anthropic-version"], "2023-06-01");
         assert_eq!(request.headers["content-type"], "application/json");
         assert!(request.headers.get("authorization").is_none());
+        let agent = request.headers["user-agent"].to_str().unwrap();
+        assert!(agent.starts_with("aibridge/"), "{agent}");
     }
 }
 

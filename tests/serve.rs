@@ -1007,6 +1007,42 @@ fn upstream_connections_are_reused() {
 }
 
 #[test]
+fn forwarding_adds_only_the_key_and_the_api_version() {
+    let mock = MockUpstream::start();
+    let server = bridge(&mock, &[K1], "").serve();
+    let response = client()
+        .post(server.url("/anthropic/v1/messages"))
+        .header("x-api-key", SDK_KEY)
+        .body("{}")
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let requests = mock.requests();
+    let mut names: Vec<_> = requests[0]
+        .headers
+        .keys()
+        .map(|name| name.as_str())
+        .collect();
+    names.sort_unstable();
+    // The caller's `accept` (its HTTP client's default), the pool's key, the API version
+    // Anthropic requires, and the two headers of the message's own framing: no user agent.
+    assert_eq!(
+        names,
+        [
+            "accept",
+            "anthropic-version",
+            "content-length",
+            "host",
+            "x-api-key"
+        ]
+    );
+    assert_eq!(
+        requests[0].headers["accept"], "*/*",
+        "the caller's client sent it"
+    );
+}
+
+#[test]
 fn an_upstream_that_closes_each_connection_still_answers_every_request() {
     let mock = MockUpstream::start();
     mock.on_key(K1, vec![Reply::ok("{}").header("connection", "close")]);

@@ -293,6 +293,7 @@ impl Server {
             .parse()
             .context("invalid server URL")?;
         let headers = request.headers_mut();
+        transport::identify_as_aibridge(headers);
         if is_json {
             headers.insert(
                 header::CONTENT_TYPE,

@@ -102,6 +102,7 @@ fn build_request(args: &SendArgs, provider: &ProviderConfig) -> anyhow::Result<O
             HeaderValue::from_static("application/json"),
         );
     }
+    transport::identify_as_aibridge(&mut headers);
     Ok(OutboundRequest::new(method, path_and_query, headers, body))
 }
 
