@@ -98,16 +98,16 @@ impl ConnectionPool {
                 Ok(response.map(|body| PooledBody { body, home }))
             }
             Sender::Http2(mut sender) => {
-                let path = request.uri().clone();
-                *request.uri_mut() = self.url(slot, &path)?;
+                let url = self.url(slot, request.uri())?;
+                *request.uri_mut() = url;
                 let response = sender.send_request(request).await?;
                 Ok(response.map(|body| PooledBody { body, home: None }))
             }
         }
     }
 
-    /// `sender` once the previous exchange on it has wound down, or a later idle one of the
-    /// origin; `None` when every one turned out closed.
+    /// `sender` once the previous exchange on it has wound down, or else the origin's next
+    /// idle one; `None` when every one turned out closed.
     async fn ready(&self, slot: usize, mut sender: Sender) -> Option<Sender> {
         loop {
             if let Sender::Http1(http1) = &mut sender
