@@ -92,12 +92,7 @@ fn status_from_a_live_server_matches_its_pool_route() {
     )
     .secret(TOKEN);
     let server = test.serve();
-    let response = client()
-        .post(server.url("/anthropic/v1/messages"))
-        .header("x-aibridge-token", TOKEN)
-        .body("{}")
-        .send()
-        .unwrap();
+    let response = server.post_message_with(&[("x-aibridge-token", TOKEN)]);
     assert_eq!(response.status(), 200);
     let output = test
         .args([

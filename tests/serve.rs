@@ -1010,12 +1010,7 @@ fn upstream_connections_are_reused() {
 fn forwarding_adds_only_the_key_and_the_api_version() {
     let mock = MockUpstream::start();
     let server = bridge(&mock, &[K1], "").serve();
-    let response = client()
-        .post(server.url("/anthropic/v1/messages"))
-        .header("x-api-key", SDK_KEY)
-        .body("{}")
-        .send()
-        .unwrap();
+    let response = server.post_message_with(&[("x-api-key", SDK_KEY)]);
     assert_eq!(response.status(), 200);
     let requests = mock.requests();
     let mut names: Vec<_> = requests[0]

@@ -322,11 +322,16 @@ impl Server {
 
     /// A Messages request with an empty JSON body, through the bridge's pool.
     pub fn post_message(&self) -> reqwest::blocking::Response {
-        client()
-            .post(self.url("/anthropic/v1/messages"))
-            .body("{}")
-            .send()
-            .unwrap()
+        self.post_message_with(&[])
+    }
+
+    /// [`Server::post_message`], carrying `headers`.
+    pub fn post_message_with(&self, headers: &[(&str, &str)]) -> reqwest::blocking::Response {
+        let mut request = client().post(self.url("/anthropic/v1/messages")).body("{}");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().unwrap()
     }
 
     pub fn stderr(&self) -> String {
