@@ -1,7 +1,7 @@
 //! `aibridge serve` against a mock upstream, with requests shaped as the official SDKs send
 //! them.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::time::Duration;
 
 use reqwest::blocking::{RequestBuilder, Response};
@@ -983,6 +983,51 @@ fn send_through_one_worker(mock: &MockUpstream, count: usize) {
     let server = test.serve_with(&["--listen", "127.0.0.1:0", "--workers", "1"]);
     for _ in 0..count {
         assert_eq!(routes()[0].send(&server, false).status(), 200);
+    }
+}
+
+/// `aibridge_open_connections` per worker, in worker order.
+fn open_connections(server: &Server) -> Vec<u64> {
+    server
+        .metrics()
+        .lines()
+        .filter(|line| line.starts_with("aibridge_open_connections{"))
+        .map(|line| line.rsplit(' ').next().unwrap().parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn connections_opened_together_are_spread_over_the_workers() {
+    let mock = MockUpstream::start();
+    let server =
+        bridge(&mock, &[K1], "").serve_with(&["--listen", "127.0.0.1:0", "--workers", "2"]);
+    let address = &server.base["http://".len()..];
+    let held: Vec<std::net::TcpStream> = (0..4)
+        .map(|_| {
+            let mut stream = std::net::TcpStream::connect(address).unwrap();
+            stream
+                .write_all(b"GET /_aibridge/health HTTP/1.1\r\nhost: bridge\r\n\r\n")
+                .unwrap();
+            // An answer means a worker has taken the connection.
+            let mut first = [0; 1];
+            stream.read_exact(&mut first).unwrap();
+            stream
+        })
+        .collect();
+    // The scrape's own connection is the fifth.
+    let mut open = open_connections(&server);
+    open.sort_unstable();
+    assert_eq!(open, [2, 3], "one worker took more than its share");
+
+    drop(held);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while open_connections(&server).iter().sum::<u64>() != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "closed connections still counted: {:?}",
+            open_connections(&server)
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -43,7 +43,9 @@ pub async fn metrics(State(app): State<&'static AppState>, headers: HeaderMap) -
         return denied;
     }
     let bridge = app.bridge.load();
-    let text = app.metrics.render(bridge.upstreams.values());
+    let text = app
+        .metrics
+        .render(bridge.upstreams.values(), app.balancer.open_connections());
     (
         [(
             header::CONTENT_TYPE,

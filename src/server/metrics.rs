@@ -28,6 +28,11 @@ struct TransitionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerLabels {
+    worker: usize,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ExhaustionLabels {
     provider: String,
     kind: &'static str,
@@ -38,6 +43,7 @@ pub struct Metrics {
     keys: Family<KeyLabels, Gauge>,
     transitions: Family<TransitionLabels, Counter>,
     exhaustions: Family<ExhaustionLabels, Counter>,
+    connections: Family<WorkerLabels, Gauge>,
     requests: Arc<RequestStats>,
 }
 
@@ -48,6 +54,7 @@ impl Metrics {
         let keys = Family::default();
         let transitions = Family::default();
         let exhaustions = Family::default();
+        let connections = Family::default();
         let requests = Arc::new(RequestStats::new(threads));
         registry.register("aibridge_keys", "Keys per provider and state", keys.clone());
         registry.register(
@@ -60,12 +67,18 @@ impl Metrics {
             "Requests that found no usable key, by kind",
             exhaustions.clone(),
         );
+        registry.register(
+            "aibridge_open_connections",
+            "Open client connections per worker thread",
+            connections.clone(),
+        );
         registry.register_collector(Box::new(requests.clone()));
         Self {
             registry,
             keys,
             transitions,
             exhaustions,
+            connections,
             requests,
         }
     }
@@ -109,8 +122,19 @@ impl Metrics {
         shard.added_latency.observe(added.as_secs_f64());
     }
 
-    /// The exposition text, with the key gauges read from the pools now.
-    pub fn render<'a>(&self, upstreams: impl IntoIterator<Item = &'a Upstream>) -> String {
+    /// The exposition text, with the key gauges read from the pools now, and the
+    /// connection gauges from `open_connections` (one count per worker).
+    pub fn render<'a>(
+        &self,
+        upstreams: impl IntoIterator<Item = &'a Upstream>,
+        open_connections: impl IntoIterator<Item = usize>,
+    ) -> String {
+        for (worker, open) in open_connections.into_iter().enumerate() {
+            let open = i64::try_from(open).unwrap_or(i64::MAX);
+            self.connections
+                .get_or_create(&WorkerLabels { worker })
+                .set(open);
+        }
         self.keys.clear();
         for upstream in upstreams {
             for state in ["available", "cooling", "disabled"] {

@@ -4,14 +4,16 @@
 //! The configuration lives behind an `ArcSwap`, so a SIGHUP reload swaps it without a lock
 //! on the request path.
 //!
-//! One single-threaded runtime per core serves requests, each accepting on the same socket
-//! and keeping its own upstream connections, as nginx's workers do: a request never wakes
-//! another thread. A separate control thread handles signals, the state file and rechecks.
+//! One single-threaded runtime per core serves requests, each keeping its own upstream
+//! connections, as nginx's workers do: a request never wakes another thread. A separate
+//! control thread accepts connections and hands each to the worker with the fewest open
+//! (see [`accept`]), and handles signals, the state file and rechecks.
 //!
 //! Connections are served by hyper directly and proxied requests go straight to the proxy
 //! handler; only the operator routes go through a router, which keeps its per-request cost
 //! off the hot path.
 
+mod accept;
 mod admin;
 mod journal;
 mod metrics;
@@ -36,7 +38,6 @@ use http::HeaderMap;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tower::ServiceExt;
 
@@ -47,6 +48,7 @@ use crate::provider::{CREDENTIAL_HEADERS, credential_in};
 use crate::state::{StateFile, StateStore};
 use crate::transport::HttpClient;
 
+use accept::{Accepted, Balancer};
 pub use journal::Journal;
 use metrics::Metrics;
 use state_sync::StateSync;
@@ -185,6 +187,7 @@ pub struct AppState {
     next_request_id: AtomicU64,
     reload: ConfigLoader,
     workers: usize,
+    balancer: Balancer,
 }
 
 impl AppState {
@@ -252,28 +255,36 @@ pub fn run(config: Config, options: ServerOptions) -> anyhow::Result<()> {
             next_request_id: AtomicU64::new(1),
             reload: options.reload,
             workers,
+            balancer: Balancer::new(workers),
         }))
     });
-    let (stop, stopped) = tokio::sync::watch::channel(false);
     let (finished, worker_results) = std::sync::mpsc::channel();
+    let mut inboxes = Vec::with_capacity(workers);
     for worker in 0..workers {
-        let listener = options
-            .listener
-            .try_clone()
-            .context("cannot share the listening socket")?;
-        let (stopped, finished) = (stopped.clone(), finished.clone());
+        let (inbox, accepted) = tokio::sync::mpsc::unbounded_channel();
+        inboxes.push(inbox);
+        let finished = finished.clone();
         std::thread::Builder::new()
             .name(format!("aibridge-worker-{worker}"))
             .spawn(move || {
-                let _ = finished.send(serve_worker(worker, listener, app, stopped));
+                let _ = finished.send(serve_worker(worker, accepted, app));
             })
             .context("cannot start a worker thread")?;
     }
     drop(finished);
-    // Only the workers hold the socket now, so it closes when they stop accepting.
-    drop(options.listener);
 
     control.block_on(async {
+        options
+            .listener
+            .set_nonblocking(true)
+            .context("cannot configure the listening socket")?;
+        let listener = tokio::net::TcpListener::from_std(options.listener)
+            .context("cannot use the listening socket")?;
+        let accepting = tokio::spawn(accept::hand_out_connections(
+            listener,
+            &app.balancer,
+            inboxes,
+        ));
         let recheck = tokio::spawn(recheck::run(app));
         wait_for_stop(app).await?;
         recheck.abort();
@@ -281,7 +292,9 @@ pub fn run(config: Config, options: ServerOptions) -> anyhow::Result<()> {
             "shutting down; in-flight requests have {}s to finish",
             SHUTDOWN_GRACE.as_secs()
         );
-        let _ = stop.send(true);
+        // Closes the socket, and the workers' inboxes: each then finishes what it has.
+        accepting.abort();
+        let _ = accepting.await;
         let outcome =
             tokio::task::spawn_blocking(move || wait_for_workers(&worker_results, workers))
                 .await
@@ -294,12 +307,12 @@ pub fn run(config: Config, options: ServerOptions) -> anyhow::Result<()> {
     })
 }
 
-/// One worker: a single-threaded runtime serving connections from the shared socket.
+/// One worker: a single-threaded runtime serving the connections handed to it, until the
+/// acceptor stops handing them out.
 fn serve_worker(
     worker: usize,
-    listener: std::net::TcpListener,
+    mut accepted: tokio::sync::mpsc::UnboundedReceiver<Accepted>,
     app: &'static AppState,
-    mut stopped: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     WORKER.set(Some(worker));
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -307,27 +320,17 @@ fn serve_worker(
         .build()
         .context("cannot start a worker runtime")?;
     runtime.block_on(async move {
-        listener
-            .set_nonblocking(true)
-            .context("cannot configure the listening socket")?;
-        let listener =
-            TcpListener::from_std(listener).context("cannot use the listening socket")?;
         let operator_routes = router(app);
         tokio::spawn(keep_timer_wakeups_near());
         let connections = GracefulShutdown::new();
-        loop {
-            let stream = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(error) => {
-                        pause_after_accept_error(&error).await;
-                        continue;
-                    }
-                },
-                _ = stopped.wait_for(|stop| *stop) => break,
+        while let Some(Accepted { stream, open }) = accepted.recv().await {
+            let stream = match tokio::net::TcpStream::from_std(stream) {
+                Ok(stream) => stream,
+                Err(error) => {
+                    tracing::warn!("cannot serve a connection: {error}");
+                    continue;
+                }
             };
-            // Small answers must not wait on Nagle's algorithm.
-            let _ = stream.set_nodelay(true);
             let operator_routes = operator_routes.clone();
             let service = hyper::service::service_fn(move |request| {
                 dispatch(app, operator_routes.clone(), request)
@@ -339,10 +342,10 @@ fn serve_worker(
             tokio::spawn(async move {
                 // A client that goes away mid-request is not the server's error.
                 let _ = connection.await;
+                drop(open);
             });
         }
-        // Stop accepting, let requests in flight finish, and close idle connections.
-        drop(listener);
+        // Let requests in flight finish, and close idle connections.
         connections.shutdown().await;
         Ok(())
     })
@@ -371,19 +374,6 @@ async fn dispatch(
         return operator_routes.oneshot(request.map(Body::new)).await;
     }
     Ok(proxy::handle(app, request).await)
-}
-
-/// Out of file descriptors and the like: accepting again at once would spin.
-async fn pause_after_accept_error(error: &std::io::Error) {
-    use std::io::ErrorKind;
-    if matches!(
-        error.kind(),
-        ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset | ErrorKind::Interrupted
-    ) {
-        return;
-    }
-    tracing::error!("cannot accept a connection: {error}");
-    tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
 /// Waits for every worker to finish its requests, up to the grace period.
