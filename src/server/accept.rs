@@ -34,19 +34,20 @@ impl Balancer {
         }
     }
 
-    /// The worker with the fewest open connections, counted as serving one more.
-    pub fn assign(&'static self) -> OpenConnection {
+    /// Of the workers `serving` accepts, the one with the fewest open connections, counted
+    /// as serving one more; `None` when it accepts none.
+    pub fn assign(&'static self, serving: impl Fn(usize) -> bool) -> Option<OpenConnection> {
         let workers = self.open.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed) % workers;
         let worker = (start..start + workers)
             .map(|turn| turn % workers)
-            .min_by_key(|&worker| self.open[worker].load(Ordering::Relaxed))
-            .expect("there is at least one worker");
+            .filter(|&worker| serving(worker))
+            .min_by_key(|&worker| self.open[worker].load(Ordering::Relaxed))?;
         self.open[worker].fetch_add(1, Ordering::Relaxed);
-        OpenConnection {
+        Some(OpenConnection {
             balancer: self,
             worker,
-        }
+        })
     }
 
     /// Open connections per worker, for `/metrics`.
@@ -80,27 +81,54 @@ pub async fn hand_out_connections(
     balancer: &'static Balancer,
     workers: Vec<UnboundedSender<Accepted>>,
 ) {
+    let mut workers: Vec<Option<_>> = workers.into_iter().map(Some).collect();
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(error) => {
-                pause_after_accept_error(&error).await;
-                continue;
-            }
+        let Some(stream) = accept(&listener).await else {
+            continue;
         };
-        // Small answers must not wait on Nagle's algorithm.
-        let _ = stream.set_nodelay(true);
-        // The worker registers it with its own runtime.
-        let stream = match stream.into_std() {
-            Ok(stream) => stream,
-            Err(error) => {
-                tracing::warn!("cannot hand over a connection: {error}");
-                continue;
+        if hand_over(stream, balancer, &mut workers).is_none() {
+            tracing::error!("every worker has stopped; no longer accepting connections");
+            return;
+        }
+    }
+}
+
+/// The next connection, ready to be registered with a worker's runtime.
+async fn accept(listener: &TcpListener) -> Option<std::net::TcpStream> {
+    let stream = match listener.accept().await {
+        Ok((stream, _)) => stream,
+        Err(error) => {
+            pause_after_accept_error(&error).await;
+            return None;
+        }
+    };
+    // Small answers must not wait on Nagle's algorithm.
+    let _ = stream.set_nodelay(true);
+    stream
+        .into_std()
+        .inspect_err(|error| tracing::warn!("cannot hand over a connection: {error}"))
+        .ok()
+}
+
+/// Sends `stream` to the least busy worker still serving. A worker whose inbox has closed
+/// is passed over from then on; `None` when no worker is left.
+fn hand_over(
+    mut stream: std::net::TcpStream,
+    balancer: &'static Balancer,
+    workers: &mut [Option<UnboundedSender<Accepted>>],
+) -> Option<()> {
+    loop {
+        let open = balancer.assign(|worker| workers[worker].is_some())?;
+        let worker = open.worker();
+        let inbox = workers[worker].as_ref()?;
+        match inbox.send(Accepted { stream, open }) {
+            Ok(()) => return Some(()),
+            Err(returned) => {
+                tracing::error!("worker {worker} has stopped; the others take its share");
+                workers[worker] = None;
+                stream = returned.0.stream;
             }
-        };
-        let open = balancer.assign();
-        // A worker that has stopped drops the connection, and with it the count.
-        let _ = workers[open.worker()].send(Accepted { stream, open });
+        }
     }
 }
 
@@ -129,10 +157,14 @@ mod tests {
         balancer.open_connections().collect()
     }
 
+    fn assign(balancer: &'static Balancer) -> OpenConnection {
+        balancer.assign(|_| true).unwrap()
+    }
+
     #[test]
     fn connections_opened_together_are_spread_evenly() {
         let balancer = balancer(2);
-        let connections: Vec<_> = (0..16).map(|_| balancer.assign()).collect();
+        let connections: Vec<_> = (0..16).map(|_| assign(balancer)).collect();
         assert_eq!(open(balancer), [8, 8]);
         drop(connections);
         assert_eq!(open(balancer), [0, 0]);
@@ -141,12 +173,12 @@ mod tests {
     #[test]
     fn a_new_connection_goes_to_the_least_busy_worker() {
         let balancer = balancer(3);
-        let mut connections: Vec<_> = (0..6).map(|_| balancer.assign()).collect();
+        let mut connections: Vec<_> = (0..6).map(|_| assign(balancer)).collect();
         assert_eq!(open(balancer), [2, 2, 2]);
         // Worker 1 loses both of its connections; the next two go there.
         connections.retain(|connection| connection.worker() != 1);
         assert_eq!(open(balancer), [2, 0, 2]);
-        let refill = [balancer.assign(), balancer.assign()];
+        let refill = [assign(balancer), assign(balancer)];
         assert!(refill.iter().all(|connection| connection.worker() == 1));
         assert_eq!(open(balancer), [2, 2, 2]);
     }
@@ -154,8 +186,44 @@ mod tests {
     #[test]
     fn ties_go_round_the_workers() {
         let balancer = balancer(3);
-        let workers: Vec<usize> = (0..3).map(|_| balancer.assign().worker()).collect();
+        let workers: Vec<usize> = (0..3).map(|_| assign(balancer).worker()).collect();
         // Each connection closes at once, so every pick is a three-way tie.
         assert_eq!(workers, [0, 1, 2]);
+    }
+
+    #[test]
+    fn stopped_workers_are_passed_over() {
+        let balancer = balancer(3);
+        let serving = |worker| worker != 1;
+        let connections: Vec<_> = (0..4).map(|_| balancer.assign(serving).unwrap()).collect();
+        assert_eq!(open(balancer), [2, 0, 2]);
+        assert!(balancer.assign(|_| false).is_none());
+        drop(connections);
+        assert_eq!(open(balancer), [0, 0, 0]);
+    }
+
+    #[tokio::test]
+    async fn a_stopped_worker_loses_its_share_and_nothing_is_dropped() {
+        let balancer = balancer(2);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (stopped, _) = tokio::sync::mpsc::unbounded_channel();
+        let (serving, mut inbox) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(hand_out_connections(
+            listener,
+            balancer,
+            vec![stopped, serving],
+        ));
+        let clients: Vec<_> = (0..3)
+            .map(|_| std::net::TcpStream::connect(address).unwrap())
+            .collect();
+        let mut received = Vec::new();
+        for _ in &clients {
+            let next = tokio::time::timeout(std::time::Duration::from_secs(5), inbox.recv());
+            let accepted = next.await.expect("a connection was lost").unwrap();
+            assert_eq!(accepted.open.worker(), 1);
+            received.push(accepted);
+        }
+        assert_eq!(open(balancer), [0, 3]);
     }
 }
