@@ -326,25 +326,35 @@ pin() {
 }
 
 # The proxy on a core of its own, wrk and the mock on the other, as a gateway runs in
-# production: beside neither its clients nor the provider.
+# production: beside neither its clients nor the provider. Each proxy runs one worker there,
+# as on a one-core machine: a second worker on the same core only takes turns with the first.
 measure_pinned() {
-  local workers
-  workers=$(pgrep -P "$NGINX_PID" | tr '\n' ' ')
-  # shellcheck disable=SC2086
-  pin 1 "$BRIDGE_PID" $workers
+  local bridge=127.0.0.1:19260 nginx=127.0.0.1:19360 bridge_pid nginx_pid
+  taskset -c 1 target/release/aibridge serve --no-state --workers 1 --listen "$bridge" \
+    2>"$WORK/aibridge-pinned.log" &
+  bridge_pid=$!
+  sed -e "s/listen $NGINX;/listen $nginx;/" -e 's/^worker_processes 2;/worker_processes 1;/' \
+    -e "s|^pid .*|pid $WORK/nginx-pinned.pid;|" "$WORK/nginx.conf" >"$WORK/nginx-pinned.conf"
+  taskset -c 1 "$(command -v nginx || echo /usr/sbin/nginx)" -p "$WORK" -c "$WORK/nginx-pinned.conf" \
+    -g 'daemon off;' &
+  nginx_pid=$!
+  PIDS+=("$bridge_pid" "$nginx_pid")
+  wait_for_port "$bridge"
+  wait_for_port "$nginx"
   pin 0 "$MOCK_PID"
   ON_CLIENT_CORE="taskset -c 0"
   local round mode
   for round in $(seq "$ROUNDS"); do
     for mode in body paced; do
       run_wrk "direct-pinned-$mode" "http://$MOCK/v1/messages" 16 "$mode"
-      run_wrk "aibridge-pinned-$mode" "http://$BRIDGE/anthropic/v1/messages" 16 "$mode"
-      run_wrk "nginx-pinned-$mode" "http://$NGINX/v1/messages" 16 "$mode"
+      run_wrk "aibridge-pinned-$mode" "http://$bridge/anthropic/v1/messages" 16 "$mode"
+      run_wrk "nginx-pinned-$mode" "http://$nginx/v1/messages" 16 "$mode"
     done
   done
   ON_CLIENT_CORE=""
-  # shellcheck disable=SC2086
-  pin "0-$(($(nproc) - 1))" "$BRIDGE_PID" $workers "$MOCK_PID"
+  pin "0-$(($(nproc) - 1))" "$MOCK_PID"
+  kill "$bridge_pid" "$nginx_pid"
+  wait "$bridge_pid" "$nginx_pid" 2>/dev/null || true
 }
 
 # rows LABEL SUFFIX: requests/s, p50 and p99 of the direct-, aibridge- and nginx-SUFFIX runs.
