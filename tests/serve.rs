@@ -776,7 +776,7 @@ fn shutdown_lets_in_flight_streams_finish() {
     reader.read_line(&mut first).unwrap();
     server.signal("TERM");
     server.wait_for_log("shutting down");
-    // The workers stop accepting right after the log line; the stream is still open.
+    // The bridge stops accepting right after the log line; the stream is still open.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let refused = || {
         std::net::TcpStream::connect_timeout(
