@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::uri::{InvalidUri, PathAndQuery};
-use http::{HeaderMap, HeaderName, Method, Uri, header};
+use http::{HeaderMap, HeaderValue, Method, Uri, header};
 
 use crate::config::ProviderConfig;
 use crate::keypool::{Clock, Exhausted, KeyState, Pool, PoolError};
@@ -441,35 +441,41 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 
 /// Hop-by-hop headers describe one connection, not the message; `host` and `upgrade` are
 /// the next hop's to set.
-const DROPPED_WHEN_FORWARDING: [HeaderName; 10] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::HOST,
-    header::UPGRADE,
+const DROPPED_WHEN_FORWARDING: [&str; 10] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "host",
+    "upgrade",
 ];
 
 /// Drops hop-by-hop headers (and those `Connection` names) and `host`, which the HTTP client
 /// sets for the next hop. `content-length` stays when it states `body_length`, the length
 /// the message is forwarded with, so the client need not write it again.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, body_length: Option<u64>) {
-    // One pass notes which are present, as a removal is a hash lookup and most are absent.
+    // One pass notes what is present, as a removal is a hash lookup and most are absent.
     let mut present = 0u16;
-    let (mut has_connection, mut has_length) = (false, false);
-    // Bound once: each use of a `const` of header names makes and drops a copy of it.
-    let dropped_names = DROPPED_WHEN_FORWARDING;
-    for name in headers.keys() {
-        if let Some(index) = dropped_names.iter().position(|dropped| dropped == name) {
+    let (mut lengths, mut length_is_right) = (0, false);
+    for (name, value) in headers.iter() {
+        let name = name.as_str();
+        if let Some(index) = DROPPED_WHEN_FORWARDING
+            .iter()
+            .position(|&dropped| dropped == name)
+        {
             present |= 1 << index;
         }
-        has_connection |= name == header::CONNECTION;
-        has_length |= name == header::CONTENT_LENGTH;
+        if name == "content-length" {
+            lengths += 1;
+            length_is_right = body_length.is_some_and(|length| states(value, length));
+        }
     }
+    // `connection` comes first in the list.
+    let has_connection = present & 1 != 0;
     let named_by_connection: Vec<String> = if has_connection {
         headers
             .get_all(header::CONNECTION)
@@ -481,36 +487,34 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, body_length: Option<u64>) {
     } else {
         Vec::new()
     };
-    for (index, name) in dropped_names.iter().enumerate() {
+    for (index, name) in DROPPED_WHEN_FORWARDING.iter().enumerate() {
         if present & (1 << index) != 0 {
-            headers.remove(name);
+            headers.remove(*name);
         }
     }
     for name in named_by_connection {
         headers.remove(name.as_str());
     }
-    if has_length && !states_length(headers, body_length) {
+    // Two lengths, even equal ones, are not passed on.
+    if lengths > 0 && !(lengths == 1 && length_is_right) {
         headers.remove(header::CONTENT_LENGTH);
     }
 }
 
-/// Whether the message has one `content-length`, and it is `length`.
-fn states_length(headers: &HeaderMap, length: Option<u64>) -> bool {
-    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
-    let (Some(value), None, Some(length)) = (values.next(), values.next(), length) else {
-        return false;
-    };
+/// Whether a `content-length` value is exactly `length`, in plain digits.
+fn states(value: &HeaderValue, length: u64) -> bool {
     let digits = value.as_bytes();
-    digits.iter().all(u8::is_ascii_digit)
-        && std::str::from_utf8(digits)
-            .ok()
-            .and_then(|digits| digits.parse::<u64>().ok())
-            == Some(length)
+    !digits.is_empty()
+        && digits.iter().try_fold(0u64, |number, &digit| {
+            let digit = digit.checked_sub(b'0').filter(|digit| *digit <= 9)?;
+            number.checked_mul(10)?.checked_add(u64::from(digit))
+        }) == Some(length)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderName;
 
     #[test]
     fn hop_by_hop_headers_are_dropped() {
@@ -551,6 +555,12 @@ mod tests {
         assert!(kept(&["12"], Some(11)).is_empty());
         assert!(kept(&["12"], None).is_empty());
         assert!(kept(&["+12"], Some(12)).is_empty());
+        assert!(kept(&[""], Some(0)).is_empty());
+        assert!(kept(&["99999999999999999999"], Some(u64::MAX)).is_empty());
+        assert_eq!(
+            kept(&["18446744073709551615"], Some(u64::MAX)),
+            ["18446744073709551615"]
+        );
         assert!(kept(&["12", "12"], Some(12)).is_empty());
         assert!(kept(&[], Some(0)).is_empty());
     }
