@@ -986,7 +986,7 @@ fn send_through_one_worker(mock: &MockUpstream, count: usize) {
     }
 }
 
-/// `aibridge_open_connections` per worker, in worker order.
+/// `aibridge_open_connections` of each worker, in no particular order.
 fn open_connections(server: &Server) -> Vec<u64> {
     server
         .metrics()
