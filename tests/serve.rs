@@ -779,11 +779,7 @@ fn shutdown_lets_in_flight_streams_finish() {
     // The bridge stops accepting right after the log line; the stream is still open.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let refused = || {
-        std::net::TcpStream::connect_timeout(
-            &server.base["http://".len()..].parse().unwrap(),
-            Duration::from_millis(200),
-        )
-        .is_err()
+        std::net::TcpStream::connect_timeout(&server.address(), Duration::from_millis(200)).is_err()
     };
     while !refused() {
         assert!(
@@ -1001,7 +997,7 @@ fn connections_opened_together_are_spread_over_the_workers() {
     let mock = MockUpstream::start();
     let server =
         bridge(&mock, &[K1], "").serve_with(&["--listen", "127.0.0.1:0", "--workers", "2"]);
-    let address = &server.base["http://".len()..];
+    let address = server.address();
     let held: Vec<std::net::TcpStream> = (0..4)
         .map(|_| {
             let mut stream = std::net::TcpStream::connect(address).unwrap();

@@ -320,6 +320,11 @@ impl Server {
         format!("{}{path}", self.base)
     }
 
+    /// The listening address, `host:port`.
+    pub fn address(&self) -> std::net::SocketAddr {
+        self.base["http://".len()..].parse().unwrap()
+    }
+
     /// A Messages request with an empty JSON body, through the bridge's pool.
     pub fn post_message(&self) -> reqwest::blocking::Response {
         self.post_message_with(&[])
