@@ -400,6 +400,37 @@ fn events_reach_the_client_unbuffered() {
     }
 }
 
+/// Bodies far larger than a socket buffer go through whole, in both directions, and are
+/// replayed byte for byte after a failover.
+#[test]
+fn large_bodies_pass_through_whole_and_are_replayed() {
+    let answer = format!(r#"{{"content":"{}"}}"#, "a".repeat(6 << 20));
+    let mock = MockUpstream::start();
+    mock.on_key(K1, vec![Reply::rate_limited(10)])
+        .on_key(K2, vec![Reply::ok(&answer)]);
+    let server = bridge(&mock, &[K1, K2], "").serve();
+    let request = format!(r#"{{"messages":"{}"}}"#, "q".repeat(5 << 20));
+    let response = client()
+        .post(server.url("/anthropic/v1/messages"))
+        .header("x-api-key", SDK_KEY)
+        .body(request.clone())
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-aibridge-key"), hint(K2));
+    assert!(
+        response.text().unwrap() == answer,
+        "the answer arrives whole"
+    );
+    let requests = mock.requests();
+    assert_eq!(requests.len(), 2);
+    assert!(
+        requests
+            .iter()
+            .all(|upstream| upstream.body == request.as_bytes())
+    );
+}
+
 #[test]
 fn other_routes_pass_through_with_failover() {
     let mock = MockUpstream::start();
