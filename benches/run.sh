@@ -34,6 +34,8 @@ trap cleanup EXIT
 
 say() { printf '>> %s\n' "$*" >&2; }
 calc() { awk "BEGIN { printf \"%.3f\", $* }"; }
+# A difference, with its sign either way: +0.069, -0.260.
+signed() { awk "BEGIN { printf \"%+.3f\", $* }"; }
 
 install_tools() {
   local missing=()
@@ -361,8 +363,8 @@ measure_pinned() {
 rows() {
   local label=$1 d=direct-$2 a=aibridge-$2 n=nginx-$2
   echo "| $label requests/s | ${RPS[$d]} | ${RPS[$a]} | ${RPS[$n]} | $(calc "${RPS[$a]} / ${RPS[$d]}")x | $(calc "${RPS[$a]} / ${RPS[$n]}")x |"
-  echo "| $label p50 ms | ${P50[$d]} | ${P50[$a]} | ${P50[$n]} | +$(calc "${P50[$a]} - ${P50[$d]}") ms | $(calc "${P50[$a]} - ${P50[$n]}") ms |"
-  echo "| $label p99 ms | ${P99[$d]} | ${P99[$a]} | ${P99[$n]} | +$(calc "${P99[$a]} - ${P99[$d]}") ms | $(calc "${P99[$a]} - ${P99[$n]}") ms |"
+  echo "| $label p50 ms | ${P50[$d]} | ${P50[$a]} | ${P50[$n]} | $(signed "${P50[$a]} - ${P50[$d]}") ms | $(calc "${P50[$a]} - ${P50[$n]}") ms |"
+  echo "| $label p99 ms | ${P99[$d]} | ${P99[$a]} | ${P99[$n]} | $(signed "${P99[$a]} - ${P99[$d]}") ms | $(calc "${P99[$a]} - ${P99[$n]}") ms |"
 }
 
 # added NAME-SUFFIX COLUMN: what the bridge adds to direct, in ms, at p50 or p99.
@@ -422,8 +424,8 @@ main() {
       rows "c=16, proxy on its own core:" pinned-body
       rows "c=16 paced, proxy on its own core:" pinned-paced
     fi
-    echo "| stream: first byte ms (median of $STREAM_RUNS) | $DIRECT_FIRST | $BRIDGE_FIRST | | +$(calc "$BRIDGE_FIRST - $DIRECT_FIRST") ms | |"
-    echo "| stream: last byte ms (20 events, 10 ms apart) | $DIRECT_LAST | $BRIDGE_LAST | | +$(calc "$BRIDGE_LAST - $DIRECT_LAST") ms | |"
+    echo "| stream: first byte ms (median of $STREAM_RUNS) | $DIRECT_FIRST | $BRIDGE_FIRST | | $(signed "$BRIDGE_FIRST - $DIRECT_FIRST") ms | |"
+    echo "| stream: last byte ms (20 events, 10 ms apart) | $DIRECT_LAST | $BRIDGE_LAST | | $(signed "$BRIDGE_LAST - $DIRECT_LAST") ms | |"
     echo "| user-space instructions per request (callgrind, 1 worker) | | $INSTR_AIBRIDGE | $INSTR_NGINX | | $(calc "$INSTR_AIBRIDGE / $INSTR_NGINX")x |"
     echo
     echo "| measure | figure | target | |"
@@ -438,12 +440,12 @@ main() {
     if [ -n "$PINNED" ]; then
       echo "| throughput vs nginx, c=16, proxy on its own core | $(calc "${RPS[aibridge-pinned-body]} / ${RPS[nginx-pinned-body]}")x | >= 1.0x | $(verdict 1 "$(calc "${RPS[aibridge-pinned-body]} / ${RPS[nginx-pinned-body]}")") |"
     fi
-    echo "| stream first byte vs direct | +$(calc "$BRIDGE_FIRST - $DIRECT_FIRST") ms | < 1 ms | $(verdict "$(calc "$BRIDGE_FIRST - $DIRECT_FIRST")" 1) |"
+    echo "| stream first byte vs direct | $(signed "$BRIDGE_FIRST - $DIRECT_FIRST") ms | < 1 ms | $(verdict "$(calc "$BRIDGE_FIRST - $DIRECT_FIRST")" 1) |"
     echo "| RSS idle | $IDLE_RSS MB | < 30 MB | $(verdict "$IDLE_RSS" 30) |"
     echo "| RSS with $OPEN_STREAMS open streams | $STREAMS_RSS MB | < 100 MB | $(verdict "$STREAMS_RSS" 100) |"
     echo "| \`aibridge send\` vs curl | $SEND_MS ms vs $CURL_MS ms = $(calc "$SEND_MS / $CURL_MS")x | <= 1.3x | $(verdict "$(calc "$SEND_MS / $CURL_MS")" 1.3) |"
     for n in 1 10 100; do
-      echo "| failover: first $n keys answer 429 (\`send\`) | ${FAILOVER[$n]} ms (+$(calc "(${FAILOVER[$n]} - ${FAILOVER[0]}) / $n") ms per key) | | |"
+      echo "| failover: first $n keys answer 429 (\`send\`) | ${FAILOVER[$n]} ms ($(signed "(${FAILOVER[$n]} - ${FAILOVER[0]}) / $n") ms per key) | | |"
     done
     echo "| pool pick + mark, 10 keys, 1 / 2 threads | ${POOL[0]} / ${POOL[1]} | < 1 µs | |"
     echo "| pool pick + mark, 10,000 keys, 1 / 2 threads | ${POOL[2]} / ${POOL[3]} | < 1 µs | |"
