@@ -418,6 +418,7 @@ fn large_bodies_pass_through_whole_and_are_replayed() {
         .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(header(&response, "x-aibridge-key"), hint(K2));
+    // `assert!`, not `assert_eq!`: a failure would print megabytes.
     assert!(
         response.text().unwrap() == answer,
         "the answer arrives whole"
@@ -427,7 +428,8 @@ fn large_bodies_pass_through_whole_and_are_replayed() {
     assert!(
         requests
             .iter()
-            .all(|upstream| upstream.body == request.as_bytes())
+            .all(|upstream| upstream.body == request.as_bytes()),
+        "each attempt carried the whole body"
     );
 }
 
