@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::keypool::{PoolSettings, Strategy, validate_keys};
+use crate::keypool::{CooldownScope, PoolSettings, Strategy, validate_keys};
 use crate::provider::ProviderKind;
 use crate::secret::ApiKey;
 
@@ -19,6 +19,13 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
 
 /// How often disabled keys are probed again unless configured otherwise.
 pub const DEFAULT_RECHECK: Duration = Duration::from_secs(15 * 60);
+
+/// How many keys one request tries at most, unless configured otherwise: keys of one
+/// account share a quota, so walking a long pool on 429s mostly hammers the same limit.
+pub const DEFAULT_MAX_ATTEMPTS: usize = 4;
+
+/// How long `serve` holds a request for a key that is about to come back.
+pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(10);
 
 /// Reads an environment variable; injected so tests need not touch the process environment.
 pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
@@ -77,6 +84,10 @@ pub struct ProviderConfig {
     /// How often `serve` probes disabled keys to bring back those that work again;
     /// `None` = never.
     pub recheck_disabled: Option<Duration>,
+    /// The most upstream tries one request makes; `None` = the whole pool.
+    pub max_attempts: Option<usize>,
+    /// How long `serve` may hold a request for a cooling key in total; zero = not at all.
+    pub max_wait: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +163,11 @@ struct RawProvider {
     max_cooldown: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     recheck_disabled: Option<Duration>,
+    cooldown_scope: Option<CooldownScope>,
+    max_models_per_key: Option<usize>,
+    max_attempts: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    max_wait: Option<Duration>,
 }
 
 /// The config file used when none is named: `<config dir>/aibridge/config.toml`.
@@ -352,11 +368,21 @@ fn resolve_provider(
         strategy: raw.strategy.unwrap_or(defaults.strategy),
         default_cooldown: raw.default_cooldown.unwrap_or(defaults.default_cooldown),
         max_cooldown: raw.max_cooldown.unwrap_or(defaults.max_cooldown),
+        cooldown_scope: raw.cooldown_scope.unwrap_or(defaults.cooldown_scope),
+        max_models_per_key: raw
+            .max_models_per_key
+            .unwrap_or(defaults.max_models_per_key),
     };
     if pool.default_cooldown.is_zero() || pool.max_cooldown.is_zero() {
         return Err(ConfigError::provider(
             name,
             "cooldowns must be longer than zero",
+        ));
+    }
+    if pool.max_models_per_key == 0 {
+        return Err(ConfigError::provider(
+            name,
+            "max_models_per_key must be at least 1",
         ));
     }
     Ok(ProviderConfig {
@@ -372,6 +398,12 @@ fn resolve_provider(
             Some(interval) if interval.is_zero() => None,
             Some(interval) => Some(interval),
         },
+        max_attempts: match raw.max_attempts {
+            None => Some(DEFAULT_MAX_ATTEMPTS),
+            Some(0) => None,
+            Some(limit) => Some(limit),
+        },
+        max_wait: raw.max_wait.unwrap_or(DEFAULT_MAX_WAIT),
     })
 }
 
@@ -474,6 +506,46 @@ mod tests {
         assert_eq!(work.pool.strategy, Strategy::RoundRobin);
         assert_eq!(work.pool.default_cooldown, Duration::from_secs(30));
         assert_eq!(work.pool.max_cooldown, Duration::from_secs(7200));
+    }
+
+    #[test]
+    fn failure_model_settings() {
+        let defaults = parse_with("", &no_env).unwrap();
+        let anthropic = &defaults.providers["anthropic"];
+        assert_eq!(anthropic.pool.cooldown_scope, CooldownScope::Model);
+        assert_eq!(anthropic.pool.max_models_per_key, 64);
+        assert_eq!(anthropic.max_attempts, Some(DEFAULT_MAX_ATTEMPTS));
+        assert_eq!(anthropic.max_wait, DEFAULT_MAX_WAIT);
+        let config = parse_with(
+            r#"
+            [providers.anthropic]
+            cooldown_scope = "key"
+            max_models_per_key = 8
+            max_attempts = 0
+            max_wait = "0s"
+            [providers.openai]
+            max_attempts = 2
+            max_wait = "1m"
+            "#,
+            &no_env,
+        )
+        .unwrap();
+        let anthropic = &config.providers["anthropic"];
+        assert_eq!(anthropic.pool.cooldown_scope, CooldownScope::Key);
+        assert_eq!(anthropic.pool.max_models_per_key, 8);
+        assert_eq!(anthropic.max_attempts, None, "0 is the whole pool");
+        assert_eq!(anthropic.max_wait, Duration::ZERO);
+        let openai = &config.providers["openai"];
+        assert_eq!(openai.max_attempts, Some(2));
+        assert_eq!(openai.max_wait, Duration::from_secs(60));
+        assert!(
+            error("[providers.anthropic]\ncooldown_scope = \"global\"\n")
+                .contains("unknown variant `global`, expected `model` or `key`")
+        );
+        assert_eq!(
+            error("[providers.anthropic]\nmax_models_per_key = 0\n"),
+            "provider \"anthropic\": max_models_per_key must be at least 1"
+        );
     }
 
     #[test]

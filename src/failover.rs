@@ -4,18 +4,23 @@
 //! The HTTP client's own retries are off: this is the only retry loop, so each key failure is
 //! seen, marked and reported exactly once.
 
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::uri::{InvalidUri, PathAndQuery};
 use http::{HeaderMap, HeaderValue, Method, Uri, header};
+use http_body_util::Full;
+use tokio::sync::Notify;
 
 use crate::config::ProviderConfig;
-use crate::keypool::{Clock, Exhausted, KeyState, Pool, PoolError};
-use crate::provider::{ProviderKind, caller_credential};
+use crate::keypool::{
+    Clock, DisableReason, Exhausted, ExhaustionKind, KeyState, Mark, MarkOutcome, Pool, PoolError,
+};
+use crate::provider::{ProviderKind, caller_credential, is_quota_error, may_signal_quota};
 use crate::secret::ApiKey;
 use crate::state::Observation;
-use crate::transport::{self, HttpClient, Origin, Response};
+use crate::transport::{self, HttpClient, Origin, Response, ResponseBody};
 
 /// A provider as the walker uses it: where to send, and the keys to send with.
 #[derive(Debug)]
@@ -28,6 +33,12 @@ pub struct Upstream {
     /// Whether a caller's own credential takes the place of the pool.
     pub byok: bool,
     pub pool: Pool,
+    /// The most upstream tries one request makes; `None` = the whole pool.
+    pub max_attempts: Option<usize>,
+    /// How long `serve` may hold a request, in total, for a key that is about to come back.
+    pub max_wait: Duration,
+    /// Wakes held requests when a key comes back early (a reset or a revive).
+    freed: Notify,
 }
 
 impl Upstream {
@@ -43,7 +54,15 @@ impl Upstream {
             enabled: config.enabled,
             byok: config.byok,
             pool: Pool::new(config.keys.clone(), config.pool, clock)?,
+            max_attempts: config.max_attempts,
+            max_wait: config.max_wait,
+            freed: Notify::new(),
         })
+    }
+
+    /// Tells held requests that a key came back before its cooldown ended.
+    pub fn key_freed(&self) {
+        self.freed.notify_waiters();
     }
 
     fn missing_key_hint(&self) -> String {
@@ -142,6 +161,8 @@ pub struct OutboundRequest {
     /// As forwarded: without hop-by-hop headers (see [`strip_hop_by_hop`]).
     headers: HeaderMap,
     pub body: Bytes,
+    /// The body's top-level `"model"`, read the first time a walk needs it.
+    model: OnceLock<Option<Box<str>>>,
 }
 
 impl OutboundRequest {
@@ -158,12 +179,34 @@ impl OutboundRequest {
             path_and_query,
             headers,
             body,
+            model: OnceLock::new(),
         }
     }
 
     pub fn headers(&self) -> &HeaderMap {
         &self.headers
     }
+
+    /// The model the request is for: its JSON body's top-level `"model"` string (Messages,
+    /// Chat Completions, Responses, Embeddings, count_tokens, any JSON POST). Parsed at most
+    /// once, and only when a mark or a model's cooldown makes it matter.
+    pub fn model(&self) -> Option<&str> {
+        self.model.get_or_init(|| model_of(&self.body)).as_deref()
+    }
+}
+
+fn model_of(body: &[u8]) -> Option<Box<str>> {
+    #[derive(serde::Deserialize)]
+    struct Model<'a> {
+        #[serde(borrow)]
+        model: Option<std::borrow::Cow<'a, str>>,
+    }
+    let first = body.iter().find(|byte| !byte.is_ascii_whitespace())?;
+    if *first != b'{' {
+        return None;
+    }
+    let model = serde_json::from_slice::<Model>(body).ok()?.model?;
+    (!model.is_empty()).then(|| model.into())
 }
 
 /// One try with one key.
@@ -174,8 +217,11 @@ pub struct Attempt {
     pub fingerprint: Option<String>,
     /// `None` when no response came.
     pub status: Option<u16>,
-    /// The key's state after this attempt marked it.
+    /// The key's state after this attempt marked it; for a cooldown of one model, that
+    /// model's.
     pub mark: Option<KeyState>,
+    /// The model a cooldown applies to alone; `None` when the mark is key-wide.
+    pub model: Option<String>,
     /// Whether the mark changed the key's state (for logs and counters).
     pub changed: bool,
     pub at_ms: u64,
@@ -201,10 +247,56 @@ impl Attempt {
             hint: self.key_hint.clone(),
             status: self.status,
             mark: self.mark,
+            model: self.model.clone(),
             at: crate::keypool::from_unix_ms(self.at_ms),
         })
     }
+
+    /// Whether the answer of this attempt went back to the caller (a 2xx that marked its
+    /// key for a spent budget did too).
+    pub fn answered(&self) -> bool {
+        self.status
+            .is_some_and(|status| self.mark.is_none() || (200..300).contains(&status))
+    }
+
+    fn record_mark(&mut self, outcome: MarkOutcome, model: Option<&str>) {
+        self.mark = Some(outcome.state);
+        self.changed = outcome.changed;
+        self.at_ms = outcome.at_ms;
+        self.model = outcome
+            .per_model
+            .then(|| model.unwrap_or_default().to_owned());
+    }
 }
+
+/// Hears of a walk as it goes: `send` prints each attempt at once and shows a spinner while
+/// held; `serve` logs the hold.
+pub trait WalkObserver: Sync {
+    fn attempted(&self, _attempt: &Attempt) {}
+    /// The request is held for `wait` until a key is back for `model`.
+    fn waiting(&self, _wait: Duration, _model: Option<&str>) {}
+    /// The hold is over: the key is back, or one was freed early.
+    fn resumed(&self) {}
+}
+
+/// An observer that does nothing.
+pub struct Unobserved;
+
+impl WalkObserver for Unobserved {}
+
+/// How long to hold a request before walking again, if at all: only when every key is
+/// merely cooling, the walk was not cut short by `max_attempts`, and the soonest key is
+/// back within what is left of the wait budget. A few ms past the deadline, so the key
+/// reads as available when the request wakes.
+pub fn hold_for(exhausted: &Exhausted, budget_left: Duration) -> Option<Duration> {
+    let waitable = exhausted.kind == ExhaustionKind::RateLimited
+        && exhausted.attempt_limit.is_none()
+        && !budget_left.is_zero()
+        && exhausted.retry_after <= budget_left;
+    waitable.then(|| exhausted.retry_after + HOLD_MARGIN)
+}
+
+const HOLD_MARGIN: Duration = Duration::from_millis(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum FailoverError {
@@ -225,6 +317,14 @@ pub enum FailoverError {
 pub struct Exchange {
     pub attempts: Vec<Attempt>,
     pub result: Result<Response, FailoverError>,
+    /// How long the request was held for a key.
+    pub waited: Duration,
+}
+
+/// How one pass over the pool ended.
+enum PassEnd {
+    Done(Result<Response, FailoverError>),
+    Exhausted(Exhausted),
 }
 
 /// Sends requests across a pool's keys.
@@ -243,16 +343,26 @@ impl Walker {
         }
     }
 
-    /// Sends `request` to `upstream` with `credentials`, failing over across the pool.
+    /// Sends `request` to `upstream` with `credentials`, failing over across the pool, and
+    /// holding the request up to `max_wait` in total for a key that is about to come back.
     pub async fn send(
         &self,
         upstream: &Upstream,
         request: &OutboundRequest,
         credentials: &Credentials,
+        max_wait: Duration,
+        observer: &dyn WalkObserver,
     ) -> Exchange {
         match credentials {
-            Credentials::Caller(key) => self.send_as_caller(upstream, request, key).await,
-            Credentials::Pool => self.send_with_pool(upstream, request).await,
+            Credentials::Caller(key) => {
+                let exchange = self.send_as_caller(upstream, request, key).await;
+                exchange.attempts.iter().for_each(|a| observer.attempted(a));
+                exchange
+            }
+            Credentials::Pool => {
+                self.send_with_pool(upstream, request, max_wait, observer)
+                    .await
+            }
         }
     }
 
@@ -282,6 +392,7 @@ impl Walker {
                 .ok()
                 .map(|response| response.status().as_u16()),
             mark: None,
+            model: None,
             changed: false,
             at_ms: upstream.pool.clock().now_ms(),
             elapsed: started.elapsed(),
@@ -290,63 +401,155 @@ impl Walker {
         Exchange {
             attempts: vec![attempt],
             result,
+            waited: Duration::ZERO,
         }
     }
 
-    async fn send_with_pool(&self, upstream: &Upstream, request: &OutboundRequest) -> Exchange {
-        let pool = &upstream.pool;
+    async fn send_with_pool(
+        &self,
+        upstream: &Upstream,
+        request: &OutboundRequest,
+        max_wait: Duration,
+        observer: &dyn WalkObserver,
+    ) -> Exchange {
         let mut attempts = Vec::new();
-        for index in pool.walk() {
-            let pooled = pool.key(index);
-            let key = pooled.key();
-            let started = Instant::now();
-            let result = self.execute(upstream, request, Some(key)).await;
-            let elapsed = started.elapsed();
-            let status = result
-                .as_ref()
-                .ok()
-                .map(|response| response.status().as_u16());
-            pool.record_attempt(index, status);
-            let mut attempt = Attempt {
-                key_hint: pooled.hint().to_owned(),
-                fingerprint: Some(pooled.fingerprint().to_owned()),
-                status,
-                mark: None,
-                changed: false,
-                at_ms: pool.clock().now_ms(),
-                elapsed,
-                drained: None,
-            };
-            let response = match result {
-                Ok(response) => response,
-                Err(error) => {
-                    attempts.push(attempt);
+        let mut waited = Duration::ZERO;
+        loop {
+            let exhausted = match self.pass(upstream, request, &mut attempts, observer).await {
+                PassEnd::Done(result) => {
                     return Exchange {
                         attempts,
-                        result: Err(error),
+                        result,
+                        waited,
                     };
                 }
+                PassEnd::Exhausted(exhausted) => exhausted,
             };
-            let Some(mark) = pool.mark_for(response.status().as_u16(), response.headers()) else {
-                attempts.push(attempt);
+            let Some(pause) = hold_for(&exhausted, max_wait.saturating_sub(waited)) else {
                 return Exchange {
                     attempts,
-                    result: Ok(response),
+                    result: Err(FailoverError::Exhausted(exhausted)),
+                    waited,
                 };
             };
-            let outcome = pool.mark(index, mark);
-            attempt.mark = Some(outcome.state);
-            attempt.changed = outcome.changed;
-            if outcome.changed {
-                log_mark(&upstream.name, &attempt, pool.clock().now_ms());
+            waited += hold(upstream, pause, exhausted.model.as_deref(), observer).await;
+        }
+    }
+
+    /// One pass over the keys available for the request's model, until an answer is not
+    /// the key's fault, no key is left, or `max_attempts` is reached.
+    async fn pass(
+        &self,
+        upstream: &Upstream,
+        request: &OutboundRequest,
+        attempts: &mut Vec<Attempt>,
+        observer: &dyn WalkObserver,
+    ) -> PassEnd {
+        let pool = &upstream.pool;
+        let mut walk = pool.walk();
+        loop {
+            // Parsing the body is left until some key has a model's cooldown to honor.
+            let model = if pool.may_have_model_marks() {
+                request.model()
+            } else {
+                None
+            };
+            if upstream
+                .max_attempts
+                .is_some_and(|limit| attempts.len() >= limit)
+            {
+                return PassEnd::Exhausted(match walk.next_for(model) {
+                    Some(_) => limit_exhaustion(upstream, attempts, request.model()),
+                    None => pool.exhaustion(model),
+                });
             }
-            attempt.drained = Some(drain(response).await);
+            let Some(index) = walk.next_for(model) else {
+                return PassEnd::Exhausted(pool.exhaustion(model));
+            };
+            let (attempt, answer) = self.attempt(upstream, request, index).await;
+            observer.attempted(&attempt);
             attempts.push(attempt);
+            if let Some(result) = answer {
+                return PassEnd::Done(result);
+            }
         }
-        Exchange {
-            attempts,
-            result: Err(FailoverError::Exhausted(pool.exhaustion())),
+    }
+
+    /// One try with the pool's key `index`: the attempt, and the walk's result unless the
+    /// answer was the key's fault.
+    async fn attempt(
+        &self,
+        upstream: &Upstream,
+        request: &OutboundRequest,
+        index: usize,
+    ) -> (Attempt, Option<Result<Response, FailoverError>>) {
+        let pool = &upstream.pool;
+        let pooled = pool.key(index);
+        let started = Instant::now();
+        let result = self.execute(upstream, request, Some(pooled.key())).await;
+        let status = result
+            .as_ref()
+            .ok()
+            .map(|response| response.status().as_u16());
+        pool.record_attempt(index, status);
+        let mut attempt = Attempt {
+            key_hint: pooled.hint().to_owned(),
+            fingerprint: Some(pooled.fingerprint().to_owned()),
+            status,
+            mark: None,
+            model: None,
+            changed: false,
+            at_ms: pool.clock().now_ms(),
+            elapsed: started.elapsed(),
+            drained: None,
+        };
+        let response = match result {
+            Ok(response) => response,
+            Err(error) => return (attempt, Some(Err(error))),
+        };
+        let status = response.status().as_u16();
+        if (200..300).contains(&status) {
+            // A budget this answer used up: rest the key now rather than pay for a 429 next.
+            if let Some(cooldown) = pool.spent_budget_cooldown(response.headers()) {
+                let model = request.model();
+                let outcome = pool.mark_request(index, Mark::Cool(cooldown), model);
+                attempt.record_mark(outcome, model);
+                if outcome.changed {
+                    log_mark(&upstream.name, &attempt, pool.clock().now_ms());
+                }
+            }
+            return (attempt, Some(Ok(response)));
         }
+        let api = upstream.kind.api();
+        if pool.mark_for(status, response.headers()).is_none() && !may_signal_quota(api, status) {
+            return (attempt, Some(Ok(response)));
+        }
+        let (parts, body) = read_whole(response).await;
+        let mark = if is_quota_error(api, status, body.as_deref().unwrap_or_default()) {
+            Some(Mark::Disable(DisableReason::Quota))
+        } else {
+            pool.mark_for(status, &parts.headers)
+        };
+        let Some(mark) = mark else {
+            // Read for its body, but the caller's fault after all: passed back as it came.
+            let result = body
+                .map(|body| Response::from_parts(parts, ResponseBody::Whole(Full::new(body))))
+                .map_err(|error| {
+                    FailoverError::Unreachable(format!("upstream answer interrupted: {error}"))
+                });
+            return (attempt, Some(result));
+        };
+        let model = request.model();
+        let outcome = pool.mark_request(index, mark, model);
+        attempt.record_mark(outcome, model);
+        if outcome.changed {
+            log_mark(&upstream.name, &attempt, pool.clock().now_ms());
+        }
+        attempt.drained = Some(DrainedResponse {
+            headers: parts.headers,
+            body: body.unwrap_or_default(),
+        });
+        (attempt, None)
     }
 
     /// One attempt, with `key` or else the caller's own credentials. A connection that fails
@@ -390,30 +593,86 @@ impl Walker {
     }
 }
 
-/// Reads a failed answer in full so its connection can be reused; gives up quickly.
-async fn drain(response: Response) -> DrainedResponse {
+/// Reads an error answer in full, to classify it and so its connection can be reused;
+/// gives up quickly.
+async fn read_whole(response: Response) -> (http::response::Parts, Result<Bytes, String>) {
     let (parts, body) = response.into_parts();
-    let body = tokio::time::timeout(Duration::from_secs(2), transport::read_body(body))
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or_default();
-    DrainedResponse {
-        headers: parts.headers,
-        body,
+    let body = match tokio::time::timeout(Duration::from_secs(2), transport::read_body(body)).await
+    {
+        Ok(Ok(body)) => Ok(body),
+        Ok(Err(error)) => Err(error_chain(&*error)),
+        Err(_) => Err("no data from upstream for 2s".to_owned()),
+    };
+    (parts, body)
+}
+
+/// The answer when `max_attempts` stopped a walk with keys left untried: a 429 when any
+/// key tried was rate-limited, else a 502; untried keys keep their state.
+fn limit_exhaustion(upstream: &Upstream, attempts: &[Attempt], model: Option<&str>) -> Exhausted {
+    let rate_limited = attempts
+        .iter()
+        .any(|attempt| matches!(attempt.mark, Some(KeyState::Cooling { .. })));
+    let mut exhausted = upstream.pool.exhaustion(model);
+    exhausted.kind = if rate_limited {
+        ExhaustionKind::RateLimited
+    } else {
+        ExhaustionKind::Unauthorized
+    };
+    exhausted.attempt_limit = Some(attempts.len());
+    exhausted
+}
+
+/// Holds a request for `pause`, or until a key is freed early; returns how long it waited.
+/// A caller that leaves drops this future, and with it the request.
+async fn hold(
+    upstream: &Upstream,
+    pause: Duration,
+    model: Option<&str>,
+    observer: &dyn WalkObserver,
+) -> Duration {
+    struct LeftWhileHeld<'a>(Option<&'a str>);
+    impl Drop for LeftWhileHeld<'_> {
+        fn drop(&mut self) {
+            if let Some(provider) = self.0 {
+                tracing::info!(provider, "request dropped while held: the client left");
+            }
+        }
     }
+    let started = Instant::now();
+    let mut guard = LeftWhileHeld(Some(&upstream.name));
+    observer.waiting(pause, model);
+    tokio::select! {
+        () = tokio::time::sleep(pause) => {}
+        () = upstream.freed.notified() => {}
+    }
+    guard.0 = None;
+    observer.resumed();
+    started.elapsed()
 }
 
 fn log_mark(provider: &str, attempt: &Attempt, now_ms: u64) {
-    match attempt.mark {
-        Some(state @ KeyState::Cooling { .. }) => tracing::info!(
+    let remaining = |state: KeyState| {
+        humantime::format_duration(Duration::from_secs(crate::keypool::ceil_secs(
+            state.remaining(now_ms),
+        )))
+    };
+    match (attempt.mark, &attempt.model) {
+        (Some(state @ KeyState::Cooling { .. }), Some(model)) => tracing::info!(
+            provider,
+            key = %attempt.key_hint,
+            status = attempt.status,
+            model = %model,
+            "key cooling for {} for model {model}",
+            remaining(state)
+        ),
+        (Some(state @ KeyState::Cooling { .. }), None) => tracing::info!(
             provider,
             key = %attempt.key_hint,
             status = attempt.status,
             "key cooling for {}",
-            humantime::format_duration(Duration::from_secs(crate::keypool::ceil_secs(state.remaining(now_ms))))
+            remaining(state)
         ),
-        Some(KeyState::Disabled(reason)) => tracing::info!(
+        (Some(KeyState::Disabled(reason)), _) => tracing::info!(
             provider,
             key = %attempt.key_hint,
             status = attempt.status,
@@ -592,5 +851,51 @@ mod tests {
             std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
         let outer = std::io::Error::other(inner);
         assert_eq!(error_chain(&outer), "connection refused");
+    }
+
+    #[test]
+    fn the_model_is_the_bodys_top_level_string() {
+        let model = |body: &str| model_of(body.as_bytes()).map(String::from);
+        assert_eq!(
+            model(r#"{"max_tokens":5,"model":"claude-opus-4-5","messages":[{"model":"x"}]}"#),
+            Some("claude-opus-4-5".into())
+        );
+        assert_eq!(model(r#"  {"model":"gpt-4o"}"#), Some("gpt-4o".into()));
+        assert_eq!(model(r#"{"model":"a\"b"}"#), Some("a\"b".into()));
+        assert_eq!(model(r#"{"messages":[]}"#), None);
+        assert_eq!(model(r#"{"model":5}"#), None);
+        assert_eq!(model(r#"{"model":""}"#), None);
+        assert_eq!(model(r#"["model"]"#), None);
+        assert_eq!(model("model=gpt-4o"), None);
+        assert_eq!(model(""), None);
+        let request = OutboundRequest::new(
+            Method::POST,
+            "/v1/messages".into(),
+            HeaderMap::new(),
+            Bytes::from_static(br#"{"model":"m"}"#),
+        );
+        assert_eq!(request.model(), Some("m"));
+    }
+
+    #[test]
+    fn a_request_is_held_only_for_a_key_back_within_the_budget() {
+        let secs = Duration::from_secs;
+        let exhausted = |kind, retry_after, attempt_limit| Exhausted {
+            kind,
+            retry_after,
+            model: None,
+            attempt_limit,
+        };
+        let cooling = exhausted(ExhaustionKind::RateLimited, secs(2), None);
+        assert_eq!(hold_for(&cooling, secs(10)), Some(secs(2) + HOLD_MARGIN));
+        assert_eq!(hold_for(&cooling, secs(2)), Some(secs(2) + HOLD_MARGIN));
+        assert_eq!(hold_for(&cooling, secs(1)), None, "back too late");
+        assert_eq!(hold_for(&cooling, Duration::ZERO), None, "max_wait = 0");
+        let back_now = exhausted(ExhaustionKind::RateLimited, Duration::ZERO, None);
+        assert_eq!(hold_for(&back_now, secs(1)), Some(HOLD_MARGIN));
+        let disabled = exhausted(ExhaustionKind::Unauthorized, Duration::ZERO, None);
+        assert_eq!(hold_for(&disabled, secs(10)), None);
+        let limited = exhausted(ExhaustionKind::RateLimited, secs(1), Some(4));
+        assert_eq!(hold_for(&limited, secs(10)), None, "max_attempts reached");
     }
 }

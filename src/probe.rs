@@ -9,7 +9,8 @@ use http::{HeaderMap, Method};
 use serde::Serialize;
 
 use crate::failover::{FailoverError, OutboundRequest, Upstream, Walker};
-use crate::keypool::{KeyState, Mark, ceil_secs, to_unix_ms};
+use crate::keypool::{DisableReason, KeyState, Mark, ceil_secs, to_unix_ms};
+use crate::provider::is_quota_error;
 use crate::state::{Observation, StateFile};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -93,6 +94,9 @@ async fn probe_once(walker: &Walker, upstream: &Upstream, index: usize) -> Probe
     let body = crate::transport::read_body(response.into_body())
         .await
         .unwrap_or_default();
+    if is_quota_error(upstream.kind.api(), status, &body) {
+        probe.mark = Some(Mark::Disable(DisableReason::Quota));
+    }
     probe.latency = started.elapsed();
     (probe.verdict, probe.detail) = match (status, probe.mark) {
         (200..=299, _) => (Verdict::Valid, String::new()),
@@ -147,9 +151,9 @@ impl Probe {
     pub fn apply(&self, upstream: &Upstream) -> Option<KeyState> {
         let pool = &upstream.pool;
         match (self.verdict, self.mark) {
-            (Verdict::Valid, _) => pool
-                .set_state(self.index, KeyState::Available)
-                .then_some(KeyState::Available),
+            (Verdict::Valid, _) => {
+                (pool.reset(self.index) != KeyState::Available).then_some(KeyState::Available)
+            }
             (_, Some(mark)) => {
                 let outcome = pool.mark(self.index, mark);
                 outcome.changed.then_some(outcome.state)
@@ -165,7 +169,7 @@ impl Probe {
             return;
         }
         if self.verdict == Verdict::Valid {
-            state.clear(Some(&self.provider), Some(&self.fingerprint));
+            state.clear(Some(&self.provider), Some(&self.fingerprint), at);
         }
         let mark = match self.mark {
             Some(Mark::Disable(reason)) => Some(KeyState::Disabled(reason)),
@@ -180,6 +184,7 @@ impl Probe {
             hint: self.hint.clone(),
             status: self.status,
             mark,
+            model: None,
             at,
         });
     }

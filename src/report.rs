@@ -1,6 +1,8 @@
 //! The pool as people and scripts see it: every provider's keys with their state and
 //! counters. One schema for `GET /_aibridge/pool` and `aibridge pool status --json`.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::failover::Upstream;
@@ -23,16 +25,27 @@ pub struct ProviderReport {
 pub struct KeyReport {
     pub hint: String,
     pub fingerprint: String,
-    /// `available`, `cooling` or `disabled`.
+    /// The key-wide state: `available`, `cooling` or `disabled`.
     pub state: String,
-    /// `rate_limited`, `unauthorized` or `forbidden`.
+    /// `rate_limited`, `unauthorized`, `forbidden` or `quota`.
     pub reason: Option<String>,
     pub cooldown_remaining_secs: Option<u64>,
+    /// Models the key is cooling for on their own, beside the key-wide state.
+    #[serde(default)]
+    pub cooling: BTreeMap<String, ModelCooling>,
     pub last_status: Option<u16>,
     /// RFC 3339.
     pub last_used: Option<String>,
     pub requests: u64,
     pub failures: u64,
+}
+
+/// One model's cooldown on one key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelCooling {
+    /// RFC 3339.
+    pub until: String,
+    pub remaining_secs: u64,
 }
 
 impl PoolReport {
@@ -69,6 +82,20 @@ impl KeyReport {
                 KeyState::Cooling { .. } => Some(ceil_secs(snapshot.state.remaining(now_ms))),
                 _ => None,
             },
+            cooling: snapshot
+                .models
+                .iter()
+                .map(|entry| {
+                    let cooling = ModelCooling {
+                        until: humantime::format_rfc3339_seconds(from_unix_ms(entry.until_ms))
+                            .to_string(),
+                        remaining_secs: ceil_secs(std::time::Duration::from_millis(
+                            entry.until_ms.saturating_sub(now_ms),
+                        )),
+                    };
+                    (entry.model.to_string(), cooling)
+                })
+                .collect(),
             last_status: snapshot.last_status,
             last_used: snapshot
                 .last_used_ms

@@ -41,8 +41,13 @@ impl Default for StateFile {
 pub struct KeyRecord {
     /// The masked hint, so a person reading the file can tell keys apart.
     pub hint: String,
+    /// The key-wide state.
     #[serde(flatten)]
     pub state: RecordedState,
+    /// Models the key is cooling for on their own (absent in files from before per-model
+    /// health, which read as none).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub cooling: BTreeMap<String, ModelRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_status: Option<u16>,
     #[serde(
@@ -52,6 +57,17 @@ pub struct KeyRecord {
     )]
     pub last_used: Option<SystemTime>,
 }
+
+/// One model's cooldown on one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelRecord {
+    #[serde(with = "humantime_serde")]
+    pub until: SystemTime,
+}
+
+/// How many models' cooldowns one key's record keeps at most, the soonest to end dropped
+/// first: model names come from callers, and the file must not grow without bound.
+const MAX_MODELS_PER_RECORD: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
@@ -121,6 +137,8 @@ pub struct Observation {
     pub status: Option<u16>,
     /// The key's state after the attempt, when the attempt marked it.
     pub mark: Option<KeyState>,
+    /// The model a cooling mark applies to alone; `None` when it is key-wide.
+    pub model: Option<String>,
     pub at: SystemTime,
 }
 
@@ -135,38 +153,61 @@ impl StateFile {
             .or_insert_with(|| KeyRecord {
                 hint: seen.hint.clone(),
                 state: RecordedState::Available,
+                cooling: BTreeMap::new(),
                 last_status: None,
                 last_used: None,
             });
         record.hint.clone_from(&seen.hint);
         record.last_status = seen.status;
         record.last_used = Some(seen.at);
-        if let Some(mark) = seen.mark {
-            record.state = stronger(record.state.into(), mark).into();
+        record.cooling.retain(|_, cooling| cooling.until > seen.at);
+        match (seen.mark, &seen.model) {
+            (Some(KeyState::Cooling { until_ms }), Some(model)) => {
+                let until = from_unix_ms(until_ms);
+                let entry = record
+                    .cooling
+                    .entry(model.clone())
+                    .or_insert(ModelRecord { until });
+                entry.until = entry.until.max(until);
+                record.drop_excess_models();
+            }
+            (Some(mark), _) => record.state = stronger(record.state.into(), mark).into(),
+            (None, _) => {}
         }
     }
 
-    /// Clears marks: of every provider, one provider, or one key. Returns the keys that
-    /// were marked.
-    pub fn clear(&mut self, provider: Option<&str>, fingerprint: Option<&str>) -> Vec<ClearedKey> {
+    /// Clears marks, key-wide and per model: of every provider, one provider, or one key.
+    /// Returns the keys that were marked at `now`.
+    pub fn clear(
+        &mut self,
+        provider: Option<&str>,
+        fingerprint: Option<&str>,
+        now: SystemTime,
+    ) -> Vec<ClearedKey> {
         let mut cleared = Vec::new();
         for (name, keys) in &mut self.providers {
             if provider.is_some_and(|wanted| wanted != name) {
                 continue;
             }
             for (print, record) in keys.iter_mut() {
-                if fingerprint.is_some_and(|wanted| wanted != print)
-                    || record.state == RecordedState::Available
-                {
+                if fingerprint.is_some_and(|wanted| wanted != print) {
                     continue;
                 }
+                let key_wide = KeyState::from(record.state).settle(to_unix_ms(now));
+                let models_cooling = record.cooling.values().any(|model| model.until > now);
+                record.state = RecordedState::Available;
+                record.cooling.clear();
+                let was = match key_wide {
+                    KeyState::Available if models_cooling => "cooling",
+                    KeyState::Available => continue,
+                    state => state.name(),
+                };
                 cleared.push(ClearedKey {
                     provider: name.clone(),
                     key: record.hint.clone(),
                     fingerprint: print.clone(),
-                    was: KeyState::from(record.state).name().to_owned(),
+                    was: was.to_owned(),
                 });
-                record.state = RecordedState::Available;
             }
         }
         cleared
@@ -180,8 +221,25 @@ impl StateFile {
         for (fingerprint, record) in records {
             if let Some(index) = pool.index_of(fingerprint) {
                 pool.set_state(index, record.state.into());
+                for (model, cooling) in &record.cooling {
+                    pool.restore_model(index, model, to_unix_ms(cooling.until));
+                }
                 pool.restore_usage(index, record.last_status, record.last_used.map(to_unix_ms));
             }
+        }
+    }
+}
+
+impl KeyRecord {
+    fn drop_excess_models(&mut self) {
+        while self.cooling.len() > MAX_MODELS_PER_RECORD {
+            let soonest = self
+                .cooling
+                .iter()
+                .min_by_key(|(_, cooling)| cooling.until)
+                .map(|(model, _)| model.clone())
+                .expect("more than the limit, so not empty");
+            self.cooling.remove(&soonest);
         }
     }
 }
@@ -332,12 +390,23 @@ mod tests {
     }
 
     fn observe(state: &mut StateFile, fingerprint: &str, status: u16, mark: Option<KeyState>) {
+        observe_model(state, fingerprint, status, mark, None);
+    }
+
+    fn observe_model(
+        state: &mut StateFile,
+        fingerprint: &str,
+        status: u16,
+        mark: Option<KeyState>,
+        model: Option<&str>,
+    ) {
         state.observe(&Observation {
             provider: "anthropic".to_owned(),
             fingerprint: fingerprint.to_owned(),
             hint: "sk-a...efgh".to_owned(),
             status: Some(status),
             mark,
+            model: model.map(str::to_owned),
             at: at(T0),
         });
     }
@@ -401,8 +470,8 @@ mod tests {
             403,
             Some(KeyState::Disabled(DisableReason::Forbidden)),
         );
-        assert!(state.clear(Some("openai"), None).is_empty());
-        let cleared = state.clear(Some("anthropic"), Some("f2"));
+        assert!(state.clear(Some("openai"), None, at(T0)).is_empty());
+        let cleared = state.clear(Some("anthropic"), Some("f2"), at(T0));
         assert_eq!(
             cleared,
             [ClearedKey {
@@ -413,7 +482,71 @@ mod tests {
             }]
         );
         assert_eq!(record(&state, "f2").state, RecordedState::Available);
-        assert_eq!(state.clear(None, None).len(), 1);
+        assert_eq!(state.clear(None, None, at(T0)).len(), 1);
+    }
+
+    #[test]
+    fn model_cooldowns_are_kept_beside_the_key_wide_state() {
+        let mut state = StateFile::default();
+        let cooling = |ms| Some(KeyState::Cooling { until_ms: T0 + ms });
+        observe_model(&mut state, "f1", 429, cooling(60_000), Some("opus"));
+        observe_model(&mut state, "f1", 429, cooling(5_000), Some("opus"));
+        observe_model(&mut state, "f1", 429, cooling(9_000), Some("haiku"));
+        let record = record(&state, "f1");
+        assert_eq!(record.state, RecordedState::Available, "key-wide untouched");
+        assert_eq!(record.cooling["opus"].until, at(T0 + 60_000), "later wins");
+        assert_eq!(record.cooling["haiku"].until, at(T0 + 9_000));
+        let text = serde_json::to_string(&state).unwrap();
+        assert!(text.contains(r#""cooling":{"haiku":{"until":"#), "{text}");
+        // A reset clears models too, and says the key was cooling.
+        let cleared = state.clear(None, Some("f1"), at(T0));
+        assert_eq!(cleared[0].was, "cooling");
+        assert!(self::record(&state, "f1").cooling.is_empty());
+        // Once every cooldown has ended, there is nothing to clear.
+        observe_model(&mut state, "f1", 429, cooling(1_000), Some("opus"));
+        assert!(state.clear(None, None, at(T0 + 2_000)).is_empty());
+    }
+
+    #[test]
+    fn files_from_before_model_cooldowns_still_read() {
+        let text = r#"{"version": 1, "providers": {"anthropic": {"f1": {
+            "hint": "sk-a...efgh", "state": "cooling", "reason": "rate_limited",
+            "until": "2027-01-15T08:00:00Z", "last_status": 429}}}}"#;
+        let state: StateFile = serde_json::from_str(text).unwrap();
+        let record = record(&state, "f1");
+        assert!(matches!(record.state, RecordedState::Cooling { .. }));
+        assert!(record.cooling.is_empty());
+        let disabled = r#"{"version": 1, "providers": {"a": {"f": {
+            "hint": "h", "state": "disabled", "reason": "quota"}}}}"#;
+        let state: StateFile = serde_json::from_str(disabled).unwrap();
+        assert_eq!(
+            state.providers["a"]["f"].state,
+            RecordedState::Disabled {
+                reason: DisableReason::Quota
+            }
+        );
+    }
+
+    #[test]
+    fn a_record_keeps_a_bounded_number_of_models() {
+        let mut state = StateFile::default();
+        for index in 0..300 {
+            let until_ms = T0 + 60_000 + index;
+            observe_model(
+                &mut state,
+                "f1",
+                429,
+                Some(KeyState::Cooling { until_ms }),
+                Some(&format!("model-{index}")),
+            );
+        }
+        let cooling = &record(&state, "f1").cooling;
+        assert_eq!(cooling.len(), MAX_MODELS_PER_RECORD);
+        assert!(
+            !cooling.contains_key("model-0"),
+            "the soonest to end go first"
+        );
+        assert!(cooling.contains_key("model-299"));
     }
 
     #[test]
@@ -431,6 +564,7 @@ mod tests {
                     mark: Some(KeyState::Cooling {
                         until_ms: T0 + 1_500,
                     }),
+                    model: None,
                     at: at(T0),
                 })
             })

@@ -232,6 +232,8 @@ fn tls_config() -> Result<rustls::ClientConfig, ClientSetupError> {
 pub enum ResponseBody {
     Direct(PooledBody),
     Reqwest(reqwest::Body),
+    /// A body the walker already read to classify the answer, passed on as it was.
+    Whole(Full<Bytes>),
 }
 
 impl http_body::Body for ResponseBody {
@@ -245,6 +247,7 @@ impl http_body::Body for ResponseBody {
         match self.get_mut() {
             Self::Direct(body) => Pin::new(body).poll_frame(cx).map_err(Error::from),
             Self::Reqwest(body) => Pin::new(body).poll_frame(cx).map_err(Error::from),
+            Self::Whole(body) => Pin::new(body).poll_frame(cx).map_err(Error::from),
         }
     }
 
@@ -252,6 +255,7 @@ impl http_body::Body for ResponseBody {
         match self {
             Self::Direct(body) => body.is_end_stream(),
             Self::Reqwest(body) => body.is_end_stream(),
+            Self::Whole(body) => body.is_end_stream(),
         }
     }
 
@@ -259,6 +263,7 @@ impl http_body::Body for ResponseBody {
         match self {
             Self::Direct(body) => body.size_hint(),
             Self::Reqwest(body) => body.size_hint(),
+            Self::Whole(body) => body.size_hint(),
         }
     }
 }

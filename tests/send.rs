@@ -23,7 +23,10 @@ fn fails_over_401_then_429_then_succeeds_with_identical_bodies() {
         output.stderr_lines(),
         [
             format!("{}  401  marked disabled (unauthorized)", hint(K1)),
-            format!("{}  429  marked cooling for 30s", hint(K2)),
+            format!(
+                "{}  429  marked cooling for 30s for model claude-sonnet-4-5",
+                hint(K2)
+            ),
             format!("{}  200  ok", hint(K3)),
         ]
     );
@@ -55,7 +58,9 @@ fn all_keys_rate_limited_exits_3_with_retry_after() {
         .run()
         .code(3)
         .stdout_is("")
-        .stderr_has("error: all configured keys are rate-limited (retry after 13s)")
+        .stderr_has(
+            "error: all configured keys are rate-limited for model \"claude-sonnet-4-5\" (retry after 13s)",
+        )
         .stderr_has("the soonest key is back at");
 }
 
@@ -74,11 +79,11 @@ fn json_report_for_rate_limited_pool() {
             "provider": "anthropic",
             "status": 429,
             "outcome": "rate_limited",
-            "attempts": [{"key": hint(K1), "status": 429, "mark": "cooling", "cooldown_secs": 40}],
+            "attempts": [{"key": hint(K1), "status": 429, "mark": "cooling", "cooldown_secs": 40, "model": "claude-sonnet-4-5"}],
             "retry_after_secs": 40,
             "body": {"type": "error", "error": {
                 "type": "rate_limit_error",
-                "message": "all configured keys are rate-limited (retry after 40s)"}}
+                "message": "all configured keys are rate-limited for model \"claude-sonnet-4-5\" (retry after 40s)"}}
         })
     );
 }
@@ -244,7 +249,7 @@ fn concurrent_runs_lose_no_marks() {
         .as_object()
         .unwrap()
         .values()
-        .filter(|key| key["state"] == "cooling")
+        .filter(|key| key["cooling"]["claude-sonnet-4-5"]["until"].is_string())
         .count();
     assert_eq!(cooling, 4);
 }
@@ -339,7 +344,17 @@ fn wait_retries_when_the_soonest_key_is_back() {
         .run()
         .success()
         .stdout_is(r#"{"id":"later"}"#);
-    assert_eq!(output.stderr_lines().len(), 2);
+    assert_eq!(
+        output.stderr_lines(),
+        [
+            format!(
+                "{}  429  marked cooling for 1s for model claude-sonnet-4-5",
+                hint(K1)
+            ),
+            "waiting 1s for a key (model claude-sonnet-4-5)".to_owned(),
+            format!("{}  200  ok", hint(K1)),
+        ]
+    );
     assert_eq!(mock.keys_used(), [K1, K1]);
 }
 
@@ -371,7 +386,7 @@ fn json_success_report() {
     assert_eq!(
         report,
         json!({"provider": "anthropic", "status": 200, "outcome": "ok",
-               "attempts": [{"key": hint(K1), "status": 200, "mark": null, "cooldown_secs": null}],
+               "attempts": [{"key": hint(K1), "status": 200, "mark": null, "cooldown_secs": null, "model": null}],
                "retry_after_secs": null,
                "body": {"id": "msg_1", "usage": {"input_tokens": 3}}})
     );

@@ -278,7 +278,10 @@ fn exhausted_pools_answer_429_with_retry_after_or_502() {
             assert_eq!(response.status(), 429, "{}", route.name);
             assert_eq!(header(&response, "retry-after"), "20");
             let body = json_body(response);
-            let message = "all configured keys are rate-limited (retry after 20s)";
+            let model = route.body["model"].as_str().unwrap();
+            let message = format!(
+                "all configured keys are rate-limited for model \"{model}\" (retry after 20s)"
+            );
             if route.is_anthropic() {
                 assert_eq!(
                     body,
@@ -654,10 +657,16 @@ fn pool_admin_reports_and_resets_marks() {
     assert_eq!(anthropic["name"], "anthropic");
     let keys = anthropic["keys"].as_array().unwrap();
     assert_eq!(keys[0]["hint"], hint(K1));
-    assert_eq!(keys[0]["state"], "cooling");
-    assert_eq!(keys[0]["reason"], "rate_limited");
-    let remaining = keys[0]["cooldown_remaining_secs"].as_u64().unwrap();
+    // The 429 cooled the key for the request's model; the key-wide state is untouched.
+    assert_eq!(keys[0]["state"], "available");
+    let cooling = &keys[0]["cooling"]["claude-sonnet-4-5"];
+    let remaining = cooling["remaining_secs"].as_u64().unwrap();
     assert!((85..=90).contains(&remaining), "{remaining}");
+    assert!(
+        cooling["until"].as_str().unwrap().ends_with('Z'),
+        "{cooling}"
+    );
+    assert_eq!(keys[2]["cooling"], json!({}));
     assert_eq!(keys[0]["last_status"], 429);
     assert_eq!(
         (keys[0]["requests"].as_u64(), keys[0]["failures"].as_u64()),
@@ -746,8 +755,9 @@ fn marks_are_shared_with_send_through_the_state_file() {
     assert_eq!(routes()[0].send(&server, false).status(), 200);
     server.signal("TERM");
     assert_eq!(server.wait(), 0);
-    // send reads what serve wrote, and skips both marked keys.
-    test.args(["send", "-d", "{}"]).run().success();
+    // send reads what serve wrote, and skips both marked keys for that model.
+    let same_model = routes()[0].body(false).to_string();
+    test.args(["send", "-d", &same_model]).run().success();
     assert_eq!(mock.keys_used(), [K1, K2, K3, K3]);
 
     // And serve reads what send wrote.
@@ -921,7 +931,7 @@ fn request_log_and_dumps_record_every_request_without_keys() {
     assert_eq!(line["output_tokens"], 15);
     assert_eq!(
         line["attempts"],
-        json!([{"key": hint(K1), "status": 429, "mark": "cooling"}, {"key": hint(K2), "status": 200, "mark": null}])
+        json!([{"key": hint(K1), "status": 429, "mark": "cooling", "model": "claude-sonnet-4-5"}, {"key": hint(K2), "status": 200, "mark": null}])
     );
     assert!(line["latency_ms"].as_f64().unwrap() >= line["ttfb_ms"].as_f64().unwrap());
 

@@ -121,7 +121,8 @@ fn status_table(report: &PoolReport) -> String {
     table.render()
 }
 
-/// `available`, `cooling 41s`, `disabled (401 unauthorized)`.
+/// `available`, `cooling 41s`, `cooling 41s (claude-opus-4-5, gpt-4o)` for a key cooling for
+/// some models only (the longest of their cooldowns), `disabled (401 unauthorized)`.
 fn state_label(key: &KeyReport) -> String {
     match (key.state.as_str(), key.reason.as_deref()) {
         ("cooling", _) => format!(
@@ -130,6 +131,17 @@ fn state_label(key: &KeyReport) -> String {
         ),
         ("disabled", Some("unauthorized")) => "disabled (401 unauthorized)".to_owned(),
         ("disabled", Some("forbidden")) => "disabled (403 forbidden)".to_owned(),
+        ("disabled", Some("quota")) => "disabled (quota or credit used up)".to_owned(),
+        ("available", _) if !key.cooling.is_empty() => {
+            let longest = key
+                .cooling
+                .values()
+                .map(|cooling| cooling.remaining_secs)
+                .max()
+                .unwrap_or(0);
+            let models: Vec<&str> = key.cooling.keys().map(String::as_str).collect();
+            format!("cooling {} ({})", seconds(longest), models.join(", "))
+        }
         (state, _) => state.to_owned(),
     }
 }
@@ -151,7 +163,13 @@ pub fn reset(global: &GlobalArgs, args: &PoolResetArgs) -> anyhow::Result<ExitCo
         None => None,
     };
     let cleared = store
-        .update(|state| state.clear(args.provider.as_deref(), fingerprint.as_deref()))
+        .update(|state| {
+            state.clear(
+                args.provider.as_deref(),
+                fingerprint.as_deref(),
+                std::time::SystemTime::now(),
+            )
+        })
         .context("cannot update the state file")?;
     report_cleared(&format!("state file {}", store.path().display()), &cleared);
 

@@ -4,7 +4,7 @@
 use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -18,7 +18,8 @@ use crate::cli::{GlobalArgs, SendArgs};
 use crate::config::{Config, ProviderConfig};
 use crate::exit;
 use crate::failover::{
-    Attempt, Credentials, FailoverError, OutboundRequest, Upstream, Walker, error_chain,
+    Attempt, Credentials, FailoverError, OutboundRequest, Upstream, WalkObserver, Walker,
+    error_chain,
 };
 use crate::keypool::{ExhaustionKind, KeyState, SystemClock, ceil_secs, validate_keys};
 use crate::provider::ErrorSpec;
@@ -146,67 +147,26 @@ impl Send<'_> {
         Ok(ExitCode::from(code))
     }
 
-    /// Walks the pool; with `--wait`, walks again when the soonest key is back, while the
-    /// wait budget allows.
+    /// Walks the pool; with `--wait`, the walker holds the request for the soonest key while
+    /// the wait budget allows. Attempt lines are printed as they happen.
     async fn exchange(&self) -> (Vec<Attempt>, Result<Response, FailoverError>) {
-        let started = Instant::now();
-        let mut attempts = Vec::new();
-        loop {
-            let exchange = self
-                .walker
-                .send(self.upstream, self.request, self.credentials)
-                .await;
-            self.report_attempts(&exchange.attempts);
-            self.persist(&exchange.attempts);
-            attempts.extend(exchange.attempts);
-            if let Err(FailoverError::Exhausted(exhausted)) = &exchange.result
-                && exhausted.kind == ExhaustionKind::RateLimited
-                && let Some(budget) = self.args.wait
-                && exhausted.retry_after <= budget.saturating_sub(started.elapsed())
-            {
-                self.wait_for_key(exhausted.retry_after).await;
-                continue;
-            }
-            return (attempts, exchange.result);
-        }
-    }
-
-    async fn wait_for_key(&self, retry_after: Duration) {
-        // A few ms past the deadline, so the key reads as available when we wake.
-        let pause = retry_after + Duration::from_millis(5);
-        let spinner = (std::io::stderr().is_terminal() && !self.quiet).then(|| {
-            let spinner = ProgressBar::new_spinner()
-                .with_style(
-                    ProgressStyle::with_template("{spinner} {msg}").expect("valid template"),
-                )
-                .with_message(format!(
-                    "every key is cooling; waiting {} for the soonest",
-                    humantime::format_duration(Duration::from_secs(ceil_secs(retry_after)))
-                ));
-            spinner.enable_steady_tick(Duration::from_millis(100));
-            spinner
-        });
-        tokio::time::sleep(pause).await;
-        if let Some(spinner) = spinner {
-            spinner.finish_and_clear();
-        }
-    }
-
-    fn report_attempts(&self, attempts: &[Attempt]) {
-        if self.quiet {
-            return;
-        }
-        let byok = matches!(self.credentials, Credentials::Caller(_));
-        for attempt in attempts {
-            let status = attempt
-                .status
-                .map_or("---".to_owned(), |code| code.to_string());
-            eprintln!(
-                "{}  {status}  {}",
-                attempt.key_hint,
-                describe(attempt, byok)
-            );
-        }
+        let observer = SendObserver {
+            quiet: self.quiet,
+            byok: matches!(self.credentials, Credentials::Caller(_)),
+            spinner: std::sync::Mutex::new(None),
+        };
+        let exchange = self
+            .walker
+            .send(
+                self.upstream,
+                self.request,
+                self.credentials,
+                self.args.wait.unwrap_or_default(),
+                &observer,
+            )
+            .await;
+        self.persist(&exchange.attempts);
+        (exchange.attempts, exchange.result)
     }
 
     fn persist(&self, attempts: &[Attempt]) {
@@ -345,6 +305,64 @@ impl Send<'_> {
     }
 }
 
+/// Prints each attempt as it is made, and the wait for a key: a spinner on a terminal, one
+/// line per wait otherwise.
+struct SendObserver {
+    quiet: bool,
+    byok: bool,
+    spinner: std::sync::Mutex<Option<ProgressBar>>,
+}
+
+impl WalkObserver for SendObserver {
+    fn attempted(&self, attempt: &Attempt) {
+        if self.quiet {
+            return;
+        }
+        let status = attempt
+            .status
+            .map_or("---".to_owned(), |code| code.to_string());
+        eprintln!(
+            "{}  {status}  {}",
+            attempt.key_hint,
+            describe(attempt, self.byok)
+        );
+    }
+
+    fn waiting(&self, wait: Duration, model: Option<&str>) {
+        if self.quiet {
+            return;
+        }
+        let wait = humantime::format_duration(Duration::from_secs(ceil_secs(wait)));
+        let text = match model {
+            Some(model) => format!("waiting {wait} for a key (model {model})"),
+            None => format!("waiting {wait} for a key"),
+        };
+        if !std::io::stderr().is_terminal() {
+            eprintln!("{text}");
+            return;
+        }
+        let spinner = ProgressBar::new_spinner()
+            .with_style(ProgressStyle::with_template("{spinner} {msg}").expect("valid template"))
+            .with_message(text);
+        spinner.enable_steady_tick(Duration::from_millis(100));
+        *self
+            .spinner
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()) = Some(spinner);
+    }
+
+    fn resumed(&self) {
+        let spinner = self
+            .spinner
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .take();
+        if let Some(spinner) = spinner {
+            spinner.finish_and_clear();
+        }
+    }
+}
+
 fn status_exit_code(status: u16) -> u8 {
     if (200..300).contains(&status) {
         exit::OK
@@ -356,10 +374,21 @@ fn status_exit_code(status: u16) -> u8 {
 /// What an attempt did to its key, in words.
 fn describe(attempt: &Attempt, byok: bool) -> String {
     match (attempt.mark, attempt.status) {
-        (Some(KeyState::Cooling { until_ms }), _) => format!(
-            "marked cooling for {}",
-            humantime::format_duration(Duration::from_secs(cooldown_secs(until_ms, attempt.at_ms)))
-        ),
+        (Some(KeyState::Cooling { until_ms }), status) => {
+            let cooldown = humantime::format_duration(Duration::from_secs(cooldown_secs(
+                until_ms,
+                attempt.at_ms,
+            )));
+            let scope = attempt
+                .model
+                .as_ref()
+                .map_or_else(String::new, |model| format!(" for model {model}"));
+            if status.is_some_and(|code| (200..300).contains(&code)) {
+                format!("ok; marked cooling for {cooldown}{scope} (rate-limit budget used up)")
+            } else {
+                format!("marked cooling for {cooldown}{scope}")
+            }
+        }
         (Some(KeyState::Disabled(reason)), _) => format!("marked disabled ({})", reason.as_str()),
         (_, None) => "no response".to_owned(),
         (_, Some(status)) if byok && (200..300).contains(&status) => "ok (your own key)".to_owned(),
@@ -413,6 +442,8 @@ struct AttemptReport {
     status: Option<u16>,
     mark: Option<&'static str>,
     cooldown_secs: Option<u64>,
+    /// The model a cooldown applies to alone; `null` when key-wide.
+    model: Option<String>,
 }
 
 impl From<&Attempt> for AttemptReport {
@@ -427,6 +458,7 @@ impl From<&Attempt> for AttemptReport {
                 }
                 _ => None,
             },
+            model: attempt.model.clone(),
         }
     }
 }
@@ -442,6 +474,7 @@ mod tests {
             fingerprint: Some("f".to_owned()),
             status,
             mark,
+            model: None,
             changed: true,
             at_ms: 1_000,
             elapsed: Duration::ZERO,
@@ -478,7 +511,7 @@ mod tests {
         ));
         assert_eq!(
             serde_json::to_value(report).unwrap(),
-            serde_json::json!({"key": "sk-a...efgh", "status": 429, "mark": "cooling", "cooldown_secs": 90})
+            serde_json::json!({"key": "sk-a...efgh", "status": 429, "mark": "cooling", "cooldown_secs": 90, "model": null})
         );
     }
 }

@@ -4,6 +4,7 @@
 //! atomic word, so concurrent requests see each other's marks at once without a global lock.
 
 mod clock;
+mod models;
 mod retry_after;
 
 use std::collections::HashMap;
@@ -15,7 +16,10 @@ use http::HeaderMap;
 use serde::{Deserialize, Serialize};
 
 pub use clock::{Clock, ManualClock, SystemClock, from_unix_ms, to_unix_ms};
-pub use retry_after::cooldown_from_headers;
+pub use models::ModelCooldown;
+pub use retry_after::{cooldown_from_headers, spent_budget_reset};
+
+use models::ModelMarks;
 
 use crate::secret::ApiKey;
 
@@ -30,7 +34,18 @@ pub enum Strategy {
     RoundRobin,
 }
 
-/// Why a key was taken out of service for good.
+/// What a 429 takes out of service: the key for the request's model only, or the whole key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CooldownScope {
+    /// Providers limit each model on its own: a 429 cools the key for that model only.
+    #[default]
+    Model,
+    /// For upstreams whose limits are per key: a 429 cools the key for every model.
+    Key,
+}
+
+/// Why a key was taken out of service until it is rechecked or reset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DisableReason {
@@ -38,6 +53,8 @@ pub enum DisableReason {
     Unauthorized,
     /// The provider answered 403.
     Forbidden,
+    /// The account's quota or credit is used up (recognised from the error body).
+    Quota,
 }
 
 impl DisableReason {
@@ -45,15 +62,11 @@ impl DisableReason {
         match self {
             Self::Unauthorized => "unauthorized",
             Self::Forbidden => "forbidden",
+            Self::Quota => "quota",
         }
     }
 
-    pub fn status(self) -> u16 {
-        match self {
-            Self::Unauthorized => 401,
-            Self::Forbidden => 403,
-        }
-    }
+    const ALL: [Self; 3] = [Self::Unauthorized, Self::Forbidden, Self::Quota];
 }
 
 /// A key's health. A cooling key whose deadline has passed reads as `Available`.
@@ -93,14 +106,16 @@ impl KeyState {
         }
     }
 
-    fn settle(self, now_ms: u64) -> Self {
+    /// The state as it reads at `now_ms`: an ended cooldown is available.
+    pub fn settle(self, now_ms: u64) -> Self {
         match self {
             Self::Cooling { until_ms } if until_ms <= now_ms => Self::Available,
             other => other,
         }
     }
 
-    // One word per key: the top two bits hold the kind, the rest the deadline.
+    // One word per key: the top two bits hold the kind, the rest the deadline (cooling) or
+    // the reason's place in `DisableReason::ALL` (disabled).
     const KIND_SHIFT: u32 = 62;
     const DEADLINE_MASK: u64 = (1 << Self::KIND_SHIFT) - 1;
 
@@ -108,8 +123,13 @@ impl KeyState {
         match self {
             Self::Available => 0,
             Self::Cooling { until_ms } => 1 << Self::KIND_SHIFT | (until_ms & Self::DEADLINE_MASK),
-            Self::Disabled(DisableReason::Unauthorized) => 2 << Self::KIND_SHIFT,
-            Self::Disabled(DisableReason::Forbidden) => 3 << Self::KIND_SHIFT,
+            Self::Disabled(reason) => {
+                let place = DisableReason::ALL
+                    .iter()
+                    .position(|known| *known == reason)
+                    .expect("every reason is listed");
+                2 << Self::KIND_SHIFT | place as u64
+            }
         }
     }
 
@@ -119,8 +139,10 @@ impl KeyState {
             1 => Self::Cooling {
                 until_ms: word & Self::DEADLINE_MASK,
             },
-            2 => Self::Disabled(DisableReason::Unauthorized),
-            _ => Self::Disabled(DisableReason::Forbidden),
+            _ => {
+                let place = (word & Self::DEADLINE_MASK) as usize;
+                Self::Disabled(DisableReason::ALL[place.min(DisableReason::ALL.len() - 1)])
+            }
         }
     }
 }
@@ -135,11 +157,15 @@ pub enum Mark {
 /// The result of applying a mark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MarkOutcome {
-    /// The key's state after the mark.
+    /// The key's state after the mark; for a cooldown of one model, that model's.
     pub state: KeyState,
     /// Whether the state's kind changed (available -> cooling, cooling -> disabled, ...);
     /// extending a cooldown is not a change, so logs and counters fire once per change.
     pub changed: bool,
+    /// Whether the mark is a cooldown of the request's model alone.
+    pub per_model: bool,
+    /// The clock's reading the mark was made at (Unix ms).
+    pub at_ms: u64,
 }
 
 /// Cooldown policy of one provider's pool.
@@ -148,6 +174,9 @@ pub struct PoolSettings {
     pub strategy: Strategy,
     pub default_cooldown: Duration,
     pub max_cooldown: Duration,
+    pub cooldown_scope: CooldownScope,
+    /// How many models' cooldowns each key keeps at most.
+    pub max_models_per_key: usize,
 }
 
 impl Default for PoolSettings {
@@ -156,6 +185,8 @@ impl Default for PoolSettings {
             strategy: Strategy::Ordered,
             default_cooldown: Duration::from_secs(60),
             max_cooldown: Duration::from_secs(3600),
+            cooldown_scope: CooldownScope::Model,
+            max_models_per_key: 64,
         }
     }
 }
@@ -190,29 +221,47 @@ pub enum ExhaustionKind {
     Unauthorized,
 }
 
-/// No available key is left in the pool.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+/// No available key is left in the pool for a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}", self.message())]
 pub struct Exhausted {
     pub kind: ExhaustionKind,
     /// The smallest remaining cooldown; zero when a key has become available meanwhile.
     pub retry_after: Duration,
+    /// The request's model, when the walk was for one.
+    pub model: Option<Arc<str>>,
+    /// Set when the walk stopped at `max_attempts` with keys left untried.
+    pub attempt_limit: Option<usize>,
 }
 
 impl Exhausted {
-    /// Whole seconds to wait, rounded up.
+    /// Whole seconds to wait, rounded up; at least 1 when rate-limited, so a client told to
+    /// retry never retries at once.
     pub fn retry_after_secs(&self) -> u64 {
-        ceil_secs(self.retry_after)
+        match self.kind {
+            ExhaustionKind::RateLimited => ceil_secs(self.retry_after).max(1),
+            ExhaustionKind::Unauthorized => ceil_secs(self.retry_after),
+        }
     }
 
     pub fn message(&self) -> String {
-        match self.kind {
-            ExhaustionKind::RateLimited => format!(
+        let mut message = match (self.kind, &self.model) {
+            (ExhaustionKind::RateLimited, Some(model)) => format!(
+                "all configured keys are rate-limited for model \"{model}\" (retry after {}s)",
+                self.retry_after_secs()
+            ),
+            (ExhaustionKind::RateLimited, None) => format!(
                 "all configured keys are rate-limited (retry after {}s)",
                 self.retry_after_secs()
             ),
-            ExhaustionKind::Unauthorized => "all configured keys failed authentication".to_owned(),
+            (ExhaustionKind::Unauthorized, _) => {
+                "all configured keys failed authentication".to_owned()
+            }
+        };
+        if let Some(limit) = self.attempt_limit {
+            message.push_str(&format!("; stopped after {limit} attempts (max_attempts)"));
         }
+        message
     }
 }
 
@@ -283,7 +332,10 @@ pub struct KeySnapshot {
     pub index: usize,
     pub hint: String,
     pub fingerprint: String,
+    /// The key-wide state.
     pub state: KeyState,
+    /// Models this key is cooling for on their own, least recently marked first.
+    pub models: Vec<ModelCooldown>,
     pub last_status: Option<u16>,
     pub last_used_ms: Option<u64>,
     pub requests: u64,
@@ -296,6 +348,11 @@ pub struct Pool {
     /// Each key's state word, apart from the rest so a walk scans a dense, cache-resident
     /// array.
     states: Box<[AtomicU64]>,
+    /// Each key's cooldowns for single models.
+    models: Box<[ModelMarks]>,
+    /// The latest deadline of any model's cooldown in the pool (0 = none yet): while it has
+    /// passed, a walk need not know the request's model.
+    models_latest_ms: AtomicU64,
     by_fingerprint: HashMap<String, usize>,
     settings: PoolSettings,
     next_start: AtomicUsize,
@@ -330,9 +387,12 @@ impl Pool {
             .iter()
             .map(|_| AtomicU64::new(KeyState::Available.encode()))
             .collect();
+        let models = keys.iter().map(|_| ModelMarks::default()).collect();
         Ok(Self {
             keys,
             states,
+            models,
+            models_latest_ms: AtomicU64::new(0),
             by_fingerprint,
             settings,
             next_start: AtomicUsize::new(0),
@@ -397,6 +457,11 @@ impl Pool {
                 previous.states[old_index].load(Ordering::Acquire),
                 Ordering::Release,
             );
+            self.models[index].copy_from(&previous.models[old_index]);
+            self.models_latest_ms.fetch_max(
+                previous.models_latest_ms.load(Ordering::Acquire),
+                Ordering::AcqRel,
+            );
             for (new, old) in [
                 (&key.requests, &old.requests),
                 (&key.failures, &old.failures),
@@ -446,6 +511,19 @@ impl Pool {
         }
     }
 
+    /// For a successful answer whose rate-limit headers say a budget is used up: how long
+    /// the key should rest (until the budget's reset, capped at the maximum).
+    pub fn spent_budget_cooldown(&self, headers: &HeaderMap) -> Option<Duration> {
+        spent_budget_reset(headers, self.clock.now())
+            .map(|reset| reset.min(self.settings.max_cooldown))
+    }
+
+    /// Whether some key may be cooling for a single model, so a walk must know the
+    /// request's model to honor it.
+    pub fn may_have_model_marks(&self) -> bool {
+        self.models_latest_ms.load(Ordering::Acquire) > self.clock.now_ms()
+    }
+
     /// The cooldown a 429 asks for, else the default, capped at the maximum.
     pub fn cooldown_for(&self, headers: &HeaderMap) -> Duration {
         cooldown_from_headers(headers, self.clock.now())
@@ -474,6 +552,8 @@ impl Pool {
             let outcome = MarkOutcome {
                 state: after,
                 changed: before.name() != after.name() || before.reason() != after.reason(),
+                per_model: false,
+                at_ms: now,
             };
             if after == stored {
                 return outcome;
@@ -490,8 +570,73 @@ impl Pool {
         }
     }
 
-    /// Sets a key's state outright: for state restored from disk, probes and resets.
-    /// Returns whether the state changed.
+    /// Applies a mark earned by a request for `model`: with the per-model scope, a
+    /// cooldown takes the key out for that model alone. A request without a model, and
+    /// every disable, mark the whole key.
+    pub fn mark_request(&self, index: usize, mark: Mark, model: Option<&str>) -> MarkOutcome {
+        match (mark, model, self.settings.cooldown_scope) {
+            (Mark::Cool(cooldown), Some(model), CooldownScope::Model) => {
+                self.cool_model(index, model, cooldown)
+            }
+            _ => self.mark(index, mark),
+        }
+    }
+
+    /// Cools one model of a key; a cooldown only ever extends.
+    pub fn cool_model(&self, index: usize, model: &str, cooldown: Duration) -> MarkOutcome {
+        let now = self.clock.now_ms();
+        self.cool_model_until(index, model, now + cooldown.as_millis() as u64, now)
+    }
+
+    /// Restores a model's cooldown read from shared state (a deadline already capped).
+    pub fn restore_model(&self, index: usize, model: &str, until_ms: u64) {
+        let now = self.clock.now_ms();
+        let cap = now + self.settings.max_cooldown.as_millis() as u64;
+        if until_ms > now {
+            self.cool_model_until(index, model, until_ms.min(cap), now);
+        }
+    }
+
+    fn cool_model_until(&self, index: usize, model: &str, until_ms: u64, now: u64) -> MarkOutcome {
+        let marked =
+            self.models[index].mark(model, until_ms, now, self.settings.max_models_per_key);
+        self.models_latest_ms
+            .fetch_max(marked.until_ms, Ordering::AcqRel);
+        MarkOutcome {
+            state: KeyState::Cooling {
+                until_ms: marked.until_ms,
+            },
+            changed: marked.started,
+            per_model: true,
+            at_ms: now,
+        }
+    }
+
+    /// Clears every mark of a key, key-wide and per model (a reset by hand). Returns the
+    /// state it had: `Cooling` when only some models were cooling.
+    pub fn reset(&self, index: usize) -> KeyState {
+        let now = self.clock.now_ms();
+        let before = self.state(index);
+        let soonest_model = self.models[index]
+            .live(now)
+            .iter()
+            .map(|entry| entry.until_ms)
+            .max();
+        self.set_state(index, KeyState::Available);
+        self.models[index].clear(now);
+        match (before, soonest_model) {
+            (KeyState::Available, Some(until_ms)) => KeyState::Cooling { until_ms },
+            _ => before,
+        }
+    }
+
+    /// Whether the key is cooling for any model on its own.
+    pub fn any_model_cooling(&self, index: usize) -> bool {
+        self.models[index].any_cooling(self.clock.now_ms())
+    }
+
+    /// Sets a key's key-wide state outright: for state restored from disk, probes and
+    /// resets. Returns whether the state changed.
     pub fn set_state(&self, index: usize, state: KeyState) -> bool {
         let now = self.clock.now_ms();
         let previous = KeyState::decode(self.states[index].swap(state.encode(), Ordering::AcqRel));
@@ -528,6 +673,7 @@ impl Pool {
             hint: key.key.hint(),
             fingerprint: key.fingerprint.clone(),
             state: self.state(index),
+            models: self.models[index].live(self.clock.now_ms()),
             last_status: match key.last_status.load(Ordering::Relaxed) {
                 0 => None,
                 code => Some(code),
@@ -544,30 +690,44 @@ impl Pool {
             .collect()
     }
 
-    /// Why the pool has nothing to offer: rate-limited (with the soonest retry) while any
-    /// key is not disabled, else unauthorized.
-    pub fn exhaustion(&self) -> Exhausted {
+    /// Why the pool has nothing to offer a request for `model`: rate-limited (with the
+    /// soonest time a key is back for that model) while any key is not disabled, else
+    /// unauthorized.
+    pub fn exhaustion(&self, model: Option<&str>) -> Exhausted {
         let now = self.clock.now_ms();
         let soonest = (0..self.keys.len())
-            .map(|index| self.raw_state(index).settle(now))
-            .filter(|state| !matches!(state, KeyState::Disabled(_)))
-            .map(|state| state.remaining(now))
+            .filter_map(|index| self.back_for(index, model, now))
             .min();
-        match soonest {
-            Some(retry_after) => Exhausted {
-                kind: ExhaustionKind::RateLimited,
-                retry_after,
+        Exhausted {
+            kind: match soonest {
+                Some(_) => ExhaustionKind::RateLimited,
+                None => ExhaustionKind::Unauthorized,
             },
-            None => Exhausted {
-                kind: ExhaustionKind::Unauthorized,
-                retry_after: Duration::ZERO,
-            },
+            retry_after: soonest.unwrap_or(Duration::ZERO),
+            model: model.map(Arc::from),
+            attempt_limit: None,
         }
+    }
+
+    /// How long until a key serves `model`; `None` while it is disabled.
+    fn back_for(&self, index: usize, model: Option<&str>, now: u64) -> Option<Duration> {
+        let state = self.raw_state(index).settle(now);
+        if matches!(state, KeyState::Disabled(_)) {
+            return None;
+        }
+        let model_until = model
+            .and_then(|model| self.models[index].until(model, now))
+            .unwrap_or(0);
+        Some(
+            state
+                .remaining(now)
+                .max(Duration::from_millis(model_until.saturating_sub(now))),
+        )
     }
 }
 
 /// One request's pass over the pool: each available key at most once, in pool order from the
-/// strategy's starting point.
+/// strategy's starting point. As an iterator it walks for a request without a model.
 #[derive(Debug)]
 pub struct Walk<'a> {
     pool: &'a Pool,
@@ -575,11 +735,10 @@ pub struct Walk<'a> {
     offset: usize,
 }
 
-impl Iterator for Walk<'_> {
-    /// The index of the next key to try.
-    type Item = usize;
-
-    fn next(&mut self) -> Option<usize> {
+impl Walk<'_> {
+    /// The index of the next key to try for `model`: one available key-wide and not
+    /// cooling for that model.
+    pub fn next_for(&mut self, model: Option<&str>) -> Option<usize> {
         let len = self.pool.keys.len();
         // One clock read per call, not per key skipped: a walk may pass thousands.
         let now = self.pool.clock.now_ms();
@@ -590,11 +749,29 @@ impl Iterator for Walk<'_> {
                 index -= len;
             }
             self.offset += 1;
-            if self.pool.raw_state(index).settle(now) == KeyState::Available {
-                return Some(index);
+            if self.pool.raw_state(index).settle(now) != KeyState::Available {
+                continue;
             }
+            if model.is_some_and(|model| self.pool.models[index].is_cooling(model, now)) {
+                continue;
+            }
+            return Some(index);
         }
         None
+    }
+
+    /// Whether every key has been handed out or passed over.
+    pub fn is_done(&self) -> bool {
+        self.offset >= self.pool.keys.len()
+    }
+}
+
+impl Iterator for Walk<'_> {
+    /// The index of the next key to try.
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        self.next_for(None)
     }
 }
 
@@ -764,7 +941,7 @@ mod tests {
         pool.mark(1, Mark::Cool(secs(10)));
         pool.mark(2, Mark::Disable(DisableReason::Unauthorized));
         clock.advance(Duration::from_millis(2500));
-        let exhausted = pool.exhaustion();
+        let exhausted = pool.exhaustion(None);
         assert_eq!(exhausted.kind, ExhaustionKind::RateLimited);
         assert_eq!(exhausted.retry_after, Duration::from_millis(7500));
         assert_eq!(exhausted.retry_after_secs(), 8);
@@ -780,7 +957,7 @@ mod tests {
         pool.mark(0, Mark::Cool(secs(1)));
         pool.mark(1, Mark::Cool(secs(50)));
         clock.advance(secs(5));
-        let exhausted = pool.exhaustion();
+        let exhausted = pool.exhaustion(None);
         assert_eq!(exhausted.kind, ExhaustionKind::RateLimited);
         assert_eq!(exhausted.retry_after, Duration::ZERO);
     }
@@ -790,7 +967,7 @@ mod tests {
         let (pool, _) = pool(2);
         pool.mark(0, Mark::Disable(DisableReason::Unauthorized));
         pool.mark(1, Mark::Disable(DisableReason::Forbidden));
-        let exhausted = pool.exhaustion();
+        let exhausted = pool.exhaustion(None);
         assert_eq!(exhausted.kind, ExhaustionKind::Unauthorized);
         assert_eq!(
             exhausted.to_string(),
@@ -928,6 +1105,7 @@ mod tests {
             KeyState::Cooling { until_ms: T0 },
             KeyState::Disabled(DisableReason::Unauthorized),
             KeyState::Disabled(DisableReason::Forbidden),
+            KeyState::Disabled(DisableReason::Quota),
         ] {
             assert_eq!(KeyState::decode(state.encode()), state);
         }
@@ -945,5 +1123,154 @@ mod tests {
         assert_eq!(snapshot.last_status, None);
         assert_eq!(snapshot.last_used_ms, Some(T0 + 1000));
         assert_eq!(snapshot.hint, "sk...00");
+    }
+
+    #[test]
+    fn a_429_for_one_model_leaves_the_key_serving_others() {
+        let (pool, clock) = pool(2);
+        let outcome = pool.mark_request(0, Mark::Cool(secs(30)), Some("opus"));
+        assert!(outcome.changed && outcome.per_model);
+        assert_eq!(pool.state(0), KeyState::Available, "key-wide untouched");
+        assert_eq!(pool.walk().next_for(Some("opus")), Some(1));
+        assert_eq!(pool.walk().next_for(Some("haiku")), Some(0));
+        assert_eq!(pool.walk().next_for(None), Some(0), "no model: any key");
+        assert!(pool.may_have_model_marks() && pool.any_model_cooling(0));
+        clock.advance(secs(30));
+        assert_eq!(pool.walk().next_for(Some("opus")), Some(0));
+        assert!(!pool.may_have_model_marks());
+    }
+
+    #[test]
+    fn key_scope_and_model_less_requests_cool_the_whole_key() {
+        let settings = PoolSettings {
+            cooldown_scope: CooldownScope::Key,
+            ..PoolSettings::default()
+        };
+        let (key_scoped, _) = pool_with(2, settings);
+        let outcome = key_scoped.mark_request(0, Mark::Cool(secs(30)), Some("opus"));
+        assert!(!outcome.per_model);
+        assert_eq!(key_scoped.walk().next_for(Some("haiku")), Some(1));
+
+        let (model_scoped, _) = pool(2);
+        assert!(
+            !model_scoped
+                .mark_request(0, Mark::Cool(secs(30)), None)
+                .per_model
+        );
+        assert_eq!(model_scoped.walk().next_for(Some("haiku")), Some(1));
+    }
+
+    #[test]
+    fn auth_and_quota_disable_the_key_for_every_model() {
+        let (pool, _) = pool(3);
+        pool.mark_request(0, Mark::Disable(DisableReason::Unauthorized), Some("opus"));
+        pool.mark_request(1, Mark::Disable(DisableReason::Quota), Some("opus"));
+        assert_eq!(pool.state(1), KeyState::Disabled(DisableReason::Quota));
+        assert_eq!(pool.walk().next_for(Some("haiku")), Some(2));
+        assert_eq!(pool.state(1).reason(), Some("quota"));
+    }
+
+    #[test]
+    fn exhaustion_is_per_model() {
+        let (pool, clock) = pool(3);
+        pool.mark_request(0, Mark::Cool(secs(30)), Some("opus"));
+        pool.mark_request(1, Mark::Cool(secs(10)), Some("opus"));
+        pool.mark(1, Mark::Cool(secs(20)));
+        pool.mark(2, Mark::Disable(DisableReason::Forbidden));
+        clock.advance(Duration::from_millis(500));
+        let exhausted = pool.exhaustion(Some("opus"));
+        assert_eq!(exhausted.kind, ExhaustionKind::RateLimited);
+        // Key 1 is back for opus when both its cooldowns end: the key-wide one, at 20 s.
+        assert_eq!(exhausted.retry_after, Duration::from_millis(19_500));
+        assert_eq!(
+            exhausted.to_string(),
+            "all configured keys are rate-limited for model \"opus\" (retry after 20s)"
+        );
+        // Another model only waits for the key-wide cooldowns.
+        assert_eq!(pool.exhaustion(Some("haiku")).retry_after, Duration::ZERO);
+        assert_eq!(pool.exhaustion(Some("haiku")).retry_after_secs(), 1);
+    }
+
+    #[test]
+    fn attempt_limit_is_named_in_the_message() {
+        let exhausted = Exhausted {
+            kind: ExhaustionKind::Unauthorized,
+            retry_after: Duration::ZERO,
+            model: None,
+            attempt_limit: Some(4),
+        };
+        assert_eq!(
+            exhausted.to_string(),
+            "all configured keys failed authentication; stopped after 4 attempts (max_attempts)"
+        );
+    }
+
+    #[test]
+    fn reset_clears_key_wide_and_model_marks() {
+        let (pool, _) = pool(2);
+        pool.mark_request(0, Mark::Cool(secs(30)), Some("opus"));
+        assert_eq!(
+            pool.reset(0),
+            KeyState::Cooling {
+                until_ms: T0 + 30_000
+            },
+            "a key cooling for a model was cooling"
+        );
+        assert_eq!(pool.walk().next_for(Some("opus")), Some(0));
+        pool.mark(1, Mark::Disable(DisableReason::Forbidden));
+        assert_eq!(pool.reset(1), KeyState::Disabled(DisableReason::Forbidden));
+        assert_eq!(pool.reset(1), KeyState::Available);
+    }
+
+    #[test]
+    fn restored_model_cooldowns_are_capped() {
+        let settings = PoolSettings {
+            max_cooldown: secs(60),
+            ..PoolSettings::default()
+        };
+        let (pool, _) = pool_with(1, settings);
+        pool.restore_model(0, "opus", T0 + 86_400_000);
+        pool.restore_model(0, "old", T0 - 1);
+        let models = pool.snapshot(0).models;
+        assert_eq!(models.len(), 1);
+        assert_eq!(models[0].until_ms, T0 + 60_000);
+    }
+
+    #[test]
+    fn spent_budgets_cool_until_the_reset_capped() {
+        let settings = PoolSettings {
+            max_cooldown: secs(60),
+            ..PoolSettings::default()
+        };
+        let (pool, _) = pool_with(1, settings);
+        let spent = headers(&[
+            ("x-ratelimit-remaining-requests", "0"),
+            ("x-ratelimit-reset-requests", "20s"),
+        ]);
+        assert_eq!(pool.spent_budget_cooldown(&spent), Some(secs(20)));
+        let long = headers(&[
+            ("x-ratelimit-remaining-tokens", "0"),
+            ("x-ratelimit-reset-tokens", "2h"),
+        ]);
+        assert_eq!(pool.spent_budget_cooldown(&long), Some(secs(60)));
+        assert_eq!(pool.spent_budget_cooldown(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn a_reload_keeps_model_cooldowns() {
+        let (old, clock) = pool(2);
+        old.mark_request(1, Mark::Cool(secs(30)), Some("opus"));
+        let new = Pool::new(keys(2), PoolSettings::default(), clock).unwrap();
+        new.inherit_from(&old);
+        assert_eq!(new.walk().next_for(Some("opus")), Some(0));
+        pool_is_cooling(&new, 1, "opus");
+    }
+
+    fn pool_is_cooling(pool: &Pool, index: usize, model: &str) {
+        let models = pool.snapshot(index).models;
+        assert!(
+            models.iter().any(|entry| &*entry.model == model),
+            "{models:?}"
+        );
     }
 }

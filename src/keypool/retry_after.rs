@@ -40,29 +40,64 @@ fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
     positive(at.duration_since(now).ok()?)
 }
 
-/// The latest reset among the limits that are used up (`remaining` is 0).
+/// The rate-limit budgets a provider reports on every answer: the header that says how
+/// much is left, and the one that says when it refills.
+const ANTHROPIC_BUDGETS: [(&str, &str); 4] = [
+    (
+        "anthropic-ratelimit-requests-remaining",
+        "anthropic-ratelimit-requests-reset",
+    ),
+    (
+        "anthropic-ratelimit-tokens-remaining",
+        "anthropic-ratelimit-tokens-reset",
+    ),
+    (
+        "anthropic-ratelimit-input-tokens-remaining",
+        "anthropic-ratelimit-input-tokens-reset",
+    ),
+    (
+        "anthropic-ratelimit-output-tokens-remaining",
+        "anthropic-ratelimit-output-tokens-reset",
+    ),
+];
+const OPENAI_BUDGETS: [(&str, &str); 2] = [
+    (
+        "x-ratelimit-remaining-requests",
+        "x-ratelimit-reset-requests",
+    ),
+    ("x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"),
+];
+
+/// The latest reset among the limits that are used up (`remaining` is 0). Anthropic gives
+/// the reset as an RFC 3339 time, OpenAI as a duration (`1s`, `6m0s`, `20ms`).
 fn latest_exhausted_reset(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    let anthropic = ["requests", "tokens", "input-tokens", "output-tokens"]
-        .into_iter()
-        .filter(|limit| {
-            is_zero(header(
-                headers,
-                &format!("anthropic-ratelimit-{limit}-remaining"),
-            ))
-        })
-        .filter_map(|limit| {
-            let reset = header(headers, &format!("anthropic-ratelimit-{limit}-reset"))?;
-            let at = humantime::parse_rfc3339_weak(reset).ok()?;
+    let anthropic = ANTHROPIC_BUDGETS
+        .iter()
+        .filter(|(remaining, _)| is_zero(header(headers, remaining)))
+        .filter_map(|(_, reset)| {
+            let at = humantime::parse_rfc3339_weak(header(headers, reset)?).ok()?;
             at.duration_since(now).ok()
         });
-    let openai = ["requests", "tokens"]
-        .into_iter()
-        .filter(|limit| is_zero(header(headers, &format!("x-ratelimit-remaining-{limit}"))))
-        .filter_map(|limit| {
-            let reset = header(headers, &format!("x-ratelimit-reset-{limit}"))?;
-            humantime::parse_duration(reset).ok()
-        });
+    let openai = OPENAI_BUDGETS
+        .iter()
+        .filter(|(remaining, _)| is_zero(header(headers, remaining)))
+        .filter_map(|(_, reset)| humantime::parse_duration(header(headers, reset)?).ok());
     anthropic.chain(openai).filter_map(positive).max()
+}
+
+/// For a successful answer: how long until a budget that this answer used up refills, so
+/// the key can rest without paying for a 429 first. `None` when every budget has some left
+/// (or the answer reports none).
+pub fn spent_budget_reset(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    // Most answers report budgets with some left: a cheap look before any parsing.
+    let spent = ANTHROPIC_BUDGETS
+        .iter()
+        .chain(OPENAI_BUDGETS.iter())
+        .any(|(remaining, _)| is_zero(header(headers, remaining)));
+    if !spent {
+        return None;
+    }
+    latest_exhausted_reset(headers, now)
 }
 
 fn is_zero(value: Option<&str>) -> bool {
@@ -176,5 +211,53 @@ mod tests {
             ]),
             None
         );
+    }
+
+    #[test]
+    fn a_spent_budget_on_a_success_names_its_reset() {
+        let headers = |pairs: &[(&str, &str)]| {
+            let mut headers = HeaderMap::new();
+            for (name, value) in pairs {
+                headers.insert(
+                    http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    value.parse().unwrap(),
+                );
+            }
+            headers
+        };
+        let reset_at = humantime::format_rfc3339_seconds(now() + Duration::from_secs(41));
+        for limit in ["requests", "tokens", "input-tokens", "output-tokens"] {
+            let spent = headers(&[
+                (&format!("anthropic-ratelimit-{limit}-remaining"), "0"),
+                (
+                    &format!("anthropic-ratelimit-{limit}-reset"),
+                    &reset_at.to_string(),
+                ),
+            ]);
+            assert_eq!(
+                spent_budget_reset(&spent, now()),
+                Some(Duration::from_secs(41)),
+                "{limit}"
+            );
+        }
+        for limit in ["requests", "tokens"] {
+            let spent = headers(&[
+                (&format!("x-ratelimit-remaining-{limit}"), "0"),
+                (&format!("x-ratelimit-reset-{limit}"), "6m0s"),
+            ]);
+            assert_eq!(
+                spent_budget_reset(&spent, now()),
+                Some(Duration::from_secs(360)),
+                "{limit}"
+            );
+        }
+        let left = headers(&[
+            ("x-ratelimit-remaining-requests", "12"),
+            ("x-ratelimit-reset-requests", "6m0s"),
+        ]);
+        assert_eq!(spent_budget_reset(&left, now()), None);
+        assert_eq!(spent_budget_reset(&HeaderMap::new(), now()), None);
+        let no_reset = headers(&[("x-ratelimit-remaining-tokens", "0")]);
+        assert_eq!(spent_budget_reset(&no_reset, now()), None);
     }
 }

@@ -4,7 +4,9 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use serde_json::{Value, json};
 
-use super::{ApiRoute, ErrorSpec, ProviderApi, remove_credentials, secret_value, sse_event};
+use super::{
+    ApiRoute, ErrorSpec, ProviderApi, QuotaSignal, remove_credentials, secret_value, sse_event,
+};
 use crate::secret::ApiKey;
 
 /// The version sent when the caller names none; the API rejects requests without one.
@@ -12,6 +14,15 @@ const DEFAULT_VERSION: &str = "2023-06-01";
 // Constants, so the names are checked once at compile time rather than on every request.
 const API_KEY_HEADER: HeaderName = HeaderName::from_static("x-api-key");
 const VERSION_HEADER: HeaderName = HeaderName::from_static("anthropic-version");
+
+/// A key whose account has no credit left answers 400, which is otherwise the caller's
+/// fault; only its message tells them apart.
+const QUOTA_SIGNALS: [QuotaSignal; 1] = [QuotaSignal {
+    status: 400,
+    error_type: Some("invalid_request_error"),
+    code: None,
+    message_contains: Some("credit balance is too low"),
+}];
 
 pub struct Anthropic;
 
@@ -47,5 +58,9 @@ impl ProviderApi for Anthropic {
     fn stream_error_event(&self, _route: ApiRoute, message: &str) -> Bytes {
         let data = json!({"type": "error", "error": {"type": "api_error", "message": message}});
         sse_event(Some("error"), &data).into()
+    }
+
+    fn quota_signals(&self) -> &'static [QuotaSignal] {
+        &QUOTA_SIGNALS
     }
 }

@@ -86,6 +86,66 @@ pub trait ProviderApi: Sync {
     /// The SSE event that ends a stream which broke off, so a cut stream never looks
     /// complete: the provider's own error event for `route`.
     fn stream_error_event(&self, route: ApiRoute, message: &str) -> Bytes;
+
+    /// Error answers that mean the account's quota or credit is used up.
+    fn quota_signals(&self) -> &'static [QuotaSignal] {
+        &[]
+    }
+}
+
+/// An error answer that says the key's account is out of quota or credit: the key is out
+/// for every model until it is rechecked, and another key may well answer. Every field
+/// that is set must match the answer's `error` object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaSignal {
+    pub status: u16,
+    /// `error.type` is exactly this.
+    pub error_type: Option<&'static str>,
+    /// `error.code` is exactly this.
+    pub code: Option<&'static str>,
+    /// `error.message` contains this, ignoring case.
+    pub message_contains: Option<&'static str>,
+}
+
+impl QuotaSignal {
+    fn matches(&self, status: u16, error: &Value) -> bool {
+        let field = |name: &str| error.get(name).and_then(Value::as_str);
+        status == self.status
+            && self
+                .error_type
+                .is_none_or(|wanted| field("type") == Some(wanted))
+            && self.code.is_none_or(|wanted| field("code") == Some(wanted))
+            && self.message_contains.is_none_or(|wanted| {
+                field("message").is_some_and(|message| {
+                    message
+                        .to_ascii_lowercase()
+                        .contains(&wanted.to_ascii_lowercase())
+                })
+            })
+    }
+}
+
+/// Whether an answer with `status` may be a quota error, so its body is worth reading.
+pub fn may_signal_quota(api: &dyn ProviderApi, status: u16) -> bool {
+    api.quota_signals()
+        .iter()
+        .any(|signal| signal.status == status)
+}
+
+/// Whether an error answer says the key's quota or credit is used up.
+pub fn is_quota_error(api: &dyn ProviderApi, status: u16, body: &[u8]) -> bool {
+    if !may_signal_quota(api, status) {
+        return false;
+    }
+    let Ok(document) = serde_json::from_slice::<Value>(body) else {
+        return false;
+    };
+    let Some(error) = document.get("error") else {
+        return false;
+    };
+    api.quota_signals()
+        .iter()
+        .any(|signal| signal.matches(status, error))
 }
 
 /// The APIs the bridge reads (model, stream flag, token usage); everything else passes
@@ -322,6 +382,8 @@ mod tests {
         let rate_limited = ErrorSpec::exhausted(&Exhausted {
             kind: ExhaustionKind::RateLimited,
             retry_after: Duration::from_millis(1200),
+            model: None,
+            attempt_limit: None,
         });
         assert_eq!(rate_limited.status, 429);
         assert_eq!(
@@ -333,6 +395,8 @@ mod tests {
         let unauthorized = ErrorSpec::exhausted(&Exhausted {
             kind: ExhaustionKind::Unauthorized,
             retry_after: Duration::ZERO,
+            model: None,
+            attempt_limit: None,
         });
         assert_eq!(unauthorized.status, 502);
         assert_eq!(
@@ -419,5 +483,29 @@ mod tests {
             assert_eq!(ProviderKind::from_name(kind.as_str()), Some(kind));
         }
         assert_eq!(ProviderKind::from_name("gemini"), None);
+    }
+
+    #[test]
+    fn quota_errors_are_recognised_from_the_body() {
+        let openai_code = br#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"}}"#;
+        let openai_type =
+            br#"{"error":{"message":"quota","type":"insufficient_quota","code":null}}"#;
+        let openai_rate = br#"{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}"#;
+        assert!(is_quota_error(&OpenAi, 429, openai_code));
+        assert!(is_quota_error(&OpenAi, 429, openai_type));
+        assert!(!is_quota_error(&OpenAi, 429, openai_rate));
+        assert!(!is_quota_error(&OpenAi, 400, openai_code));
+        assert!(!is_quota_error(&OpenAi, 429, b"not json"));
+
+        let credit = br#"{"type":"error","error":{"type":"invalid_request_error","message":"Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits."}}"#;
+        let other_400 = br#"{"type":"error","error":{"type":"invalid_request_error","message":"max_tokens: Field required"}}"#;
+        let wrong_type = br#"{"type":"error","error":{"type":"api_error","message":"Your credit balance is too low"}}"#;
+        assert!(is_quota_error(&Anthropic, 400, credit));
+        assert!(!is_quota_error(&Anthropic, 400, other_400));
+        assert!(!is_quota_error(&Anthropic, 400, wrong_type));
+        assert!(!is_quota_error(&Anthropic, 429, credit));
+        assert!(may_signal_quota(&Anthropic, 400));
+        assert!(!may_signal_quota(&Anthropic, 500));
+        assert!(!may_signal_quota(&Copilot, 429));
     }
 }

@@ -4,8 +4,24 @@ use bytes::Bytes;
 use http::{HeaderMap, Method};
 use serde_json::{Value, json};
 
-use super::{ApiRoute, ErrorSpec, ProviderApi, set_bearer, sse_event};
+use super::{ApiRoute, ErrorSpec, ProviderApi, QuotaSignal, set_bearer, sse_event};
 use crate::secret::ApiKey;
+
+/// A 429 is a rate limit unless the account's quota is used up, which a wait does not fix.
+const QUOTA_SIGNALS: [QuotaSignal; 2] = [
+    QuotaSignal {
+        status: 429,
+        error_type: None,
+        code: Some("insufficient_quota"),
+        message_contains: None,
+    },
+    QuotaSignal {
+        status: 429,
+        error_type: Some("insufficient_quota"),
+        code: None,
+        message_contains: None,
+    },
+];
 
 pub struct OpenAi;
 
@@ -43,6 +59,10 @@ impl ProviderApi for OpenAi {
 
     fn stream_error_event(&self, route: ApiRoute, message: &str) -> Bytes {
         openai_stream_error(route, message)
+    }
+
+    fn quota_signals(&self) -> &'static [QuotaSignal] {
+        &QUOTA_SIGNALS
     }
 }
 

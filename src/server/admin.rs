@@ -141,11 +141,11 @@ fn clear_marks(app: &AppState, selection: &ResetRequest) -> Result<Vec<ClearedKe
     }
     let mut cleared = Vec::new();
     for (upstream, index) in targets {
-        let before = upstream.pool.state(index);
+        let before = upstream.pool.reset(index);
         if before == KeyState::Available {
             continue;
         }
-        upstream.pool.set_state(index, KeyState::Available);
+        upstream.key_freed();
         let key = upstream.pool.key(index);
         tracing::info!(provider = %upstream.name, key = %key.key(), "key reset to available (was {})", before.name());
         if let Some(sync) = &app.state_sync {

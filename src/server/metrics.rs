@@ -10,6 +10,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::failover::Upstream;
@@ -44,8 +45,17 @@ pub struct Metrics {
     transitions: Family<TransitionLabels, Counter>,
     exhaustions: Family<ExhaustionLabels, Counter>,
     connections: Family<WorkerLabels, Gauge>,
+    waits: Family<ProviderLabels, Histogram>,
     requests: Arc<RequestStats>,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderLabels {
+    provider: String,
+}
+
+/// 50 ms .. ~100 s: a held request waits for a cooldown to end.
+const WAIT_BOUNDS: [f64; 12] = exponential_bounds(0.05);
 
 impl Metrics {
     /// `threads`: how many threads record requests, each into its own shard.
@@ -55,6 +65,9 @@ impl Metrics {
         let transitions = Family::default();
         let exhaustions = Family::default();
         let connections = Family::default();
+        let waits = Family::<ProviderLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(WAIT_BOUNDS)) as fn() -> Histogram,
+        );
         let requests = Arc::new(RequestStats::new(threads));
         registry.register("aibridge_keys", "Keys per provider and state", keys.clone());
         registry.register(
@@ -72,6 +85,11 @@ impl Metrics {
             "Open client connections per worker thread",
             connections.clone(),
         );
+        registry.register(
+            "aibridge_wait_seconds",
+            "Time held requests waited for a key to come back",
+            waits.clone(),
+        );
         registry.register_collector(Box::new(requests.clone()));
         Self {
             registry,
@@ -79,6 +97,7 @@ impl Metrics {
             transitions,
             exhaustions,
             connections,
+            waits,
             requests,
         }
     }
@@ -103,6 +122,16 @@ impl Metrics {
             kind,
         };
         self.exhaustions.get_or_create(&labels).inc();
+    }
+
+    /// A request that was held for a key, for `waited`.
+    pub fn waited(&self, provider: &str, waited: Duration) {
+        let labels = ProviderLabels {
+            provider: provider.to_owned(),
+        };
+        self.waits
+            .get_or_create(&labels)
+            .observe(waited.as_secs_f64());
     }
 
     pub fn request(&self, provider: &str, route: &'static str, status: u16, attempts: usize) {
@@ -145,9 +174,14 @@ impl Metrics {
                 self.keys.get_or_create(&labels).set(0);
             }
             for index in 0..upstream.pool.len() {
+                // A key cooling for any one model counts as cooling.
+                let state = match upstream.pool.state(index) {
+                    KeyState::Available if upstream.pool.any_model_cooling(index) => "cooling",
+                    state => state.name(),
+                };
                 let labels = KeyLabels {
                     provider: upstream.name.clone(),
-                    state: upstream.pool.state(index).name(),
+                    state,
                 };
                 self.keys.get_or_create(&labels).inc();
             }

@@ -15,7 +15,8 @@ use super::relay::{Completion, Relay, RequestRecord};
 use super::state_sync::StateChange;
 use super::{AppState, Bridge};
 use crate::failover::{
-    Attempt, Credentials, FailoverError, OutboundRequest, Upstream, error_chain, strip_hop_by_hop,
+    Attempt, Credentials, FailoverError, OutboundRequest, Upstream, WalkObserver, error_chain,
+    strip_hop_by_hop,
 };
 use crate::provider::{
     ApiRoute, CREDENTIAL_HEADERS, ErrorSpec, ProviderApi, ProviderKind, credential_in,
@@ -53,7 +54,17 @@ where
         Err(spec) => return error_response(api, &spec),
     };
 
-    let exchange = bridge.walker().send(upstream, &request, &credentials).await;
+    let held = HoldLog {
+        provider: &upstream.name,
+        logged: std::sync::atomic::AtomicBool::new(false),
+    };
+    let exchange = bridge
+        .walker()
+        .send(upstream, &request, &credentials, upstream.max_wait, &held)
+        .await;
+    if !exchange.waited.is_zero() {
+        app.metrics.waited(&upstream.name, exchange.waited);
+    }
     // Only logs and dumps name requests; the shared counter is left alone otherwise.
     let id = if app.journal.logging() || app.journal.dumping() {
         app.next_request_id.fetch_add(1, Ordering::Relaxed)
@@ -73,7 +84,7 @@ where
     let record = app
         .journal
         .logging()
-        .then(|| RequestRecord::new(id, upstream, &request, route, &exchange.attempts));
+        .then(|| RequestRecord::new(id, upstream, &request, route, &exchange));
     let attempts = exchange.attempts.len();
     let mut completion = Completion::new(app, &upstream.name, route, attempts, started, record);
     let response = match exchange.result {
@@ -112,6 +123,27 @@ where
         &answering.key_hint,
     )
     .await
+}
+
+/// Logs, once per request, that it is held for a key.
+struct HoldLog<'a> {
+    provider: &'a str,
+    logged: std::sync::atomic::AtomicBool,
+}
+
+impl WalkObserver for HoldLog<'_> {
+    fn waiting(&self, wait: std::time::Duration, model: Option<&str>) {
+        if self.logged.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let wait =
+            humantime::format_duration(std::time::Duration::from_millis(wait.as_millis() as u64));
+        tracing::info!(
+            provider = self.provider,
+            model,
+            "request held: waiting {wait} for a key"
+        );
+    }
 }
 
 /// Checks the access token, reads the body within the limit and picks whose key to use.
@@ -290,13 +322,13 @@ fn failover_error_spec(error: &FailoverError) -> ErrorSpec {
 
 fn failover_error_response(api: &dyn ProviderApi, error: &FailoverError) -> Response {
     let mut response = error_response(api, &failover_error_spec(error));
-    if let FailoverError::Exhausted(exhausted) = error {
-        let seconds = exhausted.retry_after_secs();
-        if seconds > 0 {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-        }
+    if let FailoverError::Exhausted(exhausted) = error
+        && exhausted.kind == crate::keypool::ExhaustionKind::RateLimited
+    {
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(exhausted.retry_after_secs()),
+        );
     }
     response
 }
@@ -419,16 +451,25 @@ mod tests {
 
     #[test]
     fn exhaustion_sets_retry_after() {
-        let exhausted = crate::keypool::Exhausted {
+        let mut exhausted = crate::keypool::Exhausted {
             kind: crate::keypool::ExhaustionKind::RateLimited,
             retry_after: std::time::Duration::from_millis(2500),
+            model: None,
+            attempt_limit: None,
         };
+        let response = failover_error_response(
+            ProviderKind::Anthropic.api(),
+            &FailoverError::Exhausted(exhausted.clone()),
+        );
+        assert_eq!(response.status(), 429);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "3");
+        // A key came back during the walk: still never "retry at once".
+        exhausted.retry_after = std::time::Duration::ZERO;
         let response = failover_error_response(
             ProviderKind::Anthropic.api(),
             &FailoverError::Exhausted(exhausted),
         );
-        assert_eq!(response.status(), 429);
-        assert_eq!(response.headers()[header::RETRY_AFTER], "3");
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
     }
 
     #[test]

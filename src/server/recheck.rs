@@ -43,6 +43,7 @@ pub async fn run(app: &'static AppState) {
                 if result.verdict != Verdict::Valid || result.apply(upstream).is_none() {
                     continue;
                 }
+                upstream.key_freed();
                 tracing::info!(
                     provider = %name,
                     key = %result.hint,

@@ -16,7 +16,7 @@ use serde::Serialize;
 use super::AppState;
 use super::proxy::{AttemptDump, http_message};
 use super::usage::{RequestFacts, UsageTap};
-use crate::failover::{Attempt, OutboundRequest, Upstream, error_chain};
+use crate::failover::{Exchange, OutboundRequest, Upstream, error_chain};
 use crate::keypool::KeyState;
 use crate::provider::{ApiRoute, ProviderApi};
 use crate::transport::{self, ResponseBody};
@@ -47,6 +47,8 @@ pub struct RequestRecord {
     pub output_tokens: Option<u64>,
     pub latency_ms: f64,
     pub ttfb_ms: Option<f64>,
+    /// How long the request was held for a key.
+    pub waited_ms: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -54,6 +56,9 @@ pub struct AttemptRecord {
     pub key: String,
     pub status: Option<u16>,
     pub mark: Option<&'static str>,
+    /// The model a cooldown applies to alone; absent when key-wide.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 impl RequestRecord {
@@ -62,15 +67,16 @@ impl RequestRecord {
         upstream: &Upstream,
         request: &OutboundRequest,
         route: ApiRoute,
-        attempts: &[Attempt],
+        exchange: &Exchange,
     ) -> Self {
+        let attempts = &exchange.attempts;
         let facts = match route {
             ApiRoute::Other => RequestFacts::default(),
             _ => RequestFacts::read(&request.body),
         };
         let answered = attempts
             .last()
-            .filter(|attempt| attempt.status.is_some() && attempt.mark.is_none());
+            .filter(|attempt| exchange.result.is_ok() && attempt.answered());
         Self {
             time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
             id,
@@ -89,6 +95,7 @@ impl RequestRecord {
                     key: attempt.key_hint.clone(),
                     status: attempt.status,
                     mark: attempt.mark.map(KeyState::name),
+                    model: attempt.model.clone(),
                 })
                 .collect(),
             key: answered.map(|attempt| attempt.key_hint.clone()),
@@ -96,6 +103,7 @@ impl RequestRecord {
             output_tokens: None,
             latency_ms: 0.0,
             ttfb_ms: None,
+            waited_ms: exchange.waited.as_millis() as u64,
         }
     }
 }

@@ -93,7 +93,11 @@ async fn write_batch(store: &StateStore, batch: Vec<StateChange>) {
                         provider,
                         fingerprint,
                     } => {
-                        state.clear(provider.as_deref(), fingerprint.as_deref());
+                        state.clear(
+                            provider.as_deref(),
+                            fingerprint.as_deref(),
+                            std::time::SystemTime::now(),
+                        );
                     }
                 }
             }
