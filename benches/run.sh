@@ -6,6 +6,8 @@
 #   benches/run.sh                 # ~11 minutes on 2 cores
 #   BENCH_ROUNDS=1 benches/run.sh  # each load run once, not three times
 #   BENCH_SECONDS=3 benches/run.sh # shorter wrk runs
+#   benches/run.sh ab OLD_BINARY   # a change on the request path: the old build and this one
+#                                  # in turns at c=16 beside nginx, and instructions per request
 #
 # Not part of .ci/run: it measures, it does not test.
 set -euo pipefail
@@ -257,7 +259,9 @@ measure_send() {
 
 measure_pool() {
   cargo bench --quiet --bench pool >"$OUT/pool.txt" 2>/dev/null
-  # Medians in output order: pick_and_mark 10 t1 t2, 10000 t1 t2; pick_past_cooling_keys the same.
+  # Medians in output order: pick_and_mark 10 t1 t2, 10000 t1 t2; then the same for
+  # pick_and_mark_a_model_not_cooling_yet, pick_and_mark_with_20_models_cooling and
+  # pick_past_cooling_keys.
   mapfile -t POOL < <(awk -F'│' '/t=[12]/ { v = $(NF - 3); gsub(/^ +| +$/, "", v); print v }' "$OUT/pool.txt")
 }
 
@@ -449,9 +453,53 @@ main() {
     done
     echo "| pool pick + mark, 10 keys, 1 / 2 threads | ${POOL[0]} / ${POOL[1]} | < 1 µs | |"
     echo "| pool pick + mark, 10,000 keys, 1 / 2 threads | ${POOL[2]} / ${POOL[3]} | < 1 µs | |"
-    echo "| pool pick past 9,999 cooling keys, 1 / 2 threads | ${POOL[6]} / ${POOL[7]} | (worst case) | |"
+    echo "| pool pick + mark, 10,000 keys with 20 models cooling on each, 1 / 2 threads | ${POOL[10]} / ${POOL[11]} | < 1 µs | |"
+    echo "| pool pick + mark of a model not cooling yet (list copied), 10,000 keys, 1 / 2 threads | ${POOL[6]} / ${POOL[7]} | | |"
+    echo "| pool pick past 9,999 cooling keys, 1 / 2 threads | ${POOL[14]} / ${POOL[15]} | (worst case) | |"
   } >"$report"
   cat "$report"
 }
 
-main "$@"
+# ab OLD_BINARY: the request path before (OLD_BINARY) and after (this tree's release build), in
+# turns in one run: requests/s at c=16 beside nginx, each round in the same order, and
+# instructions per request by callgrind.
+ab() {
+  local old=$1 old_bridge=127.0.0.1:19210 round
+  [ -x "$old" ] || { say "usage: benches/run.sh ab OLD_BINARY"; exit 2; }
+  install_tools
+  say "building (release)"
+  cargo build --release --quiet --bin aibridge --example mock_upstream
+  make_bodies
+  start_services
+  "$old" serve --no-state --listen "$old_bridge" 2>"$WORK/aibridge-old.log" &
+  PIDS+=($!)
+  wait_for_port "$old_bridge"
+  for round in $(seq "$ROUNDS"); do
+    run_wrk before "http://$old_bridge/anthropic/v1/messages" 16
+    run_wrk after "http://$BRIDGE/anthropic/v1/messages" 16
+    run_wrk nginx "http://$NGINX/v1/messages" 16
+  done
+  settle_runs
+  local before after
+  before=$(instructions_per_request before "http://127.0.0.1:19251/anthropic/v1/messages" \
+    "$old" serve --no-state --workers 1 --listen 127.0.0.1:19251)
+  after=$(instructions_per_request after "http://127.0.0.1:19252/anthropic/v1/messages" \
+    target/release/aibridge serve --no-state --workers 1 --listen 127.0.0.1:19252)
+  {
+    echo "A/B on $(nproc) cores, $(uname -sr); wrk c=16 ${SECONDS_PER_RUN}s per run, medians of $ROUNDS rounds in turns; $(date -u +%Y-%m-%d)."
+    echo
+    echo "| measure | before | after | after vs before |"
+    echo "|---|---|---|---|"
+    echo "| c=16 requests/s (runs: before ${RUNS_RPS[before]}/ after ${RUNS_RPS[after]}/ nginx ${RUNS_RPS[nginx]}) | ${RPS[before]} | ${RPS[after]} | $(calc "${RPS[after]} / ${RPS[before]}")x |"
+    echo "| c=16 requests/s vs nginx (${RPS[nginx]}) | $(calc "${RPS[before]} / ${RPS[nginx]}")x | $(calc "${RPS[after]} / ${RPS[nginx]}")x | |"
+    echo "| c=16 p50 / p99 ms | ${P50[before]} / ${P99[before]} | ${P50[after]} / ${P99[after]} | |"
+    echo "| user-space instructions per request (callgrind, 1 worker) | $before | $after | $(calc "$after / $before")x |"
+  } | tee "$OUT/ab.md"
+}
+
+if [ "${1:-}" = ab ]; then
+  shift
+  ab "$@"
+else
+  main "$@"
+fi

@@ -279,11 +279,6 @@ pub trait WalkObserver: Sync {
     fn resumed(&self) {}
 }
 
-/// An observer that does nothing.
-pub struct Unobserved;
-
-impl WalkObserver for Unobserved {}
-
 /// How long to hold a request before walking again, if at all: only when every key is
 /// merely cooling, the walk was not cut short by `max_attempts`, and the soonest key is
 /// back within what is left of the wait budget. A few ms past the deadline, so the key
@@ -458,13 +453,14 @@ impl Walker {
                 .max_attempts
                 .is_some_and(|limit| attempts.len() >= limit)
             {
+                // The error path may read the model: the message names it.
                 return PassEnd::Exhausted(match walk.next_for(model) {
                     Some(_) => limit_exhaustion(upstream, attempts, request.model()),
-                    None => pool.exhaustion(model),
+                    None => pool.exhaustion(request.model()),
                 });
             }
             let Some(index) = walk.next_for(model) else {
-                return PassEnd::Exhausted(pool.exhaustion(model));
+                return PassEnd::Exhausted(pool.exhaustion(request.model()));
             };
             let (attempt, answer) = self.attempt(upstream, request, index).await;
             observer.attempted(&attempt);

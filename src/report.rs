@@ -46,6 +46,8 @@ pub struct ModelCooling {
     /// RFC 3339.
     pub until: String,
     pub remaining_secs: u64,
+    /// Why: `rate_limited` (a 429, or a success that used up a budget).
+    pub reason: String,
 }
 
 impl PoolReport {
@@ -92,6 +94,7 @@ impl KeyReport {
                         remaining_secs: ceil_secs(std::time::Duration::from_millis(
                             entry.until_ms.saturating_sub(now_ms),
                         )),
+                        reason: "rate_limited".to_owned(),
                     };
                     (entry.model.to_string(), cooling)
                 })

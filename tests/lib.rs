@@ -3,6 +3,7 @@
 mod harness;
 
 mod cli;
+mod failure_model;
 mod pool;
 mod probe_keys;
 mod send;

@@ -881,7 +881,7 @@ fn stream_idle_timeout_ends_the_stream_with_an_error_event() {
     gate.open();
 }
 
-fn wait_for_lines(path: &std::path::Path, count: usize) -> Vec<Value> {
+pub fn wait_for_lines(path: &std::path::Path, count: usize) -> Vec<Value> {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let text = std::fs::read_to_string(path).unwrap_or_default();

@@ -759,11 +759,6 @@ impl Walk<'_> {
         }
         None
     }
-
-    /// Whether every key has been handed out or passed over.
-    pub fn is_done(&self) -> bool {
-        self.offset >= self.pool.keys.len()
-    }
 }
 
 impl Iterator for Walk<'_> {

@@ -2,10 +2,12 @@
 //! (OpenAI per model, Anthropic per model class), so a 429 for one model leaves the key
 //! serving the others.
 //!
-//! Each key's list is an immutable vector behind an `ArcSwapOption`: a walk reads it without
-//! a lock, and a mark replaces it whole (read-copy-update). Lists stay short: expired entries
-//! are dropped on every mark, and at most `limit` models are kept, the least recently marked
-//! dropped first, so a caller inventing model names cannot grow memory without bound.
+//! Each key's list is an immutable vector of entries behind an `ArcSwapOption`, and each
+//! entry's deadline is an atomic: a walk reads both without a lock, a mark that extends a
+//! live cooldown is one compare-and-swap on its entry, and only a model that is not cooling
+//! yet replaces the list (read-copy-update). Lists stay short: expired entries are dropped
+//! whenever the list is replaced, and at most `limit` models are kept, the oldest dropped
+//! first, so a caller inventing model names cannot grow memory without bound.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,12 +31,27 @@ pub(super) struct ModelMarked {
     pub started: bool,
 }
 
+#[derive(Debug)]
+struct Entry {
+    model: Arc<str>,
+    until_ms: AtomicU64,
+}
+
+impl Entry {
+    fn live_until(&self, now_ms: u64) -> Option<u64> {
+        let until_ms = self.until_ms.load(Ordering::Acquire);
+        (until_ms > now_ms).then_some(until_ms)
+    }
+}
+
+type Entries = Vec<Arc<Entry>>;
+
 #[derive(Debug, Default)]
 pub(super) struct ModelMarks {
-    /// Least recently marked first.
-    list: ArcSwapOption<Vec<ModelCooldown>>,
-    /// The latest deadline ever put in `list` since it was last cleared (0 = none): once it
-    /// has passed, nothing in the list is live and a walk need not read it.
+    /// Oldest first.
+    list: ArcSwapOption<Entries>,
+    /// The latest deadline ever set here since the last clear (0 = none): once it has
+    /// passed, nothing in the list is live and a walk need not read it.
     latest_ms: AtomicU64,
 }
 
@@ -51,62 +68,112 @@ impl ModelMarks {
 
     /// The live deadline of `model`, if it is cooling.
     pub fn until(&self, model: &str, now_ms: u64) -> Option<u64> {
+        self.find(model)?.live_until(now_ms)
+    }
+
+    fn find(&self, model: &str) -> Option<Arc<Entry>> {
         let list = self.list.load();
         list.as_ref()?
             .iter()
-            .find(|entry| &*entry.model == model && entry.until_ms > now_ms)
-            .map(|entry| entry.until_ms)
+            .find(|entry| &*entry.model == model)
+            .cloned()
     }
 
-    /// Every model cooling at `now_ms`, least recently marked first.
+    /// Every model cooling at `now_ms`, oldest first.
     pub fn live(&self, now_ms: u64) -> Vec<ModelCooldown> {
         let list = self.list.load();
-        list.as_ref().map_or_else(Vec::new, |list| {
-            list.iter()
-                .filter(|entry| entry.until_ms > now_ms)
-                .cloned()
-                .collect()
-        })
+        let Some(list) = list.as_ref() else {
+            return Vec::new();
+        };
+        list.iter()
+            .filter_map(|entry| {
+                Some(ModelCooldown {
+                    model: entry.model.clone(),
+                    until_ms: entry.live_until(now_ms)?,
+                })
+            })
+            .collect()
     }
 
     /// Cools `model` until `until_ms`; a cooldown only ever extends. Keeps at most `limit`
     /// models.
     pub fn mark(&self, model: &str, until_ms: u64, now_ms: u64, limit: usize) -> ModelMarked {
+        let marked = self
+            .extend_live(model, until_ms, now_ms)
+            .unwrap_or_else(|| self.insert(model, until_ms, now_ms, limit));
+        self.latest_ms.fetch_max(marked.until_ms, Ordering::AcqRel);
+        marked
+    }
+
+    /// Extends a cooldown that is still running, in place; `None` when the model has none.
+    fn extend_live(&self, model: &str, until_ms: u64, now_ms: u64) -> Option<ModelMarked> {
+        let entry = self.find(model)?;
+        let mut current = entry.until_ms.load(Ordering::Acquire);
+        loop {
+            if current <= now_ms {
+                return None;
+            }
+            if current >= until_ms {
+                return Some(ModelMarked {
+                    until_ms: current,
+                    started: false,
+                });
+            }
+            match entry.until_ms.compare_exchange_weak(
+                current,
+                until_ms,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    return Some(ModelMarked {
+                        until_ms,
+                        started: false,
+                    });
+                }
+                Err(seen) => current = seen,
+            }
+        }
+    }
+
+    /// Starts a cooldown for a model that has none running: a new list, without expired
+    /// entries and within `limit`.
+    fn insert(&self, model: &str, until_ms: u64, now_ms: u64, limit: usize) -> ModelMarked {
         let mut marked = ModelMarked {
             until_ms,
             started: true,
         };
         self.list.rcu(|current| {
-            let mut next: Vec<ModelCooldown> = current
+            let mut next: Entries = current
                 .as_deref()
                 .map(|list| {
                     list.iter()
-                        .filter(|entry| entry.until_ms > now_ms)
+                        .filter(|entry| entry.live_until(now_ms).is_some())
                         .cloned()
                         .collect()
                 })
                 .unwrap_or_default();
-            let existing = next.iter().position(|entry| &*entry.model == model);
-            let (name, deadline) = match existing {
-                Some(position) => {
-                    let entry = next.remove(position);
-                    (entry.model, entry.until_ms.max(until_ms))
-                }
-                None => (Arc::from(model), until_ms),
-            };
-            marked = ModelMarked {
-                until_ms: deadline,
-                started: existing.is_none(),
-            };
-            next.push(ModelCooldown {
-                model: name,
-                until_ms: deadline,
-            });
+            // Another mark may have started this model's cooldown meanwhile.
+            if let Some(entry) = next.iter().find(|entry| &*entry.model == model) {
+                let before = entry.until_ms.fetch_max(until_ms, Ordering::AcqRel);
+                marked = ModelMarked {
+                    until_ms: before.max(until_ms),
+                    started: false,
+                };
+            } else {
+                marked = ModelMarked {
+                    until_ms,
+                    started: true,
+                };
+                next.push(Arc::new(Entry {
+                    model: Arc::from(model),
+                    until_ms: AtomicU64::new(until_ms),
+                }));
+            }
             let excess = next.len().saturating_sub(limit.max(1));
             next.drain(..excess);
             Some(Arc::new(next))
         });
-        self.latest_ms.fetch_max(marked.until_ms, Ordering::AcqRel);
         marked
     }
 
@@ -114,7 +181,7 @@ impl ModelMarks {
     pub fn clear(&self, now_ms: u64) -> bool {
         let previous = self.list.swap(None);
         self.latest_ms.store(0, Ordering::Release);
-        previous.is_some_and(|list| list.iter().any(|entry| entry.until_ms > now_ms))
+        previous.is_some_and(|list| list.iter().any(|entry| entry.live_until(now_ms).is_some()))
     }
 
     /// Takes over another key's cooldowns (after a config reload).
@@ -169,11 +236,10 @@ mod tests {
         let live = marks.live(NOW);
         assert_eq!(live.len(), 64);
         assert_eq!(&*live[0].model, "model-936", "the oldest are dropped first");
-        // Re-marking moves a model to the back, so it is dropped last.
-        marks.mark("model-936", NOW + 60_000, NOW, 64);
-        marks.mark("new", NOW + 60_000, NOW, 64);
-        assert!(marks.is_cooling("model-936", NOW));
-        assert!(!marks.is_cooling("model-937", NOW));
+        // Extending a running cooldown keeps the list as it is.
+        marks.mark("model-936", NOW + 90_000, NOW, 64);
+        assert_eq!(marks.until("model-936", NOW), Some(NOW + 90_000));
+        assert_eq!(marks.live(NOW).len(), 64);
     }
 
     #[test]
@@ -184,6 +250,34 @@ mod tests {
         let live = marks.live(NOW);
         assert_eq!(live.len(), 1, "{live:?}");
         assert_eq!(&*live[0].model, "new");
+    }
+
+    #[test]
+    fn an_ended_cooldown_starts_again_as_a_change() {
+        let marks = ModelMarks::default();
+        marks.mark("opus", NOW + 1_000, NOW, 64);
+        let again = marks.mark("opus", NOW + 9_000, NOW + 2_000, 64);
+        assert!(again.started);
+        assert_eq!(marks.live(NOW + 2_000).len(), 1);
+    }
+
+    #[test]
+    fn concurrent_marks_keep_the_latest_deadline_and_every_model() {
+        let marks = ModelMarks::default();
+        std::thread::scope(|scope| {
+            for thread in 0..4u64 {
+                let marks = &marks;
+                scope.spawn(move || {
+                    for round in 0..500 {
+                        let model = format!("model-{}", round % 8);
+                        marks.mark(&model, NOW + 1_000 + thread * 1_000 + round, NOW, 64);
+                    }
+                });
+            }
+        });
+        let live = marks.live(NOW);
+        assert_eq!(live.len(), 8, "{live:?}");
+        assert_eq!(marks.until("model-3", NOW), Some(NOW + 4_000 + 499));
     }
 
     #[test]

@@ -93,7 +93,10 @@ where
             if let FailoverError::Exhausted(exhausted) = &error {
                 app.metrics.exhausted(&upstream.name, exhausted.kind);
             }
-            let response = failover_error_response(api, &error);
+            let mut response = failover_error_response(api, &error);
+            response
+                .headers_mut()
+                .insert(ATTEMPTS_HEADER, count_value(attempts));
             completion.failed(response.status().as_u16(), &error.to_string());
             return response;
         }
