@@ -205,7 +205,7 @@ pub struct SendArgs {
 
     /// Add a header; a credential header (authorization, x-api-key) sends the request with
     /// that key alone (bring your own key: one attempt, nothing marked)
-    #[arg(short = 'H', long = "header", value_name = "NAME: VALUE", value_parser = parse_header)]
+    #[arg(short = 'H', long = "header", value_name = "NAME: VALUE", value_parser = HeaderParser)]
     pub headers: Vec<(HeaderName, HeaderValue)>,
 
     /// Use this key instead of the configured pool (repeat for several, first tried first)
@@ -247,6 +247,35 @@ fn parse_method(text: &str) -> Result<Method, String> {
         .map_err(|_| format!("invalid HTTP method {text:?}"))
 }
 
+/// Parses `-H 'Name: value'`. A header may carry a credential, so an error never repeats
+/// the value (clap's own message for a failed value parser would quote it whole).
+#[derive(Debug, Clone, Copy)]
+struct HeaderParser;
+
+impl clap::builder::TypedValueParser for HeaderParser {
+    type Value = (HeaderName, HeaderValue);
+
+    fn parse_ref(
+        &self,
+        command: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Self::Value, clap::Error> {
+        let parsed = value
+            .to_str()
+            .ok_or_else(|| "not valid UTF-8".to_owned())
+            .and_then(parse_header);
+        parsed.map_err(|message| {
+            let arg = arg.map_or_else(|| "--header".to_owned(), ToString::to_string);
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("invalid value for '{arg}': {message}\n"),
+            )
+            .with_cmd(command)
+        })
+    }
+}
+
 fn parse_header(text: &str) -> Result<(HeaderName, HeaderValue), String> {
     let (name, value) = text.split_once(':').ok_or_else(|| {
         format!(
@@ -255,7 +284,7 @@ fn parse_header(text: &str) -> Result<(HeaderName, HeaderValue), String> {
         )
     })?;
     let name = HeaderName::from_bytes(name.trim().as_bytes())
-        .map_err(|_| format!("invalid header name {:?}", name.trim()))?;
+        .map_err(|_| format!("invalid header name {:?}", crate::secret::mask(name.trim())))?;
     let value = HeaderValue::from_str(value.trim())
         .map_err(|_| format!("invalid value for header {name}"))?;
     Ok((name, value))

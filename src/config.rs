@@ -208,19 +208,53 @@ fn parse_file(path: &Path) -> Result<RawConfig, ConfigError> {
     parse_toml(&text, path)
 }
 
+/// Parses the file; an error names the line, the column and the setting's path, never the
+/// value found there (it may be a key or a token).
 fn parse_toml(text: &str, path: &Path) -> Result<RawConfig, ConfigError> {
-    toml::from_str(text).map_err(|error| {
+    let located = |error: &toml::de::Error, setting: Option<String>| {
         let offset = error.span().map_or(0, |span| span.start);
         let before = &text[..offset.min(text.len())];
         let line = before.matches('\n').count() + 1;
         let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+        let message = without_values(error.message().trim()).replace('\n', " ");
         ConfigError::Parse {
             path: path.to_path_buf(),
             line,
             column,
-            message: error.message().trim().replace('\n', " "),
+            message: match setting {
+                Some(setting) if setting != "." => format!("{setting}: {message}"),
+                _ => message,
+            },
         }
-    })
+    };
+    let document = toml::Deserializer::parse(text).map_err(|error| located(&error, None))?;
+    serde_path_to_error::deserialize(document)
+        .map_err(|error| located(error.inner(), Some(error.path().to_string())))
+}
+
+/// serde names a string it could not take (`invalid type: string "sk-...", expected a
+/// sequence`); the line and column already point at it, so the value itself is left out.
+fn without_values(message: &str) -> String {
+    const STRING: &str = "string \"";
+    let mut kept = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(start) = rest.find(STRING) {
+        kept.push_str(&rest[..start + "string".len()]);
+        let quoted = &rest[start + STRING.len()..];
+        // serde quotes the value as Debug does: it ends at the first quote not escaped.
+        let mut escaped = false;
+        let end = quoted
+            .char_indices()
+            .find(|&(_, char)| {
+                let closing = char == '"' && !escaped;
+                escaped = char == '\\' && !escaped;
+                closing
+            })
+            .map_or(quoted.len(), |(index, _)| index + 1);
+        rest = &quoted[end..];
+    }
+    kept.push_str(rest);
+    kept
 }
 
 fn resolve(
@@ -341,7 +375,7 @@ fn resolve_provider(
     let mut keys: Vec<ApiKey> = raw.keys.into_iter().map(ApiKey::new).collect();
     if let Some(file) = raw.keys_file {
         let path = base_dir.join(file);
-        let text = std::fs::read_to_string(&path).map_err(|error| {
+        let text = read_keys_file(&path).map_err(|error| {
             ConfigError::provider(
                 name,
                 format!("cannot read keys_file {}: {error}", path.display()),
@@ -407,9 +441,18 @@ fn resolve_provider(
     })
 }
 
+/// Why a URL with user info is refused; the URL itself is then never printed.
+const CREDENTIALS_IN_URL: &str =
+    "a user name or password in the URL is not allowed: the pool's keys are the credentials";
+
 fn validate_base_url(name: &str, url: &str) -> Result<String, ConfigError> {
     normalized_base_url(url).map_err(|reason| {
-        ConfigError::provider(name, format!("invalid base_url {url:?}: {reason}"))
+        let message = if reason == CREDENTIALS_IN_URL {
+            format!("invalid base_url: {reason}")
+        } else {
+            format!("invalid base_url {url:?}: {reason}")
+        };
+        ConfigError::provider(name, message)
     })?;
     Ok(url.trim_end_matches('/').to_owned())
 }
@@ -417,6 +460,9 @@ fn validate_base_url(name: &str, url: &str) -> Result<String, ConfigError> {
 /// A base URL as requests are built on it: percent-encoded, without a trailing slash.
 pub fn normalized_base_url(url: &str) -> Result<String, String> {
     let parsed = url::Url::parse(url).map_err(|error| error.to_string())?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(CREDENTIALS_IN_URL.to_owned());
+    }
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err("scheme must be http or https".to_owned());
     }
@@ -428,12 +474,53 @@ pub fn normalized_base_url(url: &str) -> Result<String, String> {
     Ok(normalized)
 }
 
-/// Keys from a keys file: one per line; blank lines and `#` comments are skipped.
+/// The most a keys file may hold: a key is about 100 bytes, so this is some 10,000 keys.
+pub const MAX_KEYS_FILE: u64 = 1024 * 1024;
+
+/// Reads a keys file, refusing what is not a regular file (`/dev/zero`, a FIFO, a directory)
+/// or is larger than [`MAX_KEYS_FILE`], rather than hang or fill memory.
+pub fn read_keys_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    // Opening a FIFO would wait for a writer: refuse it instead.
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
+    let file = options.open(path)?;
+    let metadata = file.metadata()?;
+    if !metadata.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut text = String::new();
+    file.take(MAX_KEYS_FILE + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_KEYS_FILE {
+        return Err(std::io::Error::other(format!(
+            "larger than {} KiB",
+            MAX_KEYS_FILE / 1024
+        )));
+    }
+    Ok(text)
+}
+
+/// Keys from a keys file: one per line; blank lines and comments are skipped. A comment
+/// starts a line with `#`, or follows a key after whitespace (`sk-... # prod`).
 pub fn parse_keys_file(text: &str) -> impl Iterator<Item = ApiKey> + '_ {
     text.lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(|line| without_comment(line).trim())
+        .filter(|line| !line.is_empty())
         .map(ApiKey::new)
+}
+
+fn without_comment(line: &str) -> &str {
+    if line.trim_start().starts_with('#') {
+        return "";
+    }
+    let comment = line
+        .char_indices()
+        .zip(line.chars().skip(1))
+        .find(|((_, char), next)| char.is_whitespace() && *next == '#')
+        .map(|((index, _), _)| index);
+    comment.map_or(line, |index| &line[..index])
 }
 
 /// Keys from a variable: separated by commas or newlines.
@@ -506,6 +593,89 @@ mod tests {
         assert_eq!(work.pool.strategy, Strategy::RoundRobin);
         assert_eq!(work.pool.default_cooldown, Duration::from_secs(30));
         assert_eq!(work.pool.max_cooldown, Duration::from_secs(7200));
+    }
+
+    #[test]
+    fn keys_files_skip_comments_after_a_key() {
+        let keys: Vec<_> = parse_keys_file(
+            "# pool\nsk-one-1234567890 # prod\nsk-two-1234567890\t# staging\n  # indented\nsk-th#ree-1234567890\n\n",
+        )
+        .map(|key| key.expose().to_owned())
+        .collect();
+        assert_eq!(
+            keys,
+            [
+                "sk-one-1234567890",
+                "sk-two-1234567890",
+                "sk-th#ree-1234567890"
+            ]
+        );
+    }
+
+    #[test]
+    fn keys_with_whitespace_or_control_characters_are_refused_by_index() {
+        let message = error(
+            "[providers.anthropic]\nkeys = [\"sk-good-1234567890\", \"sk-bad 1234567890\"]\n",
+        );
+        assert_eq!(
+            message,
+            "provider \"anthropic\": key #2 contains whitespace or a character that is not printable ASCII"
+        );
+        let control = error("[providers.anthropic]\nkeys = [\"sk-bad\\u0007-1234567890\"]\n");
+        assert!(control.contains("key #1 contains"), "{control}");
+        let accent = error("[providers.anthropic]\nkeys = [\"sk-é-1234567890\"]\n");
+        assert!(accent.contains("key #1 contains"), "{accent}");
+    }
+
+    #[test]
+    fn a_base_url_with_credentials_is_refused_without_echoing_them() {
+        let message =
+            error("[providers.anthropic]\nbase_url = \"http://user:hunter2secret@127.0.0.1:9\"\n");
+        assert_eq!(
+            message,
+            format!("provider \"anthropic\": invalid base_url: {CREDENTIALS_IN_URL}")
+        );
+        assert!(!message.contains("hunter2"));
+    }
+
+    #[test]
+    fn keys_files_that_are_not_regular_files_or_too_large_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let refused = |path: &Path| read_keys_file(path).unwrap_err().to_string();
+        assert_eq!(refused(dir.path()), "not a regular file");
+        assert_eq!(refused(Path::new("/dev/zero")), "not a regular file");
+        let large = dir.path().join("large.txt");
+        std::fs::write(&large, "k".repeat(MAX_KEYS_FILE as usize + 1)).unwrap();
+        assert_eq!(refused(&large), "larger than 1024 KiB");
+        let fine = dir.path().join("keys.txt");
+        std::fs::write(&fine, "sk-one-1234567890\n").unwrap();
+        assert_eq!(read_keys_file(&fine).unwrap(), "sk-one-1234567890\n");
+    }
+
+    #[test]
+    fn config_errors_name_the_setting_but_never_its_value() {
+        let keys = error("[providers.anthropic]\nkeys = \"sk-ant-secret-value-123456\"\n");
+        assert_eq!(
+            keys,
+            "/etc/aibridge.toml:2:8: providers.anthropic.keys: invalid type: string, expected a sequence"
+        );
+        let token = error("access_tokens = \"tok-\\\"quoted\\\"-secret\"\n");
+        assert!(!token.contains("secret"), "{token}");
+        assert!(
+            token.starts_with("/etc/aibridge.toml:1:17: access_tokens: invalid type: string,"),
+            "{token}"
+        );
+        let element = error("access_tokens = [\"ok-token-1234567\", 5]\n");
+        assert!(
+            element.contains("access_tokens[1]: invalid type: integer `5`"),
+            "{element}"
+        );
+        let syntax = error("listen = \n");
+        assert!(syntax.starts_with("/etc/aibridge.toml:1:10: "), "{syntax}");
+        assert_eq!(
+            without_values(r#"invalid value: string "a\"b", expected x; string "c""#),
+            "invalid value: string, expected x; string"
+        );
     }
 
     #[test]
@@ -667,9 +837,9 @@ mod tests {
     #[test]
     fn bad_duration_url_and_listen() {
         let message = error("[providers.anthropic]\ndefault_cooldown = \"soon\"\n");
-        assert!(
-            message.contains(":2:") && message.contains("soon"),
-            "{message}"
+        assert_eq!(
+            message,
+            "/etc/aibridge.toml:2:20: providers.anthropic.default_cooldown: invalid value: string, expected a duration"
         );
         let message = error("[providers.anthropic]\nbase_url = \"ftp://x\"\n");
         assert!(

@@ -427,7 +427,8 @@ impl Walker {
                     waited,
                 };
             };
-            waited += hold(upstream, pause, exhausted.model.as_deref(), observer).await;
+            // Boxed: rare, and its timer would otherwise grow every request's future.
+            waited += Box::pin(hold(upstream, pause, exhausted.model.as_deref(), observer)).await;
         }
     }
 
@@ -442,24 +443,19 @@ impl Walker {
     ) -> PassEnd {
         let pool = &upstream.pool;
         let mut walk = pool.walk();
+        // The body is parsed for its model only once a key has a model's cooldown to honor.
+        let model = || request.model();
         loop {
-            // Parsing the body is left until some key has a model's cooldown to honor.
-            let model = if pool.may_have_model_marks() {
-                request.model()
-            } else {
-                None
-            };
             if upstream
                 .max_attempts
                 .is_some_and(|limit| attempts.len() >= limit)
             {
-                // The error path may read the model: the message names it.
-                return PassEnd::Exhausted(match walk.next_for(model) {
+                return PassEnd::Exhausted(match walk.next_lazy(model) {
                     Some(_) => limit_exhaustion(upstream, attempts, request.model()),
                     None => pool.exhaustion(request.model()),
                 });
             }
-            let Some(index) = walk.next_for(model) else {
+            let Some(index) = walk.next_lazy(model) else {
                 return PassEnd::Exhausted(pool.exhaustion(request.model()));
             };
             let (attempt, answer) = self.attempt(upstream, request, index).await;

@@ -52,6 +52,23 @@ pub fn mask(secret: &str) -> String {
     format!("{head}...{tail}")
 }
 
+/// A key selector as it may be shown back: a fingerprint (16 hex digits) or a masked hint
+/// (`sk-a...efgh`) as given, anything else (a full key, say) masked.
+pub fn shown_selector(selector: &str) -> String {
+    let fingerprint = selector.len() == 16 && selector.bytes().all(|byte| byte.is_ascii_hexdigit());
+    if fingerprint || selector.contains("...") {
+        selector.to_owned()
+    } else {
+        mask(selector)
+    }
+}
+
+/// Whether `selector` names `fingerprint`: given as the fingerprint itself, or as the full
+/// key whose fingerprint it is.
+pub fn selects_fingerprint(selector: &str, fingerprint: &str) -> bool {
+    selector == fingerprint || ApiKey::new(selector).fingerprint() == fingerprint
+}
+
 impl fmt::Debug for ApiKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "ApiKey({})", self.hint())
@@ -73,6 +90,20 @@ impl Serialize for ApiKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn selectors_are_shown_only_when_they_reveal_nothing() {
+        assert_eq!(shown_selector("0123456789abcdef"), "0123456789abcdef");
+        assert_eq!(shown_selector("sk-a...efgh"), "sk-a...efgh");
+        assert_eq!(
+            shown_selector("sk-ant-full-secret-key-0000001"),
+            "sk-a...0001"
+        );
+        let key = ApiKey::new("sk-ant-full-secret-key-0000001");
+        assert!(selects_fingerprint(key.expose(), &key.fingerprint()));
+        assert!(selects_fingerprint(&key.fingerprint(), &key.fingerprint()));
+        assert!(!selects_fingerprint("sk-a...0001", &key.fingerprint()));
+    }
 
     #[test]
     fn hint_shows_four_chars_each_end_for_long_keys() {

@@ -220,7 +220,7 @@ impl StateFile {
         };
         for (fingerprint, record) in records {
             if let Some(index) = pool.index_of(fingerprint) {
-                pool.set_state(index, record.state.into());
+                pool.restore_state(index, record.state.into());
                 for (model, cooling) in &record.cooling {
                     pool.restore_model(index, model, to_unix_ms(cooling.until));
                 }
@@ -300,11 +300,12 @@ impl StateStore {
         create_private_dir(dir).map_err(|source| self.io_error(source))?;
         let mut lock_path = self.path.clone().into_os_string();
         lock_path.push(".lock");
-        let file = private_options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
+        let mut options = private_options();
+        options.read(true).write(true).create(true).truncate(false);
+        // A link planted in place of the lock file must not make us create or lock its target.
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NOFOLLOW);
+        let file = options
             .open(lock_path)
             .map_err(|source| self.io_error(source))?;
         file.lock().map_err(|source| self.io_error(source))?;
@@ -591,6 +592,50 @@ mod tests {
         assert_eq!(pool.snapshot(0).last_status, Some(429));
         clock.advance(Duration::from_secs(2));
         assert_eq!(pool.state(0), KeyState::Available);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_link_in_place_of_the_lock_file_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("elsewhere");
+        std::os::unix::fs::symlink(&target, dir.path().join("state.json.lock")).unwrap();
+        let store = StateStore::new(dir.path().join("state.json"));
+        let error = store.load().unwrap_err().to_string();
+        assert!(error.starts_with("state file "), "{error}");
+        assert!(!target.exists(), "the link's target was created");
+    }
+
+    #[test]
+    fn deadlines_read_from_the_file_are_capped() {
+        let clock = ManualClock::starting_at(T0);
+        let key = ApiKey::new("sk-ant-capped-key-0123456789");
+        let settings = PoolSettings {
+            max_cooldown: Duration::from_secs(60),
+            ..PoolSettings::default()
+        };
+        let pool = Pool::new(vec![key.clone()], settings, clock).unwrap();
+        let mut state = StateFile::default();
+        let far = T0 + 100 * 365 * 86_400_000;
+        for model in [None, Some("opus")] {
+            state.observe(&Observation {
+                provider: "anthropic".to_owned(),
+                fingerprint: key.fingerprint(),
+                hint: key.hint(),
+                status: Some(429),
+                mark: Some(KeyState::Cooling { until_ms: far }),
+                model: model.map(str::to_owned),
+                at: at(T0),
+            });
+        }
+        state.restore_into("anthropic", &pool);
+        assert_eq!(
+            pool.state(0),
+            KeyState::Cooling {
+                until_ms: T0 + 60_000
+            }
+        );
+        assert_eq!(pool.snapshot(0).models[0].until_ms, T0 + 60_000);
     }
 
     #[test]

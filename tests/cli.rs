@@ -79,7 +79,7 @@ fn bad_config_is_one_line_with_position() {
         .args(["send"])
         .run()
         .code(2)
-        .one_line_error("forever");
+        .one_line_error("providers.anthropic.default_cooldown: invalid value: string, expected");
 }
 
 #[test]

@@ -8,3 +8,4 @@ mod pool;
 mod probe_keys;
 mod send;
 mod serve;
+mod trust;

@@ -946,7 +946,14 @@ fn request_log_and_dumps_record_every_request_without_keys() {
         .map(|entry| entry.unwrap().file_name().into_string().unwrap())
         .collect();
     names.sort();
-    assert_eq!(names, ["00000001-attempt1.json", "00000001-attempt2.json"]);
+    let id = line["id"].as_u64().unwrap();
+    assert_eq!(
+        names,
+        [
+            format!("{id:08}-attempt1.json"),
+            format!("{id:08}-attempt2.json")
+        ]
+    );
     let first: Value =
         serde_json::from_str(&std::fs::read_to_string(dumps.join(&names[0])).unwrap()).unwrap();
     assert_eq!(first["request"]["headers"]["x-api-key"], hint(K1));

@@ -40,7 +40,7 @@ pub fn keys_from_flags(keys: &[String], keys_file: Option<&Path>) -> anyhow::Res
                 .context("cannot read keys from stdin")?;
             text
         } else {
-            std::fs::read_to_string(path)
+            config::read_keys_file(path)
                 .with_context(|| format!("cannot read keys file {}", path.display()))?
         };
         list.extend(parse_keys_file(&text));

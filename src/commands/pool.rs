@@ -19,6 +19,7 @@ use crate::exit;
 use crate::failover::{Upstream, error_chain};
 use crate::keypool::SystemClock;
 use crate::report::{ClearedKey, KeyReport, PoolReport, ResetRequest, ResetResponse};
+use crate::secret::{selects_fingerprint, shown_selector};
 use crate::state::StateStore;
 use crate::transport::{self, HttpClient};
 
@@ -205,7 +206,7 @@ fn resolve_key(
         .into_iter()
         .filter(|(name, fingerprint, hint)| {
             provider.is_none_or(|wanted| wanted == name)
-                && (fingerprint == selector || hint == selector)
+                && (selects_fingerprint(selector, fingerprint) || hint == selector)
         })
         .collect();
     let fingerprints: BTreeSet<_> = matches
@@ -213,7 +214,7 @@ fn resolve_key(
         .map(|(_, fingerprint, _)| fingerprint.clone())
         .collect();
     match fingerprints.len() {
-        0 => bail!("no key matches {selector:?}"),
+        0 => bail!("no key matches {:?}", shown_selector(selector)),
         1 => Ok(fingerprints.into_iter().next().expect("one")),
         count => {
             let listed: Vec<_> = matches
@@ -221,7 +222,8 @@ fn resolve_key(
                 .map(|(name, fingerprint, hint)| format!("{name} {hint} {fingerprint}"))
                 .collect();
             bail!(
-                "{selector:?} matches {count} keys ({}); use a fingerprint",
+                "{:?} matches {count} keys ({}); use a fingerprint",
+                shown_selector(selector),
                 listed.join(", ")
             )
         }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 pub use clock::{Clock, ManualClock, SystemClock, from_unix_ms, to_unix_ms};
 pub use models::ModelCooldown;
-pub use retry_after::{cooldown_from_headers, spent_budget_reset};
+pub use retry_after::{budget_spent, cooldown_from_headers, spent_budget_reset};
 
 use models::ModelMarks;
 
@@ -195,11 +195,14 @@ impl Default for PoolSettings {
 pub enum PoolError {
     #[error("key #{index} is empty")]
     EmptyKey { index: usize },
+    #[error("key #{index} contains whitespace or a character that is not printable ASCII")]
+    InvalidCharacter { index: usize },
     #[error("key #{index} duplicates key #{first}")]
     DuplicateKey { index: usize, first: usize },
 }
 
-/// A key named by hint or fingerprint that names no key, or several.
+/// A key named by hint or fingerprint that names no key, or several. The selector is kept
+/// as it may be shown (a full key given as a selector is masked).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeySelectError {
     #[error("no key matches {0:?}")]
@@ -209,6 +212,12 @@ pub enum KeySelectError {
         selector: String,
         fingerprints: Vec<String>,
     },
+}
+
+impl KeySelectError {
+    pub fn no_match(selector: &str) -> Self {
+        Self::NoMatch(crate::secret::shown_selector(selector))
+    }
 }
 
 /// Why no key is left for a request.
@@ -277,6 +286,10 @@ pub fn validate_keys(keys: &[ApiKey]) -> Result<(), PoolError> {
         let index = position + 1;
         if key.is_empty() {
             return Err(PoolError::EmptyKey { index });
+        }
+        // A stray newline or a pasted comment would be sent upstream as part of the key.
+        if !key.expose().bytes().all(|byte| byte.is_ascii_graphic()) {
+            return Err(PoolError::InvalidCharacter { index });
         }
         if let Some(first) = first_seen.insert(key.expose(), index) {
             return Err(PoolError::DuplicateKey { index, first });
@@ -350,9 +363,6 @@ pub struct Pool {
     states: Box<[AtomicU64]>,
     /// Each key's cooldowns for single models.
     models: Box<[ModelMarks]>,
-    /// The latest deadline of any model's cooldown in the pool (0 = none yet): while it has
-    /// passed, a walk need not know the request's model.
-    models_latest_ms: AtomicU64,
     by_fingerprint: HashMap<String, usize>,
     settings: PoolSettings,
     next_start: AtomicUsize,
@@ -392,7 +402,6 @@ impl Pool {
             keys,
             states,
             models,
-            models_latest_ms: AtomicU64::new(0),
             by_fingerprint,
             settings,
             next_start: AtomicUsize::new(0),
@@ -420,10 +429,11 @@ impl Pool {
         self.by_fingerprint.get(fingerprint).copied()
     }
 
-    /// The keys a person may mean by `selector`: the one with that fingerprint, else those
-    /// with that masked hint.
+    /// The keys a person may mean by `selector`: the one with that fingerprint (or that is
+    /// that full key), else those with that masked hint.
     pub fn matches(&self, selector: &str) -> Vec<usize> {
-        if let Some(index) = self.index_of(selector) {
+        let as_key = ApiKey::new(selector).fingerprint();
+        if let Some(index) = self.index_of(selector).or_else(|| self.index_of(&as_key)) {
             return vec![index];
         }
         (0..self.keys.len())
@@ -434,10 +444,10 @@ impl Pool {
     /// The one key a person named by its fingerprint or its masked hint.
     pub fn find(&self, selector: &str) -> Result<usize, KeySelectError> {
         match self.matches(selector).as_slice() {
-            [] => Err(KeySelectError::NoMatch(selector.to_owned())),
+            [] => Err(KeySelectError::no_match(selector)),
             [index] => Ok(*index),
             several => Err(KeySelectError::Ambiguous {
-                selector: selector.to_owned(),
+                selector: crate::secret::shown_selector(selector),
                 fingerprints: several
                     .iter()
                     .map(|&index| self.keys[index].fingerprint.clone())
@@ -458,10 +468,6 @@ impl Pool {
                 Ordering::Release,
             );
             self.models[index].copy_from(&previous.models[old_index]);
-            self.models_latest_ms.fetch_max(
-                previous.models_latest_ms.load(Ordering::Acquire),
-                Ordering::AcqRel,
-            );
             for (new, old) in [
                 (&key.requests, &old.requests),
                 (&key.failures, &old.failures),
@@ -514,14 +520,11 @@ impl Pool {
     /// For a successful answer whose rate-limit headers say a budget is used up: how long
     /// the key should rest (until the budget's reset, capped at the maximum).
     pub fn spent_budget_cooldown(&self, headers: &HeaderMap) -> Option<Duration> {
+        if !budget_spent(headers) {
+            return None;
+        }
         spent_budget_reset(headers, self.clock.now())
             .map(|reset| reset.min(self.settings.max_cooldown))
-    }
-
-    /// Whether some key may be cooling for a single model, so a walk must know the
-    /// request's model to honor it.
-    pub fn may_have_model_marks(&self) -> bool {
-        self.models_latest_ms.load(Ordering::Acquire) > self.clock.now_ms()
     }
 
     /// The cooldown a 429 asks for, else the default, capped at the maximum.
@@ -588,7 +591,22 @@ impl Pool {
         self.cool_model_until(index, model, now + cooldown.as_millis() as u64, now)
     }
 
-    /// Restores a model's cooldown read from shared state (a deadline already capped).
+    /// Restores a key-wide state read from shared state; a cooldown is capped at
+    /// `max_cooldown` from now, whatever the file says.
+    pub fn restore_state(&self, index: usize, state: KeyState) {
+        let now = self.clock.now_ms();
+        let cap = now + self.settings.max_cooldown.as_millis() as u64;
+        let state = match state {
+            KeyState::Cooling { until_ms } => KeyState::Cooling {
+                until_ms: until_ms.min(cap),
+            },
+            other => other,
+        };
+        self.set_state(index, state);
+    }
+
+    /// Restores a model's cooldown read from shared state, capped as [`Pool::restore_state`]
+    /// caps.
     pub fn restore_model(&self, index: usize, model: &str, until_ms: u64) {
         let now = self.clock.now_ms();
         let cap = now + self.settings.max_cooldown.as_millis() as u64;
@@ -600,8 +618,6 @@ impl Pool {
     fn cool_model_until(&self, index: usize, model: &str, until_ms: u64, now: u64) -> MarkOutcome {
         let marked =
             self.models[index].mark(model, until_ms, now, self.settings.max_models_per_key);
-        self.models_latest_ms
-            .fetch_max(marked.until_ms, Ordering::AcqRel);
         MarkOutcome {
             state: KeyState::Cooling {
                 until_ms: marked.until_ms,
@@ -735,10 +751,17 @@ pub struct Walk<'a> {
     offset: usize,
 }
 
-impl Walk<'_> {
+impl<'a> Walk<'a> {
     /// The index of the next key to try for `model`: one available key-wide and not
     /// cooling for that model.
     pub fn next_for(&mut self, model: Option<&str>) -> Option<usize> {
+        self.next_lazy(|| model)
+    }
+
+    /// [`Walk::next_for`] with the model asked for only when a key has a model's cooldown
+    /// running: reading it may mean parsing the request body, which most requests never
+    /// need.
+    pub fn next_lazy<'m>(&mut self, model: impl Fn() -> Option<&'m str>) -> Option<usize> {
         let len = self.pool.keys.len();
         // One clock read per call, not per key skipped: a walk may pass thousands.
         let now = self.pool.clock.now_ms();
@@ -752,7 +775,10 @@ impl Walk<'_> {
             if self.pool.raw_state(index).settle(now) != KeyState::Available {
                 continue;
             }
-            if model.is_some_and(|model| self.pool.models[index].is_cooling(model, now)) {
+            let marks = &self.pool.models[index];
+            if marks.may_be_cooling(now)
+                && model().is_some_and(|model| marks.is_cooling(model, now))
+            {
                 continue;
             }
             return Some(index);
@@ -1129,10 +1155,10 @@ mod tests {
         assert_eq!(pool.walk().next_for(Some("opus")), Some(1));
         assert_eq!(pool.walk().next_for(Some("haiku")), Some(0));
         assert_eq!(pool.walk().next_for(None), Some(0), "no model: any key");
-        assert!(pool.may_have_model_marks() && pool.any_model_cooling(0));
+        assert!(pool.any_model_cooling(0));
         clock.advance(secs(30));
         assert_eq!(pool.walk().next_for(Some("opus")), Some(0));
-        assert!(!pool.may_have_model_marks());
+        assert!(!pool.any_model_cooling(0));
     }
 
     #[test]

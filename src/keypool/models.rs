@@ -61,6 +61,12 @@ impl ModelMarks {
         self.latest_ms.load(Ordering::Acquire) > now_ms && self.until(model, now_ms).is_some()
     }
 
+    /// Whether some model may be cooling: one load, and `false` for a key that never had a
+    /// model's cooldown or whose cooldowns have all ended.
+    pub fn may_be_cooling(&self, now_ms: u64) -> bool {
+        self.latest_ms.load(Ordering::Acquire) > now_ms
+    }
+
     /// Whether any model is cooling, without reading the list in the common case.
     pub fn any_cooling(&self, now_ms: u64) -> bool {
         self.latest_ms.load(Ordering::Acquire) > now_ms && !self.live(now_ms).is_empty()

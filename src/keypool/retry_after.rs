@@ -85,16 +85,26 @@ fn latest_exhausted_reset(headers: &HeaderMap, now: SystemTime) -> Option<Durati
     anthropic.chain(openai).filter_map(positive).max()
 }
 
+/// Whether an answer says one of its rate-limit budgets is used up. Every successful answer
+/// is checked, so this is one pass over the names, with no lookup by name (each of which
+/// would parse and hash it) and no clock read.
+pub fn budget_spent(headers: &HeaderMap) -> bool {
+    headers.iter().any(|(name, value)| {
+        let name = name.as_str();
+        let remaining = (name.starts_with("anthropic-ratelimit-") && name.ends_with("-remaining"))
+            || name.starts_with("x-ratelimit-remaining-");
+        remaining
+            && value
+                .to_str()
+                .is_ok_and(|value| is_zero(Some(value.trim())))
+    })
+}
+
 /// For a successful answer: how long until a budget that this answer used up refills, so
 /// the key can rest without paying for a 429 first. `None` when every budget has some left
 /// (or the answer reports none).
 pub fn spent_budget_reset(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    // Most answers report budgets with some left: a cheap look before any parsing.
-    let spent = ANTHROPIC_BUDGETS
-        .iter()
-        .chain(OPENAI_BUDGETS.iter())
-        .any(|(remaining, _)| is_zero(header(headers, remaining)));
-    if !spent {
+    if !budget_spent(headers) {
         return None;
     }
     latest_exhausted_reset(headers, now)

@@ -313,6 +313,19 @@ impl ErrorSpec {
         Self::new(400, "invalid_request_error", "invalid_request", message)
     }
 
+    /// Whether a client should retry this answer: yes for a rate limit; no where nothing
+    /// changes by trying again (no key works, no token, a refused request, a disabled or
+    /// unknown provider); unsaid where the upstream may answer next time (502 unreachable,
+    /// 504).
+    pub fn should_retry(&self) -> Option<bool> {
+        match (self.status, self.code) {
+            (429, _) => Some(true),
+            (400 | 401 | 403 | 404 | 413 | 503, _) => Some(false),
+            (502, "keys_exhausted") => Some(false),
+            _ => None,
+        }
+    }
+
     pub fn provider_disabled(name: &str) -> Self {
         Self {
             status: 503,

@@ -117,12 +117,12 @@ fn clear_marks(app: &AppState, selection: &ResetRequest) -> Result<Vec<ClearedKe
     if let Some(selector) = &selection.key {
         let error = match targets.as_slice() {
             [] => {
-                let message = KeySelectError::NoMatch(selector.clone()).to_string();
+                let message = KeySelectError::no_match(selector).to_string();
                 return Err(ErrorSpec::not_found(message));
             }
             [_] => None,
             several => Some(KeySelectError::Ambiguous {
-                selector: selector.clone(),
+                selector: crate::secret::shown_selector(selector),
                 fingerprints: several
                     .iter()
                     .map(|(upstream, index)| {

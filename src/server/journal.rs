@@ -41,7 +41,7 @@ impl Journal {
         }
         let log = request_log
             .map(|path| {
-                OpenOptions::new()
+                private_file()
                     .create(true)
                     .append(true)
                     .open(path)
@@ -49,7 +49,12 @@ impl Journal {
             })
             .transpose()?;
         if let Some(dir) = dump_dir {
-            std::fs::create_dir_all(dir)
+            let mut builder = std::fs::DirBuilder::new();
+            builder.recursive(true);
+            #[cfg(unix)]
+            std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+            builder
+                .create(dir)
                 .with_context(|| format!("cannot create dump_dir {}", dir.display()))?;
         }
         let (sender, receiver) = mpsc::channel();
@@ -117,14 +122,25 @@ impl Drop for Journal {
     }
 }
 
+/// Logs and dumps hold prompts and answers: readable by their owner only, and a dump never
+/// replaces an earlier file.
+fn private_file() -> OpenOptions {
+    let mut options = OpenOptions::new();
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+}
+
 fn write_entries(receiver: mpsc::Receiver<Entry>, log: Option<File>, dump_dir: Option<PathBuf>) {
     let mut log = log.map(BufWriter::new);
     for entry in receiver {
         let written = match (entry, &mut log, &dump_dir) {
             (Entry::Line(line), Some(log), _) => writeln!(log, "{line}").and_then(|()| log.flush()),
-            (Entry::Dump { name, contents }, _, Some(dir)) => {
-                std::fs::write(dir.join(name), contents)
-            }
+            (Entry::Dump { name, contents }, _, Some(dir)) => private_file()
+                .write(true)
+                .create_new(true)
+                .open(dir.join(name))
+                .and_then(|mut file| file.write_all(&contents)),
             (Entry::Flush(done), _, _) => {
                 let _ = done.send(());
                 Ok(())

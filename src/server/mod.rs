@@ -176,6 +176,13 @@ impl Bridge {
     }
 }
 
+/// Where a run's request ids start: the start time in ms, times 1,000. Ids stay unique
+/// across restarts (so dumps of an earlier run are never overwritten) unless a run served
+/// more than 1,000 requests per millisecond since it started.
+fn first_request_id(now_ms: u64) -> u64 {
+    now_ms.saturating_mul(1000)
+}
+
 /// Shared by every request.
 pub struct AppState {
     bridge: ArcSwap<Bridge>,
@@ -251,8 +258,8 @@ pub fn run(config: Config, options: ServerOptions) -> anyhow::Result<()> {
             journal,
             state_sync: options.store.clone().map(StateSync::start),
             store: options.store,
+            next_request_id: AtomicU64::new(first_request_id(clock.now_ms())),
             clock,
-            next_request_id: AtomicU64::new(1),
             reload: options.reload,
             workers,
             balancer: Balancer::new(workers),

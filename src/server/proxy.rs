@@ -7,7 +7,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -37,40 +37,56 @@ where
     let started = Instant::now();
     // A guard, not a clone: no reference count shared between the workers is touched.
     let bridge = app.bridge.load();
-    let (parts, body) = request.into_parts();
-    let (name, rest) = split_provider(parts.uri.path());
-    let Some(upstream) = bridge.upstreams.get(name) else {
-        let spec = ErrorSpec::unknown_provider(name, &bridge.provider_names());
-        return error_response(ProviderKind::OpenAi.api(), &spec);
-    };
-    let api = upstream.kind.api();
-    let route = api.route(&parts.method, rest);
-    let path_and_query = match parts.uri.query() {
+    let (mut parts, body) = request.into_parts();
+    // Taken, not cloned: the forwarded request is built from the path alone.
+    let uri = std::mem::take(&mut parts.uri);
+    let (name, rest) = split_provider(uri.path());
+    let path_and_query = match uri.query() {
         Some(query) => format!("{rest}?{query}"),
         None => rest.to_owned(),
     };
-    let (request, credentials) = match admit(&bridge, upstream, parts, path_and_query, body).await {
-        Ok(admitted) => admitted,
-        Err(spec) => return error_response(api, &spec),
+    let Some(upstream) = bridge.upstreams.get(name) else {
+        let spec = ErrorSpec::unknown_provider(name, &bridge.provider_names());
+        let refused = Refused::new(app, UNKNOWN_PROVIDER, &parts.method, &path_and_query);
+        return refused.answer(ProviderKind::OpenAi.api(), ApiRoute::Other, &spec, started);
     };
+    let api = upstream.kind.api();
+    let route = api.route(&parts.method, rest);
+    let refused = |method| Refused::new(app, &upstream.name, method, &path_and_query);
+    if is_provider_root(rest) && matches!(parts.method, Method::GET | Method::HEAD) {
+        return refused(&parts.method).reachable(&upstream.name, started);
+    }
+    if has_dot_segment(rest) {
+        let spec =
+            ErrorSpec::bad_request("the path may not contain \".\" or \"..\" segments".to_owned());
+        return refused(&parts.method).answer(api, route, &spec, started);
+    }
+    let (headers, body, credentials) = match admit(&bridge, upstream, &mut parts, body).await {
+        Ok(admitted) => admitted,
+        Err(spec) => return refused(&parts.method).answer(api, route, &spec, started),
+    };
+    let request = OutboundRequest::new(parts.method, path_and_query, headers, body);
 
     let held = HoldLog {
         provider: &upstream.name,
         logged: std::sync::atomic::AtomicBool::new(false),
     };
+    let mut abandoned = Abandoned {
+        app,
+        provider: &upstream.name,
+        route,
+        started,
+        request: Some(&request),
+    };
     let exchange = bridge
         .walker()
         .send(upstream, &request, &credentials, upstream.max_wait, &held)
         .await;
+    abandoned.request = None;
     if !exchange.waited.is_zero() {
         app.metrics.waited(&upstream.name, exchange.waited);
     }
-    // Only logs and dumps name requests; the shared counter is left alone otherwise.
-    let id = if app.journal.logging() || app.journal.dumping() {
-        app.next_request_id.fetch_add(1, Ordering::Relaxed)
-    } else {
-        0
-    };
+    let id = request_id(app);
     record_marks(app, upstream, &exchange.attempts);
     dump_failed_attempts(
         app,
@@ -150,18 +166,18 @@ impl WalkObserver for HoldLog<'_> {
 }
 
 /// Checks the access token, reads the body within the limit and picks whose key to use.
+/// Takes the request's headers.
 async fn admit<B>(
     bridge: &Bridge,
     upstream: &Upstream,
-    parts: http::request::Parts,
-    path_and_query: String,
+    parts: &mut http::request::Parts,
     body: B,
-) -> Result<(OutboundRequest, Credentials), ErrorSpec>
+) -> Result<(HeaderMap, Bytes, Credentials), ErrorSpec>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let mut headers = parts.headers;
+    let mut headers = std::mem::take(&mut parts.headers);
     if !bridge.authorize(&mut headers) {
         return Err(ErrorSpec::invalid_access_token());
     }
@@ -169,8 +185,119 @@ where
     let credentials = upstream
         .credentials_for(&headers, upstream.byok)
         .map_err(|error| failover_error_spec(&error))?;
-    let request = OutboundRequest::new(parts.method, path_and_query, headers, body);
-    Ok((request, credentials))
+    Ok((headers, body, credentials))
+}
+
+/// The provider label of requests for a provider that does not exist: one label, so made-up
+/// names cannot grow the metrics.
+const UNKNOWN_PROVIDER: &str = "unknown";
+
+/// Only logs and dumps name requests; the shared counter is left alone otherwise.
+fn request_id(app: &AppState) -> u64 {
+    if app.journal.logging() || app.journal.dumping() {
+        app.next_request_id.fetch_add(1, Ordering::Relaxed)
+    } else {
+        0
+    }
+}
+
+/// A request the bridge answers itself, before any attempt: counted and logged like every
+/// other answer.
+struct Refused {
+    app: &'static AppState,
+    provider: String,
+    record: Option<RequestRecord>,
+}
+
+impl Refused {
+    fn new(app: &'static AppState, provider: &str, method: &Method, path: &str) -> Self {
+        let record = app.journal.logging().then(|| {
+            RequestRecord::unanswered(request_id(app), provider, method, path, ApiRoute::Other)
+        });
+        Self {
+            app,
+            provider: provider.to_owned(),
+            record,
+        }
+    }
+
+    fn answer(
+        self,
+        api: &dyn ProviderApi,
+        route: ApiRoute,
+        spec: &ErrorSpec,
+        started: Instant,
+    ) -> Response {
+        let record = self.record.map(|mut record| {
+            record.route = route.as_str();
+            record
+        });
+        let mut completion = Completion::new(self.app, &self.provider, route, 0, started, record);
+        completion.failed(spec.status, &spec.message);
+        error_response(api, spec)
+    }
+
+    /// `GET`/`HEAD` of a provider's root, which clients such as Claude Code send at start to
+    /// see that the base URL answers: the bridge says so itself, with no key spent.
+    fn reachable(self, provider: &str, started: Instant) -> Response {
+        let mut completion = Completion::new(
+            self.app,
+            &self.provider,
+            ApiRoute::Other,
+            0,
+            started,
+            self.record,
+        );
+        completion = completion.with_response(200, &HeaderMap::new(), false);
+        completion.finish("completed");
+        let mut response =
+            axum::Json(serde_json::json!({"status": "ok", "provider": provider})).into_response();
+        response
+            .headers_mut()
+            .insert(ATTEMPTS_HEADER, count_value(0));
+        response
+    }
+}
+
+/// Logs and counts a request whose client leaves while it is walked or held: the walk's
+/// future is dropped with the connection, and this with it.
+struct Abandoned<'a> {
+    app: &'static AppState,
+    provider: &'a str,
+    route: ApiRoute,
+    started: Instant,
+    /// Cleared once the walk has an answer.
+    request: Option<&'a OutboundRequest>,
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        let Some(request) = self.request else { return };
+        let record = self.app.journal.logging().then(|| {
+            RequestRecord::unanswered(
+                request_id(self.app),
+                self.provider,
+                &request.method,
+                &request.path_and_query,
+                self.route,
+            )
+        });
+        Completion::new(self.app, self.provider, self.route, 0, self.started, record).abandoned();
+    }
+}
+
+/// `/anthropic` and `/anthropic/` once the provider is split off.
+fn is_provider_root(rest: &str) -> bool {
+    rest.is_empty() || rest == "/"
+}
+
+/// Whether a path has a `.` or `..` segment, percent-encoded or not: forwarded, it could
+/// step out of the base URL's path.
+fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|segment| {
+        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+        decoded == "." || decoded == ".."
+    })
 }
 
 /// `/anthropic/v1/messages` -> (`anthropic`, `/v1/messages`).
@@ -295,7 +422,10 @@ async fn relay_response(
 fn broken_answer(api: &dyn ProviderApi, mut completion: Completion, reason: &str) -> Response {
     let message = format!("upstream answer interrupted: {reason}");
     tracing::warn!("{message}");
-    let response = error_response(api, &ErrorSpec::unreachable(message.clone()));
+    let mut response = error_response(api, &ErrorSpec::unreachable(message.clone()));
+    response
+        .headers_mut()
+        .insert(ATTEMPTS_HEADER, count_value(completion.attempts()));
     completion.failed(response.status().as_u16(), &message);
     response
 }
@@ -307,9 +437,21 @@ fn reply(status: StatusCode, headers: HeaderMap, body: Body) -> Response {
     reply
 }
 
+/// Tells the official SDKs (and Claude Code) whether to retry an answer the bridge made.
+const SHOULD_RETRY_HEADER: HeaderName = HeaderName::from_static("x-should-retry");
+
+/// The bridge's own error, in the provider's shape, with `x-should-retry` where a retry
+/// could not help (or is what to do), and no attempt made unless the caller says otherwise.
 pub fn error_response(api: &dyn ProviderApi, spec: &ErrorSpec) -> Response {
     let status = StatusCode::from_u16(spec.status).unwrap_or(StatusCode::BAD_GATEWAY);
-    (status, axum::Json(api.error_body(spec))).into_response()
+    let mut response = (status, axum::Json(api.error_body(spec))).into_response();
+    let headers = response.headers_mut();
+    if let Some(retry) = spec.should_retry() {
+        let value = if retry { "true" } else { "false" };
+        headers.insert(SHOULD_RETRY_HEADER, HeaderValue::from_static(value));
+    }
+    headers.insert(ATTEMPTS_HEADER, count_value(0));
+    response
 }
 
 /// The bridge's own error for a failed exchange.

@@ -21,6 +21,10 @@ use crate::keypool::KeyState;
 use crate::provider::{ApiRoute, ProviderApi};
 use crate::transport::{self, ResponseBody};
 
+/// The status a request the client abandoned before any answer is counted with, as nginx
+/// logs it.
+pub const CLIENT_CLOSED: u16 = 499;
+
 /// How much of the answer a dump keeps.
 const MAX_DUMPED_BODY: usize = 1024 * 1024;
 
@@ -77,33 +81,56 @@ impl RequestRecord {
         let answered = attempts
             .last()
             .filter(|attempt| exchange.result.is_ok() && attempt.answered());
+        let mut record = Self::unanswered(
+            id,
+            &upstream.name,
+            &request.method,
+            &request.path_and_query,
+            route,
+        );
+        record.model = facts.model;
+        record.stream = facts.stream;
+        record.attempts = attempts
+            .iter()
+            .map(|attempt| AttemptRecord {
+                key: attempt.key_hint.clone(),
+                status: attempt.status,
+                mark: attempt.mark.map(KeyState::name),
+                model: attempt.model.clone(),
+            })
+            .collect();
+        record.key = answered.map(|attempt| attempt.key_hint.clone());
+        record.waited_ms = exchange.waited.as_millis() as u64;
+        record
+    }
+
+    /// A request with no attempt (yet): refused by the bridge, or abandoned by its client.
+    pub fn unanswered(
+        id: u64,
+        provider: &str,
+        method: &http::Method,
+        path: &str,
+        route: ApiRoute,
+    ) -> Self {
         Self {
             time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
             id,
-            provider: upstream.name.clone(),
-            method: request.method.to_string(),
-            path: request.path_and_query.clone(),
+            provider: provider.to_owned(),
+            method: method.to_string(),
+            path: path.to_owned(),
             route: route.as_str(),
-            model: facts.model,
-            stream: facts.stream,
+            model: None,
+            stream: false,
             status: 0,
             outcome: "error",
             error: None,
-            attempts: attempts
-                .iter()
-                .map(|attempt| AttemptRecord {
-                    key: attempt.key_hint.clone(),
-                    status: attempt.status,
-                    mark: attempt.mark.map(KeyState::name),
-                    model: attempt.model.clone(),
-                })
-                .collect(),
-            key: answered.map(|attempt| attempt.key_hint.clone()),
+            attempts: Vec::new(),
+            key: None,
             input_tokens: None,
             output_tokens: None,
             latency_ms: 0.0,
             ttfb_ms: None,
-            waited_ms: exchange.waited.as_millis() as u64,
+            waited_ms: 0,
         }
     }
 }
@@ -171,6 +198,12 @@ impl Completion {
             self.response_headers = headers.clone();
         }
         self
+    }
+
+    /// The client left before any answer: counted with nginx's 499.
+    pub fn abandoned(mut self) {
+        self.status = CLIENT_CLOSED;
+        self.finish("client_disconnected");
     }
 
     /// The bridge answered with its own error.

@@ -1,0 +1,198 @@
+//! Trust: no secret echoed by config errors, flags or selectors; files that hold prompts are
+//! private and never overwritten; hostile key lists and keys files are refused.
+//! (Every run of the harness also checks that no registered key shows in any output.)
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::harness::{K1, K2, MockUpstream, Reply, Test, client, dead_port, hint};
+
+const TOKEN: &str = "tok-secret-access-token-000000000001";
+
+#[test]
+fn config_type_errors_never_print_the_secret() {
+    let keys = Test::new()
+        .config(&format!("[providers.anthropic]\nkeys = \"{K1}\"\n"))
+        .args(["pool", "status"])
+        .run()
+        .code(2);
+    keys.one_line_error("providers.anthropic.keys: invalid type: string, expected a sequence");
+    Test::new()
+        .secret(TOKEN)
+        .config(&format!("access_tokens = \"{TOKEN}\"\n"))
+        .args(["serve"])
+        .run()
+        .code(2)
+        .one_line_error(":1:17: access_tokens: invalid type: string, expected a sequence");
+}
+
+#[test]
+fn a_malformed_header_flag_never_echoes_its_value() {
+    for header in [format!("x-api-key {K1}"), format!("Bearer {K1}: x")] {
+        let output = Test::new()
+            .args(["send", "-H", &header, "-d", "{}"])
+            .run()
+            .code(2);
+        assert!(
+            output
+                .stderr
+                .contains("invalid value for '--header <NAME: VALUE>'"),
+            "{}",
+            output.stderr
+        );
+        assert!(
+            output.stderr.contains("...0001"),
+            "masked: {}",
+            output.stderr
+        );
+    }
+}
+
+#[test]
+fn keys_with_whitespace_are_refused_by_index() {
+    let mock = MockUpstream::start();
+    let spaced = "sk-ant-spaced 000000000000000000003";
+    Test::new()
+        .secret(spaced)
+        .anthropic(&mock, &[K1, spaced])
+        .args(["send", "-d", "{}"])
+        .run()
+        .code(2)
+        .one_line_error("key #2 contains whitespace or a character that is not printable ASCII");
+    assert!(mock.requests().is_empty());
+}
+
+#[test]
+fn a_comment_after_a_key_in_a_keys_file_is_not_part_of_it() {
+    let mock = MockUpstream::start();
+    let test = Test::new();
+    std::fs::write(
+        test.path("keys.txt"),
+        format!("{K1}   # prod\n# spare\n{K2}\t#staging\n"),
+    )
+    .unwrap();
+    let test = test.config(&format!(
+        "[providers.anthropic]\nbase_url = \"{}\"\nkeys_file = \"keys.txt\"\n",
+        mock.url()
+    ));
+    mock.on_key(K1, vec![Reply::status(401)]);
+    test.args(["send", "-d", "{}"]).run().success();
+    assert_eq!(
+        mock.keys_used(),
+        [K1, K2],
+        "the keys exactly, comments dropped"
+    );
+}
+
+#[test]
+fn keys_files_that_are_devices_fifos_or_directories_are_config_errors() {
+    let test = Test::new();
+    let fifo = test.path("keys.fifo");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    for path in ["/dev/zero", fifo.to_str().unwrap(), "/tmp"] {
+        let started = std::time::Instant::now();
+        Test::new()
+            .config(&format!("[providers.anthropic]\nkeys_file = \"{path}\"\n"))
+            .args(["pool", "status"])
+            .run()
+            .code(2)
+            .one_line_error("not a regular file");
+        assert!(started.elapsed() < Duration::from_secs(10), "{path} hung");
+        Test::new()
+            .args(["send", "--keys-file", path, "-d", "{}"])
+            .run()
+            .code(2)
+            .one_line_error("not a regular file");
+    }
+}
+
+#[test]
+fn a_full_key_selects_by_fingerprint_and_is_never_echoed() {
+    let mock = MockUpstream::start();
+    mock.on_key(K1, vec![Reply::status(401)]);
+    let test = Test::new().config(&format!(
+        "listen = \"127.0.0.1:{}\"\n[providers.anthropic]\nbase_url = \"{}\"\nkeys = [\"{K1}\", \"{K2}\"]\n",
+        dead_port(),
+        mock.url()
+    ));
+    test.run_with(&["send", "-d", "{}"]).success();
+    let output = test.run_with(&["pool", "reset", "--key", K1]).success();
+    assert!(
+        output
+            .stdout
+            .contains(&format!("cleared anthropic {} (was disabled)", hint(K1))),
+        "{}",
+        output.stdout
+    );
+    let unknown = "sk-ant-unknown-key-00000000000000099";
+    let output = test.run_with(&["pool", "reset", "--key", unknown]).code(2);
+    assert!(!output.stderr.contains(unknown), "{}", output.stderr);
+    assert!(
+        output.stderr.contains("no key matches \"sk-a...0099\""),
+        "{}",
+        output.stderr
+    );
+
+    // The server's reset route takes a full key too, and never echoes one.
+    let mock = MockUpstream::start();
+    mock.on_key(K1, vec![Reply::status(401)]);
+    let server = Test::new().anthropic(&mock, &[K1, K2]).serve();
+    server.post_message();
+    let reset = |key: &str| {
+        client()
+            .post(server.url("/_aibridge/pool/reset"))
+            .json(&json!({"key": key}))
+            .send()
+            .unwrap()
+    };
+    let cleared: serde_json::Value = reset(K1).json().unwrap();
+    assert_eq!(cleared["cleared"][0]["key"], hint(K1));
+    let missing = reset(unknown);
+    assert_eq!(missing.status(), 404);
+    let text = missing.text().unwrap();
+    assert!(
+        !text.contains(unknown) && text.contains("sk-a...0099"),
+        "{text}"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn logs_and_dumps_are_private_and_a_restart_overwrites_no_dump() {
+    use std::os::unix::fs::PermissionsExt;
+    let mock = MockUpstream::start();
+    mock.on_key(K1, vec![Reply::rate_limited(30)]);
+    let test = Test::new().config(&format!(
+        "request_log = \"requests.jsonl\"\ndump_dir = \"dumps\"\n\
+         [providers.anthropic]\nbase_url = \"{}\"\nkeys = [\"{K1}\", \"{K2}\"]\n",
+        mock.url()
+    ));
+    let dumps = test.path("dumps");
+    let count = || std::fs::read_dir(&dumps).map_or(0, Iterator::count);
+    for run in 1..=2 {
+        let mut server = test.serve_with(&["--listen", "127.0.0.1:0", "--no-state"]);
+        assert_eq!(server.post_message().status(), 200);
+        server.signal("TERM");
+        assert_eq!(server.wait(), 0);
+        assert_eq!(
+            count(),
+            2 * run,
+            "run {run}: each attempt dumped, none replaced"
+        );
+    }
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&test.path("requests.jsonl")), 0o600);
+    assert_eq!(mode(&dumps), 0o700);
+    for entry in std::fs::read_dir(&dumps).unwrap() {
+        assert_eq!(mode(&entry.unwrap().path()), 0o600);
+    }
+    assert_eq!(mock.keys_used(), [K1, K2, K1, K2]);
+}
