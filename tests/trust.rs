@@ -196,3 +196,149 @@ fn logs_and_dumps_are_private_and_a_restart_overwrites_no_dump() {
     }
     assert_eq!(mock.keys_used(), [K1, K2, K1, K2]);
 }
+
+fn bridge_with_log(mock: &MockUpstream, extra: &str) -> Test {
+    Test::new().config(&format!(
+        "request_log = \"requests.jsonl\"\n{extra}\n[providers.anthropic]\nbase_url = \"{}\"\nkeys = [\"{K1}\", \"{K2}\"]\n\
+         [providers.off]\nkind = \"openai\"\nenabled = false\n",
+        mock.url()
+    ))
+}
+
+#[test]
+fn bridge_made_answers_say_whether_to_retry_and_are_counted_and_logged() {
+    let mock = MockUpstream::start();
+    let test = bridge_with_log(&mock, "access_tokens = [\"tok-bridge-access-0000000001\"]")
+        .secret("tok-bridge-access-0000000001");
+    let server = test.serve();
+    let post = |path: &str, token: Option<&str>| {
+        let mut request = client().post(server.url(path)).body("{}");
+        if let Some(token) = token {
+            request = request.header("x-aibridge-token", token);
+        }
+        request.send().unwrap()
+    };
+    let token = Some("tok-bridge-access-0000000001");
+    for (path, token, status) in [
+        ("/anthropic/v1/messages", None, 401),
+        ("/nowhere/v1/messages", token, 404),
+        ("/off/v1/chat/completions", token, 503),
+    ] {
+        let response = post(path, token);
+        assert_eq!(response.status(), status, "{path}");
+        let header = |name: &str| response.headers()[name].to_str().unwrap().to_owned();
+        assert_eq!(header("x-should-retry"), "false", "{path}");
+        assert_eq!(header("x-aibridge-attempts"), "0", "{path}");
+    }
+    // Sent as they are: an HTTP client would resolve the dot-segments itself.
+    for path in [
+        "/anthropic/v1/../admin",
+        "/anthropic/v1/%2E%2e/admin",
+        "/anthropic/./v1",
+    ] {
+        let head = raw_post(server.address(), path, "tok-bridge-access-0000000001");
+        assert!(head.starts_with("HTTP/1.1 400"), "{path}: {head}");
+        assert!(head.contains("x-should-retry: false"), "{path}: {head}");
+    }
+    assert!(mock.requests().is_empty(), "nothing was forwarded");
+    let log = crate::serve::wait_for_lines(&test.path("requests.jsonl"), 6);
+    let statuses: Vec<_> = log
+        .iter()
+        .map(|line| line["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [401, 404, 503, 400, 400, 400]);
+    assert!(log.iter().all(|line| line["outcome"] == "error"));
+    assert_eq!(log[1]["provider"], "unknown");
+    let metrics = client()
+        .get(server.url("/metrics"))
+        .header("x-aibridge-token", "tok-bridge-access-0000000001")
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    for line in [
+        "aibridge_requests_total{provider=\"anthropic\",route=\"messages\",status=\"401\"} 1",
+        "aibridge_requests_total{provider=\"unknown\",route=\"other\",status=\"404\"} 1",
+        "aibridge_requests_total{provider=\"off\",route=\"chat_completions\",status=\"503\"} 1",
+    ] {
+        assert!(metrics.contains(line), "missing {line:?} in\n{metrics}");
+    }
+
+    // A 429 the bridge makes says to retry.
+    let mock = MockUpstream::start();
+    mock.on_key(K1, vec![Reply::rate_limited(60)])
+        .on_key(K2, vec![Reply::rate_limited(60)]);
+    let server = bridge_with_log(&mock, "").serve();
+    let response = server.post_message();
+    assert_eq!(response.status(), 429);
+    assert_eq!(response.headers()["x-should-retry"], "true");
+    assert_eq!(response.headers()["x-aibridge-attempts"], "2");
+}
+
+#[test]
+fn a_provider_root_answers_reachability_checks_itself() {
+    let mock = MockUpstream::start();
+    let test = bridge_with_log(&mock, "");
+    let server = test.serve();
+    for path in ["/anthropic", "/anthropic/"] {
+        let head = client().head(server.url(path)).send().unwrap();
+        assert_eq!(head.status(), 200, "HEAD {path}");
+        let get = client().get(server.url(path)).send().unwrap();
+        assert_eq!(get.status(), 200, "GET {path}");
+        assert_eq!(get.headers()["x-aibridge-attempts"], "0");
+        let body: serde_json::Value = get.json().unwrap();
+        assert_eq!(body, json!({"status": "ok", "provider": "anthropic"}));
+    }
+    assert!(
+        mock.requests().is_empty(),
+        "no pool key spent on a reachability check"
+    );
+    let log = crate::serve::wait_for_lines(&test.path("requests.jsonl"), 4);
+    assert!(
+        log.iter()
+            .all(|line| line["status"] == 200 && line["outcome"] == "completed")
+    );
+}
+
+#[test]
+fn a_request_abandoned_before_any_answer_is_logged_and_counted() {
+    let mock = MockUpstream::start();
+    mock.on_key(K1, vec![Reply::Slow(Duration::from_secs(3))]);
+    let test = bridge_with_log(&mock, "");
+    let server = test.serve();
+    let impatient = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    assert!(
+        impatient
+            .post(server.url("/anthropic/v1/messages"))
+            .body(r#"{"model":"m"}"#)
+            .send()
+            .is_err()
+    );
+    let log = crate::serve::wait_for_lines(&test.path("requests.jsonl"), 1);
+    assert_eq!(log[0]["outcome"], "client_disconnected");
+    assert_eq!(log[0]["status"], 499);
+    assert_eq!(log[0]["path"], "/v1/messages");
+    assert_eq!(mock.requests().len(), 1, "the upstream had the request");
+    assert!(server.metrics().contains(
+        "aibridge_requests_total{provider=\"anthropic\",route=\"messages\",status=\"499\"} 1"
+    ));
+}
+
+/// Posts `{}` to `path` exactly as written, and returns the answer's status line and headers.
+fn raw_post(address: std::net::SocketAddr, path: &str, token: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nx-aibridge-token: {token}\r\n\
+         content-length: 2\r\nconnection: close\r\n\r\n{{}}"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer.split("\r\n\r\n").next().unwrap().to_owned()
+}
