@@ -56,6 +56,10 @@ pub struct ServeSettings {
     pub request_log: Option<PathBuf>,
     /// Every attempt's request and response, credentials masked.
     pub dump_dir: Option<PathBuf>,
+    /// Host names a loopback listener serves besides loopback ones.
+    pub allowed_hosts: Vec<String>,
+    /// Origins whose web pages may call the bridge.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for ServeSettings {
@@ -67,6 +71,8 @@ impl Default for ServeSettings {
             stream_idle_timeout: Duration::from_secs(120),
             request_log: None,
             dump_dir: None,
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -141,6 +147,10 @@ struct RawConfig {
     stream_idle_timeout: Option<Duration>,
     request_log: Option<PathBuf>,
     dump_dir: Option<PathBuf>,
+    #[serde(default)]
+    allowed_hosts: Vec<String>,
+    #[serde(default)]
+    allowed_origins: Vec<String>,
     #[serde(default)]
     providers: BTreeMap<String, RawProvider>,
 }
@@ -323,6 +333,12 @@ fn resolve_serve(
             .unwrap_or(defaults.stream_idle_timeout),
         request_log: raw.request_log.as_ref().map(|path| base_dir.join(path)),
         dump_dir: raw.dump_dir.as_ref().map(|path| base_dir.join(path)),
+        allowed_hosts: raw.allowed_hosts.clone(),
+        allowed_origins: raw
+            .allowed_origins
+            .iter()
+            .map(|origin| origin.trim_end_matches('/').to_owned())
+            .collect(),
     };
     let zero = |setting, value: Duration| {
         value.is_zero().then_some(ConfigError::Setting {

@@ -788,7 +788,8 @@ fn sighup_reloads_config_and_keeps_marks_of_unchanged_keys() {
     std::fs::write(
         test.path("config.toml"),
         format!(
-            "[providers.anthropic]\nbase_url = \"{url}\"\nkeys = [\"{K1}\", \"{K3}\", \"{K2}\"]\n"
+            "[providers.anthropic]\nbase_url = \"{url}\"\nkeys = [\"{K1}\", \"{K3}\", \"{K2}\"]\n\
+             [providers.openai]\nbase_url = \"{url}\"\nkeys = [\"{K1}\"]\n"
         ),
     )
     .unwrap();

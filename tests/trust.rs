@@ -342,3 +342,158 @@ fn raw_post(address: std::net::SocketAddr, path: &str, token: &str) -> String {
     stream.read_to_string(&mut answer).unwrap();
     answer.split("\r\n\r\n").next().unwrap().to_owned()
 }
+
+#[test]
+fn a_reload_that_would_drop_a_pool_or_open_the_bridge_is_refused() {
+    let mock = MockUpstream::start();
+    let test = Test::new();
+    let keys = test.path("keys.txt");
+    std::fs::write(&keys, format!("{K1}\n")).unwrap();
+    let config = |keys_file: &str, extra: &str| {
+        format!(
+            "{extra}\n[providers.anthropic]\nbase_url = \"{}\"\nkeys_file = \"{keys_file}\"\n",
+            mock.url()
+        )
+    };
+    let test = test.config(&config("keys.txt", ""));
+    let server = test.serve();
+    // A half-written keys file: the provider would forward callers' own credentials.
+    std::fs::write(&keys, "").unwrap();
+    server.signal("HUP");
+    server.wait_for_log("provider \"anthropic\" would be left without keys");
+    let response = server.post_message_with(&[("x-api-key", crate::harness::CALLER)]);
+    assert_eq!(response.status(), 200);
+    assert_eq!(mock.keys_used(), [K1], "the pool key, not the caller's");
+
+    // Listening on every address without tokens: refused at start, and at reload.
+    let open = Test::new()
+        .config(&config(
+            "keys.txt",
+            "access_tokens = [\"tok-open-bridge-00000001\"]",
+        ))
+        .secret("tok-open-bridge-00000001");
+    std::fs::write(open.path("keys.txt"), format!("{K1}\n")).unwrap();
+    let server = open.serve_with(&["--listen", "0.0.0.0:0"]);
+    std::fs::write(open.path("config.toml"), config("keys.txt", "")).unwrap();
+    server.signal("HUP");
+    server.wait_for_log("reload failed, keeping the running configuration: refusing to listen on 0.0.0.0:0 without access tokens");
+    let refused = client()
+        .post(
+            server
+                .url("/anthropic/v1/messages")
+                .replace("0.0.0.0", "127.0.0.1"),
+        )
+        .body("{}")
+        .send()
+        .unwrap();
+    assert_eq!(refused.status(), 401, "the tokens still hold");
+}
+
+#[test]
+fn browsers_and_rebinding_hosts_are_refused_before_anything_is_forwarded() {
+    let mock = MockUpstream::start();
+    let test = Test::new().config(&format!(
+        "request_log = \"requests.jsonl\"\nallowed_hosts = [\"bridge.internal\"]\n\
+         allowed_origins = [\"https://app.example\"]\n\
+         [providers.anthropic]\nbase_url = \"{}\"\nkeys = [\"{K1}\"]\n",
+        mock.url()
+    ));
+    let server = test.serve();
+    let post = |headers: &[(&str, &str)]| server.post_message_with(headers);
+    let rebinding = post(&[("host", "evil.example:8787")]);
+    assert_eq!(rebinding.status(), 403);
+    assert_eq!(rebinding.headers()["x-should-retry"], "false");
+    let body: serde_json::Value = rebinding.json().unwrap();
+    assert_eq!(body["error"]["type"], "permission_error");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("forbidden_host:") && message.contains("allowed_hosts"),
+        "{message}"
+    );
+    let page = post(&[("origin", "https://evil.example")]);
+    assert_eq!(page.status(), 403);
+    assert!(page.headers().get("access-control-allow-origin").is_none());
+    // The operator routes are guarded too.
+    let pool = client()
+        .get(server.url("/_aibridge/pool"))
+        .header("host", "evil.example")
+        .send()
+        .unwrap();
+    assert_eq!(pool.status(), 403);
+    assert!(mock.requests().is_empty(), "nothing was forwarded");
+
+    // Listed hosts and origins are served; an allowed page may read the answer.
+    assert_eq!(post(&[("host", "bridge.internal:8787")]).status(), 200);
+    let allowed = post(&[("origin", "https://app.example")]);
+    assert_eq!(allowed.status(), 200);
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let preflight = client()
+        .request(
+            reqwest::Method::OPTIONS,
+            server.url("/anthropic/v1/messages"),
+        )
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "x-api-key, content-type")
+        .send()
+        .unwrap();
+    assert_eq!(preflight.status(), 204);
+    assert_eq!(preflight.headers()["access-control-allow-methods"], "POST");
+    assert_eq!(
+        preflight.headers()["access-control-allow-headers"],
+        "x-api-key, content-type"
+    );
+    assert_eq!(mock.requests().len(), 2, "the preflight is not forwarded");
+    let log = crate::serve::wait_for_lines(&test.path("requests.jsonl"), 5);
+    assert_eq!(log[0]["status"], 403);
+}
+
+#[test]
+fn an_access_token_is_never_forwarded_whichever_header_carries_it() {
+    let mock = MockUpstream::start();
+    let token = "tok-forward-never-0000000001";
+    let server = Test::new()
+        .secret(token)
+        .config(&format!(
+            "access_tokens = [\"{token}\"]\n[providers.anthropic]\nbase_url = \"{}\"\nbyok = true\n",
+            mock.url()
+        ))
+        .serve();
+    let bearer = format!("Bearer {token}");
+    for headers in [
+        vec![("x-aibridge-token", token), ("x-api-key", token)],
+        vec![("x-api-key", token), ("authorization", bearer.as_str())],
+        vec![
+            ("x-aibridge-token", token),
+            ("authorization", bearer.as_str()),
+            ("x-api-key", crate::harness::CALLER),
+        ],
+    ] {
+        server.post_message_with(&headers);
+    }
+    for request in mock.requests() {
+        for name in ["x-api-key", "authorization", "x-aibridge-token"] {
+            let value = request
+                .headers
+                .get(name)
+                .map(|value| value.to_str().unwrap().to_owned());
+            assert!(
+                !value.unwrap_or_default().contains(token),
+                "{name} forwarded the token"
+            );
+        }
+    }
+    // The third carried the caller's own key beside the token: that one is forwarded.
+    let keys: Vec<_> = mock
+        .requests()
+        .iter()
+        .map(|request| request.key.clone())
+        .collect();
+    assert_eq!(
+        keys.last().unwrap().as_deref(),
+        Some(crate::harness::CALLER)
+    );
+}

@@ -326,6 +326,10 @@ impl ErrorSpec {
         }
     }
 
+    pub fn forbidden(code: &'static str, message: String) -> Self {
+        Self::new(403, "permission_error", code, message)
+    }
+
     pub fn provider_disabled(name: &str) -> Self {
         Self {
             status: 503,

@@ -15,6 +15,7 @@
 
 mod accept;
 mod admin;
+mod guard;
 mod journal;
 mod metrics;
 mod proxy;
@@ -41,7 +42,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::signal::unix::{SignalKind, signal};
 use tower::ServiceExt;
 
-use crate::config::{Config, ConfigError, ServeSettings};
+use crate::config::{Config, ServeSettings};
 use crate::failover::{Upstream, Walker};
 use crate::keypool::{Clock, SystemClock};
 use crate::provider::{CREDENTIAL_HEADERS, credential_in};
@@ -62,8 +63,8 @@ const TIMER_WAKEUP_BOUND: Duration = Duration::from_secs(1);
 /// The header a client may carry its aibridge access token in.
 const TOKEN_HEADER: http::HeaderName = http::HeaderName::from_static("x-aibridge-token");
 
-/// Reloads the configuration (on SIGHUP).
-pub type ConfigLoader = Box<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>;
+/// Reloads the configuration (on SIGHUP), checked as it was at start.
+pub type ConfigLoader = Box<dyn Fn() -> anyhow::Result<Config> + Send + Sync>;
 
 pub struct ServerOptions {
     pub listener: std::net::TcpListener,
@@ -96,6 +97,8 @@ pub struct Bridge {
     tokens: HashSet<String>,
     /// How often each provider's disabled keys are probed again.
     rechecks: BTreeMap<String, Duration>,
+    /// Which hosts and web pages may use the bridge.
+    guard: guard::Guard,
 }
 
 impl Bridge {
@@ -138,6 +141,10 @@ impl Bridge {
                 .filter(|(_, provider)| !provider.keys.is_empty())
                 .filter_map(|(name, provider)| Some((name.clone(), provider.recheck_disabled?)))
                 .collect(),
+            guard: guard::Guard {
+                allowed_hosts: config.serve.allowed_hosts.clone(),
+                allowed_origins: config.serve.allowed_origins.clone(),
+            },
             settings: config.serve.clone(),
         })
     }
@@ -151,8 +158,10 @@ impl Bridge {
         self.upstreams.keys().map(String::as_str).collect()
     }
 
-    /// Checks the caller's access token when tokens are configured, and removes it so it
-    /// is never forwarded or taken for a provider key.
+    /// Checks the caller's access token when tokens are configured, and removes every
+    /// header that carries one, whichever matched, so a token is never forwarded or taken
+    /// for a provider key. A wrong `x-aibridge-token` is refused even when another header
+    /// holds a right one.
     fn authorize(&self, headers: &mut HeaderMap) -> bool {
         let dedicated = headers.remove(TOKEN_HEADER);
         if self.tokens.is_empty() {
@@ -162,17 +171,19 @@ impl Bridge {
             self.tokens
                 .contains(&crate::secret::ApiKey::new(value).fingerprint())
         };
-        if let Some(value) = dedicated {
-            return value.to_str().is_ok_and(is_token);
-        }
+        let mut authorized = match dedicated {
+            Some(value) if !value.to_str().is_ok_and(is_token) => return false,
+            Some(_) => true,
+            None => false,
+        };
         for name in &CREDENTIAL_HEADERS {
             if credential_in(headers, name).is_some_and(|credential| is_token(credential.expose()))
             {
                 headers.remove(name);
-                return true;
+                authorized = true;
             }
         }
-        false
+        authorized
     }
 }
 
@@ -195,23 +206,24 @@ pub struct AppState {
     reload: ConfigLoader,
     workers: usize,
     balancer: Balancer,
+    /// Whether the listener is on a loopback address (see [`guard`]).
+    loopback: bool,
 }
 
 impl AppState {
     fn reload(&self) {
-        let reloaded = (self.reload)()
-            .map_err(anyhow::Error::from)
-            .and_then(|config| {
-                let state = self.store.as_ref().map(StateStore::load).transpose()?;
-                let previous = self.bridge.load();
-                Bridge::build(
-                    &config,
-                    &self.clock,
-                    state.as_ref(),
-                    Some(&previous),
-                    self.workers,
-                )
-            });
+        let reloaded = (self.reload)().and_then(|config| {
+            let previous = self.bridge.load();
+            keeps_every_pool(&previous, &config)?;
+            let state = self.store.as_ref().map(StateStore::load).transpose()?;
+            Bridge::build(
+                &config,
+                &self.clock,
+                state.as_ref(),
+                Some(&previous),
+                self.workers,
+            )
+        });
         match reloaded {
             Ok(bridge) => {
                 let summary = bridge.provider_names().join(", ");
@@ -223,6 +235,23 @@ impl AppState {
             }
         }
     }
+}
+
+/// Refuses a reload that would leave a provider that had keys with none (an empty or
+/// half-written keys file): its callers' own credentials would then go upstream. Switching
+/// a provider off is `enabled = false`.
+fn keeps_every_pool(previous: &Bridge, config: &Config) -> anyhow::Result<()> {
+    for (name, upstream) in &previous.upstreams {
+        let Some(next) = config.providers.get(name) else {
+            continue;
+        };
+        if !upstream.pool.is_empty() && next.keys.is_empty() && next.enabled {
+            anyhow::bail!(
+                "provider \"{name}\" would be left without keys (set enabled = false to switch it off)"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Serves until SIGINT or SIGTERM, then lets in-flight requests finish.
@@ -249,6 +278,7 @@ pub fn run(config: Config, options: ServerOptions) -> anyhow::Result<()> {
         .local_addr()
         .context("cannot read the bound address")?;
     print_banner(address, &bridge);
+    let loopback = address.ip().is_loopback();
 
     // Lives as long as the process, so workers share it without a reference count.
     let app: &'static AppState = control.block_on(async {
@@ -263,6 +293,7 @@ pub fn run(config: Config, options: ServerOptions) -> anyhow::Result<()> {
             reload: options.reload,
             workers,
             balancer: Balancer::new(workers),
+            loopback,
         }))
     });
     let (finished, worker_results) = std::sync::mpsc::channel();
@@ -370,17 +401,52 @@ async fn keep_timer_wakeups_near() {
     }
 }
 
-/// Proxied requests go straight to the proxy; operator routes through the router.
+/// Admits the caller (see [`guard`]), then proxied requests go straight to the proxy and
+/// operator routes through the router.
 async fn dispatch(
     app: &'static AppState,
     operator_routes: Router,
     request: http::Request<Incoming>,
 ) -> Result<axum::response::Response, std::convert::Infallible> {
+    let origin = match app
+        .bridge
+        .load()
+        .guard
+        .admit(app.loopback, request.uri(), request.headers())
+    {
+        Ok(origin) => origin.cloned(),
+        Err(refusal) => {
+            let spec = crate::provider::ErrorSpec::forbidden(refusal.code(), refusal.message());
+            return Ok(proxy::refuse(app, request.method(), request.uri(), &spec));
+        }
+    };
+    let Some(origin) = origin else {
+        return Ok(route(app, operator_routes, request).await);
+    };
+    // A page of an allowed origin: it may read the answer.
+    let request_headers = request.headers().clone();
+    let mut response = if guard::is_preflight(request.method(), &request_headers) {
+        let mut preflight = axum::response::Response::new(Body::empty());
+        *preflight.status_mut() = http::StatusCode::NO_CONTENT;
+        preflight
+    } else {
+        route(app, operator_routes, request).await
+    };
+    guard::allow_origin(response.headers_mut(), &origin, &request_headers);
+    Ok(response)
+}
+
+async fn route(
+    app: &'static AppState,
+    operator_routes: Router,
+    request: http::Request<Incoming>,
+) -> axum::response::Response {
     let path = request.uri().path();
     if path.starts_with("/_aibridge/") || path == "/metrics" {
-        return operator_routes.oneshot(request.map(Body::new)).await;
+        let routed = operator_routes.oneshot(request.map(Body::new)).await;
+        return routed.unwrap_or_else(|never| match never {});
     }
-    Ok(proxy::handle(app, request).await)
+    proxy::handle(app, request).await
 }
 
 /// Waits for every worker to finish its requests, up to the grace period.

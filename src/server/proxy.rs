@@ -188,6 +188,30 @@ where
     Ok((headers, body, credentials))
 }
 
+/// Refuses a request at the door (see [`super::guard`]), in the shape of the provider its
+/// path names; counted and logged like every answer.
+pub fn refuse(
+    app: &'static AppState,
+    method: &Method,
+    uri: &http::Uri,
+    spec: &ErrorSpec,
+) -> Response {
+    let bridge = app.bridge.load();
+    let (name, rest) = split_provider(uri.path());
+    let (provider, api, route) = match bridge.upstreams.get(name) {
+        Some(upstream) => {
+            let api = upstream.kind.api();
+            (name, api, api.route(method, rest))
+        }
+        None => (
+            UNKNOWN_PROVIDER,
+            ProviderKind::OpenAi.api(),
+            ApiRoute::Other,
+        ),
+    };
+    Refused::new(app, provider, method, uri.path()).answer(api, route, spec, Instant::now())
+}
+
 /// The provider label of requests for a provider that does not exist: one label, so made-up
 /// names cannot grow the metrics.
 const UNKNOWN_PROVIDER: &str = "unknown";
