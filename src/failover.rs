@@ -224,6 +224,9 @@ pub struct Attempt {
     pub model: Option<String>,
     /// Whether the mark changed the key's state (for logs and counters).
     pub changed: bool,
+    /// This try got no answer before the upstream could start on the request, so the
+    /// request was sent again, as the next attempt, with the same key.
+    pub resent: bool,
     pub at_ms: u64,
     /// Time until the response headers arrived (or the attempt failed).
     pub elapsed: Duration,
@@ -361,42 +364,60 @@ impl Walker {
         }
     }
 
-    /// One request with one key of the pool: no failover, nothing marked. For probes.
+    /// One request with one key of the pool: no failover, nothing marked, never sent again.
+    /// For probes.
     pub async fn send_with_key(
         &self,
         upstream: &Upstream,
         request: &OutboundRequest,
         key: &ApiKey,
     ) -> Result<Response, FailoverError> {
-        self.execute(upstream, request, Some(key)).await
+        self.execute(upstream, request, Some(key))
+            .await
+            .map_err(|failed| failed.error)
     }
 
+    /// The caller's own key: one attempt (sent again only when it cannot have been read),
+    /// nothing marked.
     async fn send_as_caller(
         &self,
         upstream: &Upstream,
         request: &OutboundRequest,
         key: &ApiKey,
     ) -> Exchange {
-        let started = Instant::now();
-        let result = self.execute(upstream, request, None).await;
-        let attempt = Attempt {
-            key_hint: key.hint(),
-            fingerprint: None,
-            status: result
-                .as_ref()
-                .ok()
-                .map(|response| response.status().as_u16()),
-            mark: None,
-            model: None,
-            changed: false,
-            at_ms: upstream.pool.clock().now_ms(),
-            elapsed: started.elapsed(),
-            drained: None,
-        };
-        Exchange {
-            attempts: vec![attempt],
-            result,
-            waited: Duration::ZERO,
+        let mut attempts = Vec::new();
+        loop {
+            let started = Instant::now();
+            let result = self.execute(upstream, request, None).await;
+            let mut attempt = Attempt {
+                key_hint: key.hint(),
+                fingerprint: None,
+                status: result
+                    .as_ref()
+                    .ok()
+                    .map(|response| response.status().as_u16()),
+                mark: None,
+                model: None,
+                changed: false,
+                resent: false,
+                at_ms: upstream.pool.clock().now_ms(),
+                elapsed: started.elapsed(),
+                drained: None,
+            };
+            let result = match result {
+                Err(failed) if failed.replayable && attempts.is_empty() => {
+                    attempt.resent = true;
+                    attempts.push(attempt);
+                    continue;
+                }
+                other => other.map_err(|failed| failed.error),
+            };
+            attempts.push(attempt);
+            return Exchange {
+                attempts,
+                result,
+                waited: Duration::ZERO,
+            };
         }
     }
 
@@ -458,23 +479,29 @@ impl Walker {
             let Some(index) = walk.next_lazy(model) else {
                 return PassEnd::Exhausted(pool.exhaustion(request.model()));
             };
-            let (attempt, answer) = self.attempt(upstream, request, index).await;
-            observer.attempted(&attempt);
-            attempts.push(attempt);
-            if let Some(result) = answer {
-                return PassEnd::Done(result);
+            let mut may_send_again = true;
+            loop {
+                let (attempt, next) = self.attempt(upstream, request, index, may_send_again).await;
+                observer.attempted(&attempt);
+                attempts.push(attempt);
+                match next {
+                    Next::Answer(result) => return PassEnd::Done(result),
+                    Next::FailOver => break,
+                    Next::SendAgain => may_send_again = false,
+                }
             }
         }
     }
 
-    /// One try with the pool's key `index`: the attempt, and the walk's result unless the
-    /// answer was the key's fault.
+    /// One try with the pool's key `index`: the attempt, and what the walk does next. With
+    /// `may_send_again`, a try the upstream cannot have started on asks to be sent again.
     async fn attempt(
         &self,
         upstream: &Upstream,
         request: &OutboundRequest,
         index: usize,
-    ) -> (Attempt, Option<Result<Response, FailoverError>>) {
+        may_send_again: bool,
+    ) -> (Attempt, Next) {
         let pool = &upstream.pool;
         let pooled = pool.key(index);
         let started = Instant::now();
@@ -491,13 +518,18 @@ impl Walker {
             mark: None,
             model: None,
             changed: false,
+            resent: false,
             at_ms: pool.clock().now_ms(),
             elapsed: started.elapsed(),
             drained: None,
         };
         let response = match result {
             Ok(response) => response,
-            Err(error) => return (attempt, Some(Err(error))),
+            Err(failed) if failed.replayable && may_send_again => {
+                attempt.resent = true;
+                return (attempt, Next::SendAgain);
+            }
+            Err(failed) => return (attempt, Next::Answer(Err(failed.error))),
         };
         let status = response.status().as_u16();
         if (200..300).contains(&status) {
@@ -510,11 +542,11 @@ impl Walker {
                     log_mark(&upstream.name, &attempt, pool.clock().now_ms());
                 }
             }
-            return (attempt, Some(Ok(response)));
+            return (attempt, Next::Answer(Ok(response)));
         }
         let api = upstream.kind.api();
         if pool.mark_for(status, response.headers()).is_none() && !may_signal_quota(api, status) {
-            return (attempt, Some(Ok(response)));
+            return (attempt, Next::Answer(Ok(response)));
         }
         let (parts, body) = read_whole(response).await;
         let mark = if is_quota_error(api, status, body.as_deref().unwrap_or_default()) {
@@ -529,7 +561,7 @@ impl Walker {
                 .map_err(|error| {
                     FailoverError::Unreachable(format!("upstream answer interrupted: {error}"))
                 });
-            return (attempt, Some(result));
+            return (attempt, Next::Answer(result));
         };
         let model = request.model();
         let outcome = pool.mark_request(index, mark, model);
@@ -541,48 +573,65 @@ impl Walker {
             headers: parts.headers,
             body: body.unwrap_or_default(),
         });
-        (attempt, None)
+        (attempt, Next::FailOver)
     }
 
-    /// One attempt, with `key` or else the caller's own credentials. A connection that fails
-    /// before any response (refused, reset, a stale pooled connection) is tried once more with
-    /// the same key before it counts.
+    /// One try, with `key` or else the caller's own credentials.
     async fn execute(
         &self,
         upstream: &Upstream,
         request: &OutboundRequest,
         key: Option<&ApiKey>,
-    ) -> Result<Response, FailoverError> {
+    ) -> Result<Response, Failed> {
         let destination = &upstream.destination;
         let path = destination
             .path_for(&request.path_and_query)
-            .map_err(|error| {
-                FailoverError::Unreachable(format!("invalid request path: {error}"))
+            .map_err(|error| Failed {
+                error: FailoverError::Unreachable(format!("invalid request path: {error}")),
+                replayable: false,
             })?;
-        let mut last_error = None;
-        for _ in 0..2 {
-            let mut outbound = http::Request::new(request.body.clone());
-            *outbound.method_mut() = request.method.clone();
-            *outbound.uri_mut() = Uri::from(path.clone());
-            let headers = outbound.headers_mut();
-            headers.clone_from(&request.headers);
-            if let Some(key) = key {
-                upstream.kind.api().apply_key(headers, key);
-            }
-            match tokio::time::timeout(
-                self.response_timeout,
-                self.client.send_to(&destination.origin, outbound),
-            )
-            .await
-            {
-                Err(_) => return Err(FailoverError::Timeout(self.response_timeout)),
-                Ok(Ok(response)) => return Ok(response),
-                Ok(Err(error)) => last_error = Some(error),
-            }
+        let mut outbound = http::Request::new(request.body.clone());
+        *outbound.method_mut() = request.method.clone();
+        *outbound.uri_mut() = Uri::from(path);
+        let headers = outbound.headers_mut();
+        headers.clone_from(&request.headers);
+        if let Some(key) = key {
+            upstream.kind.api().apply_key(headers, key);
         }
-        let error = last_error.expect("the loop ran");
-        Err(FailoverError::Unreachable(error_chain(&*error)))
+        match tokio::time::timeout(
+            self.response_timeout,
+            self.client.send_to(&destination.origin, outbound),
+        )
+        .await
+        {
+            Err(_) => Err(Failed {
+                error: FailoverError::Timeout(self.response_timeout),
+                replayable: false,
+            }),
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(failure)) => Err(Failed {
+                error: FailoverError::Unreachable(error_chain(&*failure.error)),
+                replayable: failure.replayable,
+            }),
+        }
     }
+}
+
+/// One try that got no answer.
+struct Failed {
+    error: FailoverError,
+    /// Whether the upstream cannot have started on the request, so it may be sent again.
+    replayable: bool,
+}
+
+/// What a try leaves the walk to do.
+enum Next {
+    /// The answer (or the error) goes to the caller.
+    Answer(Result<Response, FailoverError>),
+    /// The answer was the key's fault: the next key.
+    FailOver,
+    /// No answer, and the upstream cannot have started on the request: once more.
+    SendAgain,
 }
 
 /// Reads an error answer in full, to classify it and so its connection can be reused;

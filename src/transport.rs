@@ -33,6 +33,33 @@ pub type Response = http::Response<ResponseBody>;
 /// Why a request got no answer (connect, TLS, or the connection broke), or a body broke.
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
+/// A request that got no answer, and whether it may be sent again: only when the upstream
+/// cannot have started on it (the connection was never made, the request never left, or a
+/// reused connection closed with no answer right after the request went out). A request the
+/// upstream may have read is never sent twice: a long generation would be billed twice.
+#[derive(Debug)]
+pub struct SendFailure {
+    pub error: Error,
+    pub replayable: bool,
+}
+
+impl SendFailure {
+    pub fn replayable(error: impl Into<Error>) -> Self {
+        Self {
+            error: error.into(),
+            replayable: true,
+        }
+    }
+
+    /// A failure that sending again would not change, or that may have reached upstream.
+    pub fn fatal(error: impl Into<Error>) -> Self {
+        Self {
+            error: error.into(),
+            replayable: false,
+        }
+    }
+}
+
 const USER_AGENT: &str = concat!("aibridge/", env!("CARGO_PKG_VERSION"));
 
 /// How long a pooled upstream connection may sit unused.
@@ -106,22 +133,34 @@ impl HttpClient {
     pub async fn send(&self, mut request: Request) -> Result<Response, Error> {
         let origin = Origin::of(request.uri())?;
         *request.uri_mut() = Uri::from(path_of(request.uri()));
-        self.send_to(&origin, request).await
+        self.send_to(&origin, request)
+            .await
+            .map_err(|failure| failure.error)
     }
 
     /// Sends one request, whose URI is its path and query, to `origin`; no retries, no
     /// redirects. The headers go as they are: a forwarded request keeps its caller's.
-    pub async fn send_to(&self, origin: &Origin, mut request: Request) -> Result<Response, Error> {
+    pub async fn send_to(
+        &self,
+        origin: &Origin,
+        mut request: Request,
+    ) -> Result<Response, SendFailure> {
         match &self.inner {
             Inner::Direct(pool) => {
                 let response = pool.send(origin, request.map(Full::new)).await?;
                 Ok(response.map(ResponseBody::Direct))
             }
             Inner::Reqwest(client) => {
-                *request.uri_mut() = origin.url(path_of(request.uri()))?;
-                let request = reqwest::Request::try_from(request)?;
-                let response = http::Response::from(client.execute(request).await?);
-                Ok(response.map(ResponseBody::Reqwest))
+                *request.uri_mut() = origin
+                    .url(path_of(request.uri()))
+                    .map_err(SendFailure::fatal)?;
+                let request = reqwest::Request::try_from(request).map_err(SendFailure::fatal)?;
+                // reqwest itself sends again a request that never left a reused connection.
+                let response = client.execute(request).await.map_err(|error| SendFailure {
+                    replayable: error.is_connect(),
+                    error: error.into(),
+                })?;
+                Ok(http::Response::from(response).map(ResponseBody::Reqwest))
             }
         }
     }

@@ -308,9 +308,16 @@ fn unreachable_upstream_exits_5_and_marks_nothing() {
         .config(&format!("[providers.anthropic]\nbase_url = \"http://127.0.0.1:{port}\"\nkeys = [\"{K1}\", \"{K2}\"]\n"))
         .args(["send", "-d", BODY]);
     let output = test.run().code(5).stderr_has("error: upstream unreachable");
+    // Refused: the request never left, so it was sent once more, as an attempt of its own.
     assert_eq!(
-        output.stderr_lines()[0],
-        format!("{}  ---  no response", hint(K1))
+        output.stderr_lines()[..2],
+        [
+            format!(
+                "{}  ---  no response before the upstream could read the request; sent again",
+                hint(K1)
+            ),
+            format!("{}  ---  no response", hint(K1)),
+        ]
     );
     let state = test.state();
     assert_eq!(
@@ -527,43 +534,27 @@ fn copilot_is_bring_your_own_key() {
     );
 }
 
-/// A server that drops its first connection unanswered, then answers 200.
-fn flaky_upstream() -> (String, std::thread::JoinHandle<usize>) {
-    use std::io::Write;
+#[test]
+fn a_connection_dropped_after_it_was_made_is_not_sent_again() {
+    // The upstream accepted the connection, so it may have read the request: sending it
+    // again could bill it twice.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let handle = std::thread::spawn(move || {
-        let mut connections = 0;
-        for stream in listener.incoming() {
-            let mut stream = stream.unwrap();
-            connections += 1;
-            if connections == 1 {
-                drop(stream);
-                continue;
-            }
-            let mut request = [0u8; 4096];
-            let _ = stream.read(&mut request).unwrap();
-            stream
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\nconnection: close\r\n\r\n{\"ok\":true}")
-                .unwrap();
-            return connections;
-        }
-        connections
-    });
-    (url, handle)
-}
-
-#[test]
-fn a_dropped_connection_is_retried_once_with_the_same_key() {
-    let (url, upstream) = flaky_upstream();
-    let output = Test::new()
+    let run = Test::new()
         .config(&format!(
             "[providers.anthropic]\nbase_url = \"{url}\"\nkeys = [\"{K1}\", \"{K2}\"]\n"
         ))
-        .args(["send", "-d", BODY])
-        .run()
-        .success()
-        .stdout_is(r#"{"ok":true}"#);
-    assert_eq!(output.stderr_lines(), [format!("{}  200  ok", hint(K1))]);
-    assert_eq!(upstream.join().unwrap(), 2);
+        .args(["send", "-d", BODY]);
+    let child = run.spawn();
+    let (stream, _) = listener.accept().unwrap();
+    drop(stream);
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(5));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.starts_with(&format!("{}  ---  no response\n", hint(K1))),
+        "{stderr}"
+    );
+    listener.set_nonblocking(true).unwrap();
+    assert!(listener.accept().is_err(), "a second connection was made");
 }

@@ -497,3 +497,74 @@ fn an_access_token_is_never_forwarded_whichever_header_carries_it() {
         Some(crate::harness::CALLER)
     );
 }
+
+/// An upstream on 127.0.0.1 that reads each request, waits `pause`, and closes the connection
+/// without an answer; returns its port and how many requests it read.
+fn silent_upstream(pause: Duration) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let read = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = read.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let counter = counter.clone();
+            std::thread::spawn(move || {
+                let mut buffer = [0u8; 4096];
+                if stream.read(&mut buffer).unwrap_or(0) > 0 {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    std::thread::sleep(pause);
+                }
+            });
+        }
+    });
+    (port, read)
+}
+
+#[test]
+fn a_request_the_upstream_may_have_started_on_is_never_sent_again() {
+    let (port, read) = silent_upstream(Duration::from_millis(1500));
+    let test = Test::new().config(&format!(
+        "request_log = \"requests.jsonl\"\n[providers.anthropic]\nbase_url = \"http://127.0.0.1:{port}\"\nkeys = [\"{K1}\", \"{K2}\"]\n"
+    ));
+    let server = test.serve();
+    let response = server.post_message();
+    assert_eq!(response.status(), 502);
+    assert_eq!(response.headers()["x-aibridge-attempts"], "1");
+    let body: serde_json::Value = response.json().unwrap();
+    assert_eq!(body["error"]["type"], "upstream_unreachable");
+    assert_eq!(
+        read.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "sent once"
+    );
+    assert!(server.all_keys_available(), "nothing marked");
+}
+
+#[test]
+fn a_request_that_never_reached_the_upstream_is_sent_again_as_its_own_attempt() {
+    let dead = dead_port();
+    let test = Test::new().config(&format!(
+        "request_log = \"requests.jsonl\"\n[providers.anthropic]\nbase_url = \"http://127.0.0.1:{dead}\"\nkeys = [\"{K1}\", \"{K2}\"]\n"
+    ));
+    let server = test.serve();
+    let response = server.post_message();
+    assert_eq!(response.status(), 502);
+    assert_eq!(response.headers()["x-aibridge-attempts"], "2");
+    let log = crate::serve::wait_for_lines(&test.path("requests.jsonl"), 1);
+    assert_eq!(
+        log[0]["attempts"],
+        json!([
+            {"key": hint(K1), "status": null, "mark": null, "resent": true},
+            {"key": hint(K1), "status": null, "mark": null}
+        ])
+    );
+    assert!(server.all_keys_available(), "a network error marks nothing");
+
+    // `send --json` shows the re-send too.
+    let output = test.run_with(&["send", "--json", "-d", "{}"]).code(5);
+    let attempts = &output.json()["attempts"];
+    assert_eq!(attempts[0]["resent"], true);
+    assert!(attempts[1].get("resent").is_none());
+}

@@ -390,6 +390,9 @@ fn describe(attempt: &Attempt, byok: bool) -> String {
             }
         }
         (Some(KeyState::Disabled(reason)), _) => format!("marked disabled ({})", reason.as_str()),
+        (_, None) if attempt.resent => {
+            "no response before the upstream could read the request; sent again".to_owned()
+        }
         (_, None) => "no response".to_owned(),
         (_, Some(status)) if byok && (200..300).contains(&status) => "ok (your own key)".to_owned(),
         (_, Some(status)) if (200..300).contains(&status) => "ok".to_owned(),
@@ -444,6 +447,9 @@ struct AttemptReport {
     cooldown_secs: Option<u64>,
     /// The model a cooldown applies to alone; `null` when key-wide.
     model: Option<String>,
+    /// Present when the request was sent again after this try (it cannot have been read).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    resent: bool,
 }
 
 impl From<&Attempt> for AttemptReport {
@@ -459,6 +465,7 @@ impl From<&Attempt> for AttemptReport {
                 _ => None,
             },
             model: attempt.model.clone(),
+            resent: attempt.resent,
         }
     }
 }
@@ -476,6 +483,7 @@ mod tests {
             mark,
             model: None,
             changed: true,
+            resent: false,
             at_ms: 1_000,
             elapsed: Duration::ZERO,
             drained: None,

@@ -63,6 +63,10 @@ pub struct AttemptRecord {
     /// The model a cooldown applies to alone; absent when key-wide.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// Present when this try got no answer before the upstream could start on the request,
+    /// which was then sent again (the next attempt).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub resent: bool,
 }
 
 impl RequestRecord {
@@ -97,6 +101,7 @@ impl RequestRecord {
                 status: attempt.status,
                 mark: attempt.mark.map(KeyState::name),
                 model: attempt.model.clone(),
+                resent: attempt.resent,
             })
             .collect();
         record.key = answered.map(|attempt| attempt.key_hint.clone());
