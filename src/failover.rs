@@ -681,7 +681,8 @@ async fn hold(
     }
     let started = Instant::now();
     let mut guard = LeftWhileHeld(Some(&upstream.name));
-    observer.waiting(pause, model);
+    // Observers hear of the wait the cooldown asks for, not of the safety margin.
+    observer.waiting(pause.saturating_sub(HOLD_MARGIN), model);
     tokio::select! {
         () = tokio::time::sleep(pause) => {}
         () = upstream.freed.notified() => {}

@@ -351,12 +351,7 @@ fn a_held_request_whose_client_leaves_is_dropped() {
     let mock = MockUpstream::start();
     mock.on_key(K1, vec![Reply::rate_limited(1), Reply::ok("{}")]);
     let server = bridge(&mock, &[K1], "", "").serve();
-    let impatient = reqwest::blocking::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_millis(300))
-        .build()
-        .unwrap();
-    let result = impatient
+    let result = crate::harness::client_giving_up_after(Duration::from_millis(300))
         .post(server.url("/anthropic/v1/messages"))
         .body(message(OPUS))
         .send();

@@ -306,13 +306,8 @@ fn a_request_abandoned_before_any_answer_is_logged_and_counted() {
     mock.on_key(K1, vec![Reply::Slow(Duration::from_secs(3))]);
     let test = bridge_with_log(&mock, "");
     let server = test.serve();
-    let impatient = reqwest::blocking::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_millis(300))
-        .build()
-        .unwrap();
     assert!(
-        impatient
+        crate::harness::client_giving_up_after(Duration::from_millis(300))
             .post(server.url("/anthropic/v1/messages"))
             .body(r#"{"model":"m"}"#)
             .send()

@@ -420,19 +420,20 @@ async fn dispatch(
             return Ok(proxy::refuse(app, request.method(), request.uri(), &spec));
         }
     };
-    let Some(origin) = origin else {
-        return Ok(route(app, operator_routes, request).await);
-    };
-    // A page of an allowed origin: it may read the answer.
-    let request_headers = request.headers().clone();
-    let mut response = if guard::is_preflight(request.method(), &request_headers) {
+    // A page of an allowed origin may read the answer; CORS headers need the request's.
+    let cors = origin.map(|origin| (origin, request.headers().clone()));
+    let preflight = cors.is_some() && guard::is_preflight(request.method(), request.headers());
+    // One await of the route, so the request's future holds one of its futures, not two.
+    let mut response = if preflight {
         let mut preflight = axum::response::Response::new(Body::empty());
         *preflight.status_mut() = http::StatusCode::NO_CONTENT;
         preflight
     } else {
         route(app, operator_routes, request).await
     };
-    guard::allow_origin(response.headers_mut(), &origin, &request_headers);
+    if let Some((origin, request_headers)) = cors {
+        guard::allow_origin(response.headers_mut(), &origin, &request_headers);
+    }
     Ok(response)
 }
 

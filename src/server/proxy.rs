@@ -155,8 +155,9 @@ impl WalkObserver for HoldLog<'_> {
         if self.logged.swap(true, Ordering::Relaxed) {
             return;
         }
-        let wait =
-            humantime::format_duration(std::time::Duration::from_millis(wait.as_millis() as u64));
+        let wait = humantime::format_duration(std::time::Duration::from_secs(
+            crate::keypool::ceil_secs(wait),
+        ));
         tracing::info!(
             provider = self.provider,
             model,

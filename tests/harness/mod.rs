@@ -421,10 +421,15 @@ impl Drop for Server {
 }
 
 pub fn client() -> reqwest::blocking::Client {
+    client_giving_up_after(std::time::Duration::from_secs(30))
+}
+
+/// A client that gives up, and closes its connection, after `timeout`: a caller who leaves.
+pub fn client_giving_up_after(timeout: std::time::Duration) -> reqwest::blocking::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::blocking::Client::builder()
         .no_proxy()
-        .timeout(std::time::Duration::from_secs(30))
+        .timeout(timeout)
         .build()
         .unwrap()
 }
