@@ -87,9 +87,11 @@ fn host_of<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a str> {
     };
     let host = match authority.strip_prefix('[') {
         Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
-        None => authority
-            .rsplit_once(':')
-            .map_or(authority, |(host, _)| host),
+        // A port is the digits after the last colon: found from the end, byte by byte.
+        None => {
+            let colon = authority.bytes().rposition(|byte| byte == b':');
+            colon.map_or(authority, |colon| &authority[..colon])
+        }
     };
     Some(host.strip_suffix('.').unwrap_or(host))
 }

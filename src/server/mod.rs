@@ -421,7 +421,8 @@ async fn dispatch(
         }
     };
     // A page of an allowed origin may read the answer; CORS headers need the request's.
-    let cors = origin.map(|origin| (origin, request.headers().clone()));
+    // Boxed: rare, and held across the await below by every request's future.
+    let cors = origin.map(|origin| Box::new((origin, request.headers().clone())));
     let preflight = cors.is_some() && guard::is_preflight(request.method(), request.headers());
     // One await of the route, so the request's future holds one of its futures, not two.
     let mut response = if preflight {
@@ -431,8 +432,9 @@ async fn dispatch(
     } else {
         route(app, operator_routes, request).await
     };
-    if let Some((origin, request_headers)) = cors {
-        guard::allow_origin(response.headers_mut(), &origin, &request_headers);
+    if let Some(cors) = cors {
+        let (origin, request_headers) = &*cors;
+        guard::allow_origin(response.headers_mut(), origin, request_headers);
     }
     Ok(response)
 }

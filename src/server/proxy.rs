@@ -317,12 +317,26 @@ fn is_provider_root(rest: &str) -> bool {
 }
 
 /// Whether a path has a `.` or `..` segment, percent-encoded or not: forwarded, it could
-/// step out of the base URL's path.
+/// step out of the base URL's path. Every request is checked, so nothing is allocated, and
+/// a path without a `.` or a `%` is passed at once.
 fn has_dot_segment(path: &str) -> bool {
-    path.split('/').any(|segment| {
-        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
-        decoded == "." || decoded == ".."
-    })
+    // Paths are short: a plain scan beats a vectorised search's set-up.
+    path.bytes().any(|byte| byte == b'.' || byte == b'%') && path.split('/').any(is_dot_segment)
+}
+
+/// `.`, `..`, or either with dots written `%2e`/`%2E`.
+fn is_dot_segment(segment: &str) -> bool {
+    let mut rest = segment.as_bytes();
+    let mut dots = 0;
+    while !rest.is_empty() {
+        rest = match rest {
+            [b'.', tail @ ..] => tail,
+            [b'%', b'2', e, tail @ ..] if e.eq_ignore_ascii_case(&b'e') => tail,
+            _ => return false,
+        };
+        dots += 1;
+    }
+    (1..=2).contains(&dots)
 }
 
 /// `/anthropic/v1/messages` -> (`anthropic`, `/v1/messages`).
@@ -620,6 +634,33 @@ mod tests {
         );
         assert_eq!(split_provider("/openai"), ("openai", ""));
         assert_eq!(split_provider("/"), ("", ""));
+    }
+
+    #[test]
+    fn dot_segments_are_found_plain_and_percent_encoded() {
+        for path in [
+            "/v1/../admin",
+            "/v1/./messages",
+            "/..",
+            "/v1/%2e%2E/x",
+            "/v1/.%2e",
+            "/%2e/x",
+        ] {
+            assert!(has_dot_segment(path), "{path}");
+        }
+        for path in [
+            "/v1/messages",
+            "",
+            "/",
+            "/v1/models/gpt-4.1",
+            "/v1/.../x",
+            "/v1/..x/y",
+            "/v1/%2f/x",
+            "/v1/%2e%2e%2e",
+            "/files/a%2ex",
+        ] {
+            assert!(!has_dot_segment(path), "{path}");
+        }
     }
 
     #[test]

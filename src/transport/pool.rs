@@ -281,7 +281,9 @@ impl ConnectionPool {
         idle.push(Idle { sender, since: now });
         self.drop_expired(idle, now);
         let excess = idle.len().saturating_sub(self.max_idle);
-        idle.drain(..excess);
+        if excess > 0 {
+            idle.drain(..excess);
+        }
     }
 
     fn drop_expired(&self, idle: &mut Vec<Idle>, now: Instant) {
@@ -289,7 +291,9 @@ impl ConnectionPool {
             .iter()
             .take_while(|idle| now.duration_since(idle.since) > self.idle_timeout)
             .count();
-        idle.drain(..expired);
+        if expired > 0 {
+            idle.drain(..expired);
+        }
     }
 
     /// Closes idle connections past their time even when their origin sees no more
