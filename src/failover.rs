@@ -243,9 +243,10 @@ pub struct DrainedResponse {
 
 impl Attempt {
     /// The state file's view of this attempt (caller keys are not recorded).
-    pub fn observation(&self, provider: &str) -> Option<Observation> {
+    pub fn observation(&self, upstream: &Upstream) -> Option<Observation> {
         Some(Observation {
-            provider: provider.to_owned(),
+            provider: upstream.name.clone(),
+            max_cooldown: upstream.pool.max_cooldown(),
             fingerprint: self.fingerprint.clone()?,
             hint: self.key_hint.clone(),
             status: self.status,

@@ -50,6 +50,8 @@ pub struct Probe {
     pub latency: Duration,
     /// What the verdict does to the key (`None` for valid and error).
     pub mark: Option<Mark>,
+    /// The provider's cap on cooldowns, for what is written to the state file.
+    pub max_cooldown: Duration,
 }
 
 /// Probes key `index` of `upstream` with one request, giving up after `timeout`.
@@ -143,6 +145,7 @@ impl Probe {
             detail: String::new(),
             latency: Duration::ZERO,
             mark: None,
+            max_cooldown: upstream.pool.max_cooldown(),
         }
     }
 
@@ -186,6 +189,7 @@ impl Probe {
             mark,
             model: None,
             at,
+            max_cooldown: self.max_cooldown,
         });
     }
 }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -140,6 +140,9 @@ pub struct Observation {
     /// The model a cooling mark applies to alone; `None` when it is key-wide.
     pub model: Option<String>,
     pub at: SystemTime,
+    /// The provider's `max_cooldown`: no cooldown written ends later than this after `at`,
+    /// whatever the file held before.
+    pub max_cooldown: Duration,
 }
 
 impl StateFile {
@@ -161,6 +164,7 @@ impl StateFile {
         record.last_status = seen.status;
         record.last_used = Some(seen.at);
         record.cooling.retain(|_, cooling| cooling.until > seen.at);
+        let cap = seen.at.checked_add(seen.max_cooldown).unwrap_or(seen.at);
         match (seen.mark, &seen.model) {
             (Some(KeyState::Cooling { until_ms }), Some(model)) => {
                 let until = from_unix_ms(until_ms);
@@ -168,10 +172,18 @@ impl StateFile {
                     .cooling
                     .entry(model.clone())
                     .or_insert(ModelRecord { until });
-                entry.until = entry.until.max(until);
+                entry.until = entry.until.max(until).min(cap);
                 record.drop_excess_models();
             }
-            (Some(mark), _) => record.state = stronger(record.state.into(), mark).into(),
+            (Some(mark), _) => {
+                let merged = match stronger(record.state.into(), mark) {
+                    KeyState::Cooling { until_ms } => KeyState::Cooling {
+                        until_ms: until_ms.min(to_unix_ms(cap)),
+                    },
+                    other => other,
+                };
+                record.state = merged.into();
+            }
             (None, _) => {}
         }
     }
@@ -409,6 +421,7 @@ mod tests {
             mark,
             model: model.map(str::to_owned),
             at: at(T0),
+            max_cooldown: Duration::from_secs(3600),
         });
     }
 
@@ -567,6 +580,7 @@ mod tests {
                     }),
                     model: None,
                     at: at(T0),
+                    max_cooldown: Duration::from_secs(3600),
                 })
             })
             .unwrap();
@@ -626,6 +640,8 @@ mod tests {
                 mark: Some(KeyState::Cooling { until_ms: far }),
                 model: model.map(str::to_owned),
                 at: at(T0),
+                // Written as another build might have: only reading caps it here.
+                max_cooldown: Duration::from_secs(200 * 365 * 86_400),
             });
         }
         state.restore_into("anthropic", &pool);
@@ -636,6 +652,23 @@ mod tests {
             }
         );
         assert_eq!(pool.snapshot(0).models[0].until_ms, T0 + 60_000);
+    }
+
+    #[test]
+    fn deadlines_written_are_capped_whatever_the_file_held() {
+        let mut state = StateFile::default();
+        let far = KeyState::Cooling {
+            until_ms: T0 + 100 * 365 * 86_400_000,
+        };
+        observe(&mut state, "f1", 429, Some(far));
+        observe_model(&mut state, "f1", 429, Some(far), Some("opus"));
+        let record = record(&state, "f1");
+        let hour = T0 + 3_600_000;
+        assert_eq!(
+            KeyState::from(record.state),
+            KeyState::Cooling { until_ms: hour }
+        );
+        assert_eq!(record.cooling["opus"].until, at(hour));
     }
 
     #[test]

@@ -171,10 +171,9 @@ impl Send<'_> {
 
     fn persist(&self, attempts: &[Attempt]) {
         let Some(store) = self.store else { return };
-        let provider = &self.upstream.name;
         let observations: Vec<_> = attempts
             .iter()
-            .filter_map(|attempt| attempt.observation(provider))
+            .filter_map(|attempt| attempt.observation(self.upstream))
             .collect();
         if observations.is_empty() {
             return;

@@ -417,6 +417,11 @@ impl Pool {
         self.keys.is_empty()
     }
 
+    /// The longest any cooldown of this pool may run.
+    pub fn max_cooldown(&self) -> Duration {
+        self.settings.max_cooldown
+    }
+
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
     }

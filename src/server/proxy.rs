@@ -379,7 +379,7 @@ fn record_marks(app: &AppState, upstream: &Upstream, attempts: &[Attempt]) {
         {
             app.metrics.key_transition(&upstream.name, state);
         }
-        if let (Some(sync), Some(seen)) = (&app.state_sync, attempt.observation(&upstream.name)) {
+        if let (Some(sync), Some(seen)) = (&app.state_sync, attempt.observation(upstream)) {
             sync.record(StateChange::Observed(seen));
         }
     }
