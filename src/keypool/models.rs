@@ -74,15 +74,16 @@ impl ModelMarks {
 
     /// The live deadline of `model`, if it is cooling.
     pub fn until(&self, model: &str, now_ms: u64) -> Option<u64> {
-        self.find(model)?.live_until(now_ms)
+        self.with_entry(model, |entry| entry.live_until(now_ms))?
     }
 
-    fn find(&self, model: &str) -> Option<Arc<Entry>> {
+    /// Runs `read` on `model`'s entry, read in place: no reference count is touched.
+    fn with_entry<T>(&self, model: &str, read: impl FnOnce(&Entry) -> T) -> Option<T> {
         let list = self.list.load();
         list.as_ref()?
             .iter()
             .find(|entry| &*entry.model == model)
-            .cloned()
+            .map(|entry| read(entry))
     }
 
     /// Every model cooling at `now_ms`, oldest first.
@@ -113,33 +114,7 @@ impl ModelMarks {
 
     /// Extends a cooldown that is still running, in place; `None` when the model has none.
     fn extend_live(&self, model: &str, until_ms: u64, now_ms: u64) -> Option<ModelMarked> {
-        let entry = self.find(model)?;
-        let mut current = entry.until_ms.load(Ordering::Acquire);
-        loop {
-            if current <= now_ms {
-                return None;
-            }
-            if current >= until_ms {
-                return Some(ModelMarked {
-                    until_ms: current,
-                    started: false,
-                });
-            }
-            match entry.until_ms.compare_exchange_weak(
-                current,
-                until_ms,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => {
-                    return Some(ModelMarked {
-                        until_ms,
-                        started: false,
-                    });
-                }
-                Err(seen) => current = seen,
-            }
-        }
+        self.with_entry(model, |entry| extend(entry, until_ms, now_ms))?
     }
 
     /// Starts a cooldown for a model that has none running: a new list, without expired
@@ -195,6 +170,36 @@ impl ModelMarks {
         self.list.store(other.list.load_full());
         self.latest_ms
             .store(other.latest_ms.load(Ordering::Acquire), Ordering::Release);
+    }
+}
+
+/// Extends a running cooldown in place with one compare-and-swap; `None` when it has ended.
+fn extend(entry: &Entry, until_ms: u64, now_ms: u64) -> Option<ModelMarked> {
+    let mut current = entry.until_ms.load(Ordering::Acquire);
+    loop {
+        if current <= now_ms {
+            return None;
+        }
+        if current >= until_ms {
+            return Some(ModelMarked {
+                until_ms: current,
+                started: false,
+            });
+        }
+        match entry.until_ms.compare_exchange_weak(
+            current,
+            until_ms,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => {
+                return Some(ModelMarked {
+                    until_ms,
+                    started: false,
+                });
+            }
+            Err(seen) => current = seen,
+        }
     }
 }
 

@@ -54,7 +54,7 @@ where
     let route = api.route(&parts.method, rest);
     let refused = |method| Refused::new(app, &upstream.name, method, &path_and_query);
     if is_provider_root(rest) && matches!(parts.method, Method::GET | Method::HEAD) {
-        return refused(&parts.method).reachable(&upstream.name, started);
+        return refused(&parts.method).reachable(started);
     }
     if has_dot_segment(rest) {
         let spec =
@@ -264,7 +264,8 @@ impl Refused {
 
     /// `GET`/`HEAD` of a provider's root, which clients such as Claude Code send at start to
     /// see that the base URL answers: the bridge says so itself, with no key spent.
-    fn reachable(self, provider: &str, started: Instant) -> Response {
+    fn reachable(self, started: Instant) -> Response {
+        let body = serde_json::json!({"status": "ok", "provider": self.provider});
         let mut completion = Completion::new(
             self.app,
             &self.provider,
@@ -275,8 +276,7 @@ impl Refused {
         );
         completion = completion.with_response(200, &HeaderMap::new(), false);
         completion.finish("completed");
-        let mut response =
-            axum::Json(serde_json::json!({"status": "ok", "provider": provider})).into_response();
+        let mut response = axum::Json(body).into_response();
         response
             .headers_mut()
             .insert(ATTEMPTS_HEADER, count_value(0));
