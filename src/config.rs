@@ -60,6 +60,13 @@ pub struct ServeSettings {
     pub allowed_hosts: Vec<String>,
     /// Origins whose web pages may call the bridge.
     pub allowed_origins: Vec<String>,
+    /// The longest a client may take to send a request's headers once started, and the
+    /// longest its request body may stall.
+    pub client_timeout: Duration,
+    /// The longest a client connection may sit idle between requests.
+    pub client_idle_timeout: Duration,
+    /// The most client connections served at once; more are refused at once.
+    pub max_connections: usize,
 }
 
 impl Default for ServeSettings {
@@ -73,6 +80,9 @@ impl Default for ServeSettings {
             dump_dir: None,
             allowed_hosts: Vec::new(),
             allowed_origins: Vec::new(),
+            client_timeout: Duration::from_secs(60),
+            client_idle_timeout: Duration::from_secs(120),
+            max_connections: 10_000,
         }
     }
 }
@@ -151,6 +161,11 @@ struct RawConfig {
     allowed_hosts: Vec<String>,
     #[serde(default)]
     allowed_origins: Vec<String>,
+    #[serde(default, with = "humantime_serde")]
+    client_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    client_idle_timeout: Option<Duration>,
+    max_connections: Option<usize>,
     #[serde(default)]
     providers: BTreeMap<String, RawProvider>,
 }
@@ -339,6 +354,11 @@ fn resolve_serve(
             .iter()
             .map(|origin| origin.trim_end_matches('/').to_owned())
             .collect(),
+        client_timeout: raw.client_timeout.unwrap_or(defaults.client_timeout),
+        client_idle_timeout: raw
+            .client_idle_timeout
+            .unwrap_or(defaults.client_idle_timeout),
+        max_connections: raw.max_connections.unwrap_or(defaults.max_connections),
     };
     let zero = |setting, value: Duration| {
         value.is_zero().then_some(ConfigError::Setting {
@@ -348,8 +368,16 @@ fn resolve_serve(
     };
     if let Some(error) = zero("response_timeout", settings.response_timeout)
         .or_else(|| zero("stream_idle_timeout", settings.stream_idle_timeout))
+        .or_else(|| zero("client_timeout", settings.client_timeout))
+        .or_else(|| zero("client_idle_timeout", settings.client_idle_timeout))
     {
         return Err(error);
+    }
+    if settings.max_connections == 0 {
+        return Err(ConfigError::Setting {
+            setting: "max_connections",
+            message: "must be at least 1".to_owned(),
+        });
     }
     if settings.max_body_size == 0 {
         return Err(ConfigError::Setting {

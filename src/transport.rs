@@ -317,27 +317,73 @@ pub async fn read_body(body: ResponseBody) -> Result<Bytes, Error> {
 /// to gather it.
 pub async fn collect<B: http_body::Body<Data = Bytes>>(body: B) -> Result<Bytes, B::Error> {
     let mut body = std::pin::pin!(body);
-    let mut first = Bytes::new();
-    let mut gathered: Option<BytesMut> = None;
+    let mut gathered = Gathered::default();
     while let Some(frame) = body.frame().await {
-        let Ok(chunk) = frame?.into_data() else {
-            continue;
+        gathered.add(frame?, body.size_hint().lower());
+    }
+    Ok(gathered.finish())
+}
+
+/// Why a body could not be read whole within its time.
+#[derive(Debug)]
+pub enum CollectError<E> {
+    Body(E),
+    /// No data came for this long.
+    Stalled(Duration),
+}
+
+/// [`collect`], giving up when no frame arrives for `stall`. A frame that is already there
+/// is taken without setting a timer, so a body that came with its headers costs none.
+pub async fn collect_within<B: http_body::Body<Data = Bytes>>(
+    body: B,
+    stall: Duration,
+) -> Result<Bytes, CollectError<B::Error>> {
+    use futures_util::FutureExt;
+    let mut body = std::pin::pin!(body);
+    let mut gathered = Gathered::default();
+    loop {
+        let frame = match body.frame().now_or_never() {
+            Some(frame) => frame,
+            None => tokio::time::timeout(stall, body.frame())
+                .await
+                .map_err(|_| CollectError::Stalled(stall))?,
         };
-        match &mut gathered {
+        let Some(frame) = frame else { break };
+        gathered.add(frame.map_err(CollectError::Body)?, body.size_hint().lower());
+    }
+    Ok(gathered.finish())
+}
+
+/// Data chunks gathered into one, without a copy while there is only one.
+#[derive(Default)]
+struct Gathered {
+    first: Bytes,
+    joined: Option<BytesMut>,
+}
+
+impl Gathered {
+    /// Adds a frame's data (trailers are skipped); `rest` is how much more is declared.
+    fn add(&mut self, frame: Frame<Bytes>, rest: u64) {
+        let Ok(chunk) = frame.into_data() else {
+            return;
+        };
+        match &mut self.joined {
             Some(buffer) => buffer.extend_from_slice(&chunk),
-            None if first.is_empty() => first = chunk,
+            None if self.first.is_empty() => self.first = chunk,
             None => {
                 // The rest's declared length, so the buffer grows once.
-                let rest = usize::try_from(body.size_hint().lower()).unwrap_or(0);
-                let expected = first.len() + chunk.len() + rest;
-                let mut buffer = BytesMut::with_capacity(expected);
-                buffer.extend_from_slice(&first);
+                let rest = usize::try_from(rest).unwrap_or(0);
+                let mut buffer = BytesMut::with_capacity(self.first.len() + chunk.len() + rest);
+                buffer.extend_from_slice(&self.first);
                 buffer.extend_from_slice(&chunk);
-                gathered = Some(buffer);
+                self.joined = Some(buffer);
             }
         }
     }
-    Ok(gathered.map_or(first, BytesMut::freeze))
+
+    fn finish(self) -> Bytes {
+        self.joined.map_or(self.first, BytesMut::freeze)
+    }
 }
 
 /// The next chunk of data of an answer's body; `None` at its end. Trailers are skipped.

@@ -3,6 +3,7 @@
 mod harness;
 
 mod cli;
+mod clients;
 mod failure_model;
 mod pool;
 mod probe_keys;

@@ -301,6 +301,10 @@ impl ErrorSpec {
         Self::new(502, "upstream_unreachable", "upstream_unreachable", message)
     }
 
+    pub fn request_timeout(message: String) -> Self {
+        Self::new(408, "timeout_error", "request_timeout", message)
+    }
+
     pub fn timeout(message: String) -> Self {
         Self::new(504, "timeout_error", "upstream_timeout", message)
     }

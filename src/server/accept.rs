@@ -6,7 +6,7 @@
 //! landed. So one task accepts, and hands each connection to the worker with the fewest
 //! open.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use tokio::net::TcpListener;
 use tokio::sync::mpsc::UnboundedSender;
@@ -22,6 +22,8 @@ pub struct Accepted {
 #[derive(Debug)]
 pub struct Balancer {
     open: Box<[AtomicUsize]>,
+    /// Connections closed at once because `max_connections` were open.
+    refused: AtomicU64,
     /// Where the next search starts, so ties go round the workers in turn.
     next: AtomicUsize,
 }
@@ -30,6 +32,7 @@ impl Balancer {
     pub fn new(workers: usize) -> Self {
         Self {
             open: (0..workers.max(1)).map(|_| AtomicUsize::new(0)).collect(),
+            refused: AtomicU64::new(0),
             next: AtomicUsize::new(0),
         }
     }
@@ -54,6 +57,11 @@ impl Balancer {
     pub fn open_connections(&self) -> impl Iterator<Item = usize> + '_ {
         self.open.iter().map(|open| open.load(Ordering::Relaxed))
     }
+
+    /// Connections refused so far, for `/metrics`.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
 }
 
 /// One open connection of one worker; dropping it closes the count.
@@ -75,17 +83,25 @@ impl Drop for OpenConnection {
     }
 }
 
-/// Accepts until dropped (which closes the socket), handing each connection to a worker.
+/// Accepts until dropped (which closes the socket), handing each connection to a worker;
+/// past `cap` open connections, a new one is closed at once, so the descriptors left serve
+/// the connections already open.
 pub async fn hand_out_connections(
     listener: TcpListener,
     balancer: &'static Balancer,
     workers: Vec<UnboundedSender<Accepted>>,
+    cap: usize,
 ) {
     let mut workers: Vec<Option<_>> = workers.into_iter().map(Some).collect();
     loop {
         let Some(stream) = accept(&listener).await else {
             continue;
         };
+        if balancer.open_connections().sum::<usize>() >= cap {
+            balancer.refused.fetch_add(1, Ordering::Relaxed);
+            drop(stream);
+            continue;
+        }
         if hand_over(stream, balancer, &mut workers).is_none() {
             tracing::error!("every worker has stopped; no longer accepting connections");
             return;
@@ -213,6 +229,7 @@ mod tests {
             listener,
             balancer,
             vec![stopped, serving],
+            usize::MAX,
         ));
         let clients: Vec<_> = (0..3)
             .map(|_| std::net::TcpStream::connect(address).unwrap())

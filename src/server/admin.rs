@@ -43,9 +43,11 @@ pub async fn metrics(State(app): State<&'static AppState>, headers: HeaderMap) -
         return denied;
     }
     let bridge = app.bridge.load();
-    let text = app
-        .metrics
-        .render(bridge.upstreams.values(), app.balancer.open_connections());
+    let text = app.metrics.render(
+        bridge.upstreams.values(),
+        app.balancer.open_connections(),
+        app.balancer.refused(),
+    );
     (
         [(
             header::CONTENT_TYPE,

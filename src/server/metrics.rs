@@ -45,6 +45,7 @@ pub struct Metrics {
     transitions: Family<TransitionLabels, Counter>,
     exhaustions: Family<ExhaustionLabels, Counter>,
     connections: Family<WorkerLabels, Gauge>,
+    refused_connections: Counter,
     waits: Family<ProviderLabels, Histogram>,
     requests: Arc<RequestStats>,
 }
@@ -65,6 +66,7 @@ impl Metrics {
         let transitions = Family::default();
         let exhaustions = Family::default();
         let connections = Family::default();
+        let refused_connections = Counter::default();
         let waits = Family::<ProviderLabels, Histogram>::new_with_constructor(
             (|| Histogram::new(WAIT_BOUNDS)) as fn() -> Histogram,
         );
@@ -86,6 +88,11 @@ impl Metrics {
             connections.clone(),
         );
         registry.register(
+            "aibridge_refused_connections",
+            "Client connections closed at once because max_connections were open",
+            refused_connections.clone(),
+        );
+        registry.register(
             "aibridge_wait_seconds",
             "Time held requests waited for a key to come back",
             waits.clone(),
@@ -97,6 +104,7 @@ impl Metrics {
             transitions,
             exhaustions,
             connections,
+            refused_connections,
             waits,
             requests,
         }
@@ -151,13 +159,18 @@ impl Metrics {
         shard.added_latency.observe(added.as_secs_f64());
     }
 
-    /// The exposition text, with the key gauges read from the pools now, and the
-    /// connection gauges from `open_connections` (one count per worker).
+    /// The exposition text, with the key gauges read from the pools now, the connection
+    /// gauges from `open_connections` (one count per worker), and `refused` connections
+    /// so far.
     pub fn render<'a>(
         &self,
         upstreams: impl IntoIterator<Item = &'a Upstream>,
         open_connections: impl IntoIterator<Item = usize>,
+        refused: u64,
     ) -> String {
+        let counted = self.refused_connections.get();
+        self.refused_connections
+            .inc_by(refused.saturating_sub(counted));
         for (worker, open) in open_connections.into_iter().enumerate() {
             let open = i64::try_from(open).unwrap_or(i64::MAX);
             self.connections

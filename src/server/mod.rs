@@ -15,6 +15,7 @@
 
 mod accept;
 mod admin;
+mod clients;
 mod guard;
 mod journal;
 mod metrics;
@@ -57,8 +58,9 @@ use state_sync::StateSync;
 /// How long in-flight requests may run on after SIGINT/SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
-/// How far away each worker's nearest timer may be; see [`keep_timer_wakeups_near`].
-const TIMER_WAKEUP_BOUND: Duration = Duration::from_secs(1);
+/// How far away each worker's nearest timer may be; see [`keep_timer_wakeups_near`]. Also
+/// the resolution of the worker's coarse clock (see [`clients`]).
+const TIMER_WAKEUP_BOUND: Duration = Duration::from_millis(100);
 
 /// The header a client may carry its aibridge access token in.
 const TOKEN_HEADER: http::HeaderName = http::HeaderName::from_static("x-aibridge-token");
@@ -260,6 +262,12 @@ pub fn run(config: Config, options: ServerOptions) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    // Before anything is printed: a script that signals as soon as the banner shows must
+    // not meet the signals' default action (SIGHUP would end the process).
+    let signals = {
+        let _runtime = control.enter();
+        Signals::watch()?
+    };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let state = options
         .store
@@ -279,6 +287,13 @@ pub fn run(config: Config, options: ServerOptions) -> anyhow::Result<()> {
         .context("cannot read the bound address")?;
     print_banner(address, &bridge);
     let loopback = address.ip().is_loopback();
+    let open_files = clients::raise_open_file_limit();
+    let connection_cap = clients::connection_cap(config.serve.max_connections, open_files);
+    tracing::info!(
+        "serving at most {connection_cap} client connections at once (max_connections {}, \
+         open-file limit {open_files})",
+        config.serve.max_connections
+    );
 
     // Lives as long as the process, so workers share it without a reference count.
     let app: &'static AppState = control.block_on(async {
@@ -322,9 +337,10 @@ pub fn run(config: Config, options: ServerOptions) -> anyhow::Result<()> {
             listener,
             &app.balancer,
             inboxes,
+            connection_cap,
         ));
         let recheck = tokio::spawn(recheck::run(app));
-        wait_for_stop(app).await?;
+        signals.wait_for_stop(app).await;
         recheck.abort();
         tracing::info!(
             "shutting down; in-flight requests have {}s to finish",
@@ -359,7 +375,8 @@ fn serve_worker(
         .context("cannot start a worker runtime")?;
     runtime.block_on(async move {
         let operator_routes = router(app);
-        tokio::spawn(keep_timer_wakeups_near());
+        let clock = Arc::new(clients::CoarseClock::new());
+        tokio::spawn(keep_timer_wakeups_near(clock.clone()));
         let connections = GracefulShutdown::new();
         while let Some(Accepted { stream, open }) = accepted.recv().await {
             let stream = match tokio::net::TcpStream::from_std(stream) {
@@ -369,17 +386,36 @@ fn serve_worker(
                     continue;
                 }
             };
+            let settings = &app.bridge.load().settings;
+            let limits = clients::ClientLimits {
+                headers: settings.client_timeout,
+                idle: settings.client_idle_timeout,
+            };
+            let activity = clients::Activity::new(clock.clone());
             let operator_routes = operator_routes.clone();
+            let noted = activity.clone();
             let service = hyper::service::service_fn(move |request| {
-                dispatch(app, operator_routes.clone(), request)
+                let in_flight = noted.request();
+                let answer = dispatch(app, operator_routes.clone(), request);
+                async move {
+                    let answer = answer.await;
+                    drop(in_flight);
+                    answer
+                }
             });
+            let io = TokioIo::new(clients::Tracked::new(stream, activity.clone()));
             let connection = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection(io, service)
                 .into_owned();
             let connection = connections.watch(connection);
             tokio::spawn(async move {
-                // A client that goes away mid-request is not the server's error.
-                let _ = connection.await;
+                tokio::select! {
+                    // A client that goes away mid-request is not the server's error.
+                    _ = connection => {}
+                    why = clients::past_limits(&activity, limits) => {
+                        tracing::debug!("closing a client connection: {why:?}");
+                    }
+                }
                 drop(open);
             });
         }
@@ -392,12 +428,14 @@ fn serve_worker(
 /// Every request sets timers minutes away (response and idle timeouts). A timer due sooner
 /// than the runtime's next wake-up makes tokio wake its driver with a write to an eventfd
 /// and one more `epoll_wait`; with nothing else pending, that is every request. A timer
-/// that is never more than a second away keeps the request timers from ever being sooner.
-async fn keep_timer_wakeups_near() {
+/// that is never more than 100 ms away keeps the request timers from ever being sooner.
+/// Each tick also advances the worker's coarse clock (see [`clients`]).
+async fn keep_timer_wakeups_near(clock: Arc<clients::CoarseClock>) {
     let mut tick = tokio::time::interval(TIMER_WAKEUP_BOUND);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        clock.tick();
     }
 }
 
@@ -483,18 +521,32 @@ fn router(app: &'static AppState) -> Router {
         .with_state(app)
 }
 
-/// Reloads on SIGHUP; returns on SIGINT or SIGTERM.
-async fn wait_for_stop(app: &AppState) -> anyhow::Result<()> {
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
-    loop {
-        tokio::select! {
-            _ = interrupt.recv() => return Ok(()),
-            _ = terminate.recv() => return Ok(()),
-            _ = hangup.recv() => {
-                tracing::info!("SIGHUP: reloading configuration");
-                app.reload();
+/// The signals `serve` handles.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn watch() -> anyhow::Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("cannot watch SIGTERM")?,
+            hangup: signal(SignalKind::hangup()).context("cannot watch SIGHUP")?,
+        })
+    }
+
+    /// Reloads on SIGHUP; returns on SIGINT or SIGTERM.
+    async fn wait_for_stop(mut self, app: &AppState) {
+        loop {
+            tokio::select! {
+                _ = self.interrupt.recv() => return,
+                _ = self.terminate.recv() => return,
+                _ = self.hangup.recv() => {
+                    tracing::info!("SIGHUP: reloading configuration");
+                    app.reload();
+                }
             }
         }
     }

@@ -22,7 +22,7 @@ use crate::provider::{
     ApiRoute, CREDENTIAL_HEADERS, ErrorSpec, ProviderApi, ProviderKind, credential_in,
 };
 use crate::secret::ApiKey;
-use crate::transport::{self, Response as UpstreamResponse};
+use crate::transport::{self, CollectError, Response as UpstreamResponse};
 
 /// `/_aibridge/...` paths the router does not know are proxied too (to a provider of that name).
 pub async fn handle_routed(State(app): State<&'static AppState>, request: Request) -> Response {
@@ -182,7 +182,14 @@ where
     if !bridge.authorize(&mut headers) {
         return Err(ErrorSpec::invalid_access_token());
     }
-    let body = read_body(body, &headers, bridge.settings.max_body_size).await?;
+    let settings = &bridge.settings;
+    let body = read_body(
+        body,
+        &headers,
+        settings.max_body_size,
+        settings.client_timeout,
+    )
+    .await?;
     let credentials = upstream
         .credentials_for(&headers, upstream.byok)
         .map_err(|error| failover_error_spec(&error))?;
@@ -348,7 +355,13 @@ fn split_provider(path: &str) -> (&str, &str) {
     }
 }
 
-async fn read_body<B>(body: B, headers: &HeaderMap, limit: u64) -> Result<Bytes, ErrorSpec>
+/// The request body, within `limit` bytes, with no pause longer than `stall`.
+async fn read_body<B>(
+    body: B,
+    headers: &HeaderMap,
+    limit: u64,
+    stall: std::time::Duration,
+) -> Result<Bytes, ErrorSpec>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
@@ -360,12 +373,17 @@ where
         return Err(ErrorSpec::body_too_large(limit));
     }
     let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
-    match transport::collect(http_body_util::Limited::new(body, limit_usize)).await {
+    let limited = http_body_util::Limited::new(body, limit_usize);
+    match transport::collect_within(limited, stall).await {
         Ok(body) => Ok(body),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+        Err(CollectError::Stalled(stall)) => Err(ErrorSpec::request_timeout(format!(
+            "the request body stalled: no data for {} (client_timeout)",
+            humantime::format_duration(stall)
+        ))),
+        Err(CollectError::Body(error)) if error.is::<http_body_util::LengthLimitError>() => {
             Err(ErrorSpec::body_too_large(limit))
         }
-        Err(error) => Err(ErrorSpec::bad_request(format!(
+        Err(CollectError::Body(error)) => Err(ErrorSpec::bad_request(format!(
             "cannot read the request body: {error}"
         ))),
     }

@@ -120,6 +120,12 @@ impl Test {
     /// The binary in this test's home and environment, without the test's arguments.
     fn bare_command(&self) -> Command {
         let mut command = Command::new(BIN);
+        self.in_home(&mut command);
+        command
+    }
+
+    /// Runs `command` in this test's home and environment.
+    fn in_home(&self, command: &mut Command) {
         command
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -129,7 +135,6 @@ impl Test {
             .env("XDG_DATA_HOME", self.path("data"))
             .envs(self.env.iter().map(|(name, value)| (name, value)))
             .current_dir(self.dir.path());
-        command
     }
 
     /// Starts the binary with piped stdout, for tests that read output as it arrives.
@@ -279,6 +284,23 @@ impl Test {
     pub fn serve_with(&self, args: &[&str]) -> Server {
         let mut command = self.bare_command();
         command.arg("serve").args(args);
+        self.serve_command(command)
+    }
+
+    /// Starts `aibridge serve ARGS` with its open-file soft limit lowered to `limit` (the hard
+    /// limit stays), as on a desktop that starts processes at 1,024.
+    pub fn serve_with_open_file_limit(&self, limit: u64, args: &[&str]) -> Server {
+        let mut command = Command::new("sh");
+        self.in_home(&mut command);
+        command
+            .arg("-c")
+            .arg(format!("ulimit -Sn {limit} && exec \"$0\" serve \"$@\""))
+            .arg(BIN)
+            .args(args);
+        self.serve_command(command)
+    }
+
+    fn serve_command(&self, mut command: Command) -> Server {
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -1,0 +1,183 @@
+//! Slow and idle clients: half-sent headers, stalled bodies, idle keep-alive connections,
+//! and more connections than the bridge may hold.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use crate::harness::{K1, MockUpstream, Server, Test};
+
+fn bridge(mock: &MockUpstream, extra: &str) -> Test {
+    Test::new().config(&format!(
+        "{extra}\n[providers.anthropic]\nbase_url = \"{}\"\nkeys = [\"{K1}\"]\n",
+        mock.url()
+    ))
+}
+
+/// Whether the server closed `stream` within `within` (a read sees the end).
+fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut buffer = [0u8; 4096];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+const HEAD: &str = "POST /anthropic/v1/messages HTTP/1.1\r\nhost: 127.0.0.1\r\n";
+
+/// Sends one whole request on `stream` and reads its answer's status line and headers.
+fn exchange(stream: &mut TcpStream) -> String {
+    write!(stream, "{HEAD}content-length: 2\r\n\r\n{{}}").unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !answer.windows(4).any(|window| window == b"\r\n\r\n") {
+        let read = stream.read(&mut buffer).unwrap();
+        assert!(read > 0, "closed before an answer");
+        answer.extend_from_slice(&buffer[..read]);
+    }
+    // The mock's answer is small and whole: the rest of it came with the head or follows.
+    std::thread::sleep(Duration::from_millis(50));
+    stream.set_nonblocking(true).unwrap();
+    let _ = stream.read(&mut buffer);
+    stream.set_nonblocking(false).unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[test]
+fn half_sent_headers_are_cut_off_after_client_timeout() {
+    let mock = MockUpstream::start();
+    let server = bridge(&mock, "client_timeout = \"1s\"").serve();
+    let mut slow = TcpStream::connect(server.address()).unwrap();
+    slow.write_all(HEAD.as_bytes()).unwrap();
+    let started = Instant::now();
+    assert!(closed_within(&mut slow, Duration::from_secs(4)));
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(900), "{took:?}");
+    assert!(mock.requests().is_empty());
+}
+
+#[test]
+fn an_idle_connection_lasts_client_idle_timeout_not_client_timeout() {
+    let mock = MockUpstream::start();
+    let server = bridge(
+        &mock,
+        "client_timeout = \"1s\"\nclient_idle_timeout = \"2500ms\"",
+    )
+    .serve();
+    let mut stream = TcpStream::connect(server.address()).unwrap();
+    assert!(exchange(&mut stream).starts_with("HTTP/1.1 200"));
+    // Idle past client_timeout, but within client_idle_timeout: still served.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(exchange(&mut stream).starts_with("HTTP/1.1 200"));
+    let started = Instant::now();
+    assert!(closed_within(&mut stream, Duration::from_secs(6)));
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "closed too soon"
+    );
+    assert_eq!(mock.requests().len(), 2);
+}
+
+#[test]
+fn a_stalled_request_body_is_answered_408_and_not_forwarded() {
+    let mock = MockUpstream::start();
+    let server = bridge(&mock, "client_timeout = \"1s\"").serve();
+    let mut stream = TcpStream::connect(server.address()).unwrap();
+    write!(stream, "{HEAD}content-length: 100\r\n\r\n{{\"model\":").unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("client_timeout"), "{answer}");
+    assert!(mock.requests().is_empty());
+}
+
+fn refused_connections(server: &Server) -> String {
+    server
+        .metrics()
+        .lines()
+        .find(|line| line.starts_with("aibridge_refused_connections_total"))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn connections_past_max_connections_are_closed_at_once() {
+    let mock = MockUpstream::start();
+    let server = bridge(&mock, "max_connections = 3").serve();
+    server.wait_for_log("serving at most 3 client connections at once");
+    let held: Vec<_> = (0..3)
+        .map(|_| TcpStream::connect(server.address()).unwrap())
+        .collect();
+    // Let the bridge count them before the next arrives.
+    std::thread::sleep(Duration::from_millis(200));
+    let mut fourth = TcpStream::connect(server.address()).unwrap();
+    assert!(
+        closed_within(&mut fourth, Duration::from_secs(2)),
+        "the fourth was served"
+    );
+    drop(held);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        refused_connections(&server),
+        "aibridge_refused_connections_total 1"
+    );
+    assert!(
+        server.post_message().status().is_success(),
+        "served again once below the cap"
+    );
+}
+
+/// Raises this test process's own open-file limit, to hold thousands of connections.
+fn raise_own_open_file_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed in.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = limit.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+    }
+    limit.rlim_max
+}
+
+#[test]
+fn two_thousand_slowloris_connections_do_not_lock_out_a_real_client() {
+    let hard = raise_own_open_file_limit();
+    assert!(
+        hard > 5_000,
+        "this test needs a hard open-file limit above 5,000 ({hard})"
+    );
+    let mock = MockUpstream::start();
+    let test = bridge(&mock, "");
+    let server = test.serve_with_open_file_limit(1024, &["--listen", "127.0.0.1:0"]);
+    server.wait_for_log("serving at most");
+    assert!(
+        !server.stderr().contains("open-file limit 1024)"),
+        "the soft limit was not raised:\n{}",
+        server.stderr()
+    );
+    let slowloris: Vec<_> = (0..2_000)
+        .map(|_| {
+            let mut stream = TcpStream::connect(server.address()).unwrap();
+            stream.write_all(HEAD.as_bytes()).unwrap();
+            stream
+        })
+        .collect();
+    let response = server.post_message();
+    assert_eq!(response.status(), 200);
+    assert_eq!(mock.requests().len(), 1);
+    drop(slowloris);
+}
