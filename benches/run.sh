@@ -8,6 +8,7 @@
 #   BENCH_SECONDS=3 benches/run.sh # shorter wrk runs
 #   benches/run.sh ab OLD_BINARY   # a change on the request path: the old build and this one
 #                                  # in turns at c=16 beside nginx, and instructions per request
+#   benches/run.sh connections     # RSS with 20,000 connections, and after they closed
 #
 # Not part of .ci/run: it measures, it does not test.
 set -euo pipefail
@@ -497,9 +498,47 @@ ab() {
   } | tee "$OUT/ab.md"
 }
 
-if [ "${1:-}" = ab ]; then
-  shift
-  ab "$@"
-else
-  main "$@"
-fi
+# connections: RSS of `serve` while 20,000 connections make requests at once, and after
+# they have closed (a bridge's memory for clients that come and go must be given back).
+connections() {
+  install_tools
+  say "building (release)"
+  cargo build --release --quiet --bin aibridge --example mock_upstream
+  make_bodies
+  ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+  target/release/examples/mock_upstream --listen "$MOCK" 2>"$WORK/mock.log" &
+  PIDS+=($!)
+  printf 'listen = "%s"\nmax_connections = 25000\n[providers.anthropic]\nbase_url = "http://%s"\nkeys = ["sk-bench-good-0000000000000000000001"]\n' \
+    "$BRIDGE" "$MOCK" >"$WORK/connections.toml"
+  AIBRIDGE_CONFIG="$WORK/connections.toml" target/release/aibridge serve --no-state 2>"$WORK/aibridge.log" &
+  BRIDGE_PID=$!
+  PIDS+=($BRIDGE_PID)
+  wait_for_port "$MOCK"
+  wait_for_port "$BRIDGE"
+  local idle peak=0 rss after
+  idle=$(rss_mb "$BRIDGE_PID")
+  wrk -t2 -c20000 -d8s -s "$WORK/body.lua" "http://$BRIDGE/anthropic/v1/messages" >"$OUT/wrk-connections.txt" 2>&1 &
+  local wrk_pid=$!
+  for _ in $(seq 8); do
+    sleep 1
+    rss=$(rss_mb "$BRIDGE_PID")
+    peak=$(awk -v a="$peak" -v b="$rss" 'BEGIN { print (b > a) ? b : a }')
+  done
+  wait "$wrk_pid" || true
+  sleep 5
+  after=$(rss_mb "$BRIDGE_PID")
+  {
+    echo "| measure | RSS MB |"
+    echo "|---|---|"
+    echo "| idle | $idle |"
+    echo "| peak, 20,000 connections making requests | $peak |"
+    echo "| 5 s after they closed | $after |"
+  } | tee "$OUT/connections.md"
+  grep -E "requests in|Socket errors" "$OUT/wrk-connections.txt" >&2 || true
+}
+
+case "${1:-}" in
+  ab) shift; ab "$@" ;;
+  connections) connections ;;
+  *) main "$@" ;;
+esac

@@ -145,16 +145,23 @@ impl Drop for InFlight {
     }
 }
 
-/// Resolves when the connection has gone past one of its limits. A head that starts while
-/// this sleeps moves its deadline closer without waking it (waking it would cost every
-/// request), so it looks again every quarter of the shorter limit: a limit holds to within
-/// a quarter of itself.
-pub async fn past_limits(activity: &Activity, limits: ClientLimits) -> Closed {
+/// Resolves when the connection has gone past one of its limits, or with `None` once
+/// `serving` (the connection's task) has ended. A head that starts while this sleeps moves
+/// its deadline closer without waking it (waking it would cost every request), so it looks
+/// again every quarter of the shorter limit: a limit holds to within a quarter of itself.
+pub async fn past_limits(
+    activity: &Activity,
+    limits: ClientLimits,
+    serving: &tokio::task::AbortHandle,
+) -> Option<Closed> {
     let recheck = (limits.headers.min(limits.idle) / 4).as_millis() as u64;
     loop {
+        if serving.is_finished() {
+            return None;
+        }
         let now = activity.clock.exact_ms();
         let next = match activity.deadline_ms(limits) {
-            Some((due, why)) if due <= now => return why,
+            Some((due, why)) if due <= now => return Some(why),
             Some((due, _)) => due.min(now + recheck),
             None => now + recheck,
         };

@@ -395,28 +395,25 @@ fn serve_worker(
             let operator_routes = operator_routes.clone();
             let noted = activity.clone();
             let service = hyper::service::service_fn(move |request| {
-                let in_flight = noted.request();
-                let answer = dispatch(app, operator_routes.clone(), request);
-                async move {
-                    let answer = answer.await;
-                    drop(in_flight);
-                    answer
-                }
+                dispatch(app, operator_routes.clone(), request, noted.request())
             });
             let io = TokioIo::new(clients::Tracked::new(stream, activity.clone()));
             let connection = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(io, service)
                 .into_owned();
             let connection = connections.watch(connection);
-            tokio::spawn(async move {
-                tokio::select! {
-                    // A client that goes away mid-request is not the server's error.
-                    _ = connection => {}
-                    why = clients::past_limits(&activity, limits) => {
-                        tracing::debug!("closing a client connection: {why:?}");
-                    }
-                }
+            let serving = tokio::spawn(async move {
+                // A client that goes away mid-request is not the server's error.
+                let _ = connection.await;
                 drop(open);
+            });
+            // A task of its own, so the connection's many wake-ups never poll its timer.
+            let serving = serving.abort_handle();
+            tokio::spawn(async move {
+                if let Some(why) = clients::past_limits(&activity, limits, &serving).await {
+                    tracing::debug!("closing a client connection: {why:?}");
+                    serving.abort();
+                }
             });
         }
         // Let requests in flight finish, and close idle connections.
@@ -441,11 +438,15 @@ async fn keep_timer_wakeups_near(clock: Arc<clients::CoarseClock>) {
 
 /// Admits the caller (see [`guard`]), then proxied requests go straight to the proxy and
 /// operator routes through the router.
+/// `in_flight` counts the request on its connection until the answer's head is out (held
+/// here rather than by a wrapping future, which would copy this one's few KB per request).
 async fn dispatch(
     app: &'static AppState,
     operator_routes: Router,
     request: http::Request<Incoming>,
+    in_flight: clients::InFlight,
 ) -> Result<axum::response::Response, std::convert::Infallible> {
+    let _in_flight = in_flight;
     let origin = match app
         .bridge
         .load()
