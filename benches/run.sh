@@ -527,12 +527,16 @@ connections() {
   wait "$wrk_pid" || true
   sleep 5
   after=$(rss_mb "$BRIDGE_PID")
+  sleep 20
+  local later
+  later=$(rss_mb "$BRIDGE_PID")
   {
     echo "| measure | RSS MB |"
     echo "|---|---|"
     echo "| idle | $idle |"
     echo "| peak, 20,000 connections making requests | $peak |"
-    echo "| 5 s after they closed | $after |"
+    echo "| 5 s after wrk closed them | $after |"
+    echo "| 25 s after | $later |"
   } | tee "$OUT/connections.md"
   grep -E "requests in|Socket errors" "$OUT/wrk-connections.txt" >&2 || true
 }
