@@ -146,12 +146,16 @@ pub struct Observation {
 }
 
 impl StateFile {
-    /// Merges one attempt: a mark never weakens what another process recorded.
+    /// Merges one attempt: a mark never weakens what another process recorded. Every
+    /// cooldown of the provider is capped at its `max_cooldown` from now on the way, so no
+    /// write carries a far deadline forward.
     pub fn observe(&mut self, seen: &Observation) {
-        let record = self
-            .providers
-            .entry(seen.provider.clone())
-            .or_default()
+        let keys = self.providers.entry(seen.provider.clone()).or_default();
+        let cap = seen.at.checked_add(seen.max_cooldown).unwrap_or(seen.at);
+        for record in keys.values_mut() {
+            record.cap_deadlines(cap);
+        }
+        let record = keys
             .entry(seen.fingerprint.clone())
             .or_insert_with(|| KeyRecord {
                 hint: seen.hint.clone(),
@@ -164,7 +168,6 @@ impl StateFile {
         record.last_status = seen.status;
         record.last_used = Some(seen.at);
         record.cooling.retain(|_, cooling| cooling.until > seen.at);
-        let cap = seen.at.checked_add(seen.max_cooldown).unwrap_or(seen.at);
         match (seen.mark, &seen.model) {
             (Some(KeyState::Cooling { until_ms }), Some(model)) => {
                 let until = from_unix_ms(until_ms);
@@ -243,6 +246,15 @@ impl StateFile {
 }
 
 impl KeyRecord {
+    fn cap_deadlines(&mut self, cap: SystemTime) {
+        if let RecordedState::Cooling { until, .. } = &mut self.state {
+            *until = (*until).min(cap);
+        }
+        for cooling in self.cooling.values_mut() {
+            cooling.until = cooling.until.min(cap);
+        }
+    }
+
     fn drop_excess_models(&mut self) {
         while self.cooling.len() > MAX_MODELS_PER_RECORD {
             let soonest = self

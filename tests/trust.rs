@@ -563,3 +563,62 @@ fn a_request_that_never_reached_the_upstream_is_sent_again_as_its_own_attempt() 
     assert_eq!(attempts[0]["resent"], true);
     assert!(attempts[1].get("resent").is_none());
 }
+
+#[cfg(unix)]
+#[test]
+fn a_link_planted_as_the_lock_file_is_not_followed() {
+    let mock = MockUpstream::start();
+    mock.on_key(K1, vec![Reply::rate_limited(30)]);
+    let test = Test::new().anthropic(&mock, &[K1, K2]);
+    let state = test.state_file();
+    std::fs::create_dir_all(state.parent().unwrap()).unwrap();
+    let target = test.path("planted-target");
+    std::os::unix::fs::symlink(&target, state.with_extension("json.lock")).unwrap();
+    let output = test.args(["send", "-d", "{}"]).run().code(2);
+    assert!(output.stderr.contains("state file"), "{}", output.stderr);
+    assert!(!target.exists(), "the link's target was created");
+    assert!(
+        mock.requests().is_empty(),
+        "nothing sent without the state file"
+    );
+}
+
+#[test]
+fn a_far_deadline_in_the_state_file_is_capped_at_max_cooldown() {
+    let mock = MockUpstream::start();
+    let test = Test::new().config(&format!(
+        "listen = \"127.0.0.1:{}\"\n[providers.anthropic]\nbase_url = \"{}\"\nkeys = [\"{K1}\", \"{K2}\"]\nmax_cooldown = \"60s\"\n",
+        dead_port(),
+        mock.url()
+    ));
+    let fingerprint = {
+        use sha2::Digest;
+        hex::encode(&sha2::Sha256::digest(K1.as_bytes())[..8])
+    };
+    let state = test.state_file();
+    std::fs::create_dir_all(state.parent().unwrap()).unwrap();
+    std::fs::write(
+        &state,
+        json!({"version": 1, "providers": {"anthropic": {fingerprint.clone(): {
+            "hint": hint(K1), "state": "cooling", "reason": "rate_limited",
+            "until": "2126-01-01T00:00:00Z"}}}})
+        .to_string(),
+    )
+    .unwrap();
+    let status = test.run_with(&["pool", "status", "--json"]).success();
+    let remaining = status.json()["providers"][0]["keys"][0]["cooldown_remaining_secs"]
+        .as_u64()
+        .unwrap();
+    assert!((55..=60).contains(&remaining), "{remaining}");
+    // And a write caps what the file held.
+    test.run_with(&["send", "-d", "{}"]).success();
+    assert_eq!(mock.keys_used(), [K2]);
+    let until = test.state()["providers"]["anthropic"][&fingerprint]["until"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        until.starts_with("20") && !until.starts_with("2126"),
+        "{until}"
+    );
+}
