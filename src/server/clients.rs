@@ -181,6 +181,12 @@ impl<T> Tracked<T> {
     pub fn new(io: T, activity: Arc<Activity>) -> Self {
         Self { io, activity }
     }
+
+    fn note_written(&self, result: &Poll<std::io::Result<usize>>) {
+        if matches!(result, Poll::Ready(Ok(written)) if *written > 0) {
+            self.activity.wrote();
+        }
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
@@ -207,9 +213,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         let result = Pin::new(&mut this.io).poll_write(cx, data);
-        if matches!(result, Poll::Ready(Ok(written)) if written > 0) {
-            this.activity.wrote();
-        }
+        this.note_written(&result);
         result
     }
 
@@ -220,9 +224,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         let result = Pin::new(&mut this.io).poll_write_vectored(cx, buffers);
-        if matches!(result, Poll::Ready(Ok(written)) if written > 0) {
-            this.activity.wrote();
-        }
+        this.note_written(&result);
         result
     }
 
