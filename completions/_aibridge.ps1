@@ -23,6 +23,7 @@ Register-ArgumentCompleter -Native -CommandName 'aibridge' -ScriptBlock {
         'aibridge' {
             [CompletionResult]::new('--config', '--config', [CompletionResultType]::ParameterName, 'Config file [default: <config dir>/aibridge/config.toml when it exists]')
             [CompletionResult]::new('--state-file', '--state-file', [CompletionResultType]::ParameterName, 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]')
+            [CompletionResult]::new('--redis-url', '--redis-url', [CompletionResultType]::ParameterName, 'Share key health through this Redis (redis://[user:password@]host:port/db, or rediss:// for TLS) instead of the state file [default: redis_url from the config]')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides')
             [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides')
             [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Print errors only')
@@ -44,8 +45,9 @@ Register-ArgumentCompleter -Native -CommandName 'aibridge' -ScriptBlock {
             [CompletionResult]::new('--workers', '--workers', [CompletionResultType]::ParameterName, 'Request-serving threads [default: one per CPU core]')
             [CompletionResult]::new('--config', '--config', [CompletionResultType]::ParameterName, 'Config file [default: <config dir>/aibridge/config.toml when it exists]')
             [CompletionResult]::new('--state-file', '--state-file', [CompletionResultType]::ParameterName, 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]')
+            [CompletionResult]::new('--redis-url', '--redis-url', [CompletionResultType]::ParameterName, 'Share key health through this Redis (redis://[user:password@]host:port/db, or rediss:// for TLS) instead of the state file [default: redis_url from the config]')
             [CompletionResult]::new('--allow-unauthenticated', '--allow-unauthenticated', [CompletionResultType]::ParameterName, 'Allow listening on a non-loopback address without access tokens')
-            [CompletionResult]::new('--no-state', '--no-state', [CompletionResultType]::ParameterName, 'Neither read nor write the state file')
+            [CompletionResult]::new('--no-state', '--no-state', [CompletionResultType]::ParameterName, 'Neither read nor write shared key health (the state file, or Redis)')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides')
             [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides')
             [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Print errors only')
@@ -65,8 +67,9 @@ Register-ArgumentCompleter -Native -CommandName 'aibridge' -ScriptBlock {
             [CompletionResult]::new('--timeout', '--timeout', [CompletionResultType]::ParameterName, 'How long each probe may take')
             [CompletionResult]::new('--config', '--config', [CompletionResultType]::ParameterName, 'Config file [default: <config dir>/aibridge/config.toml when it exists]')
             [CompletionResult]::new('--state-file', '--state-file', [CompletionResultType]::ParameterName, 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]')
+            [CompletionResult]::new('--redis-url', '--redis-url', [CompletionResultType]::ParameterName, 'Share key health through this Redis (redis://[user:password@]host:port/db, or rediss:// for TLS) instead of the state file [default: redis_url from the config]')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print a JSON array instead of a table')
-            [CompletionResult]::new('--no-state', '--no-state', [CompletionResultType]::ParameterName, 'Do not write the results to the state file')
+            [CompletionResult]::new('--no-state', '--no-state', [CompletionResultType]::ParameterName, 'Do not write the results to shared key health (the state file, or Redis)')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides')
             [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides')
             [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Print errors only')
@@ -92,8 +95,9 @@ Register-ArgumentCompleter -Native -CommandName 'aibridge' -ScriptBlock {
             [CompletionResult]::new('--timeout', '--timeout', [CompletionResultType]::ParameterName, 'How long each attempt may wait for the response to start')
             [CompletionResult]::new('--config', '--config', [CompletionResultType]::ParameterName, 'Config file [default: <config dir>/aibridge/config.toml when it exists]')
             [CompletionResult]::new('--state-file', '--state-file', [CompletionResultType]::ParameterName, 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]')
+            [CompletionResult]::new('--redis-url', '--redis-url', [CompletionResultType]::ParameterName, 'Share key health through this Redis (redis://[user:password@]host:port/db, or rediss:// for TLS) instead of the state file [default: redis_url from the config]')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print one JSON object (status, outcome, attempts, body) instead of the raw body')
-            [CompletionResult]::new('--no-state', '--no-state', [CompletionResultType]::ParameterName, 'Neither read nor write the state file')
+            [CompletionResult]::new('--no-state', '--no-state', [CompletionResultType]::ParameterName, 'Neither read nor write shared key health (the state file, or Redis)')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides')
             [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides')
             [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Print errors only')
@@ -107,6 +111,7 @@ Register-ArgumentCompleter -Native -CommandName 'aibridge' -ScriptBlock {
         'aibridge;pool' {
             [CompletionResult]::new('--config', '--config', [CompletionResultType]::ParameterName, 'Config file [default: <config dir>/aibridge/config.toml when it exists]')
             [CompletionResult]::new('--state-file', '--state-file', [CompletionResultType]::ParameterName, 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]')
+            [CompletionResult]::new('--redis-url', '--redis-url', [CompletionResultType]::ParameterName, 'Share key health through this Redis (redis://[user:password@]host:port/db, or rediss:// for TLS) instead of the state file [default: redis_url from the config]')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides')
             [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides')
             [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Print errors only')
@@ -115,8 +120,8 @@ Register-ArgumentCompleter -Native -CommandName 'aibridge' -ScriptBlock {
             [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
             [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
             [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
-            [CompletionResult]::new('status', 'status', [CompletionResultType]::ParameterValue, 'Show every key''s state, from the running server or else the state file')
-            [CompletionResult]::new('reset', 'reset', [CompletionResultType]::ParameterValue, 'Clear marks (all, one provider''s, or one key''s) in the state file and the running server')
+            [CompletionResult]::new('status', 'status', [CompletionResultType]::ParameterValue, 'Show every key''s state, from the running server or else shared key health')
+            [CompletionResult]::new('reset', 'reset', [CompletionResultType]::ParameterValue, 'Clear marks (all, one provider''s, or one key''s) in shared key health and the running server; through Redis, on every replica')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }
@@ -126,6 +131,7 @@ Register-ArgumentCompleter -Native -CommandName 'aibridge' -ScriptBlock {
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Ask this server [default: the server on the configured listen address, if one answers within 300 ms]')
             [CompletionResult]::new('--config', '--config', [CompletionResultType]::ParameterName, 'Config file [default: <config dir>/aibridge/config.toml when it exists]')
             [CompletionResult]::new('--state-file', '--state-file', [CompletionResultType]::ParameterName, 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]')
+            [CompletionResult]::new('--redis-url', '--redis-url', [CompletionResultType]::ParameterName, 'Share key health through this Redis (redis://[user:password@]host:port/db, or rediss:// for TLS) instead of the state file [default: redis_url from the config]')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON (the schema of GET /_aibridge/pool)')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides')
             [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides')
@@ -144,6 +150,7 @@ Register-ArgumentCompleter -Native -CommandName 'aibridge' -ScriptBlock {
             [CompletionResult]::new('--server', '--server', [CompletionResultType]::ParameterName, 'Also reset on this server [default: the server on the configured listen address, if one answers within 300 ms]')
             [CompletionResult]::new('--config', '--config', [CompletionResultType]::ParameterName, 'Config file [default: <config dir>/aibridge/config.toml when it exists]')
             [CompletionResult]::new('--state-file', '--state-file', [CompletionResultType]::ParameterName, 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]')
+            [CompletionResult]::new('--redis-url', '--redis-url', [CompletionResultType]::ParameterName, 'Share key health through this Redis (redis://[user:password@]host:port/db, or rediss:// for TLS) instead of the state file [default: redis_url from the config]')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides')
             [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides')
             [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Print errors only')
@@ -155,8 +162,8 @@ Register-ArgumentCompleter -Native -CommandName 'aibridge' -ScriptBlock {
             break
         }
         'aibridge;pool;help' {
-            [CompletionResult]::new('status', 'status', [CompletionResultType]::ParameterValue, 'Show every key''s state, from the running server or else the state file')
-            [CompletionResult]::new('reset', 'reset', [CompletionResultType]::ParameterValue, 'Clear marks (all, one provider''s, or one key''s) in the state file and the running server')
+            [CompletionResult]::new('status', 'status', [CompletionResultType]::ParameterValue, 'Show every key''s state, from the running server or else shared key health')
+            [CompletionResult]::new('reset', 'reset', [CompletionResultType]::ParameterValue, 'Clear marks (all, one provider''s, or one key''s) in shared key health and the running server; through Redis, on every replica')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }
@@ -173,6 +180,7 @@ Register-ArgumentCompleter -Native -CommandName 'aibridge' -ScriptBlock {
             [CompletionResult]::new('--dir', '--dir', [CompletionResultType]::ParameterName, 'Directory to write completions/ and man/ into')
             [CompletionResult]::new('--config', '--config', [CompletionResultType]::ParameterName, 'Config file [default: <config dir>/aibridge/config.toml when it exists]')
             [CompletionResult]::new('--state-file', '--state-file', [CompletionResultType]::ParameterName, 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]')
+            [CompletionResult]::new('--redis-url', '--redis-url', [CompletionResultType]::ParameterName, 'Share key health through this Redis (redis://[user:password@]host:port/db, or rediss:// for TLS) instead of the state file [default: redis_url from the config]')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides')
             [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides')
             [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Print errors only')
@@ -202,8 +210,8 @@ Register-ArgumentCompleter -Native -CommandName 'aibridge' -ScriptBlock {
             break
         }
         'aibridge;help;pool' {
-            [CompletionResult]::new('status', 'status', [CompletionResultType]::ParameterValue, 'Show every key''s state, from the running server or else the state file')
-            [CompletionResult]::new('reset', 'reset', [CompletionResultType]::ParameterValue, 'Clear marks (all, one provider''s, or one key''s) in the state file and the running server')
+            [CompletionResult]::new('status', 'status', [CompletionResultType]::ParameterValue, 'Show every key''s state, from the running server or else shared key health')
+            [CompletionResult]::new('reset', 'reset', [CompletionResultType]::ParameterValue, 'Clear marks (all, one provider''s, or one key''s) in shared key health and the running server; through Redis, on every replica')
             break
         }
         'aibridge;help;pool;status' {

@@ -83,7 +83,7 @@ _aibridge() {
 
     case "${cmd}" in
         aibridge)
-            opts="-v -q -h -V --config --state-file --verbose --quiet --help --version serve probe-keys send pool generate help"
+            opts="-v -q -h -V --config --state-file --redis-url --verbose --quiet --help --version serve probe-keys send pool generate help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -97,6 +97,10 @@ _aibridge() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --redis-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -105,7 +109,7 @@ _aibridge() {
             return 0
             ;;
         aibridge__subcmd__generate)
-            opts="-v -q -h -V --dir --config --state-file --verbose --quiet --help --version"
+            opts="-v -q -h -V --dir --config --state-file --redis-url --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -120,6 +124,10 @@ _aibridge() {
                     return 0
                     ;;
                 --state-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --redis-url)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -257,7 +265,7 @@ _aibridge() {
             return 0
             ;;
         aibridge__subcmd__pool)
-            opts="-v -q -h -V --config --state-file --verbose --quiet --help --version status reset help"
+            opts="-v -q -h -V --config --state-file --redis-url --verbose --quiet --help --version status reset help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -268,6 +276,10 @@ _aibridge() {
                     return 0
                     ;;
                 --state-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --redis-url)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -335,7 +347,7 @@ _aibridge() {
             return 0
             ;;
         aibridge__subcmd__pool__subcmd__reset)
-            opts="-p -v -q -h -V --provider --key --server --config --state-file --verbose --quiet --help --version"
+            opts="-p -v -q -h -V --provider --key --server --config --state-file --redis-url --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -365,6 +377,10 @@ _aibridge() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --redis-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -373,7 +389,7 @@ _aibridge() {
             return 0
             ;;
         aibridge__subcmd__pool__subcmd__status)
-            opts="-p -v -q -h -V --provider --json --server --config --state-file --verbose --quiet --help --version"
+            opts="-p -v -q -h -V --provider --json --server --config --state-file --redis-url --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -399,6 +415,10 @@ _aibridge() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --redis-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -407,7 +427,7 @@ _aibridge() {
             return 0
             ;;
         aibridge__subcmd__probe__subcmd__keys)
-            opts="-p -v -q -h -V --provider --keys-file --key --concurrency --json --no-state --timeout --config --state-file --verbose --quiet --help --version"
+            opts="-p -v -q -h -V --provider --keys-file --key --concurrency --json --no-state --timeout --config --state-file --redis-url --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -445,6 +465,10 @@ _aibridge() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --redis-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -453,7 +477,7 @@ _aibridge() {
             return 0
             ;;
         aibridge__subcmd__send)
-            opts="-p -d -X -H -v -q -h -V --provider --data --request --header --key --keys-file --json --no-state --wait --timeout --config --state-file --verbose --quiet --help --version"
+            opts="-p -d -X -H -v -q -h -V --provider --data --request --header --key --keys-file --json --no-state --wait --timeout --config --state-file --redis-url --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -515,6 +539,10 @@ _aibridge() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --redis-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -523,7 +551,7 @@ _aibridge() {
             return 0
             ;;
         aibridge__subcmd__serve)
-            opts="-v -q -h -V --listen --allow-unauthenticated --no-state --workers --config --state-file --verbose --quiet --help --version"
+            opts="-v -q -h -V --listen --allow-unauthenticated --no-state --workers --config --state-file --redis-url --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -542,6 +570,10 @@ _aibridge() {
                     return 0
                     ;;
                 --state-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --redis-url)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -20,6 +20,7 @@ set edit:completion:arg-completer[aibridge] = {|@words|
         &'aibridge'= {
             cand --config 'Config file [default: <config dir>/aibridge/config.toml when it exists]'
             cand --state-file 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]'
+            cand --redis-url 'Share key health through this Redis (redis://[user:password@]host:port/db, or rediss:// for TLS) instead of the state file [default: redis_url from the config]'
             cand -v 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
             cand --verbose 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
             cand -q 'Print errors only'
@@ -40,8 +41,9 @@ set edit:completion:arg-completer[aibridge] = {|@words|
             cand --workers 'Request-serving threads [default: one per CPU core]'
             cand --config 'Config file [default: <config dir>/aibridge/config.toml when it exists]'
             cand --state-file 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]'
+            cand --redis-url 'Share key health through this Redis (redis://[user:password@]host:port/db, or rediss:// for TLS) instead of the state file [default: redis_url from the config]'
             cand --allow-unauthenticated 'Allow listening on a non-loopback address without access tokens'
-            cand --no-state 'Neither read nor write the state file'
+            cand --no-state 'Neither read nor write shared key health (the state file, or Redis)'
             cand -v 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
             cand --verbose 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
             cand -q 'Print errors only'
@@ -60,8 +62,9 @@ set edit:completion:arg-completer[aibridge] = {|@words|
             cand --timeout 'How long each probe may take'
             cand --config 'Config file [default: <config dir>/aibridge/config.toml when it exists]'
             cand --state-file 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]'
+            cand --redis-url 'Share key health through this Redis (redis://[user:password@]host:port/db, or rediss:// for TLS) instead of the state file [default: redis_url from the config]'
             cand --json 'Print a JSON array instead of a table'
-            cand --no-state 'Do not write the results to the state file'
+            cand --no-state 'Do not write the results to shared key health (the state file, or Redis)'
             cand -v 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
             cand --verbose 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
             cand -q 'Print errors only'
@@ -86,8 +89,9 @@ set edit:completion:arg-completer[aibridge] = {|@words|
             cand --timeout 'How long each attempt may wait for the response to start'
             cand --config 'Config file [default: <config dir>/aibridge/config.toml when it exists]'
             cand --state-file 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]'
+            cand --redis-url 'Share key health through this Redis (redis://[user:password@]host:port/db, or rediss:// for TLS) instead of the state file [default: redis_url from the config]'
             cand --json 'Print one JSON object (status, outcome, attempts, body) instead of the raw body'
-            cand --no-state 'Neither read nor write the state file'
+            cand --no-state 'Neither read nor write shared key health (the state file, or Redis)'
             cand -v 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
             cand --verbose 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
             cand -q 'Print errors only'
@@ -100,6 +104,7 @@ set edit:completion:arg-completer[aibridge] = {|@words|
         &'aibridge;pool'= {
             cand --config 'Config file [default: <config dir>/aibridge/config.toml when it exists]'
             cand --state-file 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]'
+            cand --redis-url 'Share key health through this Redis (redis://[user:password@]host:port/db, or rediss:// for TLS) instead of the state file [default: redis_url from the config]'
             cand -v 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
             cand --verbose 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
             cand -q 'Print errors only'
@@ -108,8 +113,8 @@ set edit:completion:arg-completer[aibridge] = {|@words|
             cand --help 'Print help'
             cand -V 'Print version'
             cand --version 'Print version'
-            cand status 'Show every key''s state, from the running server or else the state file'
-            cand reset 'Clear marks (all, one provider''s, or one key''s) in the state file and the running server'
+            cand status 'Show every key''s state, from the running server or else shared key health'
+            cand reset 'Clear marks (all, one provider''s, or one key''s) in shared key health and the running server; through Redis, on every replica'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'aibridge;pool;status'= {
@@ -118,6 +123,7 @@ set edit:completion:arg-completer[aibridge] = {|@words|
             cand --server 'Ask this server [default: the server on the configured listen address, if one answers within 300 ms]'
             cand --config 'Config file [default: <config dir>/aibridge/config.toml when it exists]'
             cand --state-file 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]'
+            cand --redis-url 'Share key health through this Redis (redis://[user:password@]host:port/db, or rediss:// for TLS) instead of the state file [default: redis_url from the config]'
             cand --json 'Print JSON (the schema of GET /_aibridge/pool)'
             cand -v 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
             cand --verbose 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
@@ -135,6 +141,7 @@ set edit:completion:arg-completer[aibridge] = {|@words|
             cand --server 'Also reset on this server [default: the server on the configured listen address, if one answers within 300 ms]'
             cand --config 'Config file [default: <config dir>/aibridge/config.toml when it exists]'
             cand --state-file 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]'
+            cand --redis-url 'Share key health through this Redis (redis://[user:password@]host:port/db, or rediss:// for TLS) instead of the state file [default: redis_url from the config]'
             cand -v 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
             cand --verbose 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
             cand -q 'Print errors only'
@@ -145,8 +152,8 @@ set edit:completion:arg-completer[aibridge] = {|@words|
             cand --version 'Print version'
         }
         &'aibridge;pool;help'= {
-            cand status 'Show every key''s state, from the running server or else the state file'
-            cand reset 'Clear marks (all, one provider''s, or one key''s) in the state file and the running server'
+            cand status 'Show every key''s state, from the running server or else shared key health'
+            cand reset 'Clear marks (all, one provider''s, or one key''s) in shared key health and the running server; through Redis, on every replica'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'aibridge;pool;help;status'= {
@@ -159,6 +166,7 @@ set edit:completion:arg-completer[aibridge] = {|@words|
             cand --dir 'Directory to write completions/ and man/ into'
             cand --config 'Config file [default: <config dir>/aibridge/config.toml when it exists]'
             cand --state-file 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]'
+            cand --redis-url 'Share key health through this Redis (redis://[user:password@]host:port/db, or rediss:// for TLS) instead of the state file [default: redis_url from the config]'
             cand -v 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
             cand --verbose 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
             cand -q 'Print errors only'
@@ -183,8 +191,8 @@ set edit:completion:arg-completer[aibridge] = {|@words|
         &'aibridge;help;send'= {
         }
         &'aibridge;help;pool'= {
-            cand status 'Show every key''s state, from the running server or else the state file'
-            cand reset 'Clear marks (all, one provider''s, or one key''s) in the state file and the running server'
+            cand status 'Show every key''s state, from the running server or else shared key health'
+            cand reset 'Clear marks (all, one provider''s, or one key''s) in shared key health and the running server; through Redis, on every replica'
         }
         &'aibridge;help;pool;status'= {
         }

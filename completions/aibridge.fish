@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_aibridge_global_optspecs
-    string join \n config= state-file= v/verbose q/quiet h/help V/version
+    string join \n config= state-file= redis-url= v/verbose q/quiet h/help V/version
 end
 
 function __fish_aibridge_needs_command
@@ -26,6 +26,7 @@ end
 
 complete -c aibridge -n "__fish_aibridge_needs_command" -l config -d 'Config file [default: <config dir>/aibridge/config.toml when it exists]' -r -F
 complete -c aibridge -n "__fish_aibridge_needs_command" -l state-file -d 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]' -r -F
+complete -c aibridge -n "__fish_aibridge_needs_command" -l redis-url -d 'Share key health through this Redis (redis://[user:password@]host:port/db, or rediss:// for TLS) instead of the state file [default: redis_url from the config]' -r
 complete -c aibridge -n "__fish_aibridge_needs_command" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
 complete -c aibridge -n "__fish_aibridge_needs_command" -s q -l quiet -d 'Print errors only'
 complete -c aibridge -n "__fish_aibridge_needs_command" -s h -l help -d 'Print help'
@@ -40,8 +41,9 @@ complete -c aibridge -n "__fish_aibridge_using_subcommand serve" -l listen -d 'A
 complete -c aibridge -n "__fish_aibridge_using_subcommand serve" -l workers -d 'Request-serving threads [default: one per CPU core]' -r
 complete -c aibridge -n "__fish_aibridge_using_subcommand serve" -l config -d 'Config file [default: <config dir>/aibridge/config.toml when it exists]' -r -F
 complete -c aibridge -n "__fish_aibridge_using_subcommand serve" -l state-file -d 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]' -r -F
+complete -c aibridge -n "__fish_aibridge_using_subcommand serve" -l redis-url -d 'Share key health through this Redis (redis://[user:password@]host:port/db, or rediss:// for TLS) instead of the state file [default: redis_url from the config]' -r
 complete -c aibridge -n "__fish_aibridge_using_subcommand serve" -l allow-unauthenticated -d 'Allow listening on a non-loopback address without access tokens'
-complete -c aibridge -n "__fish_aibridge_using_subcommand serve" -l no-state -d 'Neither read nor write the state file'
+complete -c aibridge -n "__fish_aibridge_using_subcommand serve" -l no-state -d 'Neither read nor write shared key health (the state file, or Redis)'
 complete -c aibridge -n "__fish_aibridge_using_subcommand serve" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
 complete -c aibridge -n "__fish_aibridge_using_subcommand serve" -s q -l quiet -d 'Print errors only'
 complete -c aibridge -n "__fish_aibridge_using_subcommand serve" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -53,8 +55,9 @@ complete -c aibridge -n "__fish_aibridge_using_subcommand probe-keys" -l concurr
 complete -c aibridge -n "__fish_aibridge_using_subcommand probe-keys" -l timeout -d 'How long each probe may take' -r
 complete -c aibridge -n "__fish_aibridge_using_subcommand probe-keys" -l config -d 'Config file [default: <config dir>/aibridge/config.toml when it exists]' -r -F
 complete -c aibridge -n "__fish_aibridge_using_subcommand probe-keys" -l state-file -d 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]' -r -F
+complete -c aibridge -n "__fish_aibridge_using_subcommand probe-keys" -l redis-url -d 'Share key health through this Redis (redis://[user:password@]host:port/db, or rediss:// for TLS) instead of the state file [default: redis_url from the config]' -r
 complete -c aibridge -n "__fish_aibridge_using_subcommand probe-keys" -l json -d 'Print a JSON array instead of a table'
-complete -c aibridge -n "__fish_aibridge_using_subcommand probe-keys" -l no-state -d 'Do not write the results to the state file'
+complete -c aibridge -n "__fish_aibridge_using_subcommand probe-keys" -l no-state -d 'Do not write the results to shared key health (the state file, or Redis)'
 complete -c aibridge -n "__fish_aibridge_using_subcommand probe-keys" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
 complete -c aibridge -n "__fish_aibridge_using_subcommand probe-keys" -s q -l quiet -d 'Print errors only'
 complete -c aibridge -n "__fish_aibridge_using_subcommand probe-keys" -s h -l help -d 'Print help (see more with \'--help\')'
@@ -69,25 +72,28 @@ complete -c aibridge -n "__fish_aibridge_using_subcommand send" -l wait -d 'When
 complete -c aibridge -n "__fish_aibridge_using_subcommand send" -l timeout -d 'How long each attempt may wait for the response to start' -r
 complete -c aibridge -n "__fish_aibridge_using_subcommand send" -l config -d 'Config file [default: <config dir>/aibridge/config.toml when it exists]' -r -F
 complete -c aibridge -n "__fish_aibridge_using_subcommand send" -l state-file -d 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]' -r -F
+complete -c aibridge -n "__fish_aibridge_using_subcommand send" -l redis-url -d 'Share key health through this Redis (redis://[user:password@]host:port/db, or rediss:// for TLS) instead of the state file [default: redis_url from the config]' -r
 complete -c aibridge -n "__fish_aibridge_using_subcommand send" -l json -d 'Print one JSON object (status, outcome, attempts, body) instead of the raw body'
-complete -c aibridge -n "__fish_aibridge_using_subcommand send" -l no-state -d 'Neither read nor write the state file'
+complete -c aibridge -n "__fish_aibridge_using_subcommand send" -l no-state -d 'Neither read nor write shared key health (the state file, or Redis)'
 complete -c aibridge -n "__fish_aibridge_using_subcommand send" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
 complete -c aibridge -n "__fish_aibridge_using_subcommand send" -s q -l quiet -d 'Print errors only'
 complete -c aibridge -n "__fish_aibridge_using_subcommand send" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c aibridge -n "__fish_aibridge_using_subcommand send" -s V -l version -d 'Print version'
 complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and not __fish_seen_subcommand_from status reset help" -l config -d 'Config file [default: <config dir>/aibridge/config.toml when it exists]' -r -F
 complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and not __fish_seen_subcommand_from status reset help" -l state-file -d 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]' -r -F
+complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and not __fish_seen_subcommand_from status reset help" -l redis-url -d 'Share key health through this Redis (redis://[user:password@]host:port/db, or rediss:// for TLS) instead of the state file [default: redis_url from the config]' -r
 complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and not __fish_seen_subcommand_from status reset help" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
 complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and not __fish_seen_subcommand_from status reset help" -s q -l quiet -d 'Print errors only'
 complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and not __fish_seen_subcommand_from status reset help" -s h -l help -d 'Print help'
 complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and not __fish_seen_subcommand_from status reset help" -s V -l version -d 'Print version'
-complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and not __fish_seen_subcommand_from status reset help" -f -a "status" -d 'Show every key\'s state, from the running server or else the state file'
-complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and not __fish_seen_subcommand_from status reset help" -f -a "reset" -d 'Clear marks (all, one provider\'s, or one key\'s) in the state file and the running server'
+complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and not __fish_seen_subcommand_from status reset help" -f -a "status" -d 'Show every key\'s state, from the running server or else shared key health'
+complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and not __fish_seen_subcommand_from status reset help" -f -a "reset" -d 'Clear marks (all, one provider\'s, or one key\'s) in shared key health and the running server; through Redis, on every replica'
 complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and not __fish_seen_subcommand_from status reset help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from status" -s p -l provider -d 'Only this provider' -r
 complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from status" -l server -d 'Ask this server [default: the server on the configured listen address, if one answers within 300 ms]' -r
 complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from status" -l config -d 'Config file [default: <config dir>/aibridge/config.toml when it exists]' -r -F
 complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from status" -l state-file -d 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]' -r -F
+complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from status" -l redis-url -d 'Share key health through this Redis (redis://[user:password@]host:port/db, or rediss:// for TLS) instead of the state file [default: redis_url from the config]' -r
 complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from status" -l json -d 'Print JSON (the schema of GET /_aibridge/pool)'
 complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from status" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
 complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from status" -s q -l quiet -d 'Print errors only'
@@ -98,16 +104,18 @@ complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_
 complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from reset" -l server -d 'Also reset on this server [default: the server on the configured listen address, if one answers within 300 ms]' -r
 complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from reset" -l config -d 'Config file [default: <config dir>/aibridge/config.toml when it exists]' -r -F
 complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from reset" -l state-file -d 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]' -r -F
+complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from reset" -l redis-url -d 'Share key health through this Redis (redis://[user:password@]host:port/db, or rediss:// for TLS) instead of the state file [default: redis_url from the config]' -r
 complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from reset" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
 complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from reset" -s q -l quiet -d 'Print errors only'
 complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from reset" -s h -l help -d 'Print help'
 complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from reset" -s V -l version -d 'Print version'
-complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from help" -f -a "status" -d 'Show every key\'s state, from the running server or else the state file'
-complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from help" -f -a "reset" -d 'Clear marks (all, one provider\'s, or one key\'s) in the state file and the running server'
+complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from help" -f -a "status" -d 'Show every key\'s state, from the running server or else shared key health'
+complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from help" -f -a "reset" -d 'Clear marks (all, one provider\'s, or one key\'s) in shared key health and the running server; through Redis, on every replica'
 complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c aibridge -n "__fish_aibridge_using_subcommand generate" -l dir -d 'Directory to write completions/ and man/ into' -r -F
 complete -c aibridge -n "__fish_aibridge_using_subcommand generate" -l config -d 'Config file [default: <config dir>/aibridge/config.toml when it exists]' -r -F
 complete -c aibridge -n "__fish_aibridge_using_subcommand generate" -l state-file -d 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]' -r -F
+complete -c aibridge -n "__fish_aibridge_using_subcommand generate" -l redis-url -d 'Share key health through this Redis (redis://[user:password@]host:port/db, or rediss:// for TLS) instead of the state file [default: redis_url from the config]' -r
 complete -c aibridge -n "__fish_aibridge_using_subcommand generate" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
 complete -c aibridge -n "__fish_aibridge_using_subcommand generate" -s q -l quiet -d 'Print errors only'
 complete -c aibridge -n "__fish_aibridge_using_subcommand generate" -s h -l help -d 'Print help'
@@ -118,5 +126,5 @@ complete -c aibridge -n "__fish_aibridge_using_subcommand help; and not __fish_s
 complete -c aibridge -n "__fish_aibridge_using_subcommand help; and not __fish_seen_subcommand_from serve probe-keys send pool generate help" -f -a "pool" -d 'Inspect the key pool'
 complete -c aibridge -n "__fish_aibridge_using_subcommand help; and not __fish_seen_subcommand_from serve probe-keys send pool generate help" -f -a "generate" -d 'Write shell completions and man pages (for maintainers)'
 complete -c aibridge -n "__fish_aibridge_using_subcommand help; and not __fish_seen_subcommand_from serve probe-keys send pool generate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c aibridge -n "__fish_aibridge_using_subcommand help; and __fish_seen_subcommand_from pool" -f -a "status" -d 'Show every key\'s state, from the running server or else the state file'
-complete -c aibridge -n "__fish_aibridge_using_subcommand help; and __fish_seen_subcommand_from pool" -f -a "reset" -d 'Clear marks (all, one provider\'s, or one key\'s) in the state file and the running server'
+complete -c aibridge -n "__fish_aibridge_using_subcommand help; and __fish_seen_subcommand_from pool" -f -a "status" -d 'Show every key\'s state, from the running server or else shared key health'
+complete -c aibridge -n "__fish_aibridge_using_subcommand help; and __fish_seen_subcommand_from pool" -f -a "reset" -d 'Clear marks (all, one provider\'s, or one key\'s) in shared key health and the running server; through Redis, on every replica'

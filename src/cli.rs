@@ -35,6 +35,12 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "AIBRIDGE_STATE_FILE", value_name = "FILE")]
     pub state_file: Option<PathBuf>,
 
+    /// Share key health through this Redis (redis://[user:password@]host:port/db, or rediss://
+    /// for TLS) instead of the state file [default: redis_url from the config]
+    #[arg(long, global = true, env = "AIBRIDGE_REDIS_URL", value_name = "URL",
+          value_parser = parse_redis_url, hide_env_values = true)]
+    pub redis_url: Option<crate::secret::RedisUrl>,
+
     /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -56,7 +62,8 @@ pub enum Command {
     /// Check which keys work: one cheap request per key (a models list), no failover
     ///
     /// Verdicts: valid (2xx), invalid (401/403), rate-limited (429), error (anything else).
-    /// Results go to the state file: invalid disables, rate-limited cools, valid clears a mark.
+    /// Results go to shared key health (the state file, or Redis): invalid disables,
+    /// rate-limited cools, valid clears a mark.
     /// Exit codes: 0 every key is valid; 1 any is not; 2 usage or config error.
     ProbeKeys(ProbeKeysArgs),
 
@@ -88,7 +95,7 @@ pub struct ServeArgs {
     #[arg(long, env = "AIBRIDGE_ALLOW_UNAUTHENTICATED")]
     pub allow_unauthenticated: bool,
 
-    /// Neither read nor write the state file
+    /// Neither read nor write shared key health (the state file, or Redis)
     #[arg(long, env = "AIBRIDGE_NO_STATE")]
     pub no_state: bool,
 
@@ -123,7 +130,7 @@ pub struct ProbeKeysArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Do not write the results to the state file
+    /// Do not write the results to shared key health (the state file, or Redis)
     #[arg(long, env = "AIBRIDGE_NO_STATE")]
     pub no_state: bool,
 
@@ -135,14 +142,14 @@ pub struct ProbeKeysArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum PoolCommand {
-    /// Show every key's state, from the running server or else the state file
+    /// Show every key's state, from the running server or else shared key health
     ///
     /// Exit codes: 0 every provider with keys has an available one; 1 some provider has
     /// none; 2 usage or config error.
     Status(PoolStatusArgs),
 
-    /// Clear marks (all, one provider's, or one key's) in the state file and the running
-    /// server
+    /// Clear marks (all, one provider's, or one key's) in shared key health and the running
+    /// server; through Redis, on every replica
     Reset(PoolResetArgs),
 }
 
@@ -220,7 +227,7 @@ pub struct SendArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Neither read nor write the state file
+    /// Neither read nor write shared key health (the state file, or Redis)
     #[arg(long, env = "AIBRIDGE_NO_STATE")]
     pub no_state: bool,
 
@@ -240,6 +247,10 @@ pub struct GenerateArgs {
     /// Directory to write completions/ and man/ into
     #[arg(long, default_value = ".", value_name = "DIR")]
     pub dir: PathBuf,
+}
+
+fn parse_redis_url(text: &str) -> Result<crate::secret::RedisUrl, String> {
+    crate::secret::RedisUrl::parse(text).map_err(|error| error.to_string())
 }
 
 fn parse_method(text: &str) -> Result<Method, String> {

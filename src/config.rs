@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use crate::keypool::{CooldownScope, PoolSettings, Strategy, validate_keys};
 use crate::provider::ProviderKind;
-use crate::secret::ApiKey;
+use crate::secret::{ApiKey, RedisUrl};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
 
@@ -37,6 +37,10 @@ pub struct Config {
     pub source: Option<PathBuf>,
     pub listen: SocketAddr,
     pub state_file: Option<PathBuf>,
+    /// Where key health is shared with other processes; `None` = the state file.
+    pub redis_url: Option<RedisUrl>,
+    /// Namespaces every Redis key and channel aibridge uses.
+    pub redis_prefix: String,
     /// By name: the route prefix and `--provider` value.
     pub providers: BTreeMap<String, ProviderConfig>,
     pub serve: ServeSettings,
@@ -148,6 +152,8 @@ impl ConfigError {
 struct RawConfig {
     listen: Option<String>,
     state_file: Option<PathBuf>,
+    redis_url: Option<String>,
+    redis_prefix: Option<String>,
     #[serde(default)]
     access_tokens: Vec<String>,
     max_body_size: Option<bytesize::ByteSize>,
@@ -301,6 +307,7 @@ fn resolve(
         source,
     })?;
     let serve = resolve_serve(&raw, base_dir, env)?;
+    let (redis_url, redis_prefix) = resolve_redis(&raw, env)?;
     let providers = raw
         .providers
         .into_iter()
@@ -313,9 +320,42 @@ fn resolve(
         source,
         listen,
         state_file: raw.state_file.map(|file| base_dir.join(file)),
+        redis_url,
+        redis_prefix,
         providers,
         serve,
     })
+}
+
+/// The prefix of every Redis key and channel, unless configured otherwise.
+pub const DEFAULT_REDIS_PREFIX: &str = "aibridge";
+
+fn resolve_redis(
+    raw: &RawConfig,
+    env: EnvLookup<'_>,
+) -> Result<(Option<RedisUrl>, String), ConfigError> {
+    let url = match env("AIBRIDGE_REDIS_URL").or_else(|| raw.redis_url.clone()) {
+        Some(text) if !text.trim().is_empty() => Some(RedisUrl::parse(text.trim()).map_err(
+            |error| ConfigError::Setting {
+                setting: "redis_url",
+                message: error.to_string(),
+            },
+        )?),
+        _ => None,
+    };
+    let prefix = env("AIBRIDGE_REDIS_PREFIX")
+        .or_else(|| raw.redis_prefix.clone())
+        .unwrap_or_else(|| DEFAULT_REDIS_PREFIX.to_owned());
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "_.:-".contains(c);
+    if prefix.is_empty() || !prefix.chars().all(allowed) {
+        return Err(ConfigError::Setting {
+            setting: "redis_prefix",
+            message: format!(
+                "{prefix:?} must be letters, digits and _ . : - only (it is part of Redis key patterns)"
+            ),
+        });
+    }
+    Ok((url, prefix))
 }
 
 fn resolve_serve(

@@ -14,12 +14,12 @@ use http_body_util::Full;
 use tokio::sync::Notify;
 
 use crate::config::ProviderConfig;
+use crate::health::Observation;
 use crate::keypool::{
     Clock, DisableReason, Exhausted, ExhaustionKind, KeyState, Mark, MarkOutcome, Pool, PoolError,
 };
 use crate::provider::{ProviderKind, caller_credential, is_quota_error, may_signal_quota};
 use crate::secret::ApiKey;
-use crate::state::Observation;
 use crate::transport::{self, HttpClient, Origin, Response, ResponseBody};
 
 /// A provider as the walker uses it: where to send, and the keys to send with.

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod failover;
+pub mod health;
 pub mod keypool;
 mod logging;
 pub mod probe;
@@ -14,7 +15,6 @@ pub mod provider;
 pub mod report;
 pub mod secret;
 pub mod server;
-pub mod state;
 pub mod transport;
 
 use std::process::ExitCode;

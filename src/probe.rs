@@ -9,9 +9,9 @@ use http::{HeaderMap, Method};
 use serde::Serialize;
 
 use crate::failover::{FailoverError, OutboundRequest, Upstream, Walker};
+use crate::health::{HealthChange, Observation};
 use crate::keypool::{DisableReason, KeyState, Mark, ceil_secs, to_unix_ms};
 use crate::provider::is_quota_error;
-use crate::state::{Observation, StateFile};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -165,14 +165,18 @@ impl Probe {
         }
     }
 
-    /// Writes the verdict into the state file the same way.
-    pub fn record(&self, state: &mut StateFile, at: SystemTime) {
-        // A probe that failed on the network says nothing about the key.
+    /// The verdict as changes to shared health, made the same way: nothing for a probe
+    /// that failed on the network, which says nothing about the key.
+    pub fn changes(&self, at: SystemTime) -> Vec<HealthChange> {
         if self.status.is_none() {
-            return;
+            return Vec::new();
         }
+        let mut changes = Vec::new();
         if self.verdict == Verdict::Valid {
-            state.clear(Some(&self.provider), Some(&self.fingerprint), at);
+            changes.push(HealthChange::Cleared {
+                provider: Some(self.provider.clone()),
+                fingerprint: Some(self.fingerprint.clone()),
+            });
         }
         let mark = match self.mark {
             Some(Mark::Disable(reason)) => Some(KeyState::Disabled(reason)),
@@ -181,7 +185,7 @@ impl Probe {
             }),
             None => None,
         };
-        state.observe(&Observation {
+        changes.push(HealthChange::Observed(Observation {
             provider: self.provider.clone(),
             fingerprint: self.fingerprint.clone(),
             hint: self.hint.clone(),
@@ -190,7 +194,8 @@ impl Probe {
             model: None,
             at,
             max_cooldown: self.max_cooldown,
-        });
+        }));
+        changes
     }
 }
 

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::failover::Upstream;
+pub use crate::health::ClearedKey;
 use crate::keypool::{KeySnapshot, KeyState, ceil_secs, from_unix_ms};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,16 +119,6 @@ pub struct ResetRequest {
     /// A masked hint or a fingerprint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
-}
-
-/// A key whose mark was cleared.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClearedKey {
-    pub provider: String,
-    pub key: String,
-    pub fingerprint: String,
-    /// The state before: `cooling` or `disabled`.
-    pub was: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

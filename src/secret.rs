@@ -87,9 +87,73 @@ impl Serialize for ApiKey {
     }
 }
 
+/// A Redis URL, which may carry a password: shown with the password masked.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl(url::Url);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RedisUrlError {
+    #[error("not a URL ({0})")]
+    Syntax(url::ParseError),
+    #[error("the scheme must be redis:// or rediss://, not {0}://")]
+    Scheme(String),
+    #[error("no host")]
+    NoHost,
+}
+
+impl RedisUrl {
+    pub fn parse(text: &str) -> Result<Self, RedisUrlError> {
+        let url = url::Url::parse(text).map_err(RedisUrlError::Syntax)?;
+        if !matches!(url.scheme(), "redis" | "rediss") {
+            return Err(RedisUrlError::Scheme(url.scheme().to_owned()));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(RedisUrlError::NoHost);
+        }
+        Ok(Self(url))
+    }
+
+    /// The URL with its password, for the one place that needs it: the Redis client.
+    pub fn expose(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut shown = self.0.clone();
+        if shown.password().is_some() {
+            // Cannot fail: the URL has a host, or it would not have parsed.
+            let _ = shown.set_password(Some("***"));
+        }
+        f.write_str(shown.as_str())
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RedisUrl({self})")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redis_urls_hide_their_password() {
+        let url = RedisUrl::parse("redis://user:hunter2secret@127.0.0.1:6379/2").unwrap();
+        assert_eq!(url.to_string(), "redis://user:***@127.0.0.1:6379/2");
+        assert!(!format!("{url:?}").contains("hunter2"));
+        assert!(url.expose().contains("hunter2secret"));
+        assert!(RedisUrl::parse("rediss://cache.internal:6380").is_ok());
+        let wrong = RedisUrl::parse("http://127.0.0.1:6379").unwrap_err();
+        assert_eq!(
+            wrong.to_string(),
+            "the scheme must be redis:// or rediss://, not http://"
+        );
+        assert!(RedisUrl::parse("127.0.0.1:6379").is_err());
+    }
 
     #[test]
     fn selectors_are_shown_only_when_they_reveal_nothing() {

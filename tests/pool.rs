@@ -203,7 +203,7 @@ fn reset_refuses_an_ambiguous_hint() {
         .args(["pool", "reset", "--key", "sk-a...zz99"])
         .run()
         .code(2)
-        .one_line_error("\"sk-a...zz99\" matches 2 keys (anthropic sk-a...zz99 ");
+        .one_line_error("\"sk-a...zz99\" matches 2 keys (anthropic:");
 }
 
 #[test]

@@ -14,8 +14,8 @@ use anyhow::Context;
 
 use crate::cli::GlobalArgs;
 use crate::config::{self, Config, ProviderConfig, parse_keys_file};
+use crate::health::{HealthChange, HealthError, HealthStore, RedisHealth, StateFile, StateStore};
 use crate::secret::ApiKey;
-use crate::state::StateStore;
 
 /// The configured provider `name`, or an error naming the configured ones.
 pub fn provider_config<'a>(config: &'a Config, name: &str) -> anyhow::Result<&'a ProviderConfig> {
@@ -54,11 +54,21 @@ pub fn load_config(global: &GlobalArgs) -> anyhow::Result<Config> {
     config::load(global.config.as_deref(), &env).context("invalid configuration")
 }
 
-/// The state file to use: `--state-file`/`AIBRIDGE_STATE_FILE`, else the config's, else the
-/// default location. `None` with `--no-state`.
-pub fn state_store(global: &GlobalArgs, config: &Config, no_state: bool) -> Option<StateStore> {
+/// Where key health is shared: Redis when a URL is given (`--redis-url`,
+/// `AIBRIDGE_REDIS_URL`, `redis_url`), else the state file (`--state-file`,
+/// `AIBRIDGE_STATE_FILE`, `state_file`, else the default location). `None` with `--no-state`,
+/// or when the system has no state directory.
+pub fn health_store(
+    global: &GlobalArgs,
+    config: &Config,
+    no_state: bool,
+) -> anyhow::Result<Option<HealthStore>> {
     if no_state {
-        return None;
+        return Ok(None);
+    }
+    if let Some(url) = global.redis_url.as_ref().or(config.redis_url.as_ref()) {
+        let redis = RedisHealth::new(url, &config.redis_prefix)?;
+        return Ok(Some(HealthStore::Redis(Box::new(redis))));
     }
     let path = global
         .state_file
@@ -68,7 +78,53 @@ pub fn state_store(global: &GlobalArgs, config: &Config, no_state: bool) -> Opti
     if path.is_none() {
         tracing::warn!("no state directory on this system; key marks will not be kept");
     }
-    path.map(StateStore::new)
+    Ok(path.map(|path| HealthStore::File(StateStore::new(path))))
+}
+
+/// Shared key health around a one-shot command: read before it, written after. Redis out of
+/// reach is said once on stderr and the command goes on with its own marks; a state file that
+/// cannot be read is an error.
+pub struct SharedHealth {
+    store: Option<HealthStore>,
+    /// Whether loading reached the store: a store that could not be read is not written.
+    reachable: bool,
+}
+
+impl SharedHealth {
+    pub fn open(global: &GlobalArgs, config: &Config, no_state: bool) -> anyhow::Result<Self> {
+        Ok(Self {
+            store: health_store(global, config, no_state)?,
+            reachable: true,
+        })
+    }
+
+    /// Every shared mark; `None` without a store, or with Redis out of reach.
+    pub async fn load(&mut self) -> anyhow::Result<Option<StateFile>> {
+        let Some(store) = &self.store else {
+            return Ok(None);
+        };
+        match store.load().await {
+            Ok(state) => Ok(Some(state)),
+            Err(HealthError::File(error)) => {
+                Err(error).context("cannot read the state file (--no-state skips it)")
+            }
+            Err(error) => {
+                self.reachable = false;
+                tracing::warn!("key marks are not shared: {error}");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Records what the command saw; a failure is a warning, as the command's result stands.
+    pub async fn record(&self, changes: Vec<HealthChange>) {
+        let Some(store) = self.store.as_ref().filter(|_| self.reachable) else {
+            return;
+        };
+        if let Err(error) = store.apply(changes).await {
+            tracing::warn!("key marks not saved: {error}");
+        }
+    }
 }
 
 /// Runs a future on a runtime made for one command.

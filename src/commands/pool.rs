@@ -1,7 +1,6 @@
 //! `aibridge pool status` and `aibridge pool reset`: the pool as the running server sees it,
 //! or as the state file records it when no server runs.
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -12,15 +11,14 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, header};
 
 use super::output::{Table, ago, seconds};
-use super::{block_on, load_config, provider_config, state_store};
+use super::{block_on, health_store, load_config, provider_config};
 use crate::cli::{GlobalArgs, PoolResetArgs, PoolStatusArgs};
 use crate::config::Config;
 use crate::exit;
 use crate::failover::{Upstream, error_chain};
+use crate::health::{HealthChange, HealthStore, KnownKey, select_key};
 use crate::keypool::SystemClock;
 use crate::report::{ClearedKey, KeyReport, PoolReport, ResetRequest, ResetResponse};
-use crate::secret::{selects_fingerprint, shown_selector};
-use crate::state::StateStore;
 use crate::transport::{self, HttpClient};
 
 /// How long a server on the configured address gets to answer before the state file is read.
@@ -79,20 +77,17 @@ async fn read_pool(
         .values()
         .map(|provider| Upstream::from_config(provider, clock.clone()))
         .collect::<Result<Vec<_>, _>>()?;
-    let Some(store) = state_store(global, config, false) else {
+    let Some(store) = health_store(global, config, false)? else {
         return Ok((
             PoolReport::new(&upstreams),
             "configuration only (no state file)".to_owned(),
         ));
     };
-    let state = store.load().context("cannot read the state file")?;
+    let state = store.load().await.context("cannot read key marks")?;
     for upstream in &upstreams {
         state.restore_into(&upstream.name, &upstream.pool);
     }
-    Ok((
-        PoolReport::new(&upstreams),
-        format!("state file {}", store.path().display()),
-    ))
+    Ok((PoolReport::new(&upstreams), store.describe()))
 }
 
 fn status_table(report: &PoolReport) -> String {
@@ -152,27 +147,27 @@ pub fn reset(global: &GlobalArgs, args: &PoolResetArgs) -> anyhow::Result<ExitCo
     if let Some(name) = &args.provider {
         provider_config(&config, name)?;
     }
-    let store = state_store(global, &config, false)
-        .context("no state directory on this system; pass --state-file")?;
-    let fingerprint = match &args.key {
-        Some(selector) => Some(resolve_key(
-            &config,
-            &store,
-            args.provider.as_deref(),
-            selector,
-        )?),
-        None => None,
-    };
-    let cleared = store
-        .update(|state| {
-            state.clear(
-                args.provider.as_deref(),
-                fingerprint.as_deref(),
-                std::time::SystemTime::now(),
-            )
-        })
-        .context("cannot update the state file")?;
-    report_cleared(&format!("state file {}", store.path().display()), &cleared);
+    let store = health_store(global, &config, false)?
+        .context("no state directory on this system; pass --state-file or --redis-url")?;
+    let cleared = block_on(async {
+        let fingerprint = match &args.key {
+            Some(selector) => {
+                Some(resolve_key(&config, &store, args.provider.as_deref(), selector).await?)
+            }
+            None => None,
+        };
+        let clear = HealthChange::Cleared {
+            provider: args.provider.clone(),
+            fingerprint: fingerprint.clone(),
+        };
+        let cleared = store
+            .apply(vec![clear])
+            .await
+            .context("cannot clear key marks")?;
+        anyhow::Ok((fingerprint, cleared))
+    })??;
+    let (fingerprint, cleared) = cleared;
+    report_cleared(&store.describe(), &cleared);
 
     let request = ResetRequest {
         provider: args.provider.clone(),
@@ -182,52 +177,31 @@ pub fn reset(global: &GlobalArgs, args: &PoolResetArgs) -> anyhow::Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
-/// The fingerprint of the one key `selector` names, among configured keys and keys the state
-/// file knows.
-fn resolve_key(
+/// The fingerprint of the one key `selector` names, among configured keys and keys shared
+/// health knows.
+async fn resolve_key(
     config: &Config,
-    store: &StateStore,
+    store: &HealthStore,
     provider: Option<&str>,
     selector: &str,
 ) -> anyhow::Result<String> {
-    let state = store.load().context("cannot read the state file")?;
-    let mut known = BTreeSet::new();
-    for (name, provider_config) in &config.providers {
-        for key in &provider_config.keys {
-            known.insert((name.clone(), key.fingerprint(), key.hint()));
-        }
-    }
-    for (name, records) in &state.providers {
-        for (fingerprint, record) in records {
-            known.insert((name.clone(), fingerprint.clone(), record.hint.clone()));
-        }
-    }
-    let matches: Vec<_> = known
-        .into_iter()
-        .filter(|(name, fingerprint, hint)| {
-            provider.is_none_or(|wanted| wanted == name)
-                && (selects_fingerprint(selector, fingerprint) || hint == selector)
+    let state = store.load().await.context("cannot read key marks")?;
+    let configured = config.providers.iter().flat_map(|(name, provider)| {
+        provider.keys.iter().map(|key| KnownKey {
+            provider: name.clone(),
+            fingerprint: key.fingerprint(),
+            hint: key.hint(),
         })
-        .collect();
-    let fingerprints: BTreeSet<_> = matches
-        .iter()
-        .map(|(_, fingerprint, _)| fingerprint.clone())
-        .collect();
-    match fingerprints.len() {
-        0 => bail!("no key matches {:?}", shown_selector(selector)),
-        1 => Ok(fingerprints.into_iter().next().expect("one")),
-        count => {
-            let listed: Vec<_> = matches
-                .iter()
-                .map(|(name, fingerprint, hint)| format!("{name} {hint} {fingerprint}"))
-                .collect();
-            bail!(
-                "{:?} matches {count} keys ({}); use a fingerprint",
-                shown_selector(selector),
-                listed.join(", ")
-            )
-        }
-    }
+    });
+    let recorded = state.providers.iter().flat_map(|(name, records)| {
+        records.iter().map(|(fingerprint, record)| KnownKey {
+            provider: name.clone(),
+            fingerprint: fingerprint.clone(),
+            hint: record.hint.clone(),
+        })
+    });
+    let known: Vec<KnownKey> = configured.chain(recorded).collect();
+    Ok(select_key(&known, provider, selector)?.fingerprint.clone())
 }
 
 async fn reset_server(

@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use super::output::{Table, progress_bar};
-use super::{block_on, keys_from_flags, load_config, provider_config, state_store};
+use super::{SharedHealth, block_on, keys_from_flags, load_config, provider_config};
 use crate::cli::{GlobalArgs, ProbeKeysArgs};
 use crate::config::Config;
 use crate::exit;
@@ -28,10 +28,14 @@ pub fn run(global: &GlobalArgs, args: &ProbeKeysArgs) -> anyhow::Result<ExitCode
             "no keys to probe: configure keys (e.g. AIBRIDGE_ANTHROPIC_KEYS) or pass --key/--keys-file"
         );
     }
-    let store = state_store(global, &config, args.no_state);
+    let mut health = SharedHealth::open(global, &config, args.no_state)?;
     let walker = Walker::new(HttpClient::general()?, args.timeout);
     let bar = progress_bar(total, !args.json && !global.quiet);
     let probes = block_on(async {
+        // Reached first, so Redis out of reach is said before the probes rather than after.
+        if let Err(error) = health.load().await {
+            tracing::warn!("{error:#}");
+        }
         let jobs = upstreams
             .iter()
             .flat_map(|upstream| (0..upstream.pool.len()).map(move |index| (upstream, index)))
@@ -45,22 +49,18 @@ pub fn run(global: &GlobalArgs, args: &ProbeKeysArgs) -> anyhow::Result<ExitCode
                     result
                 }
             });
-        futures_util::stream::iter(jobs)
+        let probes = futures_util::stream::iter(jobs)
             .buffered(usize::from(args.concurrency))
             .collect::<Vec<_>>()
-            .await
-    })?;
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
-    if let Some(store) = &store {
-        let now = SystemTime::now();
-        if let Err(error) =
-            store.update(|state| probes.iter().for_each(|probe| probe.record(state, now)))
-        {
-            tracing::warn!("probe results not saved: {error}");
+            .await;
+        if let Some(bar) = &bar {
+            bar.finish_and_clear();
         }
-    }
+        let now = SystemTime::now();
+        let changes = probes.iter().flat_map(|probe| probe.changes(now)).collect();
+        health.record(changes).await;
+        probes
+    })?;
     print(&probes, args.json)?;
     let all_valid = probes.iter().all(|probe| probe.verdict == Verdict::Valid);
     Ok(ExitCode::from(if all_valid {

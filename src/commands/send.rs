@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::{block_on, keys_from_flags, load_config, provider_config, state_store};
+use super::{SharedHealth, block_on, keys_from_flags, load_config, provider_config};
 use crate::cli::{GlobalArgs, SendArgs};
 use crate::config::{Config, ProviderConfig};
 use crate::exit;
@@ -21,9 +21,9 @@ use crate::failover::{
     Attempt, Credentials, FailoverError, OutboundRequest, Upstream, WalkObserver, Walker,
     error_chain,
 };
+use crate::health::HealthChange;
 use crate::keypool::{ExhaustionKind, KeyState, SystemClock, ceil_secs, validate_keys};
 use crate::provider::ErrorSpec;
-use crate::state::StateStore;
 use crate::transport::{self, HttpClient, Response};
 
 pub fn run(global: &GlobalArgs, args: SendArgs) -> anyhow::Result<ExitCode> {
@@ -32,24 +32,23 @@ pub fn run(global: &GlobalArgs, args: SendArgs) -> anyhow::Result<ExitCode> {
     let request = build_request(&args, &provider)?;
     let upstream = Upstream::from_config(&provider, Arc::new(SystemClock))?;
     let credentials = upstream.credentials_for(request.headers(), true)?;
-    let store = state_store(global, &config, args.no_state);
-    if let Some(store) = &store {
-        let state = store
-            .load()
-            .context("cannot read the state file (--no-state skips it)")?;
-        state.restore_into(&upstream.name, &upstream.pool);
-    }
+    let mut health = SharedHealth::open(global, &config, args.no_state)?;
     let walker = Walker::new(HttpClient::general()?, args.timeout);
-    let send = Send {
-        upstream: &upstream,
-        request: &request,
-        credentials: &credentials,
-        walker: &walker,
-        store: store.as_ref(),
-        args: &args,
-        quiet: global.quiet,
-    };
-    block_on(send.run())?
+    block_on(async {
+        if let Some(shared) = health.load().await? {
+            shared.restore_into(&upstream.name, &upstream.pool);
+        }
+        let send = Send {
+            upstream: &upstream,
+            request: &request,
+            credentials: &credentials,
+            walker: &walker,
+            health: &health,
+            args: &args,
+            quiet: global.quiet,
+        };
+        send.run().await
+    })?
 }
 
 /// The provider to use, with `--key`/`--keys-file` in place of its configured keys.
@@ -131,7 +130,7 @@ struct Send<'a> {
     request: &'a OutboundRequest,
     credentials: &'a Credentials,
     walker: &'a Walker,
-    store: Option<&'a StateStore>,
+    health: &'a SharedHealth,
     args: &'a SendArgs,
     quiet: bool,
 }
@@ -165,24 +164,14 @@ impl Send<'_> {
                 &observer,
             )
             .await;
-        self.persist(&exchange.attempts);
-        (exchange.attempts, exchange.result)
-    }
-
-    fn persist(&self, attempts: &[Attempt]) {
-        let Some(store) = self.store else { return };
-        let observations: Vec<_> = attempts
+        let changes = exchange
+            .attempts
             .iter()
             .filter_map(|attempt| attempt.observation(self.upstream))
+            .map(HealthChange::Observed)
             .collect();
-        if observations.is_empty() {
-            return;
-        }
-        if let Err(error) =
-            store.update(|state| observations.iter().for_each(|seen| state.observe(seen)))
-        {
-            tracing::warn!("key marks not saved: {error}");
-        }
+        self.health.record(changes).await;
+        (exchange.attempts, exchange.result)
     }
 
     /// Copies the body to stdout chunk by chunk, so a stream shows as it arrives.

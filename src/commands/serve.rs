@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 
-use super::{load_config, state_store};
+use super::{health_store, load_config};
 use crate::cli::{GlobalArgs, ServeArgs};
 use crate::config::{self, Config};
 use crate::server::{self, ServerOptions};
@@ -15,7 +15,7 @@ pub fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let listen = args.listen.unwrap_or(config.listen);
     let allow_unauthenticated = args.allow_unauthenticated;
     check_exposure(listen, &config, allow_unauthenticated)?;
-    let store = state_store(global, &config, args.no_state);
+    let store = health_store(global, &config, args.no_state)?;
     let config_path = global.config.clone();
     // A reload is held to the same rule as the start.
     let reload = Box::new(move || {

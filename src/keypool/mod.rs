@@ -66,6 +66,11 @@ impl DisableReason {
         }
     }
 
+    /// The reason [`DisableReason::as_str`] names.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|reason| reason.as_str() == name)
+    }
+
     const ALL: [Self; 3] = [Self::Unauthorized, Self::Forbidden, Self::Quota];
 }
 
@@ -199,25 +204,6 @@ pub enum PoolError {
     InvalidCharacter { index: usize },
     #[error("key #{index} duplicates key #{first}")]
     DuplicateKey { index: usize, first: usize },
-}
-
-/// A key named by hint or fingerprint that names no key, or several. The selector is kept
-/// as it may be shown (a full key given as a selector is masked).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum KeySelectError {
-    #[error("no key matches {0:?}")]
-    NoMatch(String),
-    #[error("{selector:?} matches {} keys ({}); use a fingerprint", .fingerprints.len(), .fingerprints.join(", "))]
-    Ambiguous {
-        selector: String,
-        fingerprints: Vec<String>,
-    },
-}
-
-impl KeySelectError {
-    pub fn no_match(selector: &str) -> Self {
-        Self::NoMatch(crate::secret::shown_selector(selector))
-    }
 }
 
 /// Why no key is left for a request.
@@ -434,33 +420,6 @@ impl Pool {
         self.by_fingerprint.get(fingerprint).copied()
     }
 
-    /// The keys a person may mean by `selector`: the one with that fingerprint (or that is
-    /// that full key), else those with that masked hint.
-    pub fn matches(&self, selector: &str) -> Vec<usize> {
-        let as_key = ApiKey::new(selector).fingerprint();
-        if let Some(index) = self.index_of(selector).or_else(|| self.index_of(&as_key)) {
-            return vec![index];
-        }
-        (0..self.keys.len())
-            .filter(|&index| self.keys[index].key.hint() == selector)
-            .collect()
-    }
-
-    /// The one key a person named by its fingerprint or its masked hint.
-    pub fn find(&self, selector: &str) -> Result<usize, KeySelectError> {
-        match self.matches(selector).as_slice() {
-            [] => Err(KeySelectError::no_match(selector)),
-            [index] => Ok(*index),
-            several => Err(KeySelectError::Ambiguous {
-                selector: crate::secret::shown_selector(selector),
-                fingerprints: several
-                    .iter()
-                    .map(|&index| self.keys[index].fingerprint.clone())
-                    .collect(),
-            }),
-        }
-    }
-
     /// Takes over state and counters of the keys both pools hold (after a config reload).
     pub fn inherit_from(&self, previous: &Pool) {
         for (index, key) in self.keys.iter().enumerate() {
@@ -542,20 +501,46 @@ impl Pool {
     /// Applies a mark. A disabled key stays disabled; a cooldown only ever extends.
     pub fn mark(&self, index: usize, mark: Mark) -> MarkOutcome {
         let now = self.clock.now_ms();
+        let target = match mark {
+            Mark::Disable(reason) => KeyState::Disabled(reason),
+            Mark::Cool(cooldown) => KeyState::Cooling {
+                until_ms: now + cooldown.as_millis() as u64,
+            },
+        };
+        self.strengthen(index, target, now)
+    }
+
+    /// Applies a key-wide state another process recorded, by the rule of [`Pool::mark`]; a
+    /// cooldown is capped at `max_cooldown` from now.
+    pub fn merge_shared(&self, index: usize, state: KeyState) -> MarkOutcome {
+        let now = self.clock.now_ms();
+        let cap = now + self.settings.max_cooldown.as_millis() as u64;
+        let target = match state {
+            KeyState::Cooling { until_ms } => KeyState::Cooling {
+                until_ms: until_ms.min(cap),
+            },
+            other => other,
+        };
+        self.strengthen(index, target, now)
+    }
+
+    /// Moves the key to the stronger of its state and `target`: disabled beats cooling, the
+    /// later deadline beats the earlier, and available changes nothing.
+    fn strengthen(&self, index: usize, target: KeyState, now: u64) -> MarkOutcome {
         let slot = &self.states[index];
         let mut word = slot.load(Ordering::Acquire);
         loop {
             let stored = KeyState::decode(word);
             let before = stored.settle(now);
-            let after = match (before, mark) {
-                (KeyState::Disabled(_), _) => before,
-                (_, Mark::Disable(reason)) => KeyState::Disabled(reason),
-                (KeyState::Cooling { until_ms }, Mark::Cool(cooldown)) => KeyState::Cooling {
-                    until_ms: until_ms.max(now + cooldown.as_millis() as u64),
-                },
-                (KeyState::Available, Mark::Cool(cooldown)) => KeyState::Cooling {
-                    until_ms: now + cooldown.as_millis() as u64,
-                },
+            let after = match (before, target) {
+                (KeyState::Disabled(_), _) | (_, KeyState::Available) => before,
+                (_, KeyState::Disabled(_)) => target,
+                (KeyState::Cooling { until_ms }, KeyState::Cooling { until_ms: wanted }) => {
+                    KeyState::Cooling {
+                        until_ms: until_ms.max(wanted),
+                    }
+                }
+                (KeyState::Available, KeyState::Cooling { .. }) => target,
             };
             let outcome = MarkOutcome {
                 state: after,
@@ -596,21 +581,7 @@ impl Pool {
         self.cool_model_until(index, model, now + cooldown.as_millis() as u64, now)
     }
 
-    /// Restores a key-wide state read from shared state; a cooldown is capped at
-    /// `max_cooldown` from now, whatever the file says.
-    pub fn restore_state(&self, index: usize, state: KeyState) {
-        let now = self.clock.now_ms();
-        let cap = now + self.settings.max_cooldown.as_millis() as u64;
-        let state = match state {
-            KeyState::Cooling { until_ms } => KeyState::Cooling {
-                until_ms: until_ms.min(cap),
-            },
-            other => other,
-        };
-        self.set_state(index, state);
-    }
-
-    /// Restores a model's cooldown read from shared state, capped as [`Pool::restore_state`]
+    /// Restores a model's cooldown read from shared state, capped as [`Pool::merge_shared`]
     /// caps.
     pub fn restore_model(&self, index: usize, model: &str, until_ms: u64) {
         let now = self.clock.now_ms();
@@ -1082,31 +1053,6 @@ mod tests {
                 });
             }
         });
-    }
-
-    #[test]
-    fn keys_are_found_by_fingerprint_or_unique_hint() {
-        let clock = ManualClock::starting_at(T0);
-        let keys = vec![
-            ApiKey::new("sk-ant-aaaa-1111111111111-zzzz"),
-            ApiKey::new("sk-ant-bbbb-2222222222222-zzzz"),
-            ApiKey::new("sk-ant-cccc-3333333333333-yyyy"),
-        ];
-        let pool = Pool::new(keys, PoolSettings::default(), clock).unwrap();
-        assert_eq!(pool.find("sk-a...yyyy"), Ok(2));
-        assert_eq!(pool.find(pool.key(1).fingerprint()), Ok(1));
-        assert_eq!(
-            pool.find("sk-x...0000"),
-            Err(KeySelectError::NoMatch("sk-x...0000".into()))
-        );
-        let ambiguous = pool.find("sk-a...zzzz").unwrap_err();
-        assert!(
-            matches!(&ambiguous, KeySelectError::Ambiguous { fingerprints, .. } if fingerprints.len() == 2)
-        );
-        assert!(
-            ambiguous.to_string().contains(pool.key(0).fingerprint()),
-            "{ambiguous}"
-        );
     }
 
     #[test]

@@ -10,13 +10,18 @@ use serde_json::json;
 
 use super::AppState;
 use super::proxy::error_response;
-use super::state_sync::StateChange;
-use crate::keypool::{KeySelectError, KeyState};
+use crate::health::{HealthChange, KeySelectError, KnownKey, SharedStatus, select_key};
+use crate::keypool::KeyState;
 use crate::provider::{ErrorSpec, ProviderKind};
 use crate::report::{ClearedKey, PoolReport, ResetRequest, ResetResponse};
 
-pub async fn health() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+/// `{"status":"ok"}`, with `"shared":"ok"` or `"degraded"` when key health is shared
+/// through Redis: the server serves either way.
+pub async fn health(State(app): State<&'static AppState>) -> Json<serde_json::Value> {
+    match app.health.as_ref().map(|health| health.status()) {
+        None | Some(SharedStatus::Local) => Json(json!({"status": "ok"})),
+        Some(shared) => Json(json!({"status": "ok", "shared": shared})),
+    }
 }
 
 /// Rejects callers without a valid access token (when tokens are configured).
@@ -47,6 +52,9 @@ pub async fn metrics(State(app): State<&'static AppState>, headers: HeaderMap) -
         bridge.upstreams.values(),
         app.balancer.open_connections(),
         app.balancer.refused(),
+        app.health
+            .as_ref()
+            .is_some_and(|health| health.status() == SharedStatus::Degraded),
     );
     (
         [(
@@ -106,41 +114,40 @@ fn clear_marks(app: &AppState, selection: &ResetRequest) -> Result<Vec<ClearedKe
         })
         .collect();
     // Resolve the whole selection first, so an ambiguous key clears nothing.
-    let targets: Vec<_> = upstreams
-        .iter()
-        .flat_map(|upstream| {
-            let indices = match &selection.key {
-                None => (0..upstream.pool.len()).collect(),
-                Some(selector) => upstream.pool.matches(selector),
-            };
-            indices.into_iter().map(move |index| (*upstream, index))
-        })
-        .collect();
-    if let Some(selector) = &selection.key {
-        let error = match targets.as_slice() {
-            [] => {
-                let message = KeySelectError::no_match(selector).to_string();
-                return Err(ErrorSpec::not_found(message));
-            }
-            [_] => None,
-            several => Some(KeySelectError::Ambiguous {
-                selector: crate::secret::shown_selector(selector),
-                fingerprints: several
-                    .iter()
-                    .map(|(upstream, index)| {
-                        format!(
-                            "{}:{}",
-                            upstream.name,
-                            upstream.pool.key(*index).fingerprint()
-                        )
+    let targets: Vec<_> = match &selection.key {
+        None => upstreams
+            .iter()
+            .flat_map(|upstream| (0..upstream.pool.len()).map(move |index| (*upstream, index)))
+            .collect(),
+        Some(selector) => {
+            let known: Vec<KnownKey> = upstreams
+                .iter()
+                .flat_map(|upstream| {
+                    (0..upstream.pool.len()).map(|index| {
+                        let key = upstream.pool.key(index);
+                        KnownKey {
+                            provider: upstream.name.clone(),
+                            fingerprint: key.fingerprint().to_owned(),
+                            hint: key.hint().to_owned(),
+                        }
                     })
-                    .collect(),
-            }),
-        };
-        if let Some(error) = error {
-            return Err(ErrorSpec::bad_request(error.to_string()));
+                })
+                .collect();
+            let chosen = select_key(&known, None, selector).map_err(|error| match error {
+                KeySelectError::NoMatch(_) => ErrorSpec::not_found(error.to_string()),
+                KeySelectError::Ambiguous { .. } => ErrorSpec::bad_request(error.to_string()),
+            })?;
+            let upstream = upstreams
+                .iter()
+                .find(|upstream| upstream.name == chosen.provider)
+                .expect("the key came from these upstreams");
+            let index = upstream
+                .pool
+                .index_of(&chosen.fingerprint)
+                .expect("the key came from this pool");
+            vec![(*upstream, index)]
         }
-    }
+    };
     let mut cleared = Vec::new();
     for (upstream, index) in targets {
         let before = upstream.pool.reset(index);
@@ -150,8 +157,8 @@ fn clear_marks(app: &AppState, selection: &ResetRequest) -> Result<Vec<ClearedKe
         upstream.key_freed();
         let key = upstream.pool.key(index);
         tracing::info!(provider = %upstream.name, key = %key.key(), "key reset to available (was {})", before.name());
-        if let Some(sync) = &app.state_sync {
-            sync.record(StateChange::Cleared {
+        if let Some(health) = &app.health {
+            health.record(HealthChange::Cleared {
                 provider: Some(upstream.name.clone()),
                 fingerprint: Some(key.fingerprint().to_owned()),
             });

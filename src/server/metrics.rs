@@ -46,6 +46,7 @@ pub struct Metrics {
     exhaustions: Family<ExhaustionLabels, Counter>,
     connections: Family<WorkerLabels, Gauge>,
     refused_connections: Counter,
+    shared_degraded: Gauge,
     waits: Family<ProviderLabels, Histogram>,
     requests: Arc<RequestStats>,
 }
@@ -67,6 +68,7 @@ impl Metrics {
         let exhaustions = Family::default();
         let connections = Family::default();
         let refused_connections = Counter::default();
+        let shared_degraded = Gauge::default();
         let waits = Family::<ProviderLabels, Histogram>::new_with_constructor(
             (|| Histogram::new(WAIT_BOUNDS)) as fn() -> Histogram,
         );
@@ -93,6 +95,11 @@ impl Metrics {
             refused_connections.clone(),
         );
         registry.register(
+            "aibridge_shared_health_degraded",
+            "1 while Redis, where key health is shared, is out of reach; else 0",
+            shared_degraded.clone(),
+        );
+        registry.register(
             "aibridge_wait_seconds",
             "Time held requests waited for a key to come back",
             waits.clone(),
@@ -105,6 +112,7 @@ impl Metrics {
             exhaustions,
             connections,
             refused_connections,
+            shared_degraded,
             waits,
             requests,
         }
@@ -160,14 +168,16 @@ impl Metrics {
     }
 
     /// The exposition text, with the key gauges read from the pools now, the connection
-    /// gauges from `open_connections` (one count per worker), and `refused` connections
-    /// so far.
+    /// gauges from `open_connections` (one count per worker), `refused` connections so far,
+    /// and whether shared health is `degraded`.
     pub fn render<'a>(
         &self,
         upstreams: impl IntoIterator<Item = &'a Upstream>,
         open_connections: impl IntoIterator<Item = usize>,
         refused: u64,
+        degraded: bool,
     ) -> String {
+        self.shared_degraded.set(i64::from(degraded));
         let counted = self.refused_connections.get();
         self.refused_connections
             .inc_by(refused.saturating_sub(counted));

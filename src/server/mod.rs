@@ -22,7 +22,7 @@ mod metrics;
 mod proxy;
 mod recheck;
 mod relay;
-mod state_sync;
+mod shared;
 mod usage;
 
 use std::collections::{BTreeMap, HashSet};
@@ -45,15 +45,14 @@ use tower::ServiceExt;
 
 use crate::config::{Config, ServeSettings};
 use crate::failover::{Upstream, Walker};
+use crate::health::{HealthRecorder, HealthStore, StateFile};
 use crate::keypool::{Clock, SystemClock};
 use crate::provider::{CREDENTIAL_HEADERS, credential_in};
-use crate::state::{StateFile, StateStore};
 use crate::transport::HttpClient;
 
 use accept::{Accepted, Balancer};
 pub use journal::Journal;
 use metrics::Metrics;
-use state_sync::StateSync;
 
 /// How long in-flight requests may run on after SIGINT/SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -72,7 +71,8 @@ pub struct ServerOptions {
     pub listener: std::net::TcpListener,
     /// How many request-serving threads to run.
     pub workers: usize,
-    pub store: Option<StateStore>,
+    /// Where key health is shared, if anywhere.
+    pub store: Option<HealthStore>,
     pub reload: ConfigLoader,
 }
 
@@ -201,8 +201,8 @@ pub struct AppState {
     bridge: ArcSwap<Bridge>,
     metrics: Metrics,
     journal: Journal,
-    state_sync: Option<StateSync>,
-    store: Option<StateStore>,
+    /// Shares key marks with other processes, when a store is configured.
+    health: Option<HealthRecorder>,
     clock: Arc<dyn Clock>,
     next_request_id: AtomicU64,
     reload: ConfigLoader,
@@ -217,19 +217,16 @@ impl AppState {
         let reloaded = (self.reload)().and_then(|config| {
             let previous = self.bridge.load();
             keeps_every_pool(&previous, &config)?;
-            let state = self.store.as_ref().map(StateStore::load).transpose()?;
-            Bridge::build(
-                &config,
-                &self.clock,
-                state.as_ref(),
-                Some(&previous),
-                self.workers,
-            )
+            Bridge::build(&config, &self.clock, None, Some(&previous), self.workers)
         });
         match reloaded {
             Ok(bridge) => {
                 let summary = bridge.provider_names().join(", ");
                 self.bridge.store(Arc::new(bridge));
+                // Keys new to this configuration take their shared marks.
+                if let Some(health) = &self.health {
+                    health.resync();
+                }
                 tracing::info!("configuration reloaded; providers: {summary}");
             }
             Err(error) => {
@@ -269,12 +266,7 @@ pub fn run(config: Config, options: ServerOptions) -> anyhow::Result<()> {
         Signals::watch()?
     };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let state = options
-        .store
-        .as_ref()
-        .map(StateStore::load)
-        .transpose()
-        .context("cannot read the state file")?;
+    let (state, reachable) = control.block_on(shared::load_at_start(options.store.as_ref()))?;
     let workers = options.workers.max(1);
     let bridge = Bridge::build(&config, &clock, state.as_ref(), None, workers)?;
     let journal = Journal::open(
@@ -295,14 +287,17 @@ pub fn run(config: Config, options: ServerOptions) -> anyhow::Result<()> {
         config.serve.max_connections
     );
 
+    let (health, recorder) = options
+        .store
+        .map(|store| HealthRecorder::new(store, reachable))
+        .unzip();
     // Lives as long as the process, so workers share it without a reference count.
     let app: &'static AppState = control.block_on(async {
         Box::leak(Box::new(AppState {
             bridge: ArcSwap::from_pointee(bridge),
             metrics: Metrics::new(workers + 1),
             journal,
-            state_sync: options.store.clone().map(StateSync::start),
-            store: options.store,
+            health,
             next_request_id: AtomicU64::new(first_request_id(clock.now_ms())),
             clock,
             reload: options.reload,
@@ -340,6 +335,9 @@ pub fn run(config: Config, options: ServerOptions) -> anyhow::Result<()> {
             connection_cap,
         ));
         let recheck = tokio::spawn(recheck::run(app));
+        if let Some(recorder) = recorder {
+            tokio::spawn(recorder.run(Arc::new(shared::Pools(app))));
+        }
         signals.wait_for_stop(app).await;
         recheck.abort();
         tracing::info!(
@@ -353,8 +351,9 @@ pub fn run(config: Config, options: ServerOptions) -> anyhow::Result<()> {
             tokio::task::spawn_blocking(move || wait_for_workers(&worker_results, workers))
                 .await
                 .context("cannot wait for the workers")?;
-        if let Some(sync) = &app.state_sync {
-            sync.flush().await;
+        if let Some(health) = &app.health {
+            // Redis out of reach must not hold the exit up for long.
+            let _ = tokio::time::timeout(shared::FLUSH_LIMIT, health.flush()).await;
         }
         app.journal.flush();
         outcome

@@ -12,12 +12,12 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::relay::{Completion, Relay, RequestRecord};
-use super::state_sync::StateChange;
 use super::{AppState, Bridge};
 use crate::failover::{
     Attempt, Credentials, FailoverError, OutboundRequest, Upstream, WalkObserver, error_chain,
     strip_hop_by_hop,
 };
+use crate::health::HealthChange;
 use crate::provider::{
     ApiRoute, CREDENTIAL_HEADERS, ErrorSpec, ProviderApi, ProviderKind, credential_in,
 };
@@ -389,7 +389,7 @@ where
     }
 }
 
-/// Counts state changes and hands marks to the state file writer.
+/// Counts state changes and hands marks to shared health.
 fn record_marks(app: &AppState, upstream: &Upstream, attempts: &[Attempt]) {
     for attempt in attempts.iter().filter(|attempt| attempt.mark.is_some()) {
         if attempt.changed
@@ -397,8 +397,8 @@ fn record_marks(app: &AppState, upstream: &Upstream, attempts: &[Attempt]) {
         {
             app.metrics.key_transition(&upstream.name, state);
         }
-        if let (Some(sync), Some(seen)) = (&app.state_sync, attempt.observation(upstream)) {
-            sync.record(StateChange::Observed(seen));
+        if let (Some(health), Some(seen)) = (&app.health, attempt.observation(upstream)) {
+            health.record(HealthChange::Observed(seen));
         }
     }
 }

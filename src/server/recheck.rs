@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use super::AppState;
-use super::state_sync::StateChange;
+use crate::health::HealthChange;
 use crate::probe::{Verdict, disabled_keys, probe};
 
 /// How long one probe may take.
@@ -50,8 +50,8 @@ pub async fn run(app: &'static AppState) {
                     "key revived: its probe answered {}",
                     result.status.unwrap_or_default()
                 );
-                if let Some(sync) = &app.state_sync {
-                    sync.record(StateChange::Cleared {
+                if let Some(health) = &app.health {
+                    health.record(HealthChange::Cleared {
                         provider: Some(name.clone()),
                         fingerprint: Some(result.fingerprint.clone()),
                     });

@@ -1,5 +1,6 @@
 //! The state file: key marks that outlive the process, so the next `send` in a CI job skips a
-//! key the last one found cooling or dead, and `serve` and `send` see each other's marks.
+//! key the last one found cooling or dead, and `serve` and `send` on one machine see each
+//! other's marks.
 //!
 //! Keys are stored by fingerprint, never by value. Every change is a locked
 //! read-merge-write with an atomic rename, so concurrent processes lose no marks and a crash
@@ -9,12 +10,12 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use super::{ClearedKey, HealthChange, Observation, stronger};
 use crate::keypool::{DisableReason, KeyState, Pool, from_unix_ms, to_unix_ms};
-use crate::report::ClearedKey;
 
 const VERSION: u32 = 1;
 
@@ -114,44 +115,28 @@ impl From<RecordedState> for KeyState {
     }
 }
 
-/// The stronger of two states: disabled beats cooling, the later deadline beats the earlier.
-fn stronger(a: KeyState, b: KeyState) -> KeyState {
-    match (a, b) {
-        (KeyState::Disabled(_), _) => a,
-        (_, KeyState::Disabled(_)) => b,
-        (KeyState::Cooling { until_ms: x }, KeyState::Cooling { until_ms: y }) => {
-            KeyState::Cooling { until_ms: x.max(y) }
-        }
-        (KeyState::Cooling { .. }, _) => a,
-        _ => b,
-    }
-}
-
-/// One observation of a key, to be merged into the file.
-#[derive(Debug, Clone)]
-pub struct Observation {
-    pub provider: String,
-    pub fingerprint: String,
-    pub hint: String,
-    /// `None` for a transport failure.
-    pub status: Option<u16>,
-    /// The key's state after the attempt, when the attempt marked it.
-    pub mark: Option<KeyState>,
-    /// The model a cooling mark applies to alone; `None` when it is key-wide.
-    pub model: Option<String>,
-    pub at: SystemTime,
-    /// The provider's `max_cooldown`: no cooldown written ends later than this after `at`,
-    /// whatever the file held before.
-    pub max_cooldown: Duration,
-}
-
 impl StateFile {
+    /// Records `changes` in order. Returns the keys a clear found marked.
+    pub fn apply(&mut self, changes: &[HealthChange], now: SystemTime) -> Vec<ClearedKey> {
+        let mut cleared = Vec::new();
+        for change in changes {
+            match change {
+                HealthChange::Observed(seen) => self.observe(seen),
+                HealthChange::Cleared {
+                    provider,
+                    fingerprint,
+                } => cleared.extend(self.clear(provider.as_deref(), fingerprint.as_deref(), now)),
+            }
+        }
+        cleared
+    }
+
     /// Merges one attempt: a mark never weakens what another process recorded. Every
     /// cooldown of the provider is capped at its `max_cooldown` from now on the way, so no
     /// write carries a far deadline forward.
     pub fn observe(&mut self, seen: &Observation) {
         let keys = self.providers.entry(seen.provider.clone()).or_default();
-        let cap = seen.at.checked_add(seen.max_cooldown).unwrap_or(seen.at);
+        let cap = seen.cap();
         for record in keys.values_mut() {
             record.cap_deadlines(cap);
         }
@@ -228,14 +213,15 @@ impl StateFile {
         cleared
     }
 
-    /// Loads what the file knows about a pool's keys into the pool.
+    /// Merges what is recorded about a pool's keys into the pool: a mark the pool already
+    /// holds is kept when it is the stronger.
     pub fn restore_into(&self, provider: &str, pool: &Pool) {
         let Some(records) = self.providers.get(provider) else {
             return;
         };
         for (fingerprint, record) in records {
             if let Some(index) = pool.index_of(fingerprint) {
-                pool.restore_state(index, record.state.into());
+                pool.merge_shared(index, record.state.into());
                 for (model, cooling) in &record.cooling {
                     pool.restore_model(index, model, to_unix_ms(cooling.until));
                 }
