@@ -38,7 +38,7 @@ pub struct GlobalArgs {
     /// Share key health through this Redis (redis://[user:password@]host:port/db, or rediss://
     /// for TLS) instead of the state file [default: redis_url from the config]
     #[arg(long, global = true, env = "AIBRIDGE_REDIS_URL", value_name = "URL",
-          value_parser = parse_redis_url, hide_env_values = true)]
+          value_parser = QuietParser(parse_redis_url), hide_env_values = true)]
     pub redis_url: Option<crate::secret::RedisUrl>,
 
     /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides
@@ -212,7 +212,7 @@ pub struct SendArgs {
 
     /// Add a header; a credential header (authorization, x-api-key) sends the request with
     /// that key alone (bring your own key: one attempt, nothing marked)
-    #[arg(short = 'H', long = "header", value_name = "NAME: VALUE", value_parser = HeaderParser)]
+    #[arg(short = 'H', long = "header", value_name = "NAME: VALUE", value_parser = QuietParser(parse_header))]
     pub headers: Vec<(HeaderName, HeaderValue)>,
 
     /// Use this key instead of the configured pool (repeat for several, first tried first)
@@ -258,26 +258,26 @@ fn parse_method(text: &str) -> Result<Method, String> {
         .map_err(|_| format!("invalid HTTP method {text:?}"))
 }
 
-/// Parses `-H 'Name: value'`. A header may carry a credential, so an error never repeats
-/// the value (clap's own message for a failed value parser would quote it whole).
-#[derive(Debug, Clone, Copy)]
-struct HeaderParser;
+/// A value parser whose errors never repeat the value, which may carry a secret (a header's
+/// credential, a Redis password): clap's own message for a failed parser quotes it whole.
+#[derive(Clone, Copy)]
+struct QuietParser<T>(fn(&str) -> Result<T, String>);
 
-impl clap::builder::TypedValueParser for HeaderParser {
-    type Value = (HeaderName, HeaderValue);
+impl<T: Clone + Send + Sync + 'static> clap::builder::TypedValueParser for QuietParser<T> {
+    type Value = T;
 
     fn parse_ref(
         &self,
         command: &clap::Command,
         arg: Option<&clap::Arg>,
         value: &std::ffi::OsStr,
-    ) -> Result<Self::Value, clap::Error> {
+    ) -> Result<T, clap::Error> {
         let parsed = value
             .to_str()
             .ok_or_else(|| "not valid UTF-8".to_owned())
-            .and_then(parse_header);
+            .and_then(self.0);
         parsed.map_err(|message| {
-            let arg = arg.map_or_else(|| "--header".to_owned(), ToString::to_string);
+            let arg = arg.map_or_else(|| "the value".to_owned(), ToString::to_string);
             clap::Error::raw(
                 clap::error::ErrorKind::ValueValidation,
                 format!("invalid value for '{arg}': {message}\n"),

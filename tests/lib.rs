@@ -5,6 +5,7 @@ mod harness;
 mod cli;
 mod clients;
 mod failure_model;
+mod fleet;
 mod pool;
 mod probe_keys;
 mod send;

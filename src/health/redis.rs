@@ -155,16 +155,12 @@ impl RedisHealth {
         for (name, _) in &metas {
             pipe.hgetall(name);
         }
-        let meta_values: Vec<HashMap<String, String>> = pipe.query_async(connection).await?;
+        let meta_values: Vec<HashMap<String, String>> = query(pipe, connection).await?;
         let mut pipe = redis::pipe();
         for (name, _) in &strings {
             pipe.get(name);
         }
-        let string_values: Vec<Option<String>> = if strings.is_empty() {
-            Vec::new()
-        } else {
-            pipe.query_async(connection).await?
-        };
+        let string_values: Vec<Option<String>> = query(pipe, connection).await?;
 
         let mut state = StateFile::default();
         let now = SystemTime::now();
@@ -251,8 +247,7 @@ impl RedisHealth {
                     fingerprint,
                 } => {
                     // Marks queued so far must land before the clear deletes them.
-                    pipe.query_async::<()>(connection).await?;
-                    pipe = redis::pipe();
+                    query::<()>(std::mem::take(&mut pipe), connection).await?;
                     let doomed = self
                         .marks_of(connection, provider.as_deref(), fingerprint.as_deref())
                         .await?;
@@ -271,7 +266,7 @@ impl RedisHealth {
             let text = serde_json::to_string(&announcement).expect("plain data serializes");
             pipe.publish(self.channel(), text).ignore();
         }
-        pipe.query_async::<()>(connection).await?;
+        query::<()>(pipe, connection).await?;
         Ok(cleared)
     }
 
@@ -430,6 +425,17 @@ fn record_of<'a>(state: &'a mut StateFile, name: &Name) -> &'a mut KeyRecord {
             last_status: None,
             last_used: None,
         })
+}
+
+/// Runs `pipe`; Redis refuses an empty one, which answers nothing.
+async fn query<T: redis::FromRedisValue + Default>(
+    pipe: redis::Pipeline,
+    connection: &mut ConnectionManager,
+) -> Result<T, RedisError> {
+    if pipe.is_empty() {
+        return Ok(T::default());
+    }
+    pipe.query_async(connection).await
 }
 
 /// Every key name matching `pattern`.

@@ -3,6 +3,7 @@
 //! appears in stdout, stderr or the state file.
 
 pub mod mock;
+pub mod redis;
 
 use std::io::Write;
 use std::path::PathBuf;
