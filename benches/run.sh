@@ -9,6 +9,8 @@
 #   benches/run.sh ab OLD_BINARY   # a change on the request path: the old build and this one
 #                                  # in turns at c=16 beside nginx, and instructions per request
 #   benches/run.sh connections     # RSS with 20,000 connections, and after they closed
+#   benches/run.sh fleet           # two replicas on one Redis: how fast a mark reaches the
+#                                  # other, and requests/s with and without Redis configured
 #
 # Not part of .ci/run: it measures, it does not test.
 set -euo pipefail
@@ -541,8 +543,65 @@ connections() {
   grep -E "requests in|Socket errors" "$OUT/wrk-connections.txt" >&2 || true
 }
 
+# fleet: two replicas sharing key health through a real redis-server. Mark propagation
+# (p50/p99 from A's answer to B's pool showing the mark), then requests/s through a replica
+# with Redis configured and one without, in turns.
+fleet() {
+  local redis_port=19400 with=127.0.0.1:19221 peer=127.0.0.1:19222 without=127.0.0.1:19223
+  install_tools
+  command -v redis-server >/dev/null || .ci/setup
+  say "building (release)"
+  cargo build --release --quiet --bin aibridge --example mock_upstream --example propagation
+  make_bodies
+  ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+  target/release/examples/mock_upstream --listen "$MOCK" 2>"$WORK/mock.log" &
+  PIDS+=($!)
+  redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
+    --dir "$WORK" --loglevel warning >"$WORK/redis.log" 2>&1 &
+  PIDS+=($!)
+  wait_for_port "$MOCK"
+  wait_for_port "127.0.0.1:$redis_port"
+  local good="\"sk-bench-good-0000000000000000000001\"" bad="\"sk-bench-429-00000000000000000001\""
+  printf '[providers.anthropic]\nbase_url = "http://%s"\nkeys = [%s]\n[providers.fleet]\nkind = "anthropic"\nbase_url = "http://%s"\nkeys = [%s, %s]\n' \
+    "$MOCK" "$good" "$MOCK" "$bad" "$good" >"$WORK/fleet.toml"
+  local redis_url="redis://127.0.0.1:$redis_port/0"
+  AIBRIDGE_CONFIG="$WORK/fleet.toml" target/release/aibridge serve --redis-url "$redis_url" \
+    --listen "$with" 2>"$WORK/aibridge-a.log" &
+  PIDS+=($!)
+  AIBRIDGE_CONFIG="$WORK/fleet.toml" target/release/aibridge serve --redis-url "$redis_url" \
+    --listen "$peer" 2>"$WORK/aibridge-b.log" &
+  PIDS+=($!)
+  AIBRIDGE_CONFIG="$WORK/fleet.toml" target/release/aibridge serve --no-state \
+    --listen "$without" 2>"$WORK/aibridge-c.log" &
+  PIDS+=($!)
+  for port in "$with" "$peer" "$without"; do wait_for_port "$port"; done
+  say "mark propagation, A to B"
+  local propagation
+  propagation=$(target/release/examples/propagation --from "http://$with" --to "http://$peer" --rounds "${BENCH_MARKS:-1000}")
+  say "$propagation"
+  for round in $(seq "$ROUNDS"); do
+    run_wrk redis "http://$with/anthropic/v1/messages" 16
+    run_wrk local "http://$without/anthropic/v1/messages" 16
+  done
+  settle_runs
+  local p50 p99 max rounds
+  read -r p50 p99 max rounds <<<"$(tr '=' ' ' <<<"$propagation" | awk '{ print $2, $4, $6, $8 }')"
+  {
+    echo "Fleet on $(nproc) cores, $(uname -sr), redis-server $(redis-server --version | awk '{ print $3 }' | tr -d 'v='); wrk c=16 ${SECONDS_PER_RUN}s per run, medians of $ROUNDS rounds in turns; $(date -u +%Y-%m-%d)."
+    echo
+    echo "| measure | figure |"
+    echo "|---|---|"
+    echo "| mark propagation A to B, p50 / p99 / max ms ($rounds marks) | $p50 / $p99 / $max |"
+    echo "| c=16 requests/s, Redis configured (runs: ${RUNS_RPS[redis]}) | ${RPS[redis]} |"
+    echo "| c=16 requests/s, no shared health (runs: ${RUNS_RPS[local]}) | ${RPS[local]} |"
+    echo "| with Redis vs without | $(calc "${RPS[redis]} / ${RPS[local]}")x |"
+    echo "| c=16 p50 / p99 ms, with / without | ${P50[redis]} / ${P99[redis]}, ${P50[local]} / ${P99[local]} |"
+  } | tee "$OUT/fleet.md"
+}
+
 case "${1:-}" in
   ab) shift; ab "$@" ;;
   connections) connections ;;
+  fleet) fleet ;;
   *) main "$@" ;;
 esac
