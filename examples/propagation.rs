@@ -45,7 +45,11 @@ fn main() -> anyhow::Result<()> {
             .header("content-type", "application/json")
             .body(body.to_string())
             .send()?;
-        anyhow::ensure!(answer.status() == 200, "replica A answered {}", answer.status());
+        anyhow::ensure!(
+            answer.status() == 200,
+            "replica A answered {}",
+            answer.status()
+        );
         let answered = Instant::now();
         loop {
             if shows_cooldown(&client, &args, &model)? {
@@ -83,8 +87,10 @@ fn shows_cooldown(
         .get(format!("{}/_aibridge/pool", args.to))
         .send()?
         .json()?;
-    let provider = pool["providers"]
-        .as_array()
-        .and_then(|providers| providers.iter().find(|p| p["name"] == args.provider.as_str()));
+    let provider = pool["providers"].as_array().and_then(|providers| {
+        providers
+            .iter()
+            .find(|p| p["name"] == args.provider.as_str())
+    });
     Ok(provider.is_some_and(|provider| provider["keys"][0]["cooling"][model].is_object()))
 }

@@ -329,5 +329,11 @@ fn pool_commands_with_redis_down_fail_clearly() {
             lines[0]
         );
         assert!(!output.stderr.contains("hunter2secret"));
+        assert_eq!(
+            lines[0].matches("os error").count(),
+            1,
+            "a cause said twice: {}",
+            lines[0]
+        );
     }
 }

@@ -149,7 +149,7 @@ pub fn reset(global: &GlobalArgs, args: &PoolResetArgs) -> anyhow::Result<ExitCo
     }
     let store = health_store(global, &config, false)?
         .context("no state directory on this system; pass --state-file or --redis-url")?;
-    let cleared = block_on(async {
+    block_on(async {
         let fingerprint = match &args.key {
             Some(selector) => {
                 Some(resolve_key(&config, &store, args.provider.as_deref(), selector).await?)
@@ -164,16 +164,13 @@ pub fn reset(global: &GlobalArgs, args: &PoolResetArgs) -> anyhow::Result<ExitCo
             .apply(vec![clear])
             .await
             .context("cannot clear key marks")?;
-        anyhow::Ok((fingerprint, cleared))
+        report_cleared(&store.describe(), &cleared);
+        let request = ResetRequest {
+            provider: args.provider.clone(),
+            key: fingerprint,
+        };
+        reset_server(&config, args.server.as_deref(), &request).await
     })??;
-    let (fingerprint, cleared) = cleared;
-    report_cleared(&store.describe(), &cleared);
-
-    let request = ResetRequest {
-        provider: args.provider.clone(),
-        key: fingerprint,
-    };
-    block_on(reset_server(&config, args.server.as_deref(), &request))??;
     Ok(ExitCode::SUCCESS)
 }
 

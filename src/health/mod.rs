@@ -184,11 +184,10 @@ impl SharedChange {
 pub enum HealthError {
     #[error(transparent)]
     File(#[from] StateError),
-    #[error("redis {url}: {source}")]
-    Redis {
-        url: String,
-        source: ::redis::RedisError,
-    },
+    /// The Redis error as text: its own message already holds its cause, which a chain
+    /// would print again.
+    #[error("redis {url}: {detail}")]
+    Redis { url: String, detail: String },
     #[error("redis {url}: the connection closed")]
     Closed { url: String },
 }

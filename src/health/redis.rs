@@ -72,7 +72,7 @@ impl RedisHealth {
     pub fn new(url: &RedisUrl, prefix: &str) -> Result<Self, HealthError> {
         let client = redis::Client::open(url.expose()).map_err(|source| HealthError::Redis {
             url: url.to_string(),
-            source,
+            detail: source.to_string(),
         })?;
         let random = std::collections::hash_map::RandomState::new()
             .build_hasher()
@@ -93,7 +93,7 @@ impl RedisHealth {
     fn error(&self, source: RedisError) -> HealthError {
         HealthError::Redis {
             url: self.url.to_string(),
-            source,
+            detail: source.to_string(),
         }
     }
 
@@ -308,14 +308,25 @@ impl RedisHealth {
         provider: Option<&str>,
         fingerprint: Option<&str>,
     ) -> Result<Vec<String>, RedisError> {
+        let mut names = Vec::new();
+        let mut patterns = Vec::new();
+        if let (Some(provider), Some(fingerprint)) = (provider, fingerprint) {
+            // One key's key-wide marks have known names: only its models need a scan.
+            names.push(self.name("disabled", provider, fingerprint, None));
+            names.push(self.name("cooling", provider, fingerprint, None));
+        } else {
+            let provider = provider.map_or_else(|| "*".to_owned(), escape);
+            let fingerprint = fingerprint.map_or_else(|| "*".to_owned(), escape);
+            patterns.push(format!("{}:disabled:{provider}:{fingerprint}", self.prefix));
+            patterns.push(format!("{}:cooling:{provider}:{fingerprint}", self.prefix));
+        }
         let provider = provider.map_or_else(|| "*".to_owned(), escape);
         let fingerprint = fingerprint.map_or_else(|| "*".to_owned(), escape);
-        let mut names = Vec::new();
-        for pattern in [
-            format!("{}:disabled:{provider}:{fingerprint}", self.prefix),
-            format!("{}:cooling:{provider}:{fingerprint}", self.prefix),
-            format!("{}:cooling:{provider}:{fingerprint}:*", self.prefix),
-        ] {
+        patterns.push(format!(
+            "{}:cooling:{provider}:{fingerprint}:*",
+            self.prefix
+        ));
+        for pattern in patterns {
             names.extend(scan(connection, &pattern).await?);
         }
         Ok(names)
