@@ -36,7 +36,6 @@ Register-ArgumentCompleter -Native -CommandName 'aibridge' -ScriptBlock {
             [CompletionResult]::new('probe-keys', 'probe-keys', [CompletionResultType]::ParameterValue, 'Check which keys work: one cheap request per key (a models list), no failover')
             [CompletionResult]::new('send', 'send', [CompletionResultType]::ParameterValue, 'Send one request through the failover walker and report which keys were marked')
             [CompletionResult]::new('pool', 'pool', [CompletionResultType]::ParameterValue, 'Inspect the key pool')
-            [CompletionResult]::new('generate', 'generate', [CompletionResultType]::ParameterValue, 'Write shell completions and man pages (for maintainers)')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }
@@ -176,27 +175,11 @@ Register-ArgumentCompleter -Native -CommandName 'aibridge' -ScriptBlock {
         'aibridge;pool;help;help' {
             break
         }
-        'aibridge;generate' {
-            [CompletionResult]::new('--dir', '--dir', [CompletionResultType]::ParameterName, 'Directory to write completions/ and man/ into')
-            [CompletionResult]::new('--config', '--config', [CompletionResultType]::ParameterName, 'Config file [default: <config dir>/aibridge/config.toml when it exists]')
-            [CompletionResult]::new('--state-file', '--state-file', [CompletionResultType]::ParameterName, 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]')
-            [CompletionResult]::new('--redis-url', '--redis-url', [CompletionResultType]::ParameterName, 'Share key health through this Redis (redis://[user:password@]host:port/db, or rediss:// for TLS) instead of the state file [default: redis_url from the config]')
-            [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides')
-            [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides')
-            [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Print errors only')
-            [CompletionResult]::new('--quiet', '--quiet', [CompletionResultType]::ParameterName, 'Print errors only')
-            [CompletionResult]::new('-h', '-h', [CompletionResultType]::ParameterName, 'Print help')
-            [CompletionResult]::new('--help', '--help', [CompletionResultType]::ParameterName, 'Print help')
-            [CompletionResult]::new('-V', '-V ', [CompletionResultType]::ParameterName, 'Print version')
-            [CompletionResult]::new('--version', '--version', [CompletionResultType]::ParameterName, 'Print version')
-            break
-        }
         'aibridge;help' {
             [CompletionResult]::new('serve', 'serve', [CompletionResultType]::ParameterValue, 'Run the local proxy: /{provider}/... forwards to the provider with key failover')
             [CompletionResult]::new('probe-keys', 'probe-keys', [CompletionResultType]::ParameterValue, 'Check which keys work: one cheap request per key (a models list), no failover')
             [CompletionResult]::new('send', 'send', [CompletionResultType]::ParameterValue, 'Send one request through the failover walker and report which keys were marked')
             [CompletionResult]::new('pool', 'pool', [CompletionResultType]::ParameterValue, 'Inspect the key pool')
-            [CompletionResult]::new('generate', 'generate', [CompletionResultType]::ParameterValue, 'Write shell completions and man pages (for maintainers)')
             [CompletionResult]::new('help', 'help', [CompletionResultType]::ParameterValue, 'Print this message or the help of the given subcommand(s)')
             break
         }
@@ -218,9 +201,6 @@ Register-ArgumentCompleter -Native -CommandName 'aibridge' -ScriptBlock {
             break
         }
         'aibridge;help;pool;reset' {
-            break
-        }
-        'aibridge;help;generate' {
             break
         }
         'aibridge;help;help' {

@@ -16,9 +16,6 @@ _aibridge() {
             ",$1")
                 cmd="aibridge"
                 ;;
-            aibridge,generate)
-                cmd="aibridge__subcmd__generate"
-                ;;
             aibridge,help)
                 cmd="aibridge__subcmd__help"
                 ;;
@@ -33,9 +30,6 @@ _aibridge() {
                 ;;
             aibridge,serve)
                 cmd="aibridge__subcmd__serve"
-                ;;
-            aibridge__subcmd__help,generate)
-                cmd="aibridge__subcmd__help__subcmd__generate"
                 ;;
             aibridge__subcmd__help,help)
                 cmd="aibridge__subcmd__help__subcmd__help"
@@ -83,7 +77,7 @@ _aibridge() {
 
     case "${cmd}" in
         aibridge)
-            opts="-v -q -h -V --config --state-file --redis-url --verbose --quiet --help --version serve probe-keys send pool generate help"
+            opts="-v -q -h -V --config --state-file --redis-url --verbose --quiet --help --version serve probe-keys send pool help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -108,53 +102,9 @@ _aibridge() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        aibridge__subcmd__generate)
-            opts="-v -q -h -V --dir --config --state-file --redis-url --verbose --quiet --help --version"
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                --dir)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --config)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --state-file)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --redis-url)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
         aibridge__subcmd__help)
-            opts="serve probe-keys send pool generate help"
+            opts="serve probe-keys send pool help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        aibridge__subcmd__help__subcmd__generate)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi

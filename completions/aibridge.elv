@@ -33,7 +33,6 @@ set edit:completion:arg-completer[aibridge] = {|@words|
             cand probe-keys 'Check which keys work: one cheap request per key (a models list), no failover'
             cand send 'Send one request through the failover walker and report which keys were marked'
             cand pool 'Inspect the key pool'
-            cand generate 'Write shell completions and man pages (for maintainers)'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'aibridge;serve'= {
@@ -162,26 +161,11 @@ set edit:completion:arg-completer[aibridge] = {|@words|
         }
         &'aibridge;pool;help;help'= {
         }
-        &'aibridge;generate'= {
-            cand --dir 'Directory to write completions/ and man/ into'
-            cand --config 'Config file [default: <config dir>/aibridge/config.toml when it exists]'
-            cand --state-file 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]'
-            cand --redis-url 'Share key health through this Redis (redis://[user:password@]host:port/db, or rediss:// for TLS) instead of the state file [default: redis_url from the config]'
-            cand -v 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
-            cand --verbose 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
-            cand -q 'Print errors only'
-            cand --quiet 'Print errors only'
-            cand -h 'Print help'
-            cand --help 'Print help'
-            cand -V 'Print version'
-            cand --version 'Print version'
-        }
         &'aibridge;help'= {
             cand serve 'Run the local proxy: /{provider}/... forwards to the provider with key failover'
             cand probe-keys 'Check which keys work: one cheap request per key (a models list), no failover'
             cand send 'Send one request through the failover walker and report which keys were marked'
             cand pool 'Inspect the key pool'
-            cand generate 'Write shell completions and man pages (for maintainers)'
             cand help 'Print this message or the help of the given subcommand(s)'
         }
         &'aibridge;help;serve'= {
@@ -197,8 +181,6 @@ set edit:completion:arg-completer[aibridge] = {|@words|
         &'aibridge;help;pool;status'= {
         }
         &'aibridge;help;pool;reset'= {
-        }
-        &'aibridge;help;generate'= {
         }
         &'aibridge;help;help'= {
         }

@@ -35,7 +35,6 @@ complete -c aibridge -n "__fish_aibridge_needs_command" -f -a "serve" -d 'Run th
 complete -c aibridge -n "__fish_aibridge_needs_command" -f -a "probe-keys" -d 'Check which keys work: one cheap request per key (a models list), no failover'
 complete -c aibridge -n "__fish_aibridge_needs_command" -f -a "send" -d 'Send one request through the failover walker and report which keys were marked'
 complete -c aibridge -n "__fish_aibridge_needs_command" -f -a "pool" -d 'Inspect the key pool'
-complete -c aibridge -n "__fish_aibridge_needs_command" -f -a "generate" -d 'Write shell completions and man pages (for maintainers)'
 complete -c aibridge -n "__fish_aibridge_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c aibridge -n "__fish_aibridge_using_subcommand serve" -l listen -d 'Address to listen on; port 0 picks a free port [default: listen from the config, else 127.0.0.1:8787]' -r
 complete -c aibridge -n "__fish_aibridge_using_subcommand serve" -l workers -d 'Request-serving threads [default: one per CPU core]' -r
@@ -112,19 +111,10 @@ complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_
 complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from help" -f -a "status" -d 'Show every key\'s state, from the running server or else shared key health'
 complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from help" -f -a "reset" -d 'Clear marks (all, one provider\'s, or one key\'s) in shared key health and the running server; through Redis, on every replica'
 complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c aibridge -n "__fish_aibridge_using_subcommand generate" -l dir -d 'Directory to write completions/ and man/ into' -r -F
-complete -c aibridge -n "__fish_aibridge_using_subcommand generate" -l config -d 'Config file [default: <config dir>/aibridge/config.toml when it exists]' -r -F
-complete -c aibridge -n "__fish_aibridge_using_subcommand generate" -l state-file -d 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]' -r -F
-complete -c aibridge -n "__fish_aibridge_using_subcommand generate" -l redis-url -d 'Share key health through this Redis (redis://[user:password@]host:port/db, or rediss:// for TLS) instead of the state file [default: redis_url from the config]' -r
-complete -c aibridge -n "__fish_aibridge_using_subcommand generate" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
-complete -c aibridge -n "__fish_aibridge_using_subcommand generate" -s q -l quiet -d 'Print errors only'
-complete -c aibridge -n "__fish_aibridge_using_subcommand generate" -s h -l help -d 'Print help'
-complete -c aibridge -n "__fish_aibridge_using_subcommand generate" -s V -l version -d 'Print version'
-complete -c aibridge -n "__fish_aibridge_using_subcommand help; and not __fish_seen_subcommand_from serve probe-keys send pool generate help" -f -a "serve" -d 'Run the local proxy: /{provider}/... forwards to the provider with key failover'
-complete -c aibridge -n "__fish_aibridge_using_subcommand help; and not __fish_seen_subcommand_from serve probe-keys send pool generate help" -f -a "probe-keys" -d 'Check which keys work: one cheap request per key (a models list), no failover'
-complete -c aibridge -n "__fish_aibridge_using_subcommand help; and not __fish_seen_subcommand_from serve probe-keys send pool generate help" -f -a "send" -d 'Send one request through the failover walker and report which keys were marked'
-complete -c aibridge -n "__fish_aibridge_using_subcommand help; and not __fish_seen_subcommand_from serve probe-keys send pool generate help" -f -a "pool" -d 'Inspect the key pool'
-complete -c aibridge -n "__fish_aibridge_using_subcommand help; and not __fish_seen_subcommand_from serve probe-keys send pool generate help" -f -a "generate" -d 'Write shell completions and man pages (for maintainers)'
-complete -c aibridge -n "__fish_aibridge_using_subcommand help; and not __fish_seen_subcommand_from serve probe-keys send pool generate help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c aibridge -n "__fish_aibridge_using_subcommand help; and not __fish_seen_subcommand_from serve probe-keys send pool help" -f -a "serve" -d 'Run the local proxy: /{provider}/... forwards to the provider with key failover'
+complete -c aibridge -n "__fish_aibridge_using_subcommand help; and not __fish_seen_subcommand_from serve probe-keys send pool help" -f -a "probe-keys" -d 'Check which keys work: one cheap request per key (a models list), no failover'
+complete -c aibridge -n "__fish_aibridge_using_subcommand help; and not __fish_seen_subcommand_from serve probe-keys send pool help" -f -a "send" -d 'Send one request through the failover walker and report which keys were marked'
+complete -c aibridge -n "__fish_aibridge_using_subcommand help; and not __fish_seen_subcommand_from serve probe-keys send pool help" -f -a "pool" -d 'Inspect the key pool'
+complete -c aibridge -n "__fish_aibridge_using_subcommand help; and not __fish_seen_subcommand_from serve probe-keys send pool help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c aibridge -n "__fish_aibridge_using_subcommand help; and __fish_seen_subcommand_from pool" -f -a "status" -d 'Show every key\'s state, from the running server or else shared key health'
 complete -c aibridge -n "__fish_aibridge_using_subcommand help; and __fish_seen_subcommand_from pool" -f -a "reset" -d 'Clear marks (all, one provider\'s, or one key\'s) in shared key health and the running server; through Redis, on every replica'

@@ -110,12 +110,31 @@ pub struct ProviderConfig {
     pub max_wait: Duration,
 }
 
+impl ProviderConfig {
+    /// A setting that is valid but almost surely wrong, in words: a `base_url` of an
+    /// `openai` or `anthropic` provider whose path ends in `/v1`, when routes already carry
+    /// `/v1`.
+    pub fn warning(&self) -> Option<String> {
+        let doubled = matches!(self.kind, ProviderKind::OpenAi | ProviderKind::Anthropic)
+            && url::Url::parse(&self.base_url)
+                .is_ok_and(|url| url.path().trim_end_matches('/').ends_with("/v1"));
+        doubled.then(|| {
+            format!(
+                "provider \"{}\": base_url {} ends in /v1, but request paths already start with \
+                 /v1, so requests would go to .../v1/v1/...; drop the /v1",
+                self.name, self.base_url
+            )
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    // The causes below are part of the message, not a source, so a chain prints them once.
+    #[error("cannot read config file {path}: {reason}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     #[error("{path}:{line}:{column}: {message}")]
     Parse {
@@ -124,10 +143,10 @@ pub enum ConfigError {
         column: usize,
         message: String,
     },
-    #[error("invalid listen address {value:?}: {source}")]
+    #[error("invalid listen address {value:?}: {reason}")]
     Listen {
         value: String,
-        source: std::net::AddrParseError,
+        reason: std::net::AddrParseError,
     },
     #[error("provider \"{provider}\": {message}")]
     Provider { provider: String, message: String },
@@ -232,9 +251,9 @@ pub fn parse(text: &str, path: &Path, env: EnvLookup<'_>) -> Result<Config, Conf
 }
 
 fn parse_file(path: &Path) -> Result<RawConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = std::fs::read_to_string(path).map_err(|reason| ConfigError::Read {
         path: path.to_path_buf(),
-        source,
+        reason,
     })?;
     parse_toml(&text, path)
 }
@@ -302,9 +321,9 @@ fn resolve(
         .listen
         .clone()
         .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
-    let listen = listen_text.parse().map_err(|source| ConfigError::Listen {
+    let listen = listen_text.parse().map_err(|reason| ConfigError::Listen {
         value: listen_text.clone(),
-        source,
+        reason,
     })?;
     let serve = resolve_serve(&raw, base_dir, env)?;
     let (redis_url, redis_prefix) = resolve_redis(&raw, env)?;

@@ -15,6 +15,7 @@ pub mod provider;
 pub mod report;
 pub mod secret;
 pub mod server;
+pub mod table;
 pub mod transport;
 
 use std::process::ExitCode;
@@ -34,6 +35,15 @@ pub mod exit {
     pub const UNAUTHORIZED: u8 = 4;
     /// The upstream could not be reached or did not answer in time.
     pub const UNREACHABLE: u8 = 5;
+}
+
+/// Whether `error` comes from writing to a stdout whose reader has gone (a closed pipe).
+pub fn is_closed_stdout(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Runs one parsed command line.

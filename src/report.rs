@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::failover::Upstream;
 pub use crate::health::ClearedKey;
-use crate::keypool::{KeySnapshot, KeyState, ceil_secs, from_unix_ms};
+use crate::health::StateFile;
+use crate::health::file::KeyRecord;
+use crate::keypool::{KeySnapshot, KeyState, ModelCooldown, ceil_secs, from_unix_ms, to_unix_ms};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolReport {
@@ -17,9 +19,17 @@ pub struct PoolReport {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProviderReport {
     pub name: String,
+    /// `anthropic`, `openai` or `copilot`; `-` for a provider only shared health knows.
     pub kind: String,
     pub enabled: bool,
+    /// False for a provider only shared health knows (not in the configuration).
+    #[serde(default = "configured")]
+    pub configured: bool,
     pub keys: Vec<KeyReport>,
+}
+
+fn configured() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,8 +47,13 @@ pub struct KeyReport {
     pub last_status: Option<u16>,
     /// RFC 3339.
     pub last_used: Option<String>,
-    pub requests: u64,
-    pub failures: u64,
+    /// Requests and failures since the server started; `null` when read from shared health,
+    /// which does not count them.
+    pub requests: Option<u64>,
+    pub failures: Option<u64>,
+    /// False for a key only shared health knows (written by `probe-keys --keys-file`, say).
+    #[serde(default = "configured")]
+    pub configured: bool,
 }
 
 /// One model's cooldown on one key.
@@ -61,6 +76,7 @@ impl PoolReport {
                     name: upstream.name.clone(),
                     kind: upstream.kind.to_string(),
                     enabled: upstream.enabled,
+                    configured: true,
                     keys: upstream
                         .pool
                         .snapshots()
@@ -71,6 +87,73 @@ impl PoolReport {
             })
             .collect();
         Self { providers }
+    }
+}
+
+impl PoolReport {
+    /// The report of configured pools restored from shared health, which keeps no request
+    /// counts, with every key it records that the configuration lacks, marked as such.
+    pub fn with_records(mut self, shared: &StateFile, now_ms: u64) -> Self {
+        for provider in &mut self.providers {
+            for key in &mut provider.keys {
+                key.requests = None;
+                key.failures = None;
+            }
+        }
+        for (name, records) in &shared.providers {
+            let position = match self.providers.iter().position(|p| p.name == *name) {
+                Some(position) => position,
+                None => {
+                    self.providers.push(ProviderReport {
+                        name: name.clone(),
+                        kind: "-".to_owned(),
+                        enabled: false,
+                        configured: false,
+                        keys: Vec::new(),
+                    });
+                    self.providers.len() - 1
+                }
+            };
+            let provider = &mut self.providers[position];
+            for (fingerprint, record) in records {
+                if provider
+                    .keys
+                    .iter()
+                    .any(|key| key.fingerprint == *fingerprint)
+                {
+                    continue;
+                }
+                let mut key = KeyReport::new(&snapshot_of(fingerprint, record, now_ms), now_ms);
+                key.requests = None;
+                key.failures = None;
+                key.configured = false;
+                provider.keys.push(key);
+            }
+        }
+        self
+    }
+}
+
+/// A recorded key as the pool would show it.
+fn snapshot_of(fingerprint: &str, record: &KeyRecord, now_ms: u64) -> KeySnapshot {
+    KeySnapshot {
+        index: 0,
+        hint: record.hint.clone(),
+        fingerprint: fingerprint.to_owned(),
+        state: KeyState::from(record.state).settle(now_ms),
+        models: record
+            .cooling
+            .iter()
+            .map(|(model, cooling)| ModelCooldown {
+                model: model.as_str().into(),
+                until_ms: to_unix_ms(cooling.until),
+            })
+            .filter(|cooling| cooling.until_ms > now_ms)
+            .collect(),
+        last_status: record.last_status,
+        last_used_ms: record.last_used.map(to_unix_ms),
+        requests: 0,
+        failures: 0,
     }
 }
 
@@ -104,8 +187,9 @@ impl KeyReport {
             last_used: snapshot
                 .last_used_ms
                 .map(|ms| humantime::format_rfc3339_seconds(from_unix_ms(ms)).to_string()),
-            requests: snapshot.requests,
-            failures: snapshot.failures,
+            requests: Some(snapshot.requests),
+            failures: Some(snapshot.failures),
+            configured: true,
         }
     }
 }

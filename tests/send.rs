@@ -79,11 +79,13 @@ fn json_report_for_rate_limited_pool() {
             "provider": "anthropic",
             "status": 429,
             "outcome": "rate_limited",
+            "key": null,
             "attempts": [{"key": hint(K1), "status": 429, "mark": "cooling", "cooldown_secs": 40, "model": "claude-sonnet-4-5"}],
             "retry_after_secs": 40,
             "body": {"type": "error", "error": {
                 "type": "rate_limit_error",
-                "message": "all configured keys are rate-limited for model \"claude-sonnet-4-5\" (retry after 40s)"}}
+                "message": "all configured keys are rate-limited for model \"claude-sonnet-4-5\" (retry after 40s)"}},
+            "error": null
         })
     );
 }
@@ -392,10 +394,11 @@ fn json_success_report() {
         .json();
     assert_eq!(
         report,
-        json!({"provider": "anthropic", "status": 200, "outcome": "ok",
+        json!({"provider": "anthropic", "status": 200, "outcome": "ok", "key": hint(K1),
                "attempts": [{"key": hint(K1), "status": 200, "mark": null, "cooldown_secs": null, "model": null}],
                "retry_after_secs": null,
-               "body": {"id": "msg_1", "usage": {"input_tokens": 3}}})
+               "body": {"id": "msg_1", "usage": {"input_tokens": 3}},
+               "error": null})
     );
 }
 

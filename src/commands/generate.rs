@@ -41,7 +41,7 @@ fn completions() -> Vec<(PathBuf, Vec<u8>)> {
     ]
     .into_iter()
     .map(|shell| {
-        let mut command = Cli::command();
+        let mut command = without_hidden_commands(Cli::command());
         let mut script = Vec::new();
         clap_complete::generate(shell, &mut command, "aibridge", &mut script);
         let name = match shell {
@@ -54,6 +54,75 @@ fn completions() -> Vec<(PathBuf, Vec<u8>)> {
         (Path::new("completions").join(name), script)
     })
     .collect()
+}
+
+/// The command line as users see it: shells complete no hidden subcommand (`generate`).
+fn without_hidden_commands(full: clap::Command) -> clap::Command {
+    let mut visible = clap::Command::new(full.get_name().to_owned())
+        .propagate_version(full.is_propagate_version_set())
+        .args(full.get_arguments().cloned())
+        .subcommands(
+            full.get_subcommands()
+                .filter(|sub| !sub.is_hide_set())
+                .cloned(),
+        );
+    if let Some(version) = full.get_version() {
+        visible = visible.version(version.to_owned());
+    }
+    if let Some(about) = full.get_about() {
+        visible = visible.about(about.clone());
+    }
+    visible
+}
+
+/// A synopsis with each option's value placeholder (`--config <FILE>`), which clap_mangen's
+/// own leaves out.
+fn synopsis(command: &clap::Command) -> String {
+    let mut parts = vec![
+        command
+            .get_bin_name()
+            .unwrap_or_else(|| command.get_name())
+            .to_owned(),
+    ];
+    let options = command
+        .get_arguments()
+        .filter(|arg| !arg.is_hide_set() && !arg.is_positional());
+    for arg in options {
+        let names = match (arg.get_short(), arg.get_long()) {
+            (Some(short), Some(long)) => format!("-{short}|--{long}"),
+            (None, Some(long)) => format!("--{long}"),
+            (Some(short), None) => format!("-{short}"),
+            (None, None) => continue,
+        };
+        let value = match arg.get_value_names() {
+            Some(values) if arg.get_action().takes_values() => format!(" <{}>", values.join("> <")),
+            _ => String::new(),
+        };
+        let repeats = matches!(
+            arg.get_action(),
+            clap::ArgAction::Append | clap::ArgAction::Count
+        );
+        let repeats = if repeats { "..." } else { "" };
+        parts.push(if arg.is_required_set() {
+            format!("{names}{value}")
+        } else {
+            format!("[{names}{value}]{repeats}")
+        });
+    }
+    for arg in command.get_positionals().filter(|arg| !arg.is_hide_set()) {
+        let value = arg
+            .get_value_names()
+            .map_or_else(|| arg.get_id().to_string(), |names| names.join(" "));
+        parts.push(if arg.is_required_set() {
+            format!("<{value}>")
+        } else {
+            format!("[{value}]")
+        });
+    }
+    if command.has_subcommands() {
+        parts.push("<COMMAND>".to_owned());
+    }
+    parts.join(" ")
 }
 
 /// One page for the tool and one per visible subcommand (`aibridge-pool-status.1`, ...).
@@ -71,7 +140,11 @@ fn render_page(
     pages: &mut Vec<(PathBuf, Vec<u8>)>,
 ) -> anyhow::Result<()> {
     let mut page = Vec::new();
-    clap_mangen::Man::new(command.clone().name(name.to_owned()))
+    let described = command
+        .clone()
+        .name(name.to_owned())
+        .override_usage(synopsis(command));
+    clap_mangen::Man::new(described)
         .render(&mut page)
         .context("cannot render man page")?;
     pages.push((Path::new("man").join(format!("{name}.1")), page));

@@ -1,51 +1,22 @@
-//! Terminal output shared by the commands: aligned tables, and progress bars shown only on a
-//! terminal.
+//! Terminal output shared by the commands: stdout writes that report a closed pipe (see
+//! `main`), and progress bars shown only on a terminal.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
+use anyhow::Context;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-/// A plain table: columns padded to their widest cell, two spaces apart.
-pub struct Table {
-    rows: Vec<Vec<String>>,
-}
+pub use crate::table::Table;
 
-impl Table {
-    pub fn new(headers: &[&str]) -> Self {
-        Self {
-            rows: vec![headers.iter().map(|header| (*header).to_owned()).collect()],
-        }
-    }
-
-    pub fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
-    }
-
-    pub fn render(&self) -> String {
-        let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
-        let widths: Vec<usize> = (0..columns)
-            .map(|column| {
-                self.rows
-                    .iter()
-                    .filter_map(|row| row.get(column))
-                    .map(|cell| cell.chars().count())
-                    .max()
-                    .unwrap_or(0)
-            })
-            .collect();
-        let mut text = String::new();
-        for row in &self.rows {
-            let line: Vec<String> = row
-                .iter()
-                .zip(&widths)
-                .map(|(cell, width)| format!("{cell:<width$}"))
-                .collect();
-            text.push_str(line.join("  ").trim_end());
-            text.push('\n');
-        }
-        text
-    }
+/// Writes `text` to stdout. A reader that has gone shows as an error whose cause is a broken
+/// pipe, which `main` takes for success; `println!` would panic instead.
+pub fn print_stdout(text: &str) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .context("cannot write to stdout")
 }
 
 /// A progress bar on stderr, or `None` when stderr is not a terminal or output is JSON.

@@ -1,6 +1,7 @@
 //! `aibridge pool status` and `aibridge pool reset`: the pool as the running server sees it,
 //! or as the state file records it when no server runs.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -10,14 +11,14 @@ use anyhow::{Context, anyhow, bail};
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode, header};
 
-use super::output::{Table, ago, seconds};
-use super::{block_on, health_store, load_config, provider_config};
+use super::output::{Table, ago, print_stdout, seconds};
+use super::{block_on, health_store, load_config};
 use crate::cli::{GlobalArgs, PoolResetArgs, PoolStatusArgs};
 use crate::config::Config;
 use crate::exit;
 use crate::failover::{Upstream, error_chain};
-use crate::health::{HealthChange, HealthStore, KnownKey, select_key};
-use crate::keypool::SystemClock;
+use crate::health::{HealthChange, KeySelectError, KnownKey, StateFile, select_key};
+use crate::keypool::{SystemClock, to_unix_ms};
 use crate::report::{ClearedKey, KeyReport, PoolReport, ResetRequest, ResetResponse};
 use crate::transport::{self, HttpClient};
 
@@ -28,23 +29,31 @@ const SERVER_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub fn status(global: &GlobalArgs, args: &PoolStatusArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(global)?;
-    if let Some(name) = &args.provider {
-        provider_config(&config, name)?;
-    }
     let (mut report, source) = block_on(read_pool(global, &config, args.server.as_deref()))??;
     if let Some(name) = &args.provider {
+        // Checked against what was read: a server may have providers this config lacks.
+        known_provider(
+            name,
+            report
+                .providers
+                .iter()
+                .map(|provider| provider.name.as_str()),
+        )?;
         report.providers.retain(|provider| provider.name == *name);
     }
     if args.json {
         eprintln!("source: {source}");
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        print_stdout(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
     } else {
-        println!("source: {source}");
-        print!("{}", status_table(&report));
+        print_stdout(&format!("source: {source}\n{}", status_table(&report)))?;
     }
-    let starved = report.providers.iter().any(|provider| {
-        !provider.keys.is_empty() && provider.keys.iter().all(|key| key.state != "available")
-    });
+    let starved = report
+        .providers
+        .iter()
+        .filter(|provider| provider.configured)
+        .any(|provider| {
+            !provider.keys.is_empty() && provider.keys.iter().all(|key| key.state != "available")
+        });
     Ok(ExitCode::from(if starved {
         exit::FAILURE
     } else {
@@ -52,7 +61,30 @@ pub fn status(global: &GlobalArgs, args: &PoolStatusArgs) -> anyhow::Result<Exit
     }))
 }
 
-/// The pool from the server (named, or found on the configured address), else the state file.
+/// `name` among `providers`, or an error naming them.
+fn known_provider<'a>(name: &str, providers: impl Iterator<Item = &'a str>) -> anyhow::Result<()> {
+    let known: BTreeSet<&str> = providers.collect();
+    if !known.contains(name) {
+        bail!(
+            "unknown provider \"{name}\" (known: {})",
+            known.into_iter().collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The server named with --server, or else the one on the configured address if it answers.
+async fn find_server(client: &HttpClient, config: &Config, url: Option<&str>) -> Option<Server> {
+    match url {
+        Some(url) => Some(Server::new(url, config)),
+        None => {
+            let local = Server::local(config);
+            local.is_up(client).await.then_some(local)
+        }
+    }
+}
+
+/// The pool from the server (named, or found on the configured address), else shared health.
 async fn read_pool(
     global: &GlobalArgs,
     config: &Config,
@@ -78,16 +110,16 @@ async fn read_pool(
         .map(|provider| Upstream::from_config(provider, clock.clone()))
         .collect::<Result<Vec<_>, _>>()?;
     let Some(store) = health_store(global, config, false)? else {
-        return Ok((
-            PoolReport::new(&upstreams),
-            "configuration only (no state file)".to_owned(),
-        ));
+        let report = PoolReport::new(&upstreams).with_records(&Default::default(), 0);
+        return Ok((report, "configuration only (no state file)".to_owned()));
     };
     let state = store.load().await.context("cannot read key marks")?;
     for upstream in &upstreams {
         state.restore_into(&upstream.name, &upstream.pool);
     }
-    Ok((PoolReport::new(&upstreams), store.describe()))
+    let now = to_unix_ms(std::time::SystemTime::now());
+    let report = PoolReport::new(&upstreams).with_records(&state, now);
+    Ok((report, store.describe()))
 }
 
 fn status_table(report: &PoolReport) -> String {
@@ -101,20 +133,36 @@ fn status_table(report: &PoolReport) -> String {
         "FAILURES",
     ]);
     for provider in &report.providers {
+        // Keys only shared health knows, of providers or pools not configured here.
+        let (name, unlisted) = if provider.configured {
+            (provider.name.clone(), " (not in config)")
+        } else {
+            (format!("{} (not in config)", provider.name), "")
+        };
         for key in &provider.keys {
+            let hint = if key.configured {
+                key.hint.clone()
+            } else {
+                format!("{}{unlisted}", key.hint)
+            };
             table.row(vec![
-                provider.name.clone(),
-                key.hint.clone(),
+                name.clone(),
+                hint,
                 state_label(key),
                 key.last_status
                     .map_or("-".to_owned(), |status| status.to_string()),
                 ago(key.last_used.as_deref()),
-                key.requests.to_string(),
-                key.failures.to_string(),
+                count(key.requests),
+                count(key.failures),
             ]);
         }
     }
     table.render()
+}
+
+/// A count, or `-` where the source keeps none.
+fn count(value: Option<u64>) -> String {
+    value.map_or_else(|| "-".to_owned(), |value| value.to_string())
 }
 
 /// `available`, `cooling 41s`, `cooling 41s (claude-opus-4-5, gpt-4o)` for a key cooling for
@@ -144,16 +192,31 @@ fn state_label(key: &KeyReport) -> String {
 
 pub fn reset(global: &GlobalArgs, args: &PoolResetArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(global)?;
-    if let Some(name) = &args.provider {
-        provider_config(&config, name)?;
-    }
     let store = health_store(global, &config, false)?
         .context("no state directory on this system; pass --state-file or --redis-url")?;
     block_on(async {
+        let client = Server::client()?;
+        let server = find_server(&client, &config, args.server.as_deref()).await;
+        let served = match &server {
+            Some(server) => Some(
+                server
+                    .pool(&client, SERVER_TIMEOUT)
+                    .await
+                    .with_context(|| format!("cannot read the pool from {}", server.base))?,
+            ),
+            None => None,
+        };
+        let shared = store.load().await.context("cannot read key marks")?;
+        let known = known_keys(&config, &shared, served.as_ref());
+        if let Some(name) = &args.provider {
+            let providers = known.iter().map(|key| key.provider.as_str());
+            known_provider(
+                name,
+                providers.chain(config.providers.keys().map(String::as_str)),
+            )?;
+        }
         let fingerprint = match &args.key {
-            Some(selector) => {
-                Some(resolve_key(&config, &store, args.provider.as_deref(), selector).await?)
-            }
+            Some(selector) => Some(resolve_key(&known, args.provider.as_deref(), selector)?),
             None => None,
         };
         let clear = HealthChange::Cleared {
@@ -164,25 +227,25 @@ pub fn reset(global: &GlobalArgs, args: &PoolResetArgs) -> anyhow::Result<ExitCo
             .apply(vec![clear])
             .await
             .context("cannot clear key marks")?;
-        report_cleared(&store.describe(), &cleared);
+        report_cleared(&store.describe(), &cleared)?;
+        let Some(server) = server else {
+            return Ok(());
+        };
         let request = ResetRequest {
             provider: args.provider.clone(),
             key: fingerprint,
         };
-        reset_server(&config, args.server.as_deref(), &request).await
+        let cleared = server
+            .reset(&client, &request, SERVER_TIMEOUT)
+            .await
+            .with_context(|| format!("cannot reset marks on {}", server.base))?;
+        report_cleared(&format!("server {}", server.base), &cleared)
     })??;
     Ok(ExitCode::SUCCESS)
 }
 
-/// The fingerprint of the one key `selector` names, among configured keys and keys shared
-/// health knows.
-async fn resolve_key(
-    config: &Config,
-    store: &HealthStore,
-    provider: Option<&str>,
-    selector: &str,
-) -> anyhow::Result<String> {
-    let state = store.load().await.context("cannot read key marks")?;
+/// Every key a reset may name: configured, recorded in shared health, or held by the server.
+fn known_keys(config: &Config, shared: &StateFile, served: Option<&PoolReport>) -> Vec<KnownKey> {
     let configured = config.providers.iter().flat_map(|(name, provider)| {
         provider.keys.iter().map(|key| KnownKey {
             provider: name.clone(),
@@ -190,51 +253,68 @@ async fn resolve_key(
             hint: key.hint(),
         })
     });
-    let recorded = state.providers.iter().flat_map(|(name, records)| {
+    let recorded = shared.providers.iter().flat_map(|(name, records)| {
         records.iter().map(|(fingerprint, record)| KnownKey {
             provider: name.clone(),
             fingerprint: fingerprint.clone(),
             hint: record.hint.clone(),
         })
     });
-    let known: Vec<KnownKey> = configured.chain(recorded).collect();
-    Ok(select_key(&known, provider, selector)?.fingerprint.clone())
+    let held = served.into_iter().flat_map(|report| {
+        report.providers.iter().flat_map(|provider| {
+            provider.keys.iter().map(|key| KnownKey {
+                provider: provider.name.clone(),
+                fingerprint: key.fingerprint.clone(),
+                hint: key.hint.clone(),
+            })
+        })
+    });
+    configured.chain(recorded).chain(held).collect()
 }
 
-async fn reset_server(
-    config: &Config,
-    url: Option<&str>,
-    request: &ResetRequest,
-) -> anyhow::Result<()> {
-    let client = Server::client()?;
-    let (server, timeout) = match url {
-        Some(url) => (Server::new(url, config), SERVER_TIMEOUT),
-        None => {
-            let local = Server::local(config);
-            if !local.is_up(&client).await {
-                return Ok(());
+/// The fingerprint of the one key `selector` names among `known`. When the keys a hint
+/// matches belong to several providers, the error says `--provider` tells them apart.
+fn resolve_key(
+    known: &[KnownKey],
+    provider: Option<&str>,
+    selector: &str,
+) -> anyhow::Result<String> {
+    match select_key(known, provider, selector) {
+        Ok(key) => Ok(key.fingerprint.clone()),
+        Err(error) => {
+            let providers: BTreeSet<_> = known
+                .iter()
+                .filter(|key| key.hint == selector)
+                .map(|key| key.provider.as_str())
+                .collect();
+            if matches!(error, KeySelectError::Ambiguous { .. }) && providers.len() > 1 {
+                bail!("{error}, or name the provider with --provider");
             }
-            (local, SERVER_TIMEOUT)
+            Err(error.into())
         }
-    };
-    let cleared = server
-        .reset(&client, request, timeout)
-        .await
-        .with_context(|| format!("cannot reset marks on {}", server.base))?;
-    report_cleared(&format!("server {}", server.base), &cleared);
-    Ok(())
+    }
 }
 
-fn report_cleared(place: &str, cleared: &[ClearedKey]) {
+fn report_cleared(place: &str, cleared: &[ClearedKey]) -> anyhow::Result<()> {
+    let mut text = String::new();
     if cleared.is_empty() {
-        println!("{place}: nothing to clear");
+        text.push_str(&format!("{place}: nothing to clear\n"));
     }
     for key in cleared {
-        println!(
-            "{place}: cleared {} {} (was {})",
+        text.push_str(&format!(
+            "{place}: cleared {} {} (was {})\n",
             key.provider, key.key, key.was
-        );
+        ));
     }
+    print_stdout(&text)
+}
+
+/// The server wants an access token this command did not have (or had wrong).
+fn needs_token() -> anyhow::Error {
+    anyhow!(
+        "the server answered 401: it requires an access token; set AIBRIDGE_ACCESS_TOKENS (or \
+         access_tokens in the config) to one of the server's"
+    )
 }
 
 /// A running `aibridge serve`, reached over its admin routes.
@@ -330,6 +410,9 @@ impl Server {
         let (status, body) = self
             .call(client, Method::GET, "/_aibridge/pool", None, timeout)
             .await?;
+        if status == StatusCode::UNAUTHORIZED {
+            return Err(needs_token());
+        }
         if !status.is_success() {
             bail!("the server answered {status}");
         }
@@ -358,6 +441,7 @@ impl Server {
                 .cleared),
             // The server does not hold that key: nothing to clear there.
             404 => Ok(Vec::new()),
+            401 => Err(needs_token()),
             status => bail!(
                 "the server answered {status}: {}",
                 String::from_utf8_lossy(&body)

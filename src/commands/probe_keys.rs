@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use futures_util::StreamExt;
 use serde::Serialize;
 
-use super::output::{Table, progress_bar};
+use super::output::{Table, print_stdout, progress_bar};
 use super::{SharedHealth, block_on, keys_from_flags, load_config, provider_config};
 use crate::cli::{GlobalArgs, ProbeKeysArgs};
 use crate::config::Config;
@@ -140,8 +140,7 @@ fn print(probes: &[Probe], json: bool) -> anyhow::Result<()> {
                 latency_ms: probe.latency.as_millis() as u64,
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&reports)?);
-        return Ok(());
+        return print_stdout(&format!("{}\n", serde_json::to_string_pretty(&reports)?));
     }
     let mut table = Table::new(&["PROVIDER", "KEY", "VERDICT", "DETAIL", "LATENCY"]);
     for probe in probes {
@@ -153,6 +152,5 @@ fn print(probes: &[Probe], json: bool) -> anyhow::Result<()> {
             format!("{}ms", probe.latency.as_millis()),
         ]);
     }
-    print!("{}", table.render());
-    Ok(())
+    print_stdout(&table.render())
 }

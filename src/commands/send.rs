@@ -24,11 +24,15 @@ use crate::failover::{
 use crate::health::HealthChange;
 use crate::keypool::{ExhaustionKind, KeyState, SystemClock, ceil_secs, validate_keys};
 use crate::provider::ErrorSpec;
+use crate::secret::ApiKey;
 use crate::transport::{self, HttpClient, Response};
 
 pub fn run(global: &GlobalArgs, args: SendArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(global)?;
     let provider = provider_for_run(&config, &args)?;
+    if let Some(warning) = provider.warning() {
+        tracing::warn!("{warning}");
+    }
     let request = build_request(&args, &provider)?;
     let upstream = Upstream::from_config(&provider, Arc::new(SystemClock))?;
     let credentials = upstream.credentials_for(request.headers(), true)?;
@@ -46,6 +50,7 @@ pub fn run(global: &GlobalArgs, args: SendArgs) -> anyhow::Result<ExitCode> {
             health: &health,
             args: &args,
             quiet: global.quiet,
+            verbose: global.verbose > 0,
         };
         send.run().await
     })?
@@ -91,6 +96,9 @@ fn build_request(args: &SendArgs, provider: &ProviderConfig) -> anyhow::Result<O
     } else {
         format!("/{path}")
     };
+    if let Err(error) = path_and_query.parse::<http::uri::PathAndQuery>() {
+        bail!("invalid PATH {path_and_query:?}: {error} (escape spaces and the like as %20)");
+    }
     let mut headers = HeaderMap::new();
     for (name, value) in &args.headers {
         headers.append(name.clone(), value.clone());
@@ -133,11 +141,16 @@ struct Send<'a> {
     health: &'a SharedHealth,
     args: &'a SendArgs,
     quiet: bool,
+    /// `-v`: each attempt's request and response headers too.
+    verbose: bool,
 }
 
 impl Send<'_> {
     async fn run(&self) -> anyhow::Result<ExitCode> {
         let (attempts, result) = self.exchange().await;
+        if let (Ok(response), true) = (&result, self.verbose && !self.quiet) {
+            eprint!("{}", response_headers(response.headers()));
+        }
         let code = match result {
             Ok(response) if self.args.json => self.print_json_answer(&attempts, response).await?,
             Ok(response) => self.stream_answer(response).await?,
@@ -151,6 +164,7 @@ impl Send<'_> {
     async fn exchange(&self) -> (Vec<Attempt>, Result<Response, FailoverError>) {
         let observer = SendObserver {
             quiet: self.quiet,
+            request: self.verbose.then_some((self.request, self.upstream)),
             byok: matches!(self.credentials, Credentials::Caller(_)),
             spinner: std::sync::Mutex::new(None),
         };
@@ -192,13 +206,11 @@ impl Send<'_> {
                     return Ok(exit::UNREACHABLE);
                 }
             };
-            if let Err(error) = stdout.write_all(&chunk).and_then(|()| stdout.flush()) {
-                // A reader that has gone away (`| head`) is not a failure of ours.
-                if error.kind() == std::io::ErrorKind::BrokenPipe {
-                    return Ok(code);
-                }
-                return Err(error).context("cannot write to stdout");
-            }
+            // A reader that has gone away (`| head`) ends the command in `main`, as success.
+            stdout
+                .write_all(&chunk)
+                .and_then(|()| stdout.flush())
+                .context("cannot write to stdout")?;
         }
         Ok(code)
     }
@@ -213,10 +225,8 @@ impl Send<'_> {
             Ok(bytes) => bytes,
             Err(error) => {
                 let report = self.report(attempts, Some(status), Outcome::NetworkError, None);
-                print_json(&report.with_body(Value::String(format!(
-                    "upstream stream interrupted: {}",
-                    error_chain(&*error)
-                ))))?;
+                let message = format!("upstream stream interrupted: {}", error_chain(&*error));
+                print_json(&report.with_error(ErrorKind::StreamInterrupted, message))?;
                 return Ok(exit::UNREACHABLE);
             }
         };
@@ -240,7 +250,7 @@ impl Send<'_> {
             // Unreachable or timed out; nothing was marked.
             if self.args.json {
                 let report = self.report(attempts, None, Outcome::NetworkError, None);
-                print_json(&report.with_body(Value::String(error.to_string())))?;
+                print_json(&report.with_error(ErrorKind::of(error), error.to_string()))?;
             }
             eprintln!("error: {error}");
             return Ok(exit::UNREACHABLE);
@@ -286,22 +296,30 @@ impl Send<'_> {
             provider: self.upstream.name.clone(),
             status,
             outcome,
+            key: attempts
+                .iter()
+                .rev()
+                .find(|attempt| attempt.answered())
+                .map(|attempt| attempt.key_hint.clone()),
             attempts: attempts.iter().map(AttemptReport::from).collect(),
             retry_after_secs,
             body: Value::Null,
+            error: None,
         }
     }
 }
 
-/// Prints each attempt as it is made, and the wait for a key: a spinner on a terminal, one
-/// line per wait otherwise.
-struct SendObserver {
+/// Prints each attempt as it is made (with `-v`, its request and response headers), and the
+/// wait for a key: a spinner counting down on a terminal, one line per wait otherwise.
+struct SendObserver<'a> {
     quiet: bool,
+    /// With `-v`: the request, and the provider whose auth header it gets.
+    request: Option<(&'a OutboundRequest, &'a Upstream)>,
     byok: bool,
     spinner: std::sync::Mutex<Option<ProgressBar>>,
 }
 
-impl WalkObserver for SendObserver {
+impl WalkObserver for SendObserver<'_> {
     fn attempted(&self, attempt: &Attempt) {
         if self.quiet {
             return;
@@ -309,30 +327,51 @@ impl WalkObserver for SendObserver {
         let status = attempt
             .status
             .map_or("---".to_owned(), |code| code.to_string());
-        eprintln!(
-            "{}  {status}  {}",
+        let mut text = format!(
+            "{}  {status}  {}\n",
             attempt.key_hint,
             describe(attempt, self.byok)
         );
+        if let Some((request, upstream)) = self.request {
+            text.push_str(&request_headers(request, upstream, &attempt.key_hint));
+            if let Some(drained) = &attempt.drained {
+                text.push_str(&response_headers(&drained.headers));
+            }
+        }
+        eprint!("{text}");
     }
 
     fn waiting(&self, wait: Duration, model: Option<&str>) {
         if self.quiet {
             return;
         }
-        let wait = humantime::format_duration(Duration::from_secs(ceil_secs(wait)));
-        let text = match model {
-            Some(model) => format!("waiting {wait} for a key (model {model})"),
-            None => format!("waiting {wait} for a key"),
+        let for_what = match model {
+            Some(model) => format!("for a key (model {model})"),
+            None => "for a key".to_owned(),
+        };
+        let left = move |remaining: Duration| {
+            let secs = Duration::from_secs(ceil_secs(remaining));
+            format!("waiting {} {for_what}", humantime::format_duration(secs))
         };
         if !std::io::stderr().is_terminal() {
-            eprintln!("{text}");
+            eprintln!("{}", left(wait));
             return;
         }
         let spinner = ProgressBar::new_spinner()
             .with_style(ProgressStyle::with_template("{spinner} {msg}").expect("valid template"))
-            .with_message(text);
+            .with_message(left(wait));
         spinner.enable_steady_tick(Duration::from_millis(100));
+        // Counts down until the wait is over and the spinner cleared.
+        let counting = spinner.clone();
+        let until = std::time::Instant::now() + wait;
+        std::thread::spawn(move || {
+            while !counting.is_finished() {
+                counting.set_message(left(
+                    until.saturating_duration_since(std::time::Instant::now()),
+                ));
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
         *self
             .spinner
             .lock()
@@ -349,6 +388,37 @@ impl WalkObserver for SendObserver {
             spinner.finish_and_clear();
         }
     }
+}
+
+/// `-v`: the request line and headers as sent with the key `hint`, its credential masked.
+fn request_headers(request: &OutboundRequest, upstream: &Upstream, hint: &str) -> String {
+    let mut headers = request.headers().clone();
+    // The hint in place of the key: what was sent, without the secret.
+    upstream
+        .kind
+        .api()
+        .apply_key(&mut headers, &ApiKey::new(hint));
+    let mut text = format!("  > {} {}\n", request.method, request.path_and_query);
+    for (name, value) in &headers {
+        text.push_str(&format!(
+            "  > {name}: {}\n",
+            String::from_utf8_lossy(value.as_bytes())
+        ));
+    }
+    text
+}
+
+/// `-v`: an answer's headers.
+fn response_headers(headers: &HeaderMap) -> String {
+    headers
+        .iter()
+        .map(|(name, value)| {
+            format!(
+                "  < {name}: {}\n",
+                String::from_utf8_lossy(value.as_bytes())
+            )
+        })
+        .collect()
 }
 
 fn status_exit_code(status: u16) -> u8 {
@@ -394,9 +464,8 @@ fn cooldown_secs(until_ms: u64, at_ms: u64) -> u64 {
 }
 
 fn print_json(report: &SendReport) -> anyhow::Result<()> {
-    let mut stdout = std::io::stdout().lock();
-    serde_json::to_writer(&mut stdout, report).context("cannot write to stdout")?;
-    writeln!(stdout).context("cannot write to stdout")
+    let text = serde_json::to_string(report).expect("plain data serializes");
+    super::output::print_stdout(&format!("{text}\n"))
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -415,15 +484,53 @@ struct SendReport {
     provider: String,
     status: Option<u16>,
     outcome: Outcome,
+    /// The key whose answer this is, masked; `null` when none answered.
+    key: Option<String>,
     attempts: Vec<AttemptReport>,
     retry_after_secs: Option<u64>,
+    /// The answer: its JSON when it is JSON, else its text; `null` when there is none.
     body: Value,
+    /// Why there is no whole answer: the upstream out of reach, or the answer cut off.
+    error: Option<ErrorReport>,
 }
 
 impl SendReport {
     fn with_body(mut self, body: Value) -> Self {
         self.body = body;
         self
+    }
+
+    fn with_error(mut self, kind: ErrorKind, message: String) -> Self {
+        self.error = Some(ErrorReport { kind, message });
+        self
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct ErrorReport {
+    kind: ErrorKind,
+    message: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum ErrorKind {
+    Unreachable,
+    Timeout,
+    StreamInterrupted,
+    ProviderDisabled,
+    NoKeys,
+}
+
+impl ErrorKind {
+    /// For a walk that ended without an answer, other than every key being marked.
+    fn of(error: &FailoverError) -> Self {
+        match error {
+            FailoverError::Timeout(_) => Self::Timeout,
+            FailoverError::ProviderDisabled { .. } => Self::ProviderDisabled,
+            FailoverError::NoKeys { .. } => Self::NoKeys,
+            FailoverError::Unreachable(_) | FailoverError::Exhausted(_) => Self::Unreachable,
+        }
     }
 }
 

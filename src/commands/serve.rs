@@ -7,11 +7,18 @@ use anyhow::{Context, bail};
 
 use super::{health_store, load_config};
 use crate::cli::{GlobalArgs, ServeArgs};
-use crate::config::{self, Config};
+use crate::config::{self, Config, ProviderConfig};
 use crate::server::{self, ServerOptions};
 
 pub fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(global)?;
+    for warning in config
+        .providers
+        .values()
+        .filter_map(ProviderConfig::warning)
+    {
+        tracing::warn!("{warning}");
+    }
     let listen = args.listen.unwrap_or(config.listen);
     let allow_unauthenticated = args.allow_unauthenticated;
     check_exposure(listen, &config, allow_unauthenticated)?;

@@ -256,8 +256,9 @@ impl KeyRecord {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("state file {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    /// The cause is part of the message, not a source, so a chain prints it once.
+    #[error("state file {path}: {reason}")]
+    Io { path: PathBuf, reason: io::Error },
 }
 
 /// The state file on disk.
@@ -298,10 +299,10 @@ impl StateStore {
         Ok(result)
     }
 
-    fn io_error(&self, source: io::Error) -> StateError {
+    fn io_error(&self, reason: io::Error) -> StateError {
         StateError::Io {
             path: self.path.clone(),
-            source,
+            reason,
         }
     }
 

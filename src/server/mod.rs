@@ -552,8 +552,13 @@ impl Signals {
     }
 }
 
+/// The URL alone on stdout, so a script that starts `serve` on port 0 can read the port;
+/// the banner, a table of the providers, on stderr.
 fn print_banner(address: SocketAddr, bridge: &Bridge) {
-    eprintln!("aibridge listening on http://{address}");
+    use std::io::Write;
+    // A closed stdout is the script's business: the server serves on.
+    let _ = writeln!(std::io::stdout(), "http://{address}");
+    let mut table = crate::table::Table::new(&[]);
     for upstream in bridge.upstreams.values() {
         let keys = match upstream.pool.len() {
             0 => "no keys (callers bring their own)".to_owned(),
@@ -565,9 +570,17 @@ fn print_banner(address: SocketAddr, bridge: &Bridge) {
         } else {
             "disabled"
         };
-        eprintln!(
-            "  {:<12} {:<10} {}  {keys}  {enabled}",
-            upstream.name, upstream.kind, upstream.base_url
-        );
+        table.row(vec![
+            upstream.name.clone(),
+            upstream.kind.to_string(),
+            upstream.base_url.clone(),
+            keys,
+            enabled.to_owned(),
+        ]);
     }
+    let mut banner = format!("aibridge listening on http://{address}\n");
+    for line in table.render().lines().filter(|line| !line.is_empty()) {
+        banner.push_str(&format!("  {line}\n"));
+    }
+    eprint!("{banner}");
 }
