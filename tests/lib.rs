@@ -4,6 +4,7 @@ mod harness;
 
 mod cli;
 mod clients;
+mod corners;
 mod failure_model;
 mod fleet;
 mod pool;

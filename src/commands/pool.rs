@@ -47,13 +47,11 @@ pub fn status(global: &GlobalArgs, args: &PoolStatusArgs) -> anyhow::Result<Exit
     } else {
         print_stdout(&format!("source: {source}\n{}", status_table(&report)))?;
     }
-    let starved = report
-        .providers
-        .iter()
-        .filter(|provider| provider.configured)
-        .any(|provider| {
-            !provider.keys.is_empty() && provider.keys.iter().all(|key| key.state != "available")
-        });
+    // Keys only shared health knows serve no request here: they count for nothing.
+    let starved = report.providers.iter().any(|provider| {
+        let mut pool = provider.keys.iter().filter(|key| key.configured).peekable();
+        pool.peek().is_some() && pool.all(|key| key.state != "available")
+    });
     Ok(ExitCode::from(if starved {
         exit::FAILURE
     } else {

@@ -556,8 +556,6 @@ impl Signals {
 /// the banner, a table of the providers, on stderr.
 fn print_banner(address: SocketAddr, bridge: &Bridge) {
     use std::io::Write;
-    // A closed stdout is the script's business: the server serves on.
-    let _ = writeln!(std::io::stdout(), "http://{address}");
     let mut table = crate::table::Table::new(&[]);
     for upstream in bridge.upstreams.values() {
         let keys = match upstream.pool.len() {
@@ -583,4 +581,7 @@ fn print_banner(address: SocketAddr, bridge: &Bridge) {
         banner.push_str(&format!("  {line}\n"));
     }
     eprint!("{banner}");
+    // Last, so a script that has read the URL has the banner too. A closed stdout is the
+    // script's business: the server serves on.
+    let _ = writeln!(std::io::stdout(), "http://{address}");
 }

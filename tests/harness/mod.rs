@@ -152,6 +152,38 @@ impl Test {
         self.run_command(self.command())
     }
 
+    /// Runs `command` (another program, such as `script`) in this test's home.
+    pub fn run_other(&self, mut command: Command) -> Output {
+        self.in_home(&mut command);
+        self.run_command(command)
+    }
+
+    /// Runs the binary as `aibridge ... | head -1` would: stdout is read up to its first line
+    /// (4 KiB at most), then closed while the binary may still be writing. Returns what was
+    /// read as stdout.
+    pub fn run_closing_stdout_after_first_line(&self) -> Output {
+        use std::io::{BufRead, Read};
+        let mut child = self
+            .command()
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap().take(4096));
+        stdout.read_line(&mut first).unwrap();
+        drop(stdout);
+        let output = child.wait_with_output().unwrap();
+        let output = Output {
+            code: output.status.code().unwrap_or(-1),
+            stdout: first,
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        };
+        self.assert_no_secrets(&output);
+        output
+    }
+
     /// Runs the binary with `args` instead of the test's own, in the same home.
     pub fn run_with(&self, args: &[&str]) -> Output {
         let mut command = self.bare_command();
