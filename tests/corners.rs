@@ -96,10 +96,11 @@ fn pool_reset_finds_a_key_only_the_server_holds() {
 #[test]
 fn an_ended_cooldown_is_available_not_cleared() {
     let mock = MockUpstream::start();
-    mock.on_key(K1, vec![Reply::rate_limited(1), Reply::ok("{}")]);
+    let brief = || Reply::status(429).header("retry-after-ms", "200");
+    mock.on_key(K1, vec![brief(), Reply::ok("{}")]);
     let test = offline(&provider("anthropic", &mock, &[K1, K2]));
     test.run_with(&["send", "-d", BODY]).success();
-    std::thread::sleep(Duration::from_millis(1100));
+    std::thread::sleep(Duration::from_millis(300));
     let status = test.run_with(&["pool", "status"]).success();
     let k1 = status
         .stdout
@@ -110,6 +111,33 @@ fn an_ended_cooldown_is_available_not_cleared() {
     let reset = test.run_with(&["pool", "reset"]).success();
     assert!(
         reset.stdout.ends_with(": nothing to clear\n"),
+        "{}",
+        reset.stdout
+    );
+    // The same on a server, key-wide and for one model.
+    mock.on_key(K1, vec![brief(), brief(), Reply::ok("{}")]);
+    let server = test.serve();
+    for body in [BODY, "{}"] {
+        let response = client()
+            .post(server.url("/anthropic/v1/messages"))
+            .body(body)
+            .send();
+        assert_eq!(response.unwrap().status(), 200);
+    }
+    assert_eq!(
+        mock.keys_used()[2..],
+        [K1, K2, K1, K2],
+        "a model mark, then a key-wide one"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(server.all_keys_available(), "{}", server.pool());
+    let reset = test
+        .run_with(&["pool", "reset", "--server", &server.base])
+        .success();
+    assert!(
+        reset
+            .stdout
+            .ends_with(&format!("server {}: nothing to clear\n", server.base)),
         "{}",
         reset.stdout
     );

@@ -207,11 +207,13 @@ pub fn reset(global: &GlobalArgs, args: &PoolResetArgs) -> anyhow::Result<ExitCo
         let shared = store.load().await.context("cannot read key marks")?;
         let known = known_keys(&config, &shared, served.as_ref());
         if let Some(name) = &args.provider {
-            let providers = known.iter().map(|key| key.provider.as_str());
-            known_provider(
-                name,
-                providers.chain(config.providers.keys().map(String::as_str)),
-            )?;
+            let served_providers = served.iter().flat_map(|report| &report.providers);
+            let providers = config
+                .providers
+                .keys()
+                .chain(shared.providers.keys())
+                .chain(served_providers.map(|provider| &provider.name));
+            known_provider(name, providers.map(String::as_str))?;
         }
         let fingerprint = match &args.key {
             Some(selector) => Some(resolve_key(&known, args.provider.as_deref(), selector)?),
