@@ -150,16 +150,24 @@ impl Metrics {
             .observe(waited.as_secs_f64());
     }
 
-    pub fn request(&self, provider: &str, route: &'static str, status: u16, attempts: usize) {
-        let mut shard = self.requests.shard();
+    /// Counts one request in worker `slot`'s shard.
+    pub fn request(
+        &self,
+        slot: usize,
+        provider: &str,
+        route: &'static str,
+        status: u16,
+        attempts: usize,
+    ) {
+        let mut shard = self.requests.shard(slot);
         let stats = shard.provider(provider);
         stats.count(route, status, 1);
         // Zero attempts is a real value: every key was already marked.
         stats.attempts.observe(attempts as f64);
     }
 
-    pub fn latency(&self, provider: &str, upstream: Duration, added: Duration) {
-        let mut shard = self.requests.shard();
+    pub fn latency(&self, slot: usize, provider: &str, upstream: Duration, added: Duration) {
+        let mut shard = self.requests.shard(slot);
         shard
             .provider(provider)
             .upstream_latency
@@ -279,9 +287,9 @@ impl RequestStats {
         }
     }
 
-    /// The calling thread's shard; threads that are not workers share the last one.
-    fn shard(&self) -> MutexGuard<'_, Shard> {
-        lock(&self.shards[super::thread_slot(self.shards.len())].0)
+    /// Worker `slot`'s shard; the control thread has the last one.
+    fn shard(&self, slot: usize) -> MutexGuard<'_, Shard> {
+        lock(&self.shards[slot.min(self.shards.len() - 1)].0)
     }
 
     /// All shards added up.

@@ -76,16 +76,14 @@ pub struct ServerOptions {
     pub reload: ConfigLoader,
 }
 
-thread_local! {
-    /// This thread's worker number; unset on the control thread.
-    static WORKER: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
-}
-
-/// Which of `slots` per-thread slots (one per worker, then one for every other thread) the
-/// calling thread uses.
-fn thread_slot(slots: usize) -> usize {
-    let shared = slots.saturating_sub(1);
-    WORKER.get().map_or(shared, |worker| worker.min(shared))
+/// A request-serving thread's own context, handed down from its loop to every request: the
+/// shared state, and the thread's slot among the per-thread resources (its HTTP client and
+/// its metrics shard), so no request touches another thread's.
+#[derive(Clone, Copy)]
+pub struct Worker {
+    pub app: &'static AppState,
+    /// `0..workers` for the workers; `workers` for the control thread.
+    pub slot: usize,
 }
 
 /// What one configuration builds: swapped whole on reload.
@@ -151,9 +149,9 @@ impl Bridge {
         })
     }
 
-    /// The HTTP client of the calling thread.
-    fn walker(&self) -> &Walker {
-        &self.walkers[thread_slot(self.walkers.len())]
+    /// The HTTP client of the thread in `slot`.
+    fn walker(&self, slot: usize) -> &Walker {
+        &self.walkers[slot.min(self.walkers.len() - 1)]
     }
 
     fn provider_names(&self) -> Vec<&str> {
@@ -367,13 +365,13 @@ fn serve_worker(
     mut accepted: tokio::sync::mpsc::UnboundedReceiver<Accepted>,
     app: &'static AppState,
 ) -> anyhow::Result<()> {
-    WORKER.set(Some(worker));
+    let worker = Worker { app, slot: worker };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start a worker runtime")?;
     runtime.block_on(async move {
-        let operator_routes = router(app);
+        let operator_routes = router(worker);
         let clock = Arc::new(clients::CoarseClock::new());
         tokio::spawn(keep_timer_wakeups_near(clock.clone()));
         let connections = GracefulShutdown::new();
@@ -394,7 +392,7 @@ fn serve_worker(
             let operator_routes = operator_routes.clone();
             let noted = activity.clone();
             let service = hyper::service::service_fn(move |request| {
-                dispatch(app, operator_routes.clone(), request, noted.request())
+                dispatch(worker, operator_routes.clone(), request, noted.request())
             });
             let io = TokioIo::new(clients::Tracked::new(stream, activity.clone()));
             let connection = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -440,12 +438,13 @@ async fn keep_timer_wakeups_near(clock: Arc<clients::CoarseClock>) {
 /// `in_flight` counts the request on its connection until the answer's head is out (held
 /// here rather than by a wrapping future, which would copy this one's few KB per request).
 async fn dispatch(
-    app: &'static AppState,
+    worker: Worker,
     operator_routes: Router,
     request: http::Request<Incoming>,
     in_flight: clients::InFlight,
 ) -> Result<axum::response::Response, std::convert::Infallible> {
     let _in_flight = in_flight;
+    let app = worker.app;
     let origin = match app
         .bridge
         .load()
@@ -455,7 +454,12 @@ async fn dispatch(
         Ok(origin) => origin.cloned(),
         Err(refusal) => {
             let spec = crate::provider::ErrorSpec::forbidden(refusal.code(), refusal.message());
-            return Ok(proxy::refuse(app, request.method(), request.uri(), &spec));
+            return Ok(proxy::refuse(
+                worker,
+                request.method(),
+                request.uri(),
+                &spec,
+            ));
         }
     };
     // A page of an allowed origin may read the answer; CORS headers need the request's.
@@ -468,7 +472,7 @@ async fn dispatch(
         *preflight.status_mut() = http::StatusCode::NO_CONTENT;
         preflight
     } else {
-        route(app, operator_routes, request).await
+        route(worker, operator_routes, request).await
     };
     if let Some(cors) = cors {
         let (origin, request_headers) = &*cors;
@@ -478,7 +482,7 @@ async fn dispatch(
 }
 
 async fn route(
-    app: &'static AppState,
+    worker: Worker,
     operator_routes: Router,
     request: http::Request<Incoming>,
 ) -> axum::response::Response {
@@ -487,7 +491,7 @@ async fn route(
         let routed = operator_routes.oneshot(request.map(Body::new)).await;
         return routed.unwrap_or_else(|never| match never {});
     }
-    proxy::handle(app, request).await
+    proxy::handle(worker, request).await
 }
 
 /// Waits for every worker to finish its requests, up to the grace period.
@@ -511,13 +515,15 @@ fn wait_for_workers(
     Ok(())
 }
 
-fn router(app: &'static AppState) -> Router {
+/// The operator routes of one worker; other paths are proxied (to a provider of that name).
+fn router(worker: Worker) -> Router {
+    let app = worker.app;
     Router::new()
         .route("/_aibridge/health", get(admin::health))
         .route("/_aibridge/pool", get(admin::pool))
         .route("/_aibridge/pool/reset", post(admin::reset))
         .route("/metrics", get(admin::metrics))
-        .fallback(proxy::handle_routed)
+        .fallback(move |request: axum::extract::Request| proxy::handle(worker, request))
         .with_state(app)
 }
 

@@ -4,7 +4,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Instant, SystemTime};
 
 use axum::body::Body;
-use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
@@ -12,7 +11,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::relay::{Completion, Relay, RequestRecord};
-use super::{AppState, Bridge};
+use super::{AppState, Bridge, Worker};
 use crate::failover::{
     Attempt, Credentials, FailoverError, OutboundRequest, Upstream, WalkObserver, error_chain,
     strip_hop_by_hop,
@@ -24,17 +23,13 @@ use crate::provider::{
 use crate::secret::ApiKey;
 use crate::transport::{self, CollectError, Response as UpstreamResponse};
 
-/// `/_aibridge/...` paths the router does not know are proxied too (to a provider of that name).
-pub async fn handle_routed(State(app): State<&'static AppState>, request: Request) -> Response {
-    handle(app, request).await
-}
-
-pub async fn handle<B>(app: &'static AppState, request: http::Request<B>) -> Response
+pub async fn handle<B>(worker: Worker, request: http::Request<B>) -> Response
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let started = Instant::now();
+    let app = worker.app;
     // A guard, not a clone: no reference count shared between the workers is touched.
     let bridge = app.bridge.load();
     let (mut parts, body) = request.into_parts();
@@ -47,12 +42,12 @@ where
     };
     let Some(upstream) = bridge.upstreams.get(name) else {
         let spec = ErrorSpec::unknown_provider(name, &bridge.provider_names());
-        let refused = Refused::new(app, UNKNOWN_PROVIDER, &parts.method, &path_and_query);
+        let refused = Refused::new(worker, UNKNOWN_PROVIDER, &parts.method, &path_and_query);
         return refused.answer(ProviderKind::OpenAi.api(), ApiRoute::Other, &spec, started);
     };
     let api = upstream.kind.api();
     let route = api.route(&parts.method, rest);
-    let refused = |method| Refused::new(app, &upstream.name, method, &path_and_query);
+    let refused = |method| Refused::new(worker, &upstream.name, method, &path_and_query);
     if is_provider_root(rest) && matches!(parts.method, Method::GET | Method::HEAD) {
         return refused(&parts.method).reachable(started);
     }
@@ -72,14 +67,14 @@ where
         logged: std::sync::atomic::AtomicBool::new(false),
     };
     let mut abandoned = Abandoned {
-        app,
+        worker,
         provider: &upstream.name,
         route,
         started,
         request: Some(&request),
     };
     let exchange = bridge
-        .walker()
+        .walker(worker.slot)
         .send(upstream, &request, &credentials, upstream.max_wait, &held)
         .await;
     abandoned.request = None;
@@ -102,7 +97,7 @@ where
         .logging()
         .then(|| RequestRecord::new(id, upstream, &request, route, &exchange));
     let attempts = exchange.attempts.len();
-    let mut completion = Completion::new(app, &upstream.name, route, attempts, started, record);
+    let mut completion = Completion::new(worker, &upstream.name, route, attempts, started, record);
     let response = match exchange.result {
         Ok(response) => response,
         Err(error) => {
@@ -123,6 +118,7 @@ where
         .map(|attempt| attempt.elapsed)
         .sum();
     app.metrics.latency(
+        worker.slot,
         &upstream.name,
         upstream_time,
         started.elapsed().saturating_sub(upstream_time),
@@ -198,13 +194,8 @@ where
 
 /// Refuses a request at the door (see [`super::guard`]), in the shape of the provider its
 /// path names; counted and logged like every answer.
-pub fn refuse(
-    app: &'static AppState,
-    method: &Method,
-    uri: &http::Uri,
-    spec: &ErrorSpec,
-) -> Response {
-    let bridge = app.bridge.load();
+pub fn refuse(worker: Worker, method: &Method, uri: &http::Uri, spec: &ErrorSpec) -> Response {
+    let bridge = worker.app.bridge.load();
     let (name, rest) = split_provider(uri.path());
     let (provider, api, route) = match bridge.upstreams.get(name) {
         Some(upstream) => {
@@ -217,7 +208,7 @@ pub fn refuse(
             ApiRoute::Other,
         ),
     };
-    Refused::new(app, provider, method, uri.path()).answer(api, route, spec, Instant::now())
+    Refused::new(worker, provider, method, uri.path()).answer(api, route, spec, Instant::now())
 }
 
 /// The provider label of requests for a provider that does not exist: one label, so made-up
@@ -236,18 +227,19 @@ fn request_id(app: &AppState) -> u64 {
 /// A request the bridge answers itself, before any attempt: counted and logged like every
 /// other answer.
 struct Refused {
-    app: &'static AppState,
+    worker: Worker,
     provider: String,
     record: Option<RequestRecord>,
 }
 
 impl Refused {
-    fn new(app: &'static AppState, provider: &str, method: &Method, path: &str) -> Self {
+    fn new(worker: Worker, provider: &str, method: &Method, path: &str) -> Self {
+        let app = worker.app;
         let record = app.journal.logging().then(|| {
             RequestRecord::unanswered(request_id(app), provider, method, path, ApiRoute::Other)
         });
         Self {
-            app,
+            worker,
             provider: provider.to_owned(),
             record,
         }
@@ -264,7 +256,8 @@ impl Refused {
             record.route = route.as_str();
             record
         });
-        let mut completion = Completion::new(self.app, &self.provider, route, 0, started, record);
+        let mut completion =
+            Completion::new(self.worker, &self.provider, route, 0, started, record);
         completion.failed(spec.status, &spec.message);
         error_response(api, spec)
     }
@@ -274,7 +267,7 @@ impl Refused {
     fn reachable(self, started: Instant) -> Response {
         let body = serde_json::json!({"status": "ok", "provider": self.provider});
         let mut completion = Completion::new(
-            self.app,
+            self.worker,
             &self.provider,
             ApiRoute::Other,
             0,
@@ -294,7 +287,7 @@ impl Refused {
 /// Logs and counts a request whose client leaves while it is walked or held: the walk's
 /// future is dropped with the connection, and this with it.
 struct Abandoned<'a> {
-    app: &'static AppState,
+    worker: Worker,
     provider: &'a str,
     route: ApiRoute,
     started: Instant,
@@ -305,16 +298,25 @@ struct Abandoned<'a> {
 impl Drop for Abandoned<'_> {
     fn drop(&mut self) {
         let Some(request) = self.request else { return };
-        let record = self.app.journal.logging().then(|| {
+        let app = self.worker.app;
+        let record = app.journal.logging().then(|| {
             RequestRecord::unanswered(
-                request_id(self.app),
+                request_id(app),
                 self.provider,
                 &request.method,
                 &request.path_and_query,
                 self.route,
             )
         });
-        Completion::new(self.app, self.provider, self.route, 0, self.started, record).abandoned();
+        Completion::new(
+            self.worker,
+            self.provider,
+            self.route,
+            0,
+            self.started,
+            record,
+        )
+        .abandoned();
     }
 }
 

@@ -39,7 +39,8 @@ pub async fn run(app: &'static AppState) {
                 continue;
             };
             for index in disabled_keys(upstream) {
-                let result = probe(bridge.walker(), upstream, index, PROBE_TIMEOUT).await;
+                let walker = bridge.walker(app.workers);
+                let result = probe(walker, upstream, index, PROBE_TIMEOUT).await;
                 if result.verdict != Verdict::Valid || result.apply(upstream).is_none() {
                     continue;
                 }

@@ -13,7 +13,7 @@ use http::HeaderMap;
 
 use serde::Serialize;
 
-use super::AppState;
+use super::Worker;
 use super::proxy::{AttemptDump, http_message};
 use super::usage::{RequestFacts, UsageTap};
 use crate::failover::{Exchange, OutboundRequest, Upstream, error_chain};
@@ -142,7 +142,7 @@ impl RequestRecord {
 
 /// Accounts for one request once: metrics, the request log and the final dump.
 pub struct Completion {
-    app: &'static AppState,
+    worker: Worker,
     provider: String,
     route: ApiRoute,
     status: u16,
@@ -159,7 +159,7 @@ pub struct Completion {
 
 impl Completion {
     pub fn new(
-        app: &'static AppState,
+        worker: Worker,
         provider: &str,
         route: ApiRoute,
         attempts: usize,
@@ -167,7 +167,7 @@ impl Completion {
         record: Option<RequestRecord>,
     ) -> Self {
         Self {
-            app,
+            worker,
             provider: provider.to_owned(),
             route,
             status: 0,
@@ -247,7 +247,8 @@ impl Completion {
             return;
         }
         self.finished = true;
-        self.app.metrics.request(
+        self.worker.app.metrics.request(
+            self.worker.slot,
             &self.provider,
             self.route.as_str(),
             self.status,
@@ -256,7 +257,7 @@ impl Completion {
         if let Some((name, mut dump, body)) = self.dump.take() {
             dump.attempt = self.attempts;
             dump.response = http_message(Some(self.status), &self.response_headers, &body);
-            self.app.journal.dump(name, &dump);
+            self.worker.app.journal.dump(name, &dump);
         }
         if let Some(record) = &mut self.record {
             record.outcome = outcome;
@@ -267,7 +268,7 @@ impl Completion {
                 record.input_tokens = usage.input_tokens;
                 record.output_tokens = usage.output_tokens;
             }
-            self.app.journal.log(record);
+            self.worker.app.journal.log(record);
         }
     }
 }
