@@ -1,26 +1,22 @@
 //! The proxy route: `/{provider}/{rest}` to `{base_url}/{rest}` through the failover walker.
 
 use std::sync::atomic::Ordering;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
-use serde::Serialize;
-use serde_json::{Map, Value};
 
-use super::relay::{Completion, Relay, RequestRecord};
+use super::journal::{RequestRecord, dump_failed_attempts, dump_request};
+use super::relay::{Completion, Relay};
 use super::{AppState, Bridge, Worker};
 use crate::failover::{
     Attempt, Credentials, FailoverError, OutboundRequest, Upstream, WalkObserver, error_chain,
     strip_hop_by_hop,
 };
 use crate::health::HealthChange;
-use crate::provider::{
-    ApiRoute, CREDENTIAL_HEADERS, ErrorSpec, ProviderApi, ProviderKind, credential_in,
-};
-use crate::secret::ApiKey;
+use crate::provider::{ApiRoute, ErrorSpec, ProviderApi, ProviderKind};
 use crate::transport::{self, CollectError, Response as UpstreamResponse};
 
 pub async fn handle<B>(worker: Worker, request: http::Request<B>) -> Response
@@ -84,7 +80,7 @@ where
     let id = request_id(app);
     record_marks(app, upstream, &exchange.attempts);
     dump_failed_attempts(
-        app,
+        &app.journal,
         id,
         upstream,
         &request,
@@ -537,107 +533,6 @@ fn failover_error_response(api: &dyn ProviderApi, error: &FailoverError) -> Resp
     response
 }
 
-/// One attempt's request and response, as written to `dump_dir`.
-#[derive(Debug, Serialize)]
-pub struct AttemptDump {
-    pub request_id: u64,
-    pub attempt: usize,
-    pub provider: String,
-    pub time: String,
-    pub key: String,
-    pub request: Value,
-    pub response: Value,
-}
-
-fn dump_failed_attempts(
-    app: &AppState,
-    id: u64,
-    upstream: &Upstream,
-    request: &OutboundRequest,
-    credentials: &Credentials,
-    attempts: &[Attempt],
-) {
-    if !app.journal.dumping() {
-        return;
-    }
-    for (index, attempt) in attempts.iter().enumerate() {
-        let response = match (&attempt.drained, attempt.status) {
-            (Some(drained), Some(status)) => {
-                http_message(Some(status), &drained.headers, &drained.body)
-            }
-            (None, None) if attempt.resent => {
-                serde_json::json!({"error": "no response before the upstream could read the request; sent again"})
-            }
-            (None, None) => serde_json::json!({"error": "no response"}),
-            // The answer that reaches the caller is dumped when its body has been relayed.
-            _ => continue,
-        };
-        let mut dump = dump_request(upstream, request, credentials, attempt);
-        dump.attempt = index + 1;
-        dump.request_id = id;
-        dump.response = response;
-        app.journal
-            .dump(format!("{id:08}-attempt{}.json", index + 1), &dump);
-    }
-}
-
-/// The request of one attempt as it was sent, with the key shown as its hint.
-pub fn dump_request(
-    upstream: &Upstream,
-    request: &OutboundRequest,
-    credentials: &Credentials,
-    attempt: &Attempt,
-) -> AttemptDump {
-    let mut headers = request.headers().clone();
-    match credentials {
-        Credentials::Pool => upstream
-            .kind
-            .api()
-            .apply_key(&mut headers, &ApiKey::new(attempt.key_hint.as_str())),
-        Credentials::Caller(_) => {
-            for name in &CREDENTIAL_HEADERS {
-                let masked = credential_in(&headers, name)
-                    .and_then(|credential| HeaderValue::from_str(&credential.hint()).ok());
-                if let Some(masked) = masked {
-                    headers.insert(name.clone(), masked);
-                }
-            }
-        }
-    }
-    let mut message = http_message(None, &headers, &request.body);
-    message["method"] = Value::String(request.method.to_string());
-    message["url"] = Value::String(format!("{}{}", upstream.base_url, request.path_and_query));
-    AttemptDump {
-        request_id: 0,
-        attempt: 0,
-        provider: upstream.name.clone(),
-        time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-        key: attempt.key_hint.clone(),
-        request: message,
-        response: Value::Null,
-    }
-}
-
-/// Status, headers and body as JSON; the body as parsed JSON when it is JSON, else text.
-pub fn http_message(status: Option<u16>, headers: &HeaderMap, body: &[u8]) -> Value {
-    let headers: Map<String, Value> = headers
-        .iter()
-        .map(|(name, value)| {
-            let text = value
-                .to_str()
-                .map_or_else(|_| "<binary>".to_owned(), str::to_owned);
-            (name.as_str().to_owned(), Value::String(text))
-        })
-        .collect();
-    let body = serde_json::from_slice(body)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()));
-    let mut message = serde_json::json!({"headers": headers, "body": body});
-    if let Some(status) = status {
-        message["status"] = Value::from(status);
-    }
-    message
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -704,16 +599,5 @@ mod tests {
             &FailoverError::Exhausted(exhausted),
         );
         assert_eq!(response.headers()[header::RETRY_AFTER], "1");
-    }
-
-    #[test]
-    fn http_message_parses_json_bodies() {
-        let message = http_message(Some(429), &HeaderMap::new(), b"{\"a\":1}");
-        assert_eq!(
-            message,
-            serde_json::json!({"headers": {}, "body": {"a": 1}, "status": 429})
-        );
-        let text = http_message(None, &HeaderMap::new(), b"plain");
-        assert_eq!(text["body"], "plain");
     }
 }

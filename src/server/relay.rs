@@ -5,19 +5,16 @@
 //! the provider's own error event and a clean end, so a cut stream never looks complete.
 //! Any other body is aborted, so the client sees a short read rather than a silent truncation.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use bytes::Bytes;
 use http::HeaderMap;
 
-use serde::Serialize;
-
 use super::Worker;
-use super::proxy::{AttemptDump, http_message};
-use super::usage::{RequestFacts, UsageTap};
-use crate::failover::{Exchange, OutboundRequest, Upstream, error_chain};
-use crate::keypool::KeyState;
+use super::journal::{AttemptDump, RequestRecord, http_message};
+use super::usage::UsageTap;
+use crate::failover::error_chain;
 use crate::provider::{ApiRoute, ProviderApi};
 use crate::transport::{self, ResponseBody};
 
@@ -27,118 +24,6 @@ pub const CLIENT_CLOSED: u16 = 499;
 
 /// How much of the answer a dump keeps.
 const MAX_DUMPED_BODY: usize = 1024 * 1024;
-
-/// One line of the request log.
-#[derive(Debug, Serialize)]
-pub struct RequestRecord {
-    pub time: String,
-    pub id: u64,
-    pub provider: String,
-    pub method: String,
-    pub path: String,
-    pub route: &'static str,
-    pub model: Option<String>,
-    pub stream: bool,
-    pub status: u16,
-    /// `completed`, `interrupted`, `client_disconnected` or `error`.
-    pub outcome: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    pub attempts: Vec<AttemptRecord>,
-    /// The hint of the key that answered.
-    pub key: Option<String>,
-    pub input_tokens: Option<u64>,
-    pub output_tokens: Option<u64>,
-    pub latency_ms: f64,
-    pub ttfb_ms: Option<f64>,
-    /// How long the request was held for a key.
-    pub waited_ms: u64,
-}
-
-#[derive(Debug, Serialize)]
-pub struct AttemptRecord {
-    pub key: String,
-    pub status: Option<u16>,
-    pub mark: Option<&'static str>,
-    /// The model a cooldown applies to alone; absent when key-wide.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub model: Option<String>,
-    /// Present when this try got no answer before the upstream could start on the request,
-    /// which was then sent again (the next attempt).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub resent: bool,
-}
-
-impl RequestRecord {
-    pub fn new(
-        id: u64,
-        upstream: &Upstream,
-        request: &OutboundRequest,
-        route: ApiRoute,
-        exchange: &Exchange,
-    ) -> Self {
-        let attempts = &exchange.attempts;
-        let facts = match route {
-            ApiRoute::Other => RequestFacts::default(),
-            _ => RequestFacts::read(&request.body),
-        };
-        let answered = attempts
-            .last()
-            .filter(|attempt| exchange.result.is_ok() && attempt.answered());
-        let mut record = Self::unanswered(
-            id,
-            &upstream.name,
-            &request.method,
-            &request.path_and_query,
-            route,
-        );
-        record.model = facts.model;
-        record.stream = facts.stream;
-        record.attempts = attempts
-            .iter()
-            .map(|attempt| AttemptRecord {
-                key: attempt.key_hint.clone(),
-                status: attempt.status,
-                mark: attempt.mark.map(KeyState::name),
-                model: attempt.model.clone(),
-                resent: attempt.resent,
-            })
-            .collect();
-        record.key = answered.map(|attempt| attempt.key_hint.clone());
-        record.waited_ms = exchange.waited.as_millis() as u64;
-        record
-    }
-
-    /// A request with no attempt (yet): refused by the bridge, or abandoned by its client.
-    pub fn unanswered(
-        id: u64,
-        provider: &str,
-        method: &http::Method,
-        path: &str,
-        route: ApiRoute,
-    ) -> Self {
-        Self {
-            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-            id,
-            provider: provider.to_owned(),
-            method: method.to_string(),
-            path: path.to_owned(),
-            route: route.as_str(),
-            model: None,
-            stream: false,
-            status: 0,
-            outcome: "error",
-            error: None,
-            attempts: Vec::new(),
-            key: None,
-            input_tokens: None,
-            output_tokens: None,
-            latency_ms: 0.0,
-            ttfb_ms: None,
-            waited_ms: 0,
-        }
-    }
-}
 
 /// Accounts for one request once: metrics, the request log and the final dump.
 pub struct Completion {

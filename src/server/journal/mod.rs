@@ -11,6 +11,12 @@ use std::thread::JoinHandle;
 use anyhow::Context;
 use serde::Serialize;
 
+mod dump;
+mod record;
+
+pub use dump::{AttemptDump, dump_failed_attempts, dump_request, http_message};
+pub use record::RequestRecord;
+
 enum Entry {
     Line(String),
     Dump {

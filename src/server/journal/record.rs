@@ -1,0 +1,122 @@
+//! The request log's line: one JSON object per request.
+
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::failover::{Exchange, OutboundRequest, Upstream};
+use crate::keypool::KeyState;
+use crate::provider::ApiRoute;
+use crate::server::usage::RequestFacts;
+
+/// One line of the request log.
+#[derive(Debug, Serialize)]
+pub struct RequestRecord {
+    pub time: String,
+    pub id: u64,
+    pub provider: String,
+    pub method: String,
+    pub path: String,
+    pub route: &'static str,
+    pub model: Option<String>,
+    pub stream: bool,
+    pub status: u16,
+    /// `completed`, `interrupted`, `client_disconnected` or `error`.
+    pub outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub attempts: Vec<AttemptRecord>,
+    /// The hint of the key that answered.
+    pub key: Option<String>,
+    pub input_tokens: Option<u64>,
+    pub output_tokens: Option<u64>,
+    pub latency_ms: f64,
+    pub ttfb_ms: Option<f64>,
+    /// How long the request was held for a key.
+    pub waited_ms: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AttemptRecord {
+    pub key: String,
+    pub status: Option<u16>,
+    pub mark: Option<&'static str>,
+    /// The model a cooldown applies to alone; absent when key-wide.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Present when this try got no answer before the upstream could start on the request,
+    /// which was then sent again (the next attempt).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub resent: bool,
+}
+
+impl RequestRecord {
+    pub fn new(
+        id: u64,
+        upstream: &Upstream,
+        request: &OutboundRequest,
+        route: ApiRoute,
+        exchange: &Exchange,
+    ) -> Self {
+        let attempts = &exchange.attempts;
+        let facts = match route {
+            ApiRoute::Other => RequestFacts::default(),
+            _ => RequestFacts::read(&request.body),
+        };
+        let answered = attempts
+            .last()
+            .filter(|attempt| exchange.result.is_ok() && attempt.answered());
+        let mut record = Self::unanswered(
+            id,
+            &upstream.name,
+            &request.method,
+            &request.path_and_query,
+            route,
+        );
+        record.model = facts.model;
+        record.stream = facts.stream;
+        record.attempts = attempts
+            .iter()
+            .map(|attempt| AttemptRecord {
+                key: attempt.key_hint.clone(),
+                status: attempt.status,
+                mark: attempt.mark.map(KeyState::name),
+                model: attempt.model.clone(),
+                resent: attempt.resent,
+            })
+            .collect();
+        record.key = answered.map(|attempt| attempt.key_hint.clone());
+        record.waited_ms = exchange.waited.as_millis() as u64;
+        record
+    }
+
+    /// A request with no attempt (yet): refused by the bridge, or abandoned by its client.
+    pub fn unanswered(
+        id: u64,
+        provider: &str,
+        method: &http::Method,
+        path: &str,
+        route: ApiRoute,
+    ) -> Self {
+        Self {
+            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            id,
+            provider: provider.to_owned(),
+            method: method.to_string(),
+            path: path.to_owned(),
+            route: route.as_str(),
+            model: None,
+            stream: false,
+            status: 0,
+            outcome: "error",
+            error: None,
+            attempts: Vec::new(),
+            key: None,
+            input_tokens: None,
+            output_tokens: None,
+            latency_ms: 0.0,
+            ttfb_ms: None,
+            waited_ms: 0,
+        }
+    }
+}
