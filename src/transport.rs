@@ -10,7 +10,10 @@
 //!
 //! Requests carry a body that is already in memory, so a failover replays it without copying.
 
+mod headers;
 mod pool;
+
+pub use headers::strip_hop_by_hop;
 
 use std::pin::Pin;
 use std::sync::Arc;

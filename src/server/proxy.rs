@@ -13,7 +13,6 @@ use super::relay::{Completion, Relay};
 use super::{AppState, Bridge, Worker};
 use crate::failover::{
     Attempt, Credentials, FailoverError, OutboundRequest, Upstream, WalkObserver, error_chain,
-    strip_hop_by_hop,
 };
 use crate::health::HealthChange;
 use crate::provider::{ApiRoute, ErrorSpec, ProviderApi, ProviderKind};
@@ -438,7 +437,7 @@ async fn relay_response(
     let mut completion = completion.with_response(status.as_u16(), &parts.headers, is_sse);
     let mut headers = parts.headers;
     // An SSE stream is relayed event by event; anything else with the length it declared.
-    strip_hop_by_hop(&mut headers, content_length.filter(|_| !is_sse));
+    transport::strip_hop_by_hop(&mut headers, content_length.filter(|_| !is_sse));
     if let Ok(value) = HeaderValue::from_str(key) {
         headers.insert(KEY_HEADER, value);
     }
