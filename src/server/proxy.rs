@@ -12,51 +12,137 @@ use super::journal::{RequestRecord, dump_failed_attempts, dump_request};
 use super::relay::{Completion, Relay};
 use super::{AppState, Bridge, Worker};
 use crate::failover::{
-    Attempt, Credentials, FailoverError, OutboundRequest, Upstream, WalkObserver, error_chain,
+    Attempt, Credentials, Exchange, FailoverError, OutboundRequest, Upstream, WalkObserver,
+    error_chain,
 };
 use crate::health::HealthChange;
 use crate::provider::{ApiRoute, ErrorSpec, ProviderApi, ProviderKind};
 use crate::transport::{self, CollectError, Response as UpstreamResponse};
 
+/// One proxied request, top to bottom: find its provider (or refuse it at once), admit the
+/// caller and read the body, walk the pool, record what the walk learned, then answer.
 pub async fn handle<B>(worker: Worker, request: http::Request<B>) -> Response
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let started = Instant::now();
-    let app = worker.app;
     // A guard, not a clone: no reference count shared between the workers is touched.
-    let bridge = app.bridge.load();
+    let bridge = worker.app.bridge.load();
     let (mut parts, body) = request.into_parts();
-    // Taken, not cloned: the forwarded request is built from the path alone.
-    let uri = std::mem::take(&mut parts.uri);
-    let (name, rest) = split_provider(uri.path());
-    let path_and_query = match uri.query() {
-        Some(query) => format!("{rest}?{query}"),
-        None => rest.to_owned(),
+    let mut target = match Target::find(worker, &bridge, &mut parts, started) {
+        Ok(target) => target,
+        Err(refusal) => return *refusal,
     };
-    let Some(upstream) = bridge.upstreams.get(name) else {
-        let spec = ErrorSpec::unknown_provider(name, &bridge.provider_names());
-        let refused = Refused::new(worker, UNKNOWN_PROVIDER, &parts.method, &path_and_query);
-        return refused.answer(ProviderKind::OpenAi.api(), ApiRoute::Other, &spec, started);
-    };
-    let api = upstream.kind.api();
-    let route = api.route(&parts.method, rest);
-    let refused = |method| Refused::new(worker, &upstream.name, method, &path_and_query);
-    if is_provider_root(rest) && matches!(parts.method, Method::GET | Method::HEAD) {
-        return refused(&parts.method).reachable(started);
-    }
-    if has_dot_segment(rest) {
-        let spec =
-            ErrorSpec::bad_request("the path may not contain \".\" or \"..\" segments".to_owned());
-        return refused(&parts.method).answer(api, route, &spec, started);
-    }
-    let (headers, body, credentials) = match admit(&bridge, upstream, &mut parts, body).await {
+    let (headers, body, credentials) = match admit(&bridge, target.upstream, &mut parts, body).await
+    {
         Ok(admitted) => admitted,
-        Err(spec) => return refused(&parts.method).answer(api, route, &spec, started),
+        Err(spec) => return target.refuse(&parts.method, &spec),
     };
+    // Taken, not cloned: the request owns its path from here on.
+    let path_and_query = std::mem::take(&mut target.path_and_query);
     let request = OutboundRequest::new(parts.method, path_and_query, headers, body);
+    let exchange = walk(worker, &bridge, &target, &request, &credentials).await;
+    let (id, completion) = record(worker, &target, &request, &credentials, &exchange);
+    answer(
+        &bridge,
+        &target,
+        &request,
+        &credentials,
+        exchange,
+        id,
+        completion,
+    )
+    .await
+}
 
+/// Where a request goes: its provider, that provider's API and route, and the path to
+/// forward.
+struct Target<'a> {
+    worker: Worker,
+    upstream: &'a Upstream,
+    api: &'static dyn ProviderApi,
+    route: ApiRoute,
+    path_and_query: String,
+    started: Instant,
+}
+
+impl<'a> Target<'a> {
+    /// The provider the path names, or the answer that refuses the request: an unknown
+    /// provider, a dot segment, or a look at the provider's root (answered by the bridge).
+    /// The answer is boxed: it is the rare way out, and would double the common one's size.
+    fn find(
+        worker: Worker,
+        bridge: &'a Bridge,
+        parts: &mut http::request::Parts,
+        started: Instant,
+    ) -> Result<Self, Box<Response>> {
+        // Taken, not cloned: the forwarded request is built from the path alone.
+        let uri = std::mem::take(&mut parts.uri);
+        let (name, rest) = split_provider(uri.path());
+        let path_and_query = match uri.query() {
+            Some(query) => format!("{rest}?{query}"),
+            None => rest.to_owned(),
+        };
+        let Some(upstream) = bridge.upstreams.get(name) else {
+            let spec = ErrorSpec::unknown_provider(name, &bridge.provider_names());
+            let refused = Refused::new(worker, UNKNOWN_PROVIDER, &parts.method, &path_and_query);
+            let api = ProviderKind::OpenAi.api();
+            return Err(Box::new(refused.answer(
+                api,
+                ApiRoute::Other,
+                &spec,
+                started,
+            )));
+        };
+        let api = upstream.kind.api();
+        let target = Self {
+            worker,
+            upstream,
+            api,
+            route: api.route(&parts.method, rest),
+            path_and_query,
+            started,
+        };
+        if is_provider_root(rest) && matches!(parts.method, Method::GET | Method::HEAD) {
+            let refused = Refused::new(
+                worker,
+                &upstream.name,
+                &parts.method,
+                &target.path_and_query,
+            );
+            return Err(Box::new(refused.reachable(started)));
+        }
+        if has_dot_segment(rest) {
+            let spec = ErrorSpec::bad_request(
+                "the path may not contain \".\" or \"..\" segments".to_owned(),
+            );
+            return Err(Box::new(target.refuse(&parts.method, &spec)));
+        }
+        Ok(target)
+    }
+
+    /// The bridge's own answer to a request it will not forward.
+    fn refuse(&self, method: &Method, spec: &ErrorSpec) -> Response {
+        let refused = Refused::new(
+            self.worker,
+            &self.upstream.name,
+            method,
+            &self.path_and_query,
+        );
+        refused.answer(self.api, self.route, spec, self.started)
+    }
+}
+
+/// Walks the pool for `request`; a client that leaves meanwhile is still counted.
+async fn walk(
+    worker: Worker,
+    bridge: &Bridge,
+    target: &Target<'_>,
+    request: &OutboundRequest,
+    credentials: &Credentials,
+) -> Exchange {
+    let upstream = target.upstream;
     let held = HoldLog {
         provider: &upstream.name,
         logged: std::sync::atomic::AtomicBool::new(false),
@@ -64,15 +150,28 @@ where
     let mut abandoned = Abandoned {
         worker,
         provider: &upstream.name,
-        route,
-        started,
-        request: Some(&request),
+        route: target.route,
+        started: target.started,
+        request: Some(request),
     };
     let exchange = bridge
         .walker(worker.slot)
-        .send(upstream, &request, &credentials, upstream.max_wait, &held)
+        .send(upstream, request, credentials, upstream.max_wait, &held)
         .await;
     abandoned.request = None;
+    exchange
+}
+
+/// What the walk learned, recorded: the wait, the keys' marks, dumps of failed attempts,
+/// and the log line. Returns the request's id and what accounts for it when it ends.
+fn record(
+    worker: Worker,
+    target: &Target<'_>,
+    request: &OutboundRequest,
+    credentials: &Credentials,
+    exchange: &Exchange,
+) -> (u64, Completion) {
+    let (app, upstream) = (worker.app, target.upstream);
     if !exchange.waited.is_zero() {
         app.metrics.waited(&upstream.name, exchange.waited);
     }
@@ -82,17 +181,39 @@ where
         &app.journal,
         id,
         upstream,
-        &request,
-        &credentials,
+        request,
+        credentials,
         &exchange.attempts,
     );
     // The log line is only put together when there is a log to write it to.
     let record = app
         .journal
         .logging()
-        .then(|| RequestRecord::new(id, upstream, &request, route, &exchange));
+        .then(|| RequestRecord::new(id, upstream, request, target.route, exchange));
     let attempts = exchange.attempts.len();
-    let mut completion = Completion::new(worker, &upstream.name, route, attempts, started, record);
+    let completion = Completion::new(
+        worker,
+        &upstream.name,
+        target.route,
+        attempts,
+        target.started,
+        record,
+    );
+    (id, completion)
+}
+
+/// The walk's answer relayed to the caller, or the error it ended with.
+async fn answer(
+    bridge: &Bridge,
+    target: &Target<'_>,
+    request: &OutboundRequest,
+    credentials: &Credentials,
+    exchange: Exchange,
+    id: u64,
+    mut completion: Completion,
+) -> Response {
+    let (app, upstream, api) = (target.worker.app, target.upstream, target.api);
+    let attempts = exchange.attempts.len();
     let response = match exchange.result {
         Ok(response) => response,
         Err(error) => {
@@ -113,21 +234,21 @@ where
         .map(|attempt| attempt.elapsed)
         .sum();
     app.metrics.latency(
-        worker.slot,
+        target.worker.slot,
         &upstream.name,
         upstream_time,
-        started.elapsed().saturating_sub(upstream_time),
+        target.started.elapsed().saturating_sub(upstream_time),
     );
     let answering = &exchange.attempts[attempts - 1];
     if app.journal.dumping() {
-        let mut dump = dump_request(upstream, &request, &credentials, answering);
+        let mut dump = dump_request(upstream, request, credentials, answering);
         dump.request_id = id;
         completion.dump_answer(format!("{id:08}-attempt{attempts}.json"), dump);
     }
     relay_response(
-        &bridge,
+        bridge,
         api,
-        route,
+        target.route,
         response,
         completion,
         &answering.key_hint,
