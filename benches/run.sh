@@ -99,7 +99,7 @@ start_services() {
   } >"$WORK/aibridge.toml"
   export AIBRIDGE_CONFIG="$WORK/aibridge.toml"
 
-  target/release/aibridge serve --no-state 2>"$WORK/aibridge.log" &
+  target/release/aibridge serve --no-state >/dev/null 2>"$WORK/aibridge.log" &
   BRIDGE_PID=$!
   PIDS+=($BRIDGE_PID)
 
@@ -340,7 +340,7 @@ pin() {
 measure_pinned() {
   local bridge=127.0.0.1:19260 nginx=127.0.0.1:19360 bridge_pid nginx_pid
   taskset -c 1 target/release/aibridge serve --no-state --workers 1 --listen "$bridge" \
-    2>"$WORK/aibridge-pinned.log" &
+    >/dev/null 2>"$WORK/aibridge-pinned.log" &
   bridge_pid=$!
   sed -e "s/listen $NGINX;/listen $nginx;/" -e 's/^worker_processes 2;/worker_processes 1;/' \
     -e "s|^pid .*|pid $WORK/nginx-pinned.pid;|" "$WORK/nginx.conf" >"$WORK/nginx-pinned.conf"
@@ -474,7 +474,7 @@ ab() {
   cargo build --release --quiet --bin aibridge --example mock_upstream
   make_bodies
   start_services
-  "$old" serve --no-state --listen "$old_bridge" 2>"$WORK/aibridge-old.log" &
+  "$old" serve --no-state --listen "$old_bridge" >/dev/null 2>"$WORK/aibridge-old.log" &
   PIDS+=($!)
   wait_for_port "$old_bridge"
   for round in $(seq "$ROUNDS"); do
@@ -512,7 +512,7 @@ connections() {
   PIDS+=($!)
   printf 'listen = "%s"\nmax_connections = 25000\n[providers.anthropic]\nbase_url = "http://%s"\nkeys = ["sk-bench-good-0000000000000000000001"]\n' \
     "$BRIDGE" "$MOCK" >"$WORK/connections.toml"
-  AIBRIDGE_CONFIG="$WORK/connections.toml" target/release/aibridge serve --no-state 2>"$WORK/aibridge.log" &
+  AIBRIDGE_CONFIG="$WORK/connections.toml" target/release/aibridge serve --no-state >/dev/null 2>"$WORK/aibridge.log" &
   BRIDGE_PID=$!
   PIDS+=($BRIDGE_PID)
   wait_for_port "$MOCK"
@@ -566,13 +566,13 @@ fleet() {
     "$MOCK" "$good" "$MOCK" "$bad" "$good" >"$WORK/fleet.toml"
   local redis_url="redis://127.0.0.1:$redis_port/0"
   AIBRIDGE_CONFIG="$WORK/fleet.toml" target/release/aibridge serve --redis-url "$redis_url" \
-    --listen "$with" 2>"$WORK/aibridge-a.log" &
+    --listen "$with" >/dev/null 2>"$WORK/aibridge-a.log" &
   PIDS+=($!)
   AIBRIDGE_CONFIG="$WORK/fleet.toml" target/release/aibridge serve --redis-url "$redis_url" \
-    --listen "$peer" 2>"$WORK/aibridge-b.log" &
+    --listen "$peer" >/dev/null 2>"$WORK/aibridge-b.log" &
   PIDS+=($!)
   AIBRIDGE_CONFIG="$WORK/fleet.toml" target/release/aibridge serve --no-state \
-    --listen "$without" 2>"$WORK/aibridge-c.log" &
+    --listen "$without" >/dev/null 2>"$WORK/aibridge-c.log" &
   PIDS+=($!)
   for port in "$with" "$peer" "$without"; do wait_for_port "$port"; done
   say "mark propagation, A to B"

@@ -289,7 +289,11 @@ pub fn run(config: Config, options: ServerOptions) -> anyhow::Result<()> {
         .store
         .map(|store| HealthRecorder::new(store, reachable))
         .unzip();
-    // Lives as long as the process, so workers share it without a reference count.
+    // One owner, the process: it lives until exit. Leaked because nothing else fits. The
+    // tasks on the control runtime (accept, recheck, shared health) must be 'static, which
+    // rules out borrowing it from this frame with scoped threads. An `Arc` would put one
+    // count, written by every request on every worker, on a cache line the workers would
+    // take from each other.
     let app: &'static AppState = control.block_on(async {
         Box::leak(Box::new(AppState {
             bridge: ArcSwap::from_pointee(bridge),
