@@ -9,7 +9,10 @@ use crate::failover::Upstream;
 pub use crate::health::ClearedKey;
 use crate::health::StateFile;
 use crate::health::file::KeyRecord;
-use crate::keypool::{KeySnapshot, KeyState, ModelCooldown, ceil_secs, from_unix_ms, to_unix_ms};
+use crate::keypool::{
+    KeySnapshot, KeyState, ModelCooldown, StateKind, StateReason, ceil_secs, from_unix_ms,
+    to_unix_ms,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolReport {
@@ -36,10 +39,9 @@ fn configured() -> bool {
 pub struct KeyReport {
     pub hint: String,
     pub fingerprint: String,
-    /// The key-wide state: `available`, `cooling` or `disabled`.
-    pub state: String,
-    /// `rate_limited`, `unauthorized`, `forbidden` or `quota`.
-    pub reason: Option<String>,
+    /// The key-wide state.
+    pub state: StateKind,
+    pub reason: Option<StateReason>,
     pub cooldown_remaining_secs: Option<u64>,
     /// Models the key is cooling for on their own, beside the key-wide state.
     #[serde(default)]
@@ -62,8 +64,8 @@ pub struct ModelCooling {
     /// RFC 3339.
     pub until: String,
     pub remaining_secs: u64,
-    /// Why: `rate_limited` (a 429, or a success that used up a budget).
-    pub reason: String,
+    /// Why: a 429, or a success that used up a budget.
+    pub reason: StateReason,
 }
 
 impl PoolReport {
@@ -162,8 +164,8 @@ impl KeyReport {
         Self {
             hint: snapshot.hint.clone(),
             fingerprint: snapshot.fingerprint.clone(),
-            state: snapshot.state.name().to_owned(),
-            reason: snapshot.state.reason().map(str::to_owned),
+            state: snapshot.state.kind(),
+            reason: snapshot.state.reason(),
             cooldown_remaining_secs: match snapshot.state {
                 KeyState::Cooling { .. } => Some(ceil_secs(snapshot.state.remaining(now_ms))),
                 _ => None,
@@ -178,7 +180,7 @@ impl KeyReport {
                         remaining_secs: ceil_secs(std::time::Duration::from_millis(
                             entry.until_ms.saturating_sub(now_ms),
                         )),
-                        reason: "rate_limited".to_owned(),
+                        reason: StateReason::RateLimited,
                     };
                     (entry.model.to_string(), cooling)
                 })

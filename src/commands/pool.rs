@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::exit;
 use crate::failover::{Upstream, error_chain};
 use crate::health::{HealthChange, KeySelectError, KnownKey, StateFile, select_key};
-use crate::keypool::{SystemClock, to_unix_ms};
+use crate::keypool::{StateKind, StateReason, SystemClock, to_unix_ms};
 use crate::report::{ClearedKey, KeyReport, PoolReport, ResetRequest, ResetResponse};
 use crate::transport::{self, HttpClient};
 
@@ -50,7 +50,7 @@ pub fn status(global: &GlobalArgs, args: &PoolStatusArgs) -> anyhow::Result<Exit
     // Keys only shared health knows serve no request here: they count for nothing.
     let starved = report.providers.iter().any(|provider| {
         let mut pool = provider.keys.iter().filter(|key| key.configured).peekable();
-        pool.peek().is_some() && pool.all(|key| key.state != "available")
+        pool.peek().is_some() && pool.all(|key| key.state != StateKind::Available)
     });
     Ok(ExitCode::from(if starved {
         exit::FAILURE
@@ -166,15 +166,21 @@ fn count(value: Option<u64>) -> String {
 /// `available`, `cooling 41s`, `cooling 41s (claude-opus-4-5, gpt-4o)` for a key cooling for
 /// some models only (the longest of their cooldowns), `disabled (401 unauthorized)`.
 fn state_label(key: &KeyReport) -> String {
-    match (key.state.as_str(), key.reason.as_deref()) {
-        ("cooling", _) => format!(
+    match (key.state, key.reason) {
+        (StateKind::Cooling, _) => format!(
             "cooling {}",
             seconds(key.cooldown_remaining_secs.unwrap_or(0))
         ),
-        ("disabled", Some("unauthorized")) => "disabled (401 unauthorized)".to_owned(),
-        ("disabled", Some("forbidden")) => "disabled (403 forbidden)".to_owned(),
-        ("disabled", Some("quota")) => "disabled (quota or credit used up)".to_owned(),
-        ("available", _) if !key.cooling.is_empty() => {
+        (StateKind::Disabled, Some(StateReason::Unauthorized)) => {
+            "disabled (401 unauthorized)".to_owned()
+        }
+        (StateKind::Disabled, Some(StateReason::Forbidden)) => {
+            "disabled (403 forbidden)".to_owned()
+        }
+        (StateKind::Disabled, Some(StateReason::Quota)) => {
+            "disabled (quota or credit used up)".to_owned()
+        }
+        (StateKind::Available, _) if !key.cooling.is_empty() => {
             let longest = key
                 .cooling
                 .values()
@@ -184,7 +190,7 @@ fn state_label(key: &KeyReport) -> String {
             let models: Vec<&str> = key.cooling.keys().map(String::as_str).collect();
             format!("cooling {} ({})", seconds(longest), models.join(", "))
         }
-        (state, _) => state.to_owned(),
+        (state, _) => state.as_str().to_owned(),
     }
 }
 

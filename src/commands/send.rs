@@ -22,7 +22,7 @@ use crate::failover::{
     error_chain,
 };
 use crate::health::HealthChange;
-use crate::keypool::{ExhaustionKind, KeyState, SystemClock, ceil_secs, validate_keys};
+use crate::keypool::{ExhaustionKind, KeyState, StateKind, SystemClock, ceil_secs, validate_keys};
 use crate::provider::ErrorSpec;
 use crate::secret::ApiKey;
 use crate::transport::{self, HttpClient, Response};
@@ -538,7 +538,7 @@ impl ErrorKind {
 struct AttemptReport {
     key: String,
     status: Option<u16>,
-    mark: Option<&'static str>,
+    mark: Option<StateKind>,
     cooldown_secs: Option<u64>,
     /// The model a cooldown applies to alone; `null` when key-wide.
     model: Option<String>,
@@ -552,7 +552,7 @@ impl From<&Attempt> for AttemptReport {
         Self {
             key: attempt.key_hint.clone(),
             status: attempt.status,
-            mark: attempt.mark.map(KeyState::name),
+            mark: attempt.mark.map(KeyState::kind),
             cooldown_secs: match attempt.mark {
                 Some(KeyState::Cooling { until_ms }) => {
                     Some(cooldown_secs(until_ms, attempt.at_ms))

@@ -15,7 +15,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use super::{ClearedKey, HealthChange, Observation, stronger};
-use crate::keypool::{DisableReason, KeyState, Pool, from_unix_ms, to_unix_ms};
+use crate::keypool::{DisableReason, KeyState, Pool, StateKind, from_unix_ms, to_unix_ms};
 
 const VERSION: u32 = 1;
 
@@ -198,15 +198,15 @@ impl StateFile {
                 record.state = RecordedState::Available;
                 record.cooling.clear();
                 let was = match key_wide {
-                    KeyState::Available if models_cooling => "cooling",
+                    KeyState::Available if models_cooling => StateKind::Cooling,
                     KeyState::Available => continue,
-                    state => state.name(),
+                    state => state.kind(),
                 };
                 cleared.push(ClearedKey {
                     provider: name.clone(),
                     key: record.hint.clone(),
                     fingerprint: print.clone(),
-                    was: was.to_owned(),
+                    was,
                 });
             }
         }
@@ -491,7 +491,7 @@ mod tests {
                 provider: "anthropic".into(),
                 key: "sk-a...efgh".into(),
                 fingerprint: "f2".into(),
-                was: "disabled".into()
+                was: StateKind::Disabled
             }]
         );
         assert_eq!(record(&state, "f2").state, RecordedState::Available);
@@ -513,7 +513,7 @@ mod tests {
         assert!(text.contains(r#""cooling":{"haiku":{"until":"#), "{text}");
         // A reset clears models too, and says the key was cooling.
         let cleared = state.clear(None, Some("f1"), at(T0));
-        assert_eq!(cleared[0].was, "cooling");
+        assert_eq!(cleared[0].was, StateKind::Cooling);
         assert!(self::record(&state, "f1").cooling.is_empty());
         // Once every cooldown has ended, there is nothing to clear.
         observe_model(&mut state, "f1", 429, cooling(1_000), Some("opus"));

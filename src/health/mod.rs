@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::keypool::{DisableReason, KeyState, Pool, to_unix_ms};
+use crate::keypool::{DisableReason, KeyState, Pool, StateKind, to_unix_ms};
 
 pub use file::{StateError, StateFile, StateStore};
 pub use recorder::{HealthRecorder, HealthSink, RecorderTask, SharedStatus};
@@ -65,8 +65,8 @@ pub struct ClearedKey {
     pub provider: String,
     pub key: String,
     pub fingerprint: String,
-    /// The state before: `cooling` or `disabled`.
-    pub was: String,
+    /// The state before: cooling or disabled.
+    pub was: StateKind,
 }
 
 /// A mark as other processes hear of it: what they apply to their in-memory pools.

@@ -85,21 +85,82 @@ pub enum KeyState {
     Disabled(DisableReason),
 }
 
-impl KeyState {
-    pub fn name(self) -> &'static str {
+/// Which state a key is in, without its deadline or reason: what reports, logs and metrics
+/// show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StateKind {
+    Available,
+    Cooling,
+    Disabled,
+}
+
+impl StateKind {
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Available => "available",
-            Self::Cooling { .. } => "cooling",
-            Self::Disabled(_) => "disabled",
+            Self::Cooling => "cooling",
+            Self::Disabled => "disabled",
+        }
+    }
+}
+
+impl std::fmt::Display for StateKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a key is out of service: a rate limit, or the reason it was disabled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StateReason {
+    RateLimited,
+    Unauthorized,
+    Forbidden,
+    Quota,
+}
+
+impl StateReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RateLimited => "rate_limited",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::Quota => "quota",
+        }
+    }
+}
+
+impl From<DisableReason> for StateReason {
+    fn from(reason: DisableReason) -> Self {
+        match reason {
+            DisableReason::Unauthorized => Self::Unauthorized,
+            DisableReason::Forbidden => Self::Forbidden,
+            DisableReason::Quota => Self::Quota,
+        }
+    }
+}
+
+impl KeyState {
+    pub fn kind(self) -> StateKind {
+        match self {
+            Self::Available => StateKind::Available,
+            Self::Cooling { .. } => StateKind::Cooling,
+            Self::Disabled(_) => StateKind::Disabled,
         }
     }
 
-    /// The reason string written to state files and admin output.
-    pub fn reason(self) -> Option<&'static str> {
+    /// The state's name, as logs and metric labels show it.
+    pub fn name(self) -> &'static str {
+        self.kind().as_str()
+    }
+
+    pub fn reason(self) -> Option<StateReason> {
         match self {
             Self::Available => None,
-            Self::Cooling { .. } => Some("rate_limited"),
-            Self::Disabled(reason) => Some(reason.as_str()),
+            Self::Cooling { .. } => Some(StateReason::RateLimited),
+            Self::Disabled(reason) => Some(reason.into()),
         }
     }
 
@@ -544,7 +605,7 @@ impl Pool {
             };
             let outcome = MarkOutcome {
                 state: after,
-                changed: before.name() != after.name() || before.reason() != after.reason(),
+                changed: before.kind() != after.kind() || before.reason() != after.reason(),
                 per_model: false,
                 at_ms: now,
             };
@@ -1139,7 +1200,7 @@ mod tests {
         pool.mark_request(1, Mark::Disable(DisableReason::Quota), Some("opus"));
         assert_eq!(pool.state(1), KeyState::Disabled(DisableReason::Quota));
         assert_eq!(pool.walk().next_for(Some("haiku")), Some(2));
-        assert_eq!(pool.state(1).reason(), Some("quota"));
+        assert_eq!(pool.state(1).reason(), Some(StateReason::Quota));
     }
 
     #[test]

@@ -167,7 +167,7 @@ fn clear_marks(app: &AppState, selection: &ResetRequest) -> Result<Vec<ClearedKe
             provider: upstream.name.clone(),
             key: key.key().hint(),
             fingerprint: key.fingerprint().to_owned(),
-            was: before.name().to_owned(),
+            was: before.kind(),
         });
     }
     Ok(cleared)

@@ -122,7 +122,7 @@ impl Metrics {
         if let Some(reason) = state.reason() {
             let labels = TransitionLabels {
                 provider: provider.to_owned(),
-                reason,
+                reason: reason.as_str(),
             };
             self.transitions.get_or_create(&labels).inc();
         }

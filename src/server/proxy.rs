@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 
-use super::journal::{RequestRecord, dump_failed_attempts, dump_request};
+use super::journal::{Outcome, RequestRecord, dump_failed_attempts, dump_request};
 use super::relay::{Completion, Relay};
 use super::{AppState, Bridge, Worker};
 use crate::failover::{
@@ -391,7 +391,7 @@ impl Refused {
             self.record,
         );
         completion = completion.with_response(200, &HeaderMap::new(), false);
-        completion.finish("completed");
+        completion.finish(Outcome::Completed);
         let mut response = axum::Json(body).into_response();
         response
             .headers_mut()
@@ -580,7 +580,7 @@ async fn relay_response(
             }
         };
         completion.saw(&body);
-        completion.finish("completed");
+        completion.finish(Outcome::Completed);
         return reply(status, headers, Body::from(body));
     }
 

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 
 use super::Worker;
-use super::journal::{AttemptDump, RequestRecord, http_message};
+use super::journal::{AttemptDump, Outcome, RequestRecord, http_message};
 use super::usage::UsageTap;
 use crate::failover::error_chain;
 use crate::provider::{ApiRoute, ProviderApi};
@@ -93,7 +93,7 @@ impl Completion {
     /// The client left before any answer: counted with nginx's 499.
     pub fn abandoned(mut self) {
         self.status = CLIENT_CLOSED;
-        self.finish("client_disconnected");
+        self.finish(Outcome::ClientDisconnected);
     }
 
     /// The bridge answered with its own error.
@@ -102,7 +102,7 @@ impl Completion {
         if let Some(record) = &mut self.record {
             record.error = Some(error.to_owned());
         }
-        self.finish("error");
+        self.finish(Outcome::Error);
     }
 
     pub fn saw(&mut self, chunk: &[u8]) {
@@ -124,10 +124,10 @@ impl Completion {
         if let Some(record) = &mut self.record {
             record.error = Some(message.to_owned());
         }
-        self.finish("interrupted");
+        self.finish(Outcome::Interrupted);
     }
 
-    pub fn finish(&mut self, outcome: &'static str) {
+    pub fn finish(&mut self, outcome: Outcome) {
         if self.finished {
             return;
         }
@@ -161,7 +161,7 @@ impl Completion {
 impl Drop for Completion {
     fn drop(&mut self) {
         // Dropped before the body ended: the client went away, and with it the upstream.
-        self.finish("client_disconnected");
+        self.finish(Outcome::ClientDisconnected);
     }
 }
 
@@ -215,7 +215,7 @@ impl Relay {
                 Some((Ok(chunk), self))
             }
             Ok(None) => {
-                self.completion.finish("completed");
+                self.completion.finish(Outcome::Completed);
                 None
             }
             Ok(Some(Err(error))) => self.interrupt(error_chain(&*error)),

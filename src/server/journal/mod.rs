@@ -15,7 +15,7 @@ mod dump;
 mod record;
 
 pub use dump::{AttemptDump, dump_failed_attempts, dump_request, http_message};
-pub use record::RequestRecord;
+pub use record::{Outcome, RequestRecord};
 
 enum Entry {
     Line(String),

@@ -5,9 +5,23 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::failover::{Exchange, OutboundRequest, Upstream};
-use crate::keypool::KeyState;
+use crate::keypool::{KeyState, StateKind};
 use crate::provider::ApiRoute;
 use crate::server::usage::RequestFacts;
+
+/// How a request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The whole answer reached the client.
+    Completed,
+    /// The answer broke off after it started.
+    Interrupted,
+    /// The client left first.
+    ClientDisconnected,
+    /// The bridge answered with an error of its own.
+    Error,
+}
 
 /// One line of the request log.
 #[derive(Debug, Serialize)]
@@ -21,8 +35,7 @@ pub struct RequestRecord {
     pub model: Option<String>,
     pub stream: bool,
     pub status: u16,
-    /// `completed`, `interrupted`, `client_disconnected` or `error`.
-    pub outcome: &'static str,
+    pub outcome: Outcome,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub attempts: Vec<AttemptRecord>,
@@ -40,7 +53,7 @@ pub struct RequestRecord {
 pub struct AttemptRecord {
     pub key: String,
     pub status: Option<u16>,
-    pub mark: Option<&'static str>,
+    pub mark: Option<StateKind>,
     /// The model a cooldown applies to alone; absent when key-wide.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
@@ -80,7 +93,7 @@ impl RequestRecord {
             .map(|attempt| AttemptRecord {
                 key: attempt.key_hint.clone(),
                 status: attempt.status,
-                mark: attempt.mark.map(KeyState::name),
+                mark: attempt.mark.map(KeyState::kind),
                 model: attempt.model.clone(),
                 resent: attempt.resent,
             })
@@ -108,7 +121,7 @@ impl RequestRecord {
             model: None,
             stream: false,
             status: 0,
-            outcome: "error",
+            outcome: Outcome::Error,
             error: None,
             attempts: Vec::new(),
             key: None,
