@@ -19,6 +19,11 @@ use crate::health::HealthChange;
 use crate::provider::{ApiRoute, ErrorSpec, ProviderApi, ProviderKind};
 use crate::transport::{self, CollectError, Response as UpstreamResponse};
 
+mod refused;
+
+pub use refused::refuse;
+use refused::{Abandoned, Refused, UNKNOWN_PROVIDER, request_id};
+
 /// One proxied request, top to bottom: find its provider (or refuse it at once), admit the
 /// caller and read the body, walk the pool, record what the walk learned, then answer.
 pub async fn handle<B>(worker: Worker, request: http::Request<B>) -> Response
@@ -308,134 +313,6 @@ where
     Ok((headers, body, credentials))
 }
 
-/// Refuses a request at the door (see [`super::guard`]), in the shape of the provider its
-/// path names; counted and logged like every answer.
-pub fn refuse(worker: Worker, method: &Method, uri: &http::Uri, spec: &ErrorSpec) -> Response {
-    let bridge = worker.app.bridge.load();
-    let (name, rest) = split_provider(uri.path());
-    let (provider, api, route) = match bridge.upstreams.get(name) {
-        Some(upstream) => {
-            let api = upstream.kind.api();
-            (name, api, api.route(method, rest))
-        }
-        None => (
-            UNKNOWN_PROVIDER,
-            ProviderKind::OpenAi.api(),
-            ApiRoute::Other,
-        ),
-    };
-    Refused::new(worker, provider, method, uri.path()).answer(api, route, spec, Instant::now())
-}
-
-/// The provider label of requests for a provider that does not exist: one label, so made-up
-/// names cannot grow the metrics.
-const UNKNOWN_PROVIDER: &str = "unknown";
-
-/// Only logs and dumps name requests; the shared counter is left alone otherwise.
-fn request_id(app: &AppState) -> u64 {
-    if app.journal.logging() || app.journal.dumping() {
-        app.next_request_id.fetch_add(1, Ordering::Relaxed)
-    } else {
-        0
-    }
-}
-
-/// A request the bridge answers itself, before any attempt: counted and logged like every
-/// other answer.
-struct Refused {
-    worker: Worker,
-    provider: String,
-    record: Option<RequestRecord>,
-}
-
-impl Refused {
-    fn new(worker: Worker, provider: &str, method: &Method, path: &str) -> Self {
-        let app = worker.app;
-        let record = app.journal.logging().then(|| {
-            RequestRecord::unanswered(request_id(app), provider, method, path, ApiRoute::Other)
-        });
-        Self {
-            worker,
-            provider: provider.to_owned(),
-            record,
-        }
-    }
-
-    fn answer(
-        self,
-        api: &dyn ProviderApi,
-        route: ApiRoute,
-        spec: &ErrorSpec,
-        started: Instant,
-    ) -> Response {
-        let record = self.record.map(|mut record| {
-            record.route = route.as_str();
-            record
-        });
-        let mut completion =
-            Completion::new(self.worker, &self.provider, route, 0, started, record);
-        completion.failed(spec.status, &spec.message);
-        error_response(api, spec)
-    }
-
-    /// `GET`/`HEAD` of a provider's root, which clients such as Claude Code send at start to
-    /// see that the base URL answers: the bridge says so itself, with no key spent.
-    fn reachable(self, started: Instant) -> Response {
-        let body = serde_json::json!({"status": "ok", "provider": self.provider});
-        let mut completion = Completion::new(
-            self.worker,
-            &self.provider,
-            ApiRoute::Other,
-            0,
-            started,
-            self.record,
-        );
-        completion = completion.with_response(200, &HeaderMap::new(), false);
-        completion.finish(Outcome::Completed);
-        let mut response = axum::Json(body).into_response();
-        response
-            .headers_mut()
-            .insert(ATTEMPTS_HEADER, count_value(0));
-        response
-    }
-}
-
-/// Logs and counts a request whose client leaves while it is walked or held: the walk's
-/// future is dropped with the connection, and this with it.
-struct Abandoned<'a> {
-    worker: Worker,
-    provider: &'a str,
-    route: ApiRoute,
-    started: Instant,
-    /// Cleared once the walk has an answer.
-    request: Option<&'a OutboundRequest>,
-}
-
-impl Drop for Abandoned<'_> {
-    fn drop(&mut self) {
-        let Some(request) = self.request else { return };
-        let app = self.worker.app;
-        let record = app.journal.logging().then(|| {
-            RequestRecord::unanswered(
-                request_id(app),
-                self.provider,
-                &request.method,
-                &request.path_and_query,
-                self.route,
-            )
-        });
-        Completion::new(
-            self.worker,
-            self.provider,
-            self.route,
-            0,
-            self.started,
-            record,
-        )
-        .abandoned();
-    }
-}
-
 /// `/anthropic` and `/anthropic/` once the provider is split off.
 fn is_provider_root(rest: &str) -> bool {
     rest.is_empty() || rest == "/"
@@ -654,70 +531,4 @@ fn failover_error_response(api: &dyn ProviderApi, error: &FailoverError) -> Resp
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn provider_is_the_first_segment() {
-        assert_eq!(
-            split_provider("/anthropic/v1/messages"),
-            ("anthropic", "/v1/messages")
-        );
-        assert_eq!(
-            split_provider("/openai/v1/chat/completions"),
-            ("openai", "/v1/chat/completions")
-        );
-        assert_eq!(split_provider("/openai"), ("openai", ""));
-        assert_eq!(split_provider("/"), ("", ""));
-    }
-
-    #[test]
-    fn dot_segments_are_found_plain_and_percent_encoded() {
-        for path in [
-            "/v1/../admin",
-            "/v1/./messages",
-            "/..",
-            "/v1/%2e%2E/x",
-            "/v1/.%2e",
-            "/%2e/x",
-        ] {
-            assert!(has_dot_segment(path), "{path}");
-        }
-        for path in [
-            "/v1/messages",
-            "",
-            "/",
-            "/v1/models/gpt-4.1",
-            "/v1/.../x",
-            "/v1/..x/y",
-            "/v1/%2f/x",
-            "/v1/%2e%2e%2e",
-            "/files/a%2ex",
-        ] {
-            assert!(!has_dot_segment(path), "{path}");
-        }
-    }
-
-    #[test]
-    fn exhaustion_sets_retry_after() {
-        let mut exhausted = crate::keypool::Exhausted {
-            kind: crate::keypool::ExhaustionKind::RateLimited,
-            retry_after: std::time::Duration::from_millis(2500),
-            model: None,
-            attempt_limit: None,
-        };
-        let response = failover_error_response(
-            ProviderKind::Anthropic.api(),
-            &FailoverError::Exhausted(exhausted.clone()),
-        );
-        assert_eq!(response.status(), 429);
-        assert_eq!(response.headers()[header::RETRY_AFTER], "3");
-        // A key came back during the walk: still never "retry at once".
-        exhausted.retry_after = std::time::Duration::ZERO;
-        let response = failover_error_response(
-            ProviderKind::Anthropic.api(),
-            &FailoverError::Exhausted(exhausted),
-        );
-        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
-    }
-}
+mod tests;

@@ -1,0 +1,62 @@
+//! Key lists: a keys file, or a variable's comma- or newline-separated list.
+
+use std::path::Path;
+
+use crate::secret::ApiKey;
+
+/// The most a keys file may hold: a key is about 100 bytes, so this is some 10,000 keys.
+pub const MAX_KEYS_FILE: u64 = 1024 * 1024;
+
+/// Reads a keys file, refusing what is not a regular file (`/dev/zero`, a FIFO, a directory)
+/// or is larger than [`MAX_KEYS_FILE`], rather than hang or fill memory.
+pub fn read_keys_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    // Opening a FIFO would wait for a writer: refuse it instead.
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
+    let file = options.open(path)?;
+    let metadata = file.metadata()?;
+    if !metadata.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut text = String::new();
+    file.take(MAX_KEYS_FILE + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_KEYS_FILE {
+        return Err(std::io::Error::other(format!(
+            "larger than {} KiB",
+            MAX_KEYS_FILE / 1024
+        )));
+    }
+    Ok(text)
+}
+
+/// Keys from a keys file: one per line; blank lines and comments are skipped. A comment
+/// starts a line with `#`, or follows a key after whitespace (`sk-... # prod`).
+pub fn parse_keys_file(text: &str) -> impl Iterator<Item = ApiKey> + '_ {
+    text.lines()
+        .map(|line| without_comment(line).trim())
+        .filter(|line| !line.is_empty())
+        .map(ApiKey::new)
+}
+
+fn without_comment(line: &str) -> &str {
+    if line.trim_start().starts_with('#') {
+        return "";
+    }
+    let comment = line
+        .char_indices()
+        .zip(line.chars().skip(1))
+        .find(|((_, char), next)| char.is_whitespace() && *next == '#')
+        .map(|((index, _), _)| index);
+    comment.map_or(line, |index| &line[..index])
+}
+
+/// Keys from a variable: separated by commas or newlines.
+pub fn split_key_list(list: &str) -> impl Iterator<Item = ApiKey> + '_ {
+    list.split([',', '\n'])
+        .map(str::trim)
+        .filter(|key| !key.is_empty())
+        .map(ApiKey::new)
+}

@@ -1,0 +1,144 @@
+//! A provider as the walker sees it: where to send, and whose key to send with.
+
+use std::time::Duration;
+
+use http::uri::{InvalidUri, PathAndQuery};
+use http::{HeaderMap, Uri};
+use tokio::sync::Notify;
+
+use super::FailoverError;
+use crate::config::ProviderConfig;
+use crate::keypool::{Clock, Pool, PoolError};
+use crate::provider::{ProviderKind, caller_credential};
+use crate::secret::ApiKey;
+use crate::transport::Origin;
+
+/// A provider as the walker uses it: where to send, and the keys to send with.
+#[derive(Debug)]
+pub struct Upstream {
+    pub name: String,
+    pub kind: ProviderKind,
+    pub base_url: String,
+    pub(super) destination: Destination,
+    pub enabled: bool,
+    /// Whether a caller's own credential takes the place of the pool.
+    pub byok: bool,
+    pub pool: Pool,
+    /// The most upstream tries one request makes; `None` = the whole pool.
+    pub max_attempts: Option<usize>,
+    /// How long `serve` may hold a request, in total, for a key that is about to come back.
+    pub max_wait: Duration,
+    /// Wakes held requests when a key comes back early (a reset or a revive).
+    pub(super) freed: Notify,
+}
+
+impl Upstream {
+    pub fn from_config(
+        config: &ProviderConfig,
+        clock: std::sync::Arc<dyn Clock>,
+    ) -> Result<Self, PoolError> {
+        Ok(Self {
+            name: config.name.clone(),
+            kind: config.kind,
+            base_url: config.base_url.clone(),
+            destination: Destination::parse(&config.base_url),
+            enabled: config.enabled,
+            byok: config.byok,
+            pool: Pool::new(config.keys.clone(), config.pool, clock)?,
+            max_attempts: config.max_attempts,
+            max_wait: config.max_wait,
+            freed: Notify::new(),
+        })
+    }
+
+    /// Tells held requests that a key came back before its cooldown ended.
+    pub fn key_freed(&self) {
+        self.freed.notify_waiters();
+    }
+
+    fn missing_key_hint(&self) -> String {
+        if self.kind.api().byok_only() {
+            return format!(
+                "{} is bring-your-own-key only: send your own token in the Authorization header",
+                self.kind
+            );
+        }
+        format!(
+            "set providers.{}.keys in the config or {}, or send your own key",
+            self.name,
+            crate::config::provider_env_var(&self.name, "KEYS")
+        )
+    }
+
+    /// Picks whose key a request uses. `prefer_caller`: a caller credential, when present,
+    /// is used instead of the pool (BYOK). Providers without keys always use the caller's.
+    pub fn credentials_for(
+        &self,
+        headers: &HeaderMap,
+        prefer_caller: bool,
+    ) -> Result<Credentials, FailoverError> {
+        if !self.enabled {
+            return Err(FailoverError::ProviderDisabled {
+                provider: self.name.clone(),
+            });
+        }
+        // The caller's credential only matters when it may be used.
+        let caller = if prefer_caller || self.pool.is_empty() {
+            caller_credential(headers)
+        } else {
+            None
+        };
+        match caller {
+            Some(key) => Ok(Credentials::Caller(key)),
+            None if !self.pool.is_empty() => Ok(Credentials::Pool),
+            None => Err(FailoverError::NoKeys {
+                provider: self.name.clone(),
+                hint: self.missing_key_hint(),
+            }),
+        }
+    }
+}
+
+/// Whose key a request is sent with.
+#[derive(Debug, Clone)]
+pub enum Credentials {
+    /// Walk the pool; caller credentials are removed.
+    Pool,
+    /// The caller's own key: one attempt, sent unchanged, marking nothing.
+    Caller(ApiKey),
+}
+
+/// `base_url` split once into what every request's URL shares.
+#[derive(Debug)]
+pub(super) struct Destination {
+    pub(super) origin: Origin,
+    /// The base URL's own path, without a trailing slash; usually empty.
+    base_path: String,
+}
+
+impl Destination {
+    pub(super) fn parse(base_url: &str) -> Self {
+        let normalized =
+            crate::config::normalized_base_url(base_url).expect("the config validated base_url");
+        let url = Uri::try_from(normalized).expect("normalized_base_url checked the URL");
+        let base_path = url.path().trim_end_matches('/').to_owned();
+        Self {
+            origin: Origin::of(&url).expect("the base URL is absolute"),
+            base_path,
+        }
+    }
+
+    /// The base URL's path joined with a request's path and query.
+    pub(super) fn path_for(&self, path_and_query: &str) -> Result<PathAndQuery, InvalidUri> {
+        let separator = if path_and_query.starts_with('/') {
+            ""
+        } else {
+            "/"
+        };
+        if self.base_path.is_empty() && separator.is_empty() {
+            PathAndQuery::try_from(path_and_query)
+        } else {
+            PathAndQuery::try_from(format!("{}{separator}{path_and_query}", self.base_path))
+        }
+    }
+}
