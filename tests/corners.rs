@@ -33,28 +33,20 @@ fn pool_status_checks_the_provider_against_the_servers() {
     let mock = MockUpstream::start();
     let server_side = offline(&provider("team", &mock, &[K4]));
     let server = server_side.serve();
-    let output = offline("")
-        .args([
+    let status = |provider: &str| {
+        let args = [
             "pool",
             "status",
             "--server",
             &server.base,
             "--provider",
-            "team",
-        ])
-        .run()
-        .success();
+            provider,
+        ];
+        offline("").args(args).run()
+    };
+    let output = status("team").success();
     assert!(output.stdout.contains(&hint(K4)), "{}", output.stdout);
-    offline("")
-        .args([
-            "pool",
-            "status",
-            "--server",
-            &server.base,
-            "--provider",
-            "nope",
-        ])
-        .run()
+    status("nope")
         .code(2)
         .one_line_error("unknown provider \"nope\" (known: anthropic, copilot, openai, team)");
 }
