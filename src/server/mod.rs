@@ -18,6 +18,7 @@ mod admin;
 mod clients;
 mod guard;
 mod journal;
+mod lifecycle;
 mod metrics;
 mod proxy;
 mod recheck;
@@ -26,7 +27,6 @@ mod shared;
 mod usage;
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -40,7 +40,6 @@ use http::HeaderMap;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::signal::unix::{SignalKind, signal};
 use tower::ServiceExt;
 
 use crate::config::{Config, ServeSettings};
@@ -52,6 +51,7 @@ use crate::transport::HttpClient;
 
 use accept::{Accepted, Balancer};
 pub use journal::Journal;
+use lifecycle::{Signals, print_banner, wait_for_workers};
 use metrics::Metrics;
 
 /// How long in-flight requests may run on after SIGINT/SIGTERM.
@@ -251,7 +251,8 @@ fn keeps_every_pool(previous: &Bridge, config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Serves until SIGINT or SIGTERM, then lets in-flight requests finish.
+/// Serves until SIGINT or SIGTERM, then lets in-flight requests finish: read shared health,
+/// build the bridge, print the banner, start the workers, then run the control thread.
 pub fn run(config: Config, options: ServerOptions) -> anyhow::Result<()> {
     let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -263,72 +264,46 @@ pub fn run(config: Config, options: ServerOptions) -> anyhow::Result<()> {
         let _runtime = control.enter();
         Signals::watch()?
     };
+    let ServerOptions {
+        listener,
+        workers,
+        store,
+        reload,
+    } = options;
+    let (state, reachable) = control.block_on(shared::load_at_start(store.as_ref()))?;
+    let workers = workers.max(1);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let (state, reachable) = control.block_on(shared::load_at_start(options.store.as_ref()))?;
-    let workers = options.workers.max(1);
     let bridge = Bridge::build(&config, &clock, state.as_ref(), None, workers)?;
     let journal = Journal::open(
         config.serve.request_log.as_deref(),
         config.serve.dump_dir.as_deref(),
     )?;
-    let address = options
-        .listener
+    let address = listener
         .local_addr()
         .context("cannot read the bound address")?;
     print_banner(address, &bridge);
-    let loopback = address.ip().is_loopback();
-    let open_files = clients::raise_open_file_limit();
-    let connection_cap = clients::connection_cap(config.serve.max_connections, open_files);
-    tracing::info!(
-        "serving at most {connection_cap} client connections at once (max_connections {}, \
-         open-file limit {open_files})",
-        config.serve.max_connections
-    );
-
-    let (health, recorder) = options
-        .store
+    let connection_cap = connection_cap(&config);
+    let (health, recorder) = store
         .map(|store| HealthRecorder::new(store, reachable))
         .unzip();
-    // One owner, the process: it lives until exit. Leaked because nothing else fits. The
-    // tasks on the control runtime (accept, recheck, shared health) must be 'static, which
-    // rules out borrowing it from this frame with scoped threads. An `Arc` would put one
-    // count, written by every request on every worker, on a cache line the workers would
-    // take from each other.
-    let app: &'static AppState = control.block_on(async {
-        Box::leak(Box::new(AppState {
-            bridge: ArcSwap::from_pointee(bridge),
-            metrics: Metrics::new(workers + 1),
-            journal,
-            health,
-            next_request_id: AtomicU64::new(first_request_id(clock.now_ms())),
-            clock,
-            reload: options.reload,
-            workers,
-            balancer: Balancer::new(workers),
-            loopback,
-        }))
+    let app = AppState::leak(AppState {
+        bridge: ArcSwap::from_pointee(bridge),
+        metrics: Metrics::new(workers + 1),
+        journal,
+        health,
+        next_request_id: AtomicU64::new(first_request_id(clock.now_ms())),
+        clock,
+        reload,
+        workers,
+        balancer: Balancer::new(workers),
+        loopback: address.ip().is_loopback(),
     });
-    let (finished, worker_results) = std::sync::mpsc::channel();
-    let mut inboxes = Vec::with_capacity(workers);
-    for worker in 0..workers {
-        let (inbox, accepted) = tokio::sync::mpsc::unbounded_channel();
-        inboxes.push(inbox);
-        let finished = finished.clone();
-        std::thread::Builder::new()
-            .name(format!("aibridge-worker-{worker}"))
-            .spawn(move || {
-                let _ = finished.send(serve_worker(worker, accepted, app));
-            })
-            .context("cannot start a worker thread")?;
-    }
-    drop(finished);
-
+    let (inboxes, worker_results) = start_workers(app)?;
     control.block_on(async {
-        options
-            .listener
+        listener
             .set_nonblocking(true)
             .context("cannot configure the listening socket")?;
-        let listener = tokio::net::TcpListener::from_std(options.listener)
+        let listener = tokio::net::TcpListener::from_std(listener)
             .context("cannot use the listening socket")?;
         let accepting = tokio::spawn(accept::hand_out_connections(
             listener,
@@ -342,24 +317,79 @@ pub fn run(config: Config, options: ServerOptions) -> anyhow::Result<()> {
         }
         signals.wait_for_stop(app).await;
         recheck.abort();
-        tracing::info!(
-            "shutting down; in-flight requests have {}s to finish",
-            SHUTDOWN_GRACE.as_secs()
-        );
         // Closes the socket, and the workers' inboxes: each then finishes what it has.
         accepting.abort();
         let _ = accepting.await;
-        let outcome =
-            tokio::task::spawn_blocking(move || wait_for_workers(&worker_results, workers))
-                .await
-                .context("cannot wait for the workers")?;
-        if let Some(health) = &app.health {
-            // Redis out of reach must not hold the exit up for long.
-            let _ = tokio::time::timeout(shared::FLUSH_LIMIT, health.flush()).await;
-        }
-        app.journal.flush();
-        outcome
+        shut_down(app, worker_results).await
     })
+}
+
+impl AppState {
+    /// One owner, the process: the state lives until exit. Leaked because nothing else
+    /// fits. The tasks on the control runtime (accept, recheck, shared health) must be
+    /// 'static, which rules out borrowing it from `run`'s frame with scoped threads. An
+    /// `Arc` would put one count, written by every request on every worker, on a cache line
+    /// the workers would take from each other.
+    fn leak(state: AppState) -> &'static AppState {
+        Box::leak(Box::new(state))
+    }
+}
+
+/// How many client connections may be open at once, after raising the open-file limit.
+fn connection_cap(config: &Config) -> usize {
+    let open_files = clients::raise_open_file_limit();
+    let cap = clients::connection_cap(config.serve.max_connections, open_files);
+    tracing::info!(
+        "serving at most {cap} client connections at once (max_connections {}, open-file \
+         limit {open_files})",
+        config.serve.max_connections
+    );
+    cap
+}
+
+/// What each worker reports when it has stopped.
+type WorkerResults = std::sync::mpsc::Receiver<anyhow::Result<()>>;
+
+/// One thread per worker, each fed connections through its inbox.
+fn start_workers(
+    app: &'static AppState,
+) -> anyhow::Result<(
+    Vec<tokio::sync::mpsc::UnboundedSender<Accepted>>,
+    WorkerResults,
+)> {
+    let (finished, worker_results) = std::sync::mpsc::channel();
+    let mut inboxes = Vec::with_capacity(app.workers);
+    for worker in 0..app.workers {
+        let (inbox, accepted) = tokio::sync::mpsc::unbounded_channel();
+        inboxes.push(inbox);
+        let finished = finished.clone();
+        std::thread::Builder::new()
+            .name(format!("aibridge-worker-{worker}"))
+            .spawn(move || {
+                let _ = finished.send(serve_worker(worker, accepted, app));
+            })
+            .context("cannot start a worker thread")?;
+    }
+    Ok((inboxes, worker_results))
+}
+
+/// Lets in-flight requests finish (up to the grace period), then writes what is left of
+/// the marks and the journal.
+async fn shut_down(app: &'static AppState, worker_results: WorkerResults) -> anyhow::Result<()> {
+    tracing::info!(
+        "shutting down; in-flight requests have {}s to finish",
+        SHUTDOWN_GRACE.as_secs()
+    );
+    let workers = app.workers;
+    let outcome = tokio::task::spawn_blocking(move || wait_for_workers(&worker_results, workers))
+        .await
+        .context("cannot wait for the workers")?;
+    if let Some(health) = &app.health {
+        // Redis out of reach must not hold the exit up for long.
+        let _ = tokio::time::timeout(shared::FLUSH_LIMIT, health.flush()).await;
+    }
+    app.journal.flush();
+    outcome
 }
 
 /// One worker: a single-threaded runtime serving the connections handed to it, until the
@@ -498,27 +528,6 @@ async fn route(
     proxy::handle(worker, request).await
 }
 
-/// Waits for every worker to finish its requests, up to the grace period.
-fn wait_for_workers(
-    results: &std::sync::mpsc::Receiver<anyhow::Result<()>>,
-    workers: usize,
-) -> anyhow::Result<()> {
-    let deadline = std::time::Instant::now() + SHUTDOWN_GRACE;
-    for _ in 0..workers {
-        match results.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
-            Ok(result) => result?,
-            Err(_) => {
-                tracing::warn!(
-                    "requests still running after {}s; stopping anyway",
-                    SHUTDOWN_GRACE.as_secs()
-                );
-                break;
-            }
-        }
-    }
-    Ok(())
-}
-
 /// The operator routes of one worker; other paths are proxied (to a provider of that name).
 fn router(worker: Worker) -> Router {
     let app = worker.app;
@@ -529,69 +538,4 @@ fn router(worker: Worker) -> Router {
         .route("/metrics", get(admin::metrics))
         .fallback(move |request: axum::extract::Request| proxy::handle(worker, request))
         .with_state(app)
-}
-
-/// The signals `serve` handles.
-struct Signals {
-    interrupt: tokio::signal::unix::Signal,
-    terminate: tokio::signal::unix::Signal,
-    hangup: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn watch() -> anyhow::Result<Self> {
-        Ok(Self {
-            interrupt: signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,
-            terminate: signal(SignalKind::terminate()).context("cannot watch SIGTERM")?,
-            hangup: signal(SignalKind::hangup()).context("cannot watch SIGHUP")?,
-        })
-    }
-
-    /// Reloads on SIGHUP; returns on SIGINT or SIGTERM.
-    async fn wait_for_stop(mut self, app: &AppState) {
-        loop {
-            tokio::select! {
-                _ = self.interrupt.recv() => return,
-                _ = self.terminate.recv() => return,
-                _ = self.hangup.recv() => {
-                    tracing::info!("SIGHUP: reloading configuration");
-                    app.reload();
-                }
-            }
-        }
-    }
-}
-
-/// The URL alone on stdout, so a script that starts `serve` on port 0 can read the port;
-/// the banner, a table of the providers, on stderr.
-fn print_banner(address: SocketAddr, bridge: &Bridge) {
-    use std::io::Write;
-    let mut table = crate::table::Table::new(&[]);
-    for upstream in bridge.upstreams.values() {
-        let keys = match upstream.pool.len() {
-            0 => "no keys (callers bring their own)".to_owned(),
-            1 => "1 key".to_owned(),
-            count => format!("{count} keys"),
-        };
-        let enabled = if upstream.enabled {
-            "enabled"
-        } else {
-            "disabled"
-        };
-        table.row(vec![
-            upstream.name.clone(),
-            upstream.kind.to_string(),
-            upstream.base_url.clone(),
-            keys,
-            enabled.to_owned(),
-        ]);
-    }
-    let mut banner = format!("aibridge listening on http://{address}\n");
-    for line in table.render().lines().filter(|line| !line.is_empty()) {
-        banner.push_str(&format!("  {line}\n"));
-    }
-    eprint!("{banner}");
-    // Last, so a script that has read the URL has the banner too. A closed stdout is the
-    // script's business: the server serves on.
-    let _ = writeln!(std::io::stdout(), "http://{address}");
 }
