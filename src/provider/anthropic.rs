@@ -1,13 +1,25 @@
 //! Anthropic's Messages API: `x-api-key` auth and `{"type":"error","error":{...}}` errors.
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Value, json};
 
 use super::{
-    ApiRoute, ErrorSpec, ProviderApi, QuotaSignal, remove_credentials, secret_value, sse_event,
+    ApiRoute, Auth, ErrorShape, ErrorSpec, ProviderSpec, QuotaSignal, remove_credentials,
+    secret_value, sse_event,
 };
 use crate::secret::ApiKey;
+
+pub const ANTHROPIC: ProviderSpec = ProviderSpec {
+    default_base_url: "https://api.anthropic.com",
+    default_send_path: "/v1/messages",
+    probe_path: "/v1/models",
+    byok_only: false,
+    auth: Auth::ApiKeyHeader,
+    errors: ErrorShape::Anthropic,
+    routes: &[("/v1/messages", ApiRoute::Messages)],
+    quota_signals: &QUOTA_SIGNALS,
+};
 
 /// The version sent when the caller names none; the API rejects requests without one.
 const DEFAULT_VERSION: &str = "2023-06-01";
@@ -24,43 +36,20 @@ const QUOTA_SIGNALS: [QuotaSignal; 1] = [QuotaSignal {
     message_contains: Some("credit balance is too low"),
 }];
 
-pub struct Anthropic;
+/// `x-api-key: KEY`, and the API version when the caller sent none.
+pub(super) fn apply_key(headers: &mut HeaderMap, key: &ApiKey) {
+    remove_credentials(headers);
+    headers.insert(API_KEY_HEADER, secret_value(key.expose()));
+    headers
+        .entry(VERSION_HEADER)
+        .or_insert(HeaderValue::from_static(DEFAULT_VERSION));
+}
 
-impl ProviderApi for Anthropic {
-    fn default_base_url(&self) -> &'static str {
-        "https://api.anthropic.com"
-    }
+pub(super) fn error_body(error: &ErrorSpec) -> Value {
+    json!({"type": "error", "error": {"type": error.error_type, "message": error.message}})
+}
 
-    fn default_send_path(&self) -> &'static str {
-        "/v1/messages"
-    }
-
-    fn probe_path(&self) -> &'static str {
-        "/v1/models"
-    }
-
-    fn apply_key(&self, headers: &mut HeaderMap, key: &ApiKey) {
-        remove_credentials(headers);
-        headers.insert(API_KEY_HEADER, secret_value(key.expose()));
-        headers
-            .entry(VERSION_HEADER)
-            .or_insert(HeaderValue::from_static(DEFAULT_VERSION));
-    }
-
-    fn error_body(&self, error: &ErrorSpec) -> Value {
-        json!({"type": "error", "error": {"type": error.error_type, "message": error.message}})
-    }
-
-    fn route(&self, method: &Method, path: &str) -> ApiRoute {
-        ApiRoute::lookup(method, path, &[("/v1/messages", ApiRoute::Messages)])
-    }
-
-    fn stream_error_event(&self, _route: ApiRoute, message: &str) -> Bytes {
-        let data = json!({"type": "error", "error": {"type": "api_error", "message": message}});
-        sse_event(Some("error"), &data).into()
-    }
-
-    fn quota_signals(&self) -> &'static [QuotaSignal] {
-        &QUOTA_SIGNALS
-    }
+pub(super) fn stream_error_event(message: &str) -> Bytes {
+    let data = json!({"type": "error", "error": {"type": "api_error", "message": message}});
+    sse_event(Some("error"), &data).into()
 }

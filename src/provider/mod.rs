@@ -15,9 +15,9 @@ use serde_json::Value;
 use crate::keypool::{Exhausted, ExhaustionKind};
 use crate::secret::ApiKey;
 
-pub use anthropic::Anthropic;
-pub use copilot::Copilot;
-pub use openai::OpenAi;
+pub use anthropic::ANTHROPIC;
+pub use copilot::COPILOT;
+pub use openai::OPENAI;
 
 /// The API family of a configured provider.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
@@ -32,11 +32,11 @@ pub enum ProviderKind {
 impl ProviderKind {
     pub const ALL: [ProviderKind; 3] = [Self::Anthropic, Self::OpenAi, Self::Copilot];
 
-    pub fn api(self) -> &'static dyn ProviderApi {
+    pub fn api(self) -> &'static ProviderSpec {
         match self {
-            Self::Anthropic => &Anthropic,
-            Self::OpenAi => &OpenAi,
-            Self::Copilot => &Copilot,
+            Self::Anthropic => &ANTHROPIC,
+            Self::OpenAi => &OPENAI,
+            Self::Copilot => &COPILOT,
         }
     }
 
@@ -59,37 +59,91 @@ impl fmt::Display for ProviderKind {
     }
 }
 
-/// What differs between providers.
-pub trait ProviderApi: Sync {
-    fn default_base_url(&self) -> &'static str;
-
+/// What differs between providers, as data: one const spec per provider. The few things
+/// that truly differ in code (how a key is presented, how an error is shaped) are picked by
+/// `auth` and `errors`.
+#[derive(Debug)]
+pub struct ProviderSpec {
+    default_base_url: &'static str,
     /// The path `aibridge send` uses when none is given.
-    fn default_send_path(&self) -> &'static str;
-
+    default_send_path: &'static str,
     /// The cheapest authenticated request: a models list, which costs no tokens.
-    fn probe_path(&self) -> &'static str;
-
+    probe_path: &'static str,
     /// Whether keys must come from the caller (no pool).
-    fn byok_only(&self) -> bool {
-        false
+    byok_only: bool,
+    auth: Auth,
+    errors: ErrorShape,
+    /// The bridged APIs, by `POST` path.
+    routes: &'static [(&'static str, ApiRoute)],
+    /// Error answers that mean the account's quota or credit is used up.
+    quota_signals: &'static [QuotaSignal],
+}
+
+/// How a provider takes its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Auth {
+    /// `x-api-key: KEY` (Anthropic).
+    ApiKeyHeader,
+    /// `Authorization: Bearer KEY`.
+    Bearer,
+}
+
+/// The JSON shape of a provider's errors and stream error events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ErrorShape {
+    Anthropic,
+    OpenAi,
+}
+
+impl ProviderSpec {
+    pub fn default_base_url(&self) -> &'static str {
+        self.default_base_url
+    }
+
+    pub fn default_send_path(&self) -> &'static str {
+        self.default_send_path
+    }
+
+    pub fn probe_path(&self) -> &'static str {
+        self.probe_path
+    }
+
+    pub fn byok_only(&self) -> bool {
+        self.byok_only
+    }
+
+    pub fn quota_signals(&self) -> &'static [QuotaSignal] {
+        self.quota_signals
     }
 
     /// Replaces any caller credential with `key` in the provider's auth header.
-    fn apply_key(&self, headers: &mut HeaderMap, key: &ApiKey);
+    pub fn apply_key(&self, headers: &mut HeaderMap, key: &ApiKey) {
+        match self.auth {
+            Auth::ApiKeyHeader => anthropic::apply_key(headers, key),
+            Auth::Bearer => set_bearer(headers, key),
+        }
+    }
 
     /// Renders an error in the provider's JSON shape.
-    fn error_body(&self, error: &ErrorSpec) -> Value;
+    pub fn error_body(&self, error: &ErrorSpec) -> Value {
+        match self.errors {
+            ErrorShape::Anthropic => anthropic::error_body(error),
+            ErrorShape::OpenAi => openai::error_body(error),
+        }
+    }
 
     /// Which bridged API a request is for, from its method and path (without query).
-    fn route(&self, method: &http::Method, path: &str) -> ApiRoute;
+    pub fn route(&self, method: &http::Method, path: &str) -> ApiRoute {
+        ApiRoute::lookup(method, path, self.routes)
+    }
 
     /// The SSE event that ends a stream which broke off, so a cut stream never looks
     /// complete: the provider's own error event for `route`.
-    fn stream_error_event(&self, route: ApiRoute, message: &str) -> Bytes;
-
-    /// Error answers that mean the account's quota or credit is used up.
-    fn quota_signals(&self) -> &'static [QuotaSignal] {
-        &[]
+    pub fn stream_error_event(&self, route: ApiRoute, message: &str) -> Bytes {
+        match self.errors {
+            ErrorShape::Anthropic => anthropic::stream_error_event(message),
+            ErrorShape::OpenAi => openai::stream_error_event(route, message),
+        }
     }
 }
 
@@ -126,14 +180,14 @@ impl QuotaSignal {
 }
 
 /// Whether an answer with `status` may be a quota error, so its body is worth reading.
-pub fn may_signal_quota(api: &dyn ProviderApi, status: u16) -> bool {
+pub fn may_signal_quota(api: &ProviderSpec, status: u16) -> bool {
     api.quota_signals()
         .iter()
         .any(|signal| signal.status == status)
 }
 
 /// Whether an error answer says the key's quota or credit is used up.
-pub fn is_quota_error(api: &dyn ProviderApi, status: u16, body: &[u8]) -> bool {
+pub fn is_quota_error(api: &ProviderSpec, status: u16, body: &[u8]) -> bool {
     if !may_signal_quota(api, status) {
         return false;
     }
@@ -377,13 +431,13 @@ mod tests {
     #[test]
     fn anthropic_key_replaces_caller_credentials_and_sets_version() {
         let mut map = headers(&[("authorization", "Bearer caller"), ("x-api-key", "caller")]);
-        Anthropic.apply_key(&mut map, &ApiKey::new("sk-ant-pool"));
+        ANTHROPIC.apply_key(&mut map, &ApiKey::new("sk-ant-pool"));
         assert_eq!(map.get("x-api-key").unwrap(), "sk-ant-pool");
         assert!(map.get("authorization").is_none());
         assert_eq!(map.get("anthropic-version").unwrap(), "2023-06-01");
 
         let mut pinned = headers(&[("anthropic-version", "2024-01-01")]);
-        Anthropic.apply_key(&mut pinned, &ApiKey::new("sk-ant-pool"));
+        ANTHROPIC.apply_key(&mut pinned, &ApiKey::new("sk-ant-pool"));
         assert_eq!(pinned.get("anthropic-version").unwrap(), "2024-01-01");
     }
 
@@ -408,7 +462,7 @@ mod tests {
         });
         assert_eq!(rate_limited.status, 429);
         assert_eq!(
-            Anthropic.error_body(&rate_limited),
+            ANTHROPIC.error_body(&rate_limited),
             serde_json::json!({"type": "error", "error": {
                 "type": "rate_limit_error",
                 "message": "all configured keys are rate-limited (retry after 2s)"}})
@@ -421,14 +475,14 @@ mod tests {
         });
         assert_eq!(unauthorized.status, 502);
         assert_eq!(
-            OpenAi.error_body(&unauthorized),
+            OPENAI.error_body(&unauthorized),
             serde_json::json!({"error": {
                 "message": "all configured keys failed authentication",
                 "type": "api_error", "code": "keys_exhausted", "param": null}})
         );
         assert_eq!(
-            Copilot.error_body(&unauthorized),
-            OpenAi.error_body(&unauthorized)
+            COPILOT.error_body(&unauthorized),
+            OPENAI.error_body(&unauthorized)
         );
     }
 
@@ -441,7 +495,7 @@ mod tests {
             "provider_disabled: AI provider \"work\" is disabled"
         );
         assert_eq!(
-            Anthropic.error_body(&spec)["error"]["type"],
+            ANTHROPIC.error_body(&spec)["error"]["type"],
             "provider_disabled"
         );
     }
@@ -449,25 +503,25 @@ mod tests {
     #[test]
     fn bridged_routes() {
         use http::Method;
-        let cases: [(&dyn ProviderApi, Method, &str, ApiRoute); 7] = [
-            (&Anthropic, Method::POST, "/v1/messages", ApiRoute::Messages),
+        let cases: [(&ProviderSpec, Method, &str, ApiRoute); 7] = [
+            (&ANTHROPIC, Method::POST, "/v1/messages", ApiRoute::Messages),
             (
-                &Anthropic,
+                &ANTHROPIC,
                 Method::POST,
                 "/v1/messages/count_tokens",
                 ApiRoute::Other,
             ),
-            (&Anthropic, Method::GET, "/v1/messages", ApiRoute::Other),
+            (&ANTHROPIC, Method::GET, "/v1/messages", ApiRoute::Other),
             (
-                &OpenAi,
+                &OPENAI,
                 Method::POST,
                 "/v1/chat/completions",
                 ApiRoute::ChatCompletions,
             ),
-            (&OpenAi, Method::POST, "/v1/responses/", ApiRoute::Responses),
-            (&OpenAi, Method::GET, "/v1/models", ApiRoute::Other),
+            (&OPENAI, Method::POST, "/v1/responses/", ApiRoute::Responses),
+            (&OPENAI, Method::GET, "/v1/models", ApiRoute::Other),
             (
-                &Copilot,
+                &COPILOT,
                 Method::POST,
                 "/chat/completions",
                 ApiRoute::ChatCompletions,
@@ -481,17 +535,17 @@ mod tests {
     #[test]
     fn stream_error_events_in_each_shape() {
         let anthropic =
-            Anthropic.stream_error_event(ApiRoute::Messages, "upstream stream interrupted: reset");
+            ANTHROPIC.stream_error_event(ApiRoute::Messages, "upstream stream interrupted: reset");
         assert_eq!(
             anthropic,
             "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":\"upstream stream interrupted: reset\"}}\n\n"
         );
-        let chat = OpenAi.stream_error_event(ApiRoute::ChatCompletions, "cut");
+        let chat = OPENAI.stream_error_event(ApiRoute::ChatCompletions, "cut");
         assert_eq!(
             chat,
             "data: {\"error\":{\"message\":\"cut\",\"type\":\"api_error\",\"code\":\"stream_interrupted\"}}\n\ndata: [DONE]\n\n"
         );
-        let responses = OpenAi.stream_error_event(ApiRoute::Responses, "cut");
+        let responses = OPENAI.stream_error_event(ApiRoute::Responses, "cut");
         assert_eq!(
             responses,
             "event: error\ndata: {\"type\":\"error\",\"code\":\"stream_interrupted\",\"message\":\"cut\"}\n\n"
@@ -512,21 +566,21 @@ mod tests {
         let openai_type =
             br#"{"error":{"message":"quota","type":"insufficient_quota","code":null}}"#;
         let openai_rate = br#"{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}"#;
-        assert!(is_quota_error(&OpenAi, 429, openai_code));
-        assert!(is_quota_error(&OpenAi, 429, openai_type));
-        assert!(!is_quota_error(&OpenAi, 429, openai_rate));
-        assert!(!is_quota_error(&OpenAi, 400, openai_code));
-        assert!(!is_quota_error(&OpenAi, 429, b"not json"));
+        assert!(is_quota_error(&OPENAI, 429, openai_code));
+        assert!(is_quota_error(&OPENAI, 429, openai_type));
+        assert!(!is_quota_error(&OPENAI, 429, openai_rate));
+        assert!(!is_quota_error(&OPENAI, 400, openai_code));
+        assert!(!is_quota_error(&OPENAI, 429, b"not json"));
 
         let credit = br#"{"type":"error","error":{"type":"invalid_request_error","message":"Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits."}}"#;
         let other_400 = br#"{"type":"error","error":{"type":"invalid_request_error","message":"max_tokens: Field required"}}"#;
         let wrong_type = br#"{"type":"error","error":{"type":"api_error","message":"Your credit balance is too low"}}"#;
-        assert!(is_quota_error(&Anthropic, 400, credit));
-        assert!(!is_quota_error(&Anthropic, 400, other_400));
-        assert!(!is_quota_error(&Anthropic, 400, wrong_type));
-        assert!(!is_quota_error(&Anthropic, 429, credit));
-        assert!(may_signal_quota(&Anthropic, 400));
-        assert!(!may_signal_quota(&Anthropic, 500));
-        assert!(!may_signal_quota(&Copilot, 429));
+        assert!(is_quota_error(&ANTHROPIC, 400, credit));
+        assert!(!is_quota_error(&ANTHROPIC, 400, other_400));
+        assert!(!is_quota_error(&ANTHROPIC, 400, wrong_type));
+        assert!(!is_quota_error(&ANTHROPIC, 429, credit));
+        assert!(may_signal_quota(&ANTHROPIC, 400));
+        assert!(!may_signal_quota(&ANTHROPIC, 500));
+        assert!(!may_signal_quota(&COPILOT, 429));
     }
 }

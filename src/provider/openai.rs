@@ -1,11 +1,23 @@
 //! OpenAI's Chat Completions and Responses APIs: bearer auth and `{"error":{...}}` errors.
 
 use bytes::Bytes;
-use http::{HeaderMap, Method};
 use serde_json::{Value, json};
 
-use super::{ApiRoute, ErrorSpec, ProviderApi, QuotaSignal, set_bearer, sse_event};
-use crate::secret::ApiKey;
+use super::{ApiRoute, Auth, ErrorShape, ErrorSpec, ProviderSpec, QuotaSignal, sse_event};
+
+pub const OPENAI: ProviderSpec = ProviderSpec {
+    default_base_url: "https://api.openai.com",
+    default_send_path: "/v1/chat/completions",
+    probe_path: "/v1/models",
+    byok_only: false,
+    auth: Auth::Bearer,
+    errors: ErrorShape::OpenAi,
+    routes: &[
+        ("/v1/chat/completions", ApiRoute::ChatCompletions),
+        ("/v1/responses", ApiRoute::Responses),
+    ],
+    quota_signals: &QUOTA_SIGNALS,
+};
 
 /// A 429 is a rate limit unless the account's quota is used up, which a wait does not fix.
 const QUOTA_SIGNALS: [QuotaSignal; 2] = [
@@ -23,52 +35,9 @@ const QUOTA_SIGNALS: [QuotaSignal; 2] = [
     },
 ];
 
-pub struct OpenAi;
-
-impl ProviderApi for OpenAi {
-    fn default_base_url(&self) -> &'static str {
-        "https://api.openai.com"
-    }
-
-    fn default_send_path(&self) -> &'static str {
-        "/v1/chat/completions"
-    }
-
-    fn probe_path(&self) -> &'static str {
-        "/v1/models"
-    }
-
-    fn apply_key(&self, headers: &mut HeaderMap, key: &ApiKey) {
-        set_bearer(headers, key);
-    }
-
-    fn error_body(&self, error: &ErrorSpec) -> Value {
-        openai_error(error)
-    }
-
-    fn route(&self, method: &Method, path: &str) -> ApiRoute {
-        ApiRoute::lookup(
-            method,
-            path,
-            &[
-                ("/v1/chat/completions", ApiRoute::ChatCompletions),
-                ("/v1/responses", ApiRoute::Responses),
-            ],
-        )
-    }
-
-    fn stream_error_event(&self, route: ApiRoute, message: &str) -> Bytes {
-        openai_stream_error(route, message)
-    }
-
-    fn quota_signals(&self) -> &'static [QuotaSignal] {
-        &QUOTA_SIGNALS
-    }
-}
-
 /// Responses streams end with an `error` event; Chat Completions streams carry the error in
 /// a data line and still end with `[DONE]`, which is what clients wait for.
-pub(super) fn openai_stream_error(route: ApiRoute, message: &str) -> Bytes {
+pub(super) fn stream_error_event(route: ApiRoute, message: &str) -> Bytes {
     if route == ApiRoute::Responses {
         let data = json!({"type": "error", "code": "stream_interrupted", "message": message});
         return sse_event(Some("error"), &data).into();
@@ -79,7 +48,7 @@ pub(super) fn openai_stream_error(route: ApiRoute, message: &str) -> Bytes {
 }
 
 /// The OpenAI error shape, which Copilot shares.
-pub(super) fn openai_error(error: &ErrorSpec) -> Value {
+pub(super) fn error_body(error: &ErrorSpec) -> Value {
     json!({"error": {
         "message": error.message,
         "type": error.error_type,

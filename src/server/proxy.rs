@@ -16,7 +16,7 @@ use crate::failover::{
     error_chain,
 };
 use crate::health::HealthChange;
-use crate::provider::{ApiRoute, ErrorSpec, ProviderApi, ProviderKind};
+use crate::provider::{ApiRoute, ErrorSpec, ProviderKind, ProviderSpec};
 use crate::transport::{self, CollectError, Response as UpstreamResponse};
 
 mod refused;
@@ -66,7 +66,7 @@ where
 struct Target<'a> {
     worker: Worker,
     upstream: &'a Upstream,
-    api: &'static dyn ProviderApi,
+    api: &'static ProviderSpec,
     route: ApiRoute,
     path_and_query: String,
     started: Instant,
@@ -418,7 +418,7 @@ const BUFFERED_ANSWER_LIMIT: u64 = 256 * 1024;
 
 async fn relay_response(
     bridge: &Bridge,
-    api: &'static dyn ProviderApi,
+    api: &'static ProviderSpec,
     route: ApiRoute,
     response: UpstreamResponse,
     completion: Completion,
@@ -471,7 +471,7 @@ async fn relay_response(
 }
 
 /// An answer whose body broke before any of it was sent: the caller gets a clean 502.
-fn broken_answer(api: &dyn ProviderApi, mut completion: Completion, reason: &str) -> Response {
+fn broken_answer(api: &ProviderSpec, mut completion: Completion, reason: &str) -> Response {
     let message = format!("upstream answer interrupted: {reason}");
     tracing::warn!("{message}");
     let mut response = error_response(api, &ErrorSpec::unreachable(message.clone()));
@@ -494,7 +494,7 @@ const SHOULD_RETRY_HEADER: HeaderName = HeaderName::from_static("x-should-retry"
 
 /// The bridge's own error, in the provider's shape, with `x-should-retry` where a retry
 /// could not help (or is what to do), and no attempt made unless the caller says otherwise.
-pub fn error_response(api: &dyn ProviderApi, spec: &ErrorSpec) -> Response {
+pub fn error_response(api: &ProviderSpec, spec: &ErrorSpec) -> Response {
     let status = StatusCode::from_u16(spec.status).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut response = (status, axum::Json(api.error_body(spec))).into_response();
     let headers = response.headers_mut();
@@ -517,7 +517,7 @@ fn failover_error_spec(error: &FailoverError) -> ErrorSpec {
     }
 }
 
-fn failover_error_response(api: &dyn ProviderApi, error: &FailoverError) -> Response {
+fn failover_error_response(api: &ProviderSpec, error: &FailoverError) -> Response {
     let mut response = error_response(api, &failover_error_spec(error));
     if let FailoverError::Exhausted(exhausted) = error
         && exhausted.kind == crate::keypool::ExhaustionKind::RateLimited

@@ -15,7 +15,7 @@ use super::Worker;
 use super::journal::{AttemptDump, Outcome, RequestRecord, http_message};
 use super::usage::UsageTap;
 use crate::failover::error_chain;
-use crate::provider::{ApiRoute, ProviderApi};
+use crate::provider::{ApiRoute, ProviderSpec};
 use crate::transport::{self, ResponseBody};
 
 /// The status a request the client abandoned before any answer is counted with, as nginx
@@ -174,7 +174,7 @@ pub struct Relay {
     upstream: ResponseBody,
     idle_timeout: Duration,
     /// Set for SSE answers: who shapes the error event.
-    sse: Option<(&'static dyn ProviderApi, ApiRoute)>,
+    sse: Option<(&'static ProviderSpec, ApiRoute)>,
     completion: Completion,
     /// The last two bytes relayed, to end a partial event before an error event.
     tail: [u8; 2],
@@ -185,7 +185,7 @@ impl Relay {
     pub fn new(
         body: ResponseBody,
         idle_timeout: Duration,
-        sse: Option<(&'static dyn ProviderApi, ApiRoute)>,
+        sse: Option<(&'static ProviderSpec, ApiRoute)>,
         completion: Completion,
     ) -> Self {
         Self {

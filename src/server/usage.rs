@@ -83,7 +83,7 @@ impl UsageTap {
             return;
         }
         let mut rest = chunk;
-        while let Some(end) = rest.iter().position(|&byte| byte == b'\n') {
+        while let Some(end) = memchr::memchr(b'\n', rest) {
             if self.buffer.is_empty() {
                 self.read_line(&rest[..end]);
             } else {
@@ -103,7 +103,7 @@ impl UsageTap {
         let Some(data) = line.strip_prefix(b"data:") else {
             return;
         };
-        if !contains(data, b"\"usage\"") {
+        if memchr::memmem::find(data, b"\"usage\"").is_none() {
             return;
         }
         if let Ok(document) = serde_json::from_slice::<Value>(data) {
@@ -121,12 +121,6 @@ impl UsageTap {
         }
         self.usage
     }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|window| window == needle)
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use http::{HeaderMap, Method};
 
 use super::{ATTEMPTS_HEADER, count_value, error_response, split_provider};
 use crate::failover::OutboundRequest;
-use crate::provider::{ApiRoute, ErrorSpec, ProviderApi, ProviderKind};
+use crate::provider::{ApiRoute, ErrorSpec, ProviderKind, ProviderSpec};
 use crate::server::journal::{Outcome, RequestRecord};
 use crate::server::relay::Completion;
 use crate::server::{AppState, Worker};
@@ -69,7 +69,7 @@ impl Refused {
 
     pub(super) fn answer(
         self,
-        api: &dyn ProviderApi,
+        api: &ProviderSpec,
         route: ApiRoute,
         spec: &ErrorSpec,
         started: Instant,
