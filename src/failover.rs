@@ -424,7 +424,7 @@ impl Walker {
             }),
             Ok(Ok(response)) => Ok(response),
             Ok(Err(failure)) => Err(Failed {
-                error: FailoverError::Unreachable(error_chain(&*failure.error)),
+                error: FailoverError::Unreachable(transport::error_chain(&*failure.error)),
                 replayable: failure.replayable,
             }),
         }
@@ -455,7 +455,7 @@ async fn read_whole(response: Response) -> (http::response::Parts, Result<Bytes,
     let body = match tokio::time::timeout(Duration::from_secs(2), transport::read_body(body)).await
     {
         Ok(Ok(body)) => Ok(body),
-        Ok(Err(error)) => Err(error_chain(&*error)),
+        Ok(Err(error)) => Err(transport::error_chain(&*error)),
         Err(_) => Err("no data from upstream for 2s".to_owned()),
     };
     (parts, body)
@@ -537,21 +537,6 @@ fn log_mark(provider: &str, attempt: &Attempt, now_ms: u64) {
         ),
         _ => {}
     }
-}
-
-/// The error and its causes on one line: an HTTP client's own message alone rarely says why.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

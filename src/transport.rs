@@ -408,6 +408,21 @@ pub fn content_length(response: &Response) -> Option<u64> {
     response.body().size_hint().exact()
 }
 
+/// The error and its causes on one line: an HTTP client's own message alone rarely says why.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use http_body_util::StreamBody;
@@ -437,5 +452,13 @@ mod tests {
         ];
         assert_eq!(collect(body_of(frames)).await.unwrap(), "one two three");
         assert_eq!(collect(body_of(Vec::new())).await.unwrap(), "");
+    }
+
+    #[test]
+    fn error_chain_joins_causes_once() {
+        let inner =
+            std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let outer = std::io::Error::other(inner);
+        assert_eq!(error_chain(&outer), "connection refused");
     }
 }

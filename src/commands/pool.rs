@@ -16,10 +16,11 @@ use super::{block_on, health_store, load_config};
 use crate::cli::{GlobalArgs, PoolResetArgs, PoolStatusArgs};
 use crate::config::Config;
 use crate::exit;
-use crate::failover::{Upstream, error_chain};
+use crate::failover::Upstream;
 use crate::health::{HealthChange, KeySelectError, KnownKey, StateFile, select_key};
 use crate::keypool::{StateKind, StateReason, SystemClock, to_unix_ms};
 use crate::report::{ClearedKey, KeyReport, PoolReport, ResetRequest, ResetResponse};
+use crate::transport::error_chain;
 use crate::transport::{self, HttpClient};
 
 /// How long a server on the configured address gets to answer before the state file is read.

@@ -19,7 +19,6 @@ use crate::config::{Config, ProviderConfig};
 use crate::exit;
 use crate::failover::{
     Attempt, Credentials, FailoverError, OutboundRequest, Upstream, WalkObserver, Walker,
-    error_chain,
 };
 use crate::health::HealthChange;
 use crate::keypool::{ExhaustionKind, KeyState, StateKind, SystemClock, ceil_secs, validate_keys};
@@ -201,7 +200,7 @@ impl Send<'_> {
                     let _ = stdout.flush();
                     eprintln!(
                         "error: upstream stream interrupted: {}",
-                        error_chain(&*error)
+                        transport::error_chain(&*error)
                     );
                     return Ok(exit::UNREACHABLE);
                 }
@@ -225,7 +224,10 @@ impl Send<'_> {
             Ok(bytes) => bytes,
             Err(error) => {
                 let report = self.report(attempts, Some(status), Outcome::NetworkError, None);
-                let message = format!("upstream stream interrupted: {}", error_chain(&*error));
+                let message = format!(
+                    "upstream stream interrupted: {}",
+                    transport::error_chain(&*error)
+                );
                 print_json(&report.with_error(ErrorKind::StreamInterrupted, message))?;
                 return Ok(exit::UNREACHABLE);
             }

@@ -25,13 +25,6 @@ fn paths_join_base_path_and_request_path() {
 }
 
 #[test]
-fn error_chain_joins_causes_once() {
-    let inner = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
-    let outer = std::io::Error::other(inner);
-    assert_eq!(error_chain(&outer), "connection refused");
-}
-
-#[test]
 fn the_model_is_the_bodys_top_level_string() {
     let model = |body: &str| model_of(body.as_bytes()).map(String::from);
     assert_eq!(

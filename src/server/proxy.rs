@@ -13,7 +13,6 @@ use super::relay::{Completion, Relay};
 use super::{AppState, Bridge, Worker};
 use crate::failover::{
     Attempt, Credentials, Exchange, FailoverError, OutboundRequest, Upstream, WalkObserver,
-    error_chain,
 };
 use crate::health::HealthChange;
 use crate::provider::{ApiRoute, ErrorSpec, ProviderKind, ProviderSpec};
@@ -446,7 +445,9 @@ async fn relay_response(
     if small {
         let body = match tokio::time::timeout(idle_timeout, transport::read_body(body)).await {
             Ok(Ok(body)) => body,
-            Ok(Err(error)) => return broken_answer(api, completion, &error_chain(&*error)),
+            Ok(Err(error)) => {
+                return broken_answer(api, completion, &transport::error_chain(&*error));
+            }
             Err(_) => {
                 let idle = humantime::format_duration(idle_timeout);
                 return broken_answer(

@@ -14,8 +14,8 @@ use http::HeaderMap;
 use super::Worker;
 use super::journal::{AttemptDump, Outcome, RequestRecord, http_message};
 use super::usage::UsageTap;
-use crate::failover::error_chain;
 use crate::provider::{ApiRoute, ProviderSpec};
+use crate::transport::error_chain;
 use crate::transport::{self, ResponseBody};
 
 /// The status a request the client abandoned before any answer is counted with, as nginx
