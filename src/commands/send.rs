@@ -22,7 +22,7 @@ use crate::failover::{
 };
 use crate::health::HealthChange;
 use crate::keypool::{ExhaustionKind, KeyState, StateKind, SystemClock, ceil_secs, validate_keys};
-use crate::provider::ErrorSpec;
+use crate::provider::ApiError;
 use crate::secret::ApiKey;
 use crate::transport::{self, HttpClient, Response};
 
@@ -266,11 +266,11 @@ impl Send<'_> {
             ExhaustionKind::Unauthorized => (Outcome::Unauthorized, exit::UNAUTHORIZED, None),
         };
         if self.args.json {
-            let spec = ErrorSpec::exhausted(exhausted);
-            let body = self.upstream.kind.api().error_body(&spec);
+            let api_error = ApiError::exhausted(exhausted);
+            let body = self.upstream.kind.api().error_body(&api_error);
             print_json(
                 &self
-                    .report(attempts, Some(spec.status), outcome, retry_after)
+                    .report(attempts, Some(api_error.status()), outcome, retry_after)
                     .with_body(body),
             )?;
         }

@@ -5,7 +5,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Value, json};
 
 use super::{
-    ApiRoute, Auth, ErrorShape, ErrorSpec, ProviderSpec, QuotaSignal, remove_credentials,
+    ApiError, ApiRoute, Auth, ErrorShape, ProviderSpec, QuotaSignal, remove_credentials,
     secret_value, sse_event,
 };
 use crate::secret::ApiKey;
@@ -45,8 +45,8 @@ pub(super) fn apply_key(headers: &mut HeaderMap, key: &ApiKey) {
         .or_insert(HeaderValue::from_static(DEFAULT_VERSION));
 }
 
-pub(super) fn error_body(error: &ErrorSpec) -> Value {
-    json!({"type": "error", "error": {"type": error.error_type, "message": error.message}})
+pub(super) fn error_body(error: &ApiError) -> Value {
+    json!({"type": "error", "error": {"type": error.error_type(), "message": error.message()}})
 }
 
 pub(super) fn stream_error_event(message: &str) -> Bytes {

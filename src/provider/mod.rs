@@ -125,7 +125,7 @@ impl ProviderSpec {
     }
 
     /// Renders an error in the provider's JSON shape.
-    pub fn error_body(&self, error: &ErrorSpec) -> Value {
+    pub fn error_body(&self, error: &ApiError) -> Value {
         match self.errors {
             ErrorShape::Anthropic => anthropic::error_body(error),
             ErrorShape::OpenAi => openai::error_body(error),
@@ -290,110 +290,206 @@ fn secret_value(value: &str) -> HeaderValue {
     value
 }
 
-/// An error aibridge answers with on its own account.
+/// An error aibridge answers with on its own account, one variant per cause; each provider
+/// renders it in its own JSON shape (see [`ProviderSpec::error_body`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ErrorSpec {
-    pub status: u16,
-    /// Anthropic `error.type` / OpenAI `error.type`.
-    pub error_type: &'static str,
-    /// OpenAI `error.code`.
-    pub code: &'static str,
-    pub message: String,
+pub enum ApiError {
+    /// No key is left for the request: every key rate-limited (429) or disabled (502).
+    Exhausted {
+        kind: ExhaustionKind,
+        message: String,
+    },
+    UnknownProvider {
+        name: String,
+        known: Vec<String>,
+    },
+    InvalidAccessToken,
+    /// No pool key and no caller key.
+    NoKeys(String),
+    BodyTooLarge {
+        limit: u64,
+    },
+    Unreachable(String),
+    /// The client was too slow to send its request (408).
+    RequestTimeout(String),
+    /// The upstream was too slow to answer (504).
+    Timeout(String),
+    NotFound(String),
+    BadRequest(String),
+    /// Refused by the bridge's guard; `code` says which rule.
+    Forbidden {
+        code: &'static str,
+        message: String,
+    },
+    ProviderDisabled {
+        name: String,
+    },
 }
 
-impl ErrorSpec {
+impl ApiError {
     pub fn exhausted(exhausted: &Exhausted) -> Self {
-        let (status, error_type, code) = match exhausted.kind {
-            ExhaustionKind::RateLimited => (429, "rate_limit_error", "rate_limit_exceeded"),
-            ExhaustionKind::Unauthorized => (502, "api_error", "keys_exhausted"),
-        };
-        Self {
-            status,
-            error_type,
-            code,
+        Self::Exhausted {
+            kind: exhausted.kind,
             message: exhausted.message(),
         }
     }
 
-    fn new(status: u16, error_type: &'static str, code: &'static str, message: String) -> Self {
-        Self {
-            status,
-            error_type,
-            code,
-            message,
+    pub fn unknown_provider(name: &str, known: &[&str]) -> Self {
+        Self::UnknownProvider {
+            name: name.to_owned(),
+            known: known.iter().map(|known| (*known).to_owned()).collect(),
         }
     }
 
-    pub fn unknown_provider(name: &str, known: &[&str]) -> Self {
-        let message = format!(
-            "unknown provider \"{name}\"; configured: {}",
-            known.join(", ")
-        );
-        Self::new(404, "not_found_error", "unknown_provider", message)
-    }
-
     pub fn invalid_access_token() -> Self {
-        let message = "missing or invalid aibridge access token: send it in x-aibridge-token or the provider's auth header";
-        Self::new(
-            401,
-            "authentication_error",
-            "invalid_access_token",
-            message.to_owned(),
-        )
+        Self::InvalidAccessToken
     }
 
     pub fn no_keys(message: String) -> Self {
-        Self::new(401, "authentication_error", "no_api_key", message)
+        Self::NoKeys(message)
     }
 
     pub fn body_too_large(limit: u64) -> Self {
-        let message = format!("request body is larger than max_body_size ({limit} bytes)");
-        Self::new(413, "request_too_large", "request_too_large", message)
+        Self::BodyTooLarge { limit }
     }
 
     pub fn unreachable(message: String) -> Self {
-        Self::new(502, "upstream_unreachable", "upstream_unreachable", message)
+        Self::Unreachable(message)
     }
 
     pub fn request_timeout(message: String) -> Self {
-        Self::new(408, "timeout_error", "request_timeout", message)
+        Self::RequestTimeout(message)
     }
 
     pub fn timeout(message: String) -> Self {
-        Self::new(504, "timeout_error", "upstream_timeout", message)
+        Self::Timeout(message)
     }
 
     pub fn not_found(message: String) -> Self {
-        Self::new(404, "not_found_error", "not_found", message)
+        Self::NotFound(message)
     }
 
     pub fn bad_request(message: String) -> Self {
-        Self::new(400, "invalid_request_error", "invalid_request", message)
+        Self::BadRequest(message)
+    }
+
+    pub fn forbidden(code: &'static str, message: String) -> Self {
+        Self::Forbidden { code, message }
+    }
+
+    pub fn provider_disabled(name: &str) -> Self {
+        Self::ProviderDisabled {
+            name: name.to_owned(),
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::Exhausted {
+                kind: ExhaustionKind::RateLimited,
+                ..
+            } => 429,
+            Self::Exhausted { .. } | Self::Unreachable(_) => 502,
+            Self::UnknownProvider { .. } | Self::NotFound(_) => 404,
+            Self::InvalidAccessToken | Self::NoKeys(_) => 401,
+            Self::BodyTooLarge { .. } => 413,
+            Self::RequestTimeout(_) => 408,
+            Self::Timeout(_) => 504,
+            Self::BadRequest(_) => 400,
+            Self::Forbidden { .. } => 403,
+            Self::ProviderDisabled { .. } => 503,
+        }
+    }
+
+    /// Anthropic `error.type` / OpenAI `error.type`.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            Self::Exhausted {
+                kind: ExhaustionKind::RateLimited,
+                ..
+            } => "rate_limit_error",
+            Self::Exhausted { .. } => "api_error",
+            Self::UnknownProvider { .. } | Self::NotFound(_) => "not_found_error",
+            Self::InvalidAccessToken | Self::NoKeys(_) => "authentication_error",
+            Self::BodyTooLarge { .. } => "request_too_large",
+            Self::Unreachable(_) => "upstream_unreachable",
+            Self::RequestTimeout(_) | Self::Timeout(_) => "timeout_error",
+            Self::BadRequest(_) => "invalid_request_error",
+            Self::Forbidden { .. } => "permission_error",
+            Self::ProviderDisabled { .. } => "provider_disabled",
+        }
+    }
+
+    /// OpenAI `error.code`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Exhausted {
+                kind: ExhaustionKind::RateLimited,
+                ..
+            } => "rate_limit_exceeded",
+            Self::Exhausted { .. } => "keys_exhausted",
+            Self::UnknownProvider { .. } => "unknown_provider",
+            Self::InvalidAccessToken => "invalid_access_token",
+            Self::NoKeys(_) => "no_api_key",
+            Self::BodyTooLarge { .. } => "request_too_large",
+            Self::Unreachable(_) => "upstream_unreachable",
+            Self::RequestTimeout(_) => "request_timeout",
+            Self::Timeout(_) => "upstream_timeout",
+            Self::NotFound(_) => "not_found",
+            Self::BadRequest(_) => "invalid_request",
+            Self::Forbidden { code, .. } => code,
+            Self::ProviderDisabled { .. } => "provider_disabled",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            Self::Exhausted { message, .. }
+            | Self::NoKeys(message)
+            | Self::Unreachable(message)
+            | Self::RequestTimeout(message)
+            | Self::Timeout(message)
+            | Self::NotFound(message)
+            | Self::BadRequest(message)
+            | Self::Forbidden { message, .. } => message.clone(),
+            Self::UnknownProvider { name, known } => {
+                format!(
+                    "unknown provider \"{name}\"; configured: {}",
+                    known.join(", ")
+                )
+            }
+            Self::InvalidAccessToken => "missing or invalid aibridge access token: send it in \
+                                         x-aibridge-token or the provider's auth header"
+                .to_owned(),
+            Self::BodyTooLarge { limit } => {
+                format!("request body is larger than max_body_size ({limit} bytes)")
+            }
+            Self::ProviderDisabled { name } => {
+                format!("provider_disabled: AI provider \"{name}\" is disabled")
+            }
+        }
     }
 
     /// Whether a client should retry this answer: yes for a rate limit; no where nothing
     /// changes by trying again (no key works, no token, a refused request, a disabled or
     /// unknown provider); unsaid where the upstream may answer next time (502 unreachable,
-    /// 504).
+    /// 504, 408).
     pub fn should_retry(&self) -> Option<bool> {
-        match (self.status, self.code) {
-            (429, _) => Some(true),
-            (400 | 401 | 403 | 404 | 413 | 503, _) => Some(false),
-            (502, "keys_exhausted") => Some(false),
-            _ => None,
-        }
-    }
-
-    pub fn forbidden(code: &'static str, message: String) -> Self {
-        Self::new(403, "permission_error", code, message)
-    }
-
-    pub fn provider_disabled(name: &str) -> Self {
-        Self {
-            status: 503,
-            error_type: "provider_disabled",
-            code: "provider_disabled",
-            message: format!("provider_disabled: AI provider \"{name}\" is disabled"),
+        match self {
+            Self::Exhausted {
+                kind: ExhaustionKind::RateLimited,
+                ..
+            } => Some(true),
+            Self::Exhausted { .. }
+            | Self::UnknownProvider { .. }
+            | Self::NotFound(_)
+            | Self::InvalidAccessToken
+            | Self::NoKeys(_)
+            | Self::BodyTooLarge { .. }
+            | Self::BadRequest(_)
+            | Self::Forbidden { .. }
+            | Self::ProviderDisabled { .. } => Some(false),
+            Self::Unreachable(_) | Self::RequestTimeout(_) | Self::Timeout(_) => None,
         }
     }
 }
@@ -454,26 +550,26 @@ mod tests {
 
     #[test]
     fn exhaustion_renders_in_each_shape() {
-        let rate_limited = ErrorSpec::exhausted(&Exhausted {
+        let rate_limited = ApiError::exhausted(&Exhausted {
             kind: ExhaustionKind::RateLimited,
             retry_after: Duration::from_millis(1200),
             model: None,
             attempt_limit: None,
         });
-        assert_eq!(rate_limited.status, 429);
+        assert_eq!(rate_limited.status(), 429);
         assert_eq!(
             ANTHROPIC.error_body(&rate_limited),
             serde_json::json!({"type": "error", "error": {
                 "type": "rate_limit_error",
                 "message": "all configured keys are rate-limited (retry after 2s)"}})
         );
-        let unauthorized = ErrorSpec::exhausted(&Exhausted {
+        let unauthorized = ApiError::exhausted(&Exhausted {
             kind: ExhaustionKind::Unauthorized,
             retry_after: Duration::ZERO,
             model: None,
             attempt_limit: None,
         });
-        assert_eq!(unauthorized.status, 502);
+        assert_eq!(unauthorized.status(), 502);
         assert_eq!(
             OPENAI.error_body(&unauthorized),
             serde_json::json!({"error": {
@@ -488,10 +584,10 @@ mod tests {
 
     #[test]
     fn provider_disabled_sentinel() {
-        let spec = ErrorSpec::provider_disabled("work");
-        assert_eq!(spec.status, 503);
+        let spec = ApiError::provider_disabled("work");
+        assert_eq!(spec.status(), 503);
         assert_eq!(
-            spec.message,
+            spec.message(),
             "provider_disabled: AI provider \"work\" is disabled"
         );
         assert_eq!(

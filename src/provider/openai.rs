@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use super::{ApiRoute, Auth, ErrorShape, ErrorSpec, ProviderSpec, QuotaSignal, sse_event};
+use super::{ApiError, ApiRoute, Auth, ErrorShape, ProviderSpec, QuotaSignal, sse_event};
 
 pub const OPENAI: ProviderSpec = ProviderSpec {
     default_base_url: "https://api.openai.com",
@@ -48,11 +48,11 @@ pub(super) fn stream_error_event(route: ApiRoute, message: &str) -> Bytes {
 }
 
 /// The OpenAI error shape, which Copilot shares.
-pub(super) fn error_body(error: &ErrorSpec) -> Value {
+pub(super) fn error_body(error: &ApiError) -> Value {
     json!({"error": {
-        "message": error.message,
-        "type": error.error_type,
-        "code": error.code,
+        "message": error.message(),
+        "type": error.error_type(),
+        "code": error.code(),
         "param": null,
     }})
 }

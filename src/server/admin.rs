@@ -12,7 +12,7 @@ use super::AppState;
 use super::proxy::error_response;
 use crate::health::{HealthChange, KeySelectError, KnownKey, SharedStatus, select_key};
 use crate::keypool::KeyState;
-use crate::provider::{ErrorSpec, ProviderKind};
+use crate::provider::{ApiError, ProviderKind};
 use crate::report::{ClearedKey, PoolReport, ResetRequest, ResetResponse};
 
 /// `{"status":"ok"}`, with `"shared":"ok"` or `"degraded"` when key health is shared
@@ -30,7 +30,7 @@ fn unauthorized(app: &AppState, headers: &HeaderMap) -> Option<Response> {
     (!app.bridge.load().authorize(&mut headers)).then(|| {
         error_response(
             ProviderKind::OpenAi.api(),
-            &ErrorSpec::invalid_access_token(),
+            &ApiError::invalid_access_token(),
         )
     })
 }
@@ -85,23 +85,23 @@ pub async fn reset(
             Err(error) => {
                 return error_response(
                     api,
-                    &ErrorSpec::bad_request(format!("invalid reset request: {error}")),
+                    &ApiError::bad_request(format!("invalid reset request: {error}")),
                 );
             }
         }
     };
     match clear_marks(app, &selection) {
         Ok(cleared) => Json(ResetResponse { cleared }).into_response(),
-        Err(spec) => error_response(api, &spec),
+        Err(api_error) => error_response(api, &api_error),
     }
 }
 
-fn clear_marks(app: &AppState, selection: &ResetRequest) -> Result<Vec<ClearedKey>, ErrorSpec> {
+fn clear_marks(app: &AppState, selection: &ResetRequest) -> Result<Vec<ClearedKey>, ApiError> {
     let bridge = app.bridge.load();
     if let Some(name) = &selection.provider
         && !bridge.upstreams.contains_key(name)
     {
-        return Err(ErrorSpec::unknown_provider(name, &bridge.provider_names()));
+        return Err(ApiError::unknown_provider(name, &bridge.provider_names()));
     }
     let upstreams: Vec<_> = bridge
         .upstreams
@@ -134,8 +134,8 @@ fn clear_marks(app: &AppState, selection: &ResetRequest) -> Result<Vec<ClearedKe
                 })
                 .collect();
             let chosen = select_key(&known, None, selector).map_err(|error| match error {
-                KeySelectError::NoMatch(_) => ErrorSpec::not_found(error.to_string()),
-                KeySelectError::Ambiguous { .. } => ErrorSpec::bad_request(error.to_string()),
+                KeySelectError::NoMatch(_) => ApiError::not_found(error.to_string()),
+                KeySelectError::Ambiguous { .. } => ApiError::bad_request(error.to_string()),
             })?;
             let upstream = upstreams
                 .iter()

@@ -487,12 +487,12 @@ async fn dispatch(
     {
         Ok(origin) => origin.cloned(),
         Err(refusal) => {
-            let spec = crate::provider::ErrorSpec::forbidden(refusal.code(), refusal.message());
+            let api_error = crate::provider::ApiError::forbidden(refusal.code(), refusal.message());
             return Ok(proxy::refuse(
                 worker,
                 request.method(),
                 request.uri(),
-                &spec,
+                &api_error,
             ));
         }
     };

@@ -15,7 +15,7 @@ use crate::failover::{
     Attempt, Credentials, Exchange, FailoverError, OutboundRequest, Upstream, WalkObserver,
 };
 use crate::health::HealthChange;
-use crate::provider::{ApiRoute, ErrorSpec, ProviderKind, ProviderSpec};
+use crate::provider::{ApiError, ApiRoute, ProviderKind, ProviderSpec};
 use crate::transport::{self, CollectError, Response as UpstreamResponse};
 
 mod refused;
@@ -41,7 +41,7 @@ where
     let (headers, body, credentials) = match admit(&bridge, target.upstream, &mut parts, body).await
     {
         Ok(admitted) => admitted,
-        Err(spec) => return target.refuse(&parts.method, &spec),
+        Err(api_error) => return target.refuse(&parts.method, &api_error),
     };
     // Taken, not cloned: the request owns its path from here on.
     let path_and_query = std::mem::take(&mut target.path_and_query);
@@ -89,13 +89,13 @@ impl<'a> Target<'a> {
             None => rest.to_owned(),
         };
         let Some(upstream) = bridge.upstreams.get(name) else {
-            let spec = ErrorSpec::unknown_provider(name, &bridge.provider_names());
+            let api_error = ApiError::unknown_provider(name, &bridge.provider_names());
             let refused = Refused::new(worker, UNKNOWN_PROVIDER, &parts.method, &path_and_query);
             let api = ProviderKind::OpenAi.api();
             return Err(Box::new(refused.answer(
                 api,
                 ApiRoute::Other,
-                &spec,
+                &api_error,
                 started,
             )));
         };
@@ -118,23 +118,23 @@ impl<'a> Target<'a> {
             return Err(Box::new(refused.reachable(started)));
         }
         if has_dot_segment(rest) {
-            let spec = ErrorSpec::bad_request(
+            let api_error = ApiError::bad_request(
                 "the path may not contain \".\" or \"..\" segments".to_owned(),
             );
-            return Err(Box::new(target.refuse(&parts.method, &spec)));
+            return Err(Box::new(target.refuse(&parts.method, &api_error)));
         }
         Ok(target)
     }
 
     /// The bridge's own answer to a request it will not forward.
-    fn refuse(&self, method: &Method, spec: &ErrorSpec) -> Response {
+    fn refuse(&self, method: &Method, api_error: &ApiError) -> Response {
         let refused = Refused::new(
             self.worker,
             &self.upstream.name,
             method,
             &self.path_and_query,
         );
-        refused.answer(self.api, self.route, spec, self.started)
+        refused.answer(self.api, self.route, api_error, self.started)
     }
 }
 
@@ -289,14 +289,14 @@ async fn admit<B>(
     upstream: &Upstream,
     parts: &mut http::request::Parts,
     body: B,
-) -> Result<(HeaderMap, Bytes, Credentials), ErrorSpec>
+) -> Result<(HeaderMap, Bytes, Credentials), ApiError>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let mut headers = std::mem::take(&mut parts.headers);
     if !bridge.authorize(&mut headers) {
-        return Err(ErrorSpec::invalid_access_token());
+        return Err(ApiError::invalid_access_token());
     }
     let settings = &bridge.settings;
     let body = read_body(
@@ -355,7 +355,7 @@ async fn read_body<B>(
     headers: &HeaderMap,
     limit: u64,
     stall: std::time::Duration,
-) -> Result<Bytes, ErrorSpec>
+) -> Result<Bytes, ApiError>
 where
     B: http_body::Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
@@ -364,20 +364,20 @@ where
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|length| length > limit) {
-        return Err(ErrorSpec::body_too_large(limit));
+        return Err(ApiError::body_too_large(limit));
     }
     let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
     let limited = http_body_util::Limited::new(body, limit_usize);
     match transport::collect_within(limited, stall).await {
         Ok(body) => Ok(body),
-        Err(CollectError::Stalled(stall)) => Err(ErrorSpec::request_timeout(format!(
+        Err(CollectError::Stalled(stall)) => Err(ApiError::request_timeout(format!(
             "the request body stalled: no data for {} (client_timeout)",
             humantime::format_duration(stall)
         ))),
         Err(CollectError::Body(error)) if error.is::<http_body_util::LengthLimitError>() => {
-            Err(ErrorSpec::body_too_large(limit))
+            Err(ApiError::body_too_large(limit))
         }
-        Err(CollectError::Body(error)) => Err(ErrorSpec::bad_request(format!(
+        Err(CollectError::Body(error)) => Err(ApiError::bad_request(format!(
             "cannot read the request body: {error}"
         ))),
     }
@@ -475,7 +475,7 @@ async fn relay_response(
 fn broken_answer(api: &ProviderSpec, mut completion: Completion, reason: &str) -> Response {
     let message = format!("upstream answer interrupted: {reason}");
     tracing::warn!("{message}");
-    let mut response = error_response(api, &ErrorSpec::unreachable(message.clone()));
+    let mut response = error_response(api, &ApiError::unreachable(message.clone()));
     response
         .headers_mut()
         .insert(ATTEMPTS_HEADER, count_value(completion.attempts()));
@@ -495,11 +495,11 @@ const SHOULD_RETRY_HEADER: HeaderName = HeaderName::from_static("x-should-retry"
 
 /// The bridge's own error, in the provider's shape, with `x-should-retry` where a retry
 /// could not help (or is what to do), and no attempt made unless the caller says otherwise.
-pub fn error_response(api: &ProviderSpec, spec: &ErrorSpec) -> Response {
-    let status = StatusCode::from_u16(spec.status).unwrap_or(StatusCode::BAD_GATEWAY);
-    let mut response = (status, axum::Json(api.error_body(spec))).into_response();
+pub fn error_response(api: &ProviderSpec, api_error: &ApiError) -> Response {
+    let status = StatusCode::from_u16(api_error.status()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut response = (status, axum::Json(api.error_body(api_error))).into_response();
     let headers = response.headers_mut();
-    if let Some(retry) = spec.should_retry() {
+    if let Some(retry) = api_error.should_retry() {
         let value = if retry { "true" } else { "false" };
         headers.insert(SHOULD_RETRY_HEADER, HeaderValue::from_static(value));
     }
@@ -508,13 +508,13 @@ pub fn error_response(api: &ProviderSpec, spec: &ErrorSpec) -> Response {
 }
 
 /// The bridge's own error for a failed exchange.
-fn failover_error_spec(error: &FailoverError) -> ErrorSpec {
+fn failover_error_spec(error: &FailoverError) -> ApiError {
     match error {
-        FailoverError::ProviderDisabled { provider } => ErrorSpec::provider_disabled(provider),
-        FailoverError::NoKeys { .. } => ErrorSpec::no_keys(error.to_string()),
-        FailoverError::Unreachable(_) => ErrorSpec::unreachable(error.to_string()),
-        FailoverError::Timeout(_) => ErrorSpec::timeout(error.to_string()),
-        FailoverError::Exhausted(exhausted) => ErrorSpec::exhausted(exhausted),
+        FailoverError::ProviderDisabled { provider } => ApiError::provider_disabled(provider),
+        FailoverError::NoKeys { .. } => ApiError::no_keys(error.to_string()),
+        FailoverError::Unreachable(_) => ApiError::unreachable(error.to_string()),
+        FailoverError::Timeout(_) => ApiError::timeout(error.to_string()),
+        FailoverError::Exhausted(exhausted) => ApiError::exhausted(exhausted),
     }
 }
 

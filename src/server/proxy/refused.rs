@@ -9,14 +9,14 @@ use http::{HeaderMap, Method};
 
 use super::{ATTEMPTS_HEADER, count_value, error_response, split_provider};
 use crate::failover::OutboundRequest;
-use crate::provider::{ApiRoute, ErrorSpec, ProviderKind, ProviderSpec};
+use crate::provider::{ApiError, ApiRoute, ProviderKind, ProviderSpec};
 use crate::server::journal::{Outcome, RequestRecord};
 use crate::server::relay::Completion;
 use crate::server::{AppState, Worker};
 
 /// Refuses a request at the door (see [`super::guard`]), in the shape of the provider its
 /// path names; counted and logged like every answer.
-pub fn refuse(worker: Worker, method: &Method, uri: &http::Uri, spec: &ErrorSpec) -> Response {
+pub fn refuse(worker: Worker, method: &Method, uri: &http::Uri, api_error: &ApiError) -> Response {
     let bridge = worker.app.bridge.load();
     let (name, rest) = split_provider(uri.path());
     let (provider, api, route) = match bridge.upstreams.get(name) {
@@ -30,7 +30,7 @@ pub fn refuse(worker: Worker, method: &Method, uri: &http::Uri, spec: &ErrorSpec
             ApiRoute::Other,
         ),
     };
-    Refused::new(worker, provider, method, uri.path()).answer(api, route, spec, Instant::now())
+    Refused::new(worker, provider, method, uri.path()).answer(api, route, api_error, Instant::now())
 }
 
 /// The provider label of requests for a provider that does not exist: one label, so made-up
@@ -71,7 +71,7 @@ impl Refused {
         self,
         api: &ProviderSpec,
         route: ApiRoute,
-        spec: &ErrorSpec,
+        api_error: &ApiError,
         started: Instant,
     ) -> Response {
         let record = self.record.map(|mut record| {
@@ -80,8 +80,8 @@ impl Refused {
         });
         let mut completion =
             Completion::new(self.worker, &self.provider, route, 0, started, record);
-        completion.failed(spec.status, &spec.message);
-        error_response(api, spec)
+        completion.failed(api_error.status(), &api_error.message());
+        error_response(api, api_error)
     }
 
     /// `GET`/`HEAD` of a provider's root, which clients such as Claude Code send at start to
