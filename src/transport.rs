@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Uri, header};
 use http_body::{Body as _, Frame, SizeHint};
@@ -315,16 +315,9 @@ pub async fn read_body(body: ResponseBody) -> Result<Bytes, Error> {
     collect(body).await
 }
 
-/// Reads a body whole; trailers are skipped. Unlike [`BodyExt::collect`], a body that comes
-/// in one chunk, as most requests and answers here do, is that chunk: nothing is allocated
-/// to gather it.
+/// Reads a body whole (http-body-util's collection); trailers are dropped.
 pub async fn collect<B: http_body::Body<Data = Bytes>>(body: B) -> Result<Bytes, B::Error> {
-    let mut body = std::pin::pin!(body);
-    let mut gathered = Gathered::default();
-    while let Some(frame) = body.frame().await {
-        gathered.add(frame?, body.size_hint().lower());
-    }
-    Ok(gathered.finish())
+    Ok(BodyExt::collect(body).await?.to_bytes())
 }
 
 /// Why a body could not be read whole within its time.
@@ -335,57 +328,56 @@ pub enum CollectError<E> {
     Stalled(Duration),
 }
 
-/// [`collect`], giving up when no frame arrives for `stall`. A frame that is already there
-/// is taken without setting a timer, so a body that came with its headers costs none.
-pub async fn collect_within<B: http_body::Body<Data = Bytes>>(
+/// [`collect`], giving up when no frame arrives for `stall`.
+pub async fn collect_within<B: http_body::Body<Data = Bytes> + Unpin>(
     body: B,
     stall: Duration,
 ) -> Result<Bytes, CollectError<B::Error>> {
-    use futures_util::FutureExt;
-    let mut body = std::pin::pin!(body);
-    let mut gathered = Gathered::default();
-    loop {
-        let frame = match body.frame().now_or_never() {
-            Some(frame) => frame,
-            None => tokio::time::timeout(stall, body.frame())
-                .await
-                .map_err(|_| CollectError::Stalled(stall))?,
-        };
-        let Some(frame) = frame else { break };
-        gathered.add(frame.map_err(CollectError::Body)?, body.size_hint().lower());
-    }
-    Ok(gathered.finish())
+    let body = StallGuard {
+        body,
+        stall,
+        timer: None,
+    };
+    Ok(BodyExt::collect(body).await?.to_bytes())
 }
 
-/// Data chunks gathered into one, without a copy while there is only one.
-#[derive(Default)]
-struct Gathered {
-    first: Bytes,
-    joined: Option<BytesMut>,
+/// A body that fails once no frame has come for `stall`. The timer is set only while the
+/// body has nothing ready, so a body that came with its headers sets none.
+struct StallGuard<B> {
+    body: B,
+    stall: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
-impl Gathered {
-    /// Adds a frame's data (trailers are skipped); `rest` is how much more is declared.
-    fn add(&mut self, frame: Frame<Bytes>, rest: u64) {
-        let Ok(chunk) = frame.into_data() else {
-            return;
-        };
-        match &mut self.joined {
-            Some(buffer) => buffer.extend_from_slice(&chunk),
-            None if self.first.is_empty() => self.first = chunk,
-            None => {
-                // The rest's declared length, so the buffer grows once.
-                let rest = usize::try_from(rest).unwrap_or(0);
-                let mut buffer = BytesMut::with_capacity(self.first.len() + chunk.len() + rest);
-                buffer.extend_from_slice(&self.first);
-                buffer.extend_from_slice(&chunk);
-                self.joined = Some(buffer);
-            }
+impl<B: http_body::Body<Data = Bytes> + Unpin> http_body::Body for StallGuard<B> {
+    type Data = Bytes;
+    type Error = CollectError<B::Error>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        if let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(cx) {
+            this.timer = None;
+            return Poll::Ready(frame.map(|frame| frame.map_err(CollectError::Body)));
+        }
+        let stall = this.stall;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(CollectError::Stalled(stall)))),
+            Poll::Pending => Poll::Pending,
         }
     }
 
-    fn finish(self) -> Bytes {
-        self.joined.map_or(self.first, BytesMut::freeze)
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 

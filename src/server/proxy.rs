@@ -27,7 +27,7 @@ use refused::{Abandoned, Refused, UNKNOWN_PROVIDER, request_id};
 /// caller and read the body, walk the pool, record what the walk learned, then answer.
 pub async fn handle<B>(worker: Worker, request: http::Request<B>) -> Response
 where
-    B: http_body::Body<Data = Bytes>,
+    B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let started = Instant::now();
@@ -291,7 +291,7 @@ async fn admit<B>(
     body: B,
 ) -> Result<(HeaderMap, Bytes, Credentials), ApiError>
 where
-    B: http_body::Body<Data = Bytes>,
+    B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let mut headers = std::mem::take(&mut parts.headers);
@@ -357,7 +357,7 @@ async fn read_body<B>(
     stall: std::time::Duration,
 ) -> Result<Bytes, ApiError>
 where
-    B: http_body::Body<Data = Bytes>,
+    B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let declared = headers
