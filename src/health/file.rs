@@ -14,7 +14,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ClearedKey, HealthChange, Observation, stronger};
+use super::{ClearedKey, HealthChange, Observation};
 use crate::keypool::{DisableReason, KeyState, Pool, StateKind, from_unix_ms, to_unix_ms};
 
 const VERSION: u32 = 1;
@@ -164,7 +164,7 @@ impl StateFile {
                 record.drop_excess_models();
             }
             (Some(mark), _) => {
-                let merged = match stronger(record.state.into(), mark) {
+                let merged = match KeyState::from(record.state).stronger(mark) {
                     KeyState::Cooling { until_ms } => KeyState::Cooling {
                         until_ms: until_ms.min(to_unix_ms(cap)),
                     },

@@ -246,19 +246,6 @@ async fn blocking<T: Send + 'static>(
         .unwrap_or_else(|panic| std::panic::resume_unwind(panic.into_panic()))
 }
 
-/// The stronger of two states: disabled beats cooling, the later deadline beats the earlier.
-pub fn stronger(a: KeyState, b: KeyState) -> KeyState {
-    match (a, b) {
-        (KeyState::Disabled(_), _) => a,
-        (_, KeyState::Disabled(_)) => b,
-        (KeyState::Cooling { until_ms: x }, KeyState::Cooling { until_ms: y }) => {
-            KeyState::Cooling { until_ms: x.max(y) }
-        }
-        (KeyState::Cooling { .. }, _) => a,
-        _ => b,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

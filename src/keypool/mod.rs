@@ -348,16 +348,7 @@ impl Pool {
         loop {
             let stored = KeyState::decode(word);
             let before = stored.settle(now);
-            let after = match (before, target) {
-                (KeyState::Disabled(_), _) | (_, KeyState::Available) => before,
-                (_, KeyState::Disabled(_)) => target,
-                (KeyState::Cooling { until_ms }, KeyState::Cooling { until_ms: wanted }) => {
-                    KeyState::Cooling {
-                        until_ms: until_ms.max(wanted),
-                    }
-                }
-                (KeyState::Available, KeyState::Cooling { .. }) => target,
-            };
+            let after = before.stronger(target);
             let outcome = MarkOutcome {
                 state: after,
                 changed: before.kind() != after.kind() || before.reason() != after.reason(),

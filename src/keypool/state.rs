@@ -110,6 +110,19 @@ impl KeyState {
         }
     }
 
+    /// The stronger of two states, the rule every merge of marks follows: disabled beats
+    /// cooling, the later deadline beats the earlier, and available changes nothing.
+    pub fn stronger(self, other: Self) -> Self {
+        match (self, other) {
+            (Self::Disabled(_), _) | (_, Self::Available) => self,
+            (_, Self::Disabled(_)) => other,
+            (Self::Cooling { until_ms: a }, Self::Cooling { until_ms: b }) => {
+                Self::Cooling { until_ms: a.max(b) }
+            }
+            (Self::Available, Self::Cooling { .. }) => other,
+        }
+    }
+
     /// The state's name, as logs and metric labels show it.
     pub fn name(self) -> &'static str {
         self.kind().as_str()
