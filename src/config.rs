@@ -317,9 +317,9 @@ fn resolve(
     for kind in ProviderKind::ALL {
         raw.providers.entry(kind.as_str().to_owned()).or_default();
     }
-    let listen_text = raw
-        .listen
-        .clone()
+    // `serve --listen` reads the variable too; here it tells `pool` where the server is.
+    let listen_text = env("AIBRIDGE_LISTEN")
+        .or_else(|| raw.listen.clone())
         .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
     let listen = listen_text.parse().map_err(|reason| ConfigError::Listen {
         value: listen_text.clone(),

@@ -11,7 +11,7 @@ use http::{HeaderMap, Uri};
 use http_body_util::Full;
 
 use crate::health::Observation;
-use crate::keypool::{DisableReason, Exhausted, ExhaustionKind, KeyState, Mark, MarkOutcome};
+use crate::keypool::{AttemptLimit, DisableReason, Exhausted, ExhaustionKind, KeyState, Mark, MarkOutcome};
 use crate::provider::{is_quota_error, may_signal_quota};
 use crate::secret::ApiKey;
 use crate::transport::{self, HttpClient, Response, ResponseBody};
@@ -255,7 +255,14 @@ impl Walker {
                 }
                 PassEnd::Exhausted(exhausted) => exhausted,
             };
-            let Some(pause) = hold_for(&exhausted, max_wait.saturating_sub(waited)) else {
+            // A hold ends in another walk: pointless with no attempt left to make.
+            let attempts_left = upstream
+                .max_attempts
+                .is_none_or(|limit| attempts.len() < limit);
+            let pause = attempts_left
+                .then(|| hold_for(&exhausted, max_wait.saturating_sub(waited)))
+                .flatten();
+            let Some(pause) = pause else {
                 return Exchange {
                     attempts,
                     result: Err(FailoverError::Exhausted(exhausted)),
@@ -473,7 +480,10 @@ fn limit_exhaustion(upstream: &Upstream, attempts: &[Attempt], model: Option<&st
     } else {
         ExhaustionKind::Unauthorized
     };
-    exhausted.attempt_limit = Some(attempts.len());
+    exhausted.attempt_limit = Some(AttemptLimit {
+        tried: attempts.len(),
+        keys: upstream.pool.len(),
+    });
     exhausted
 }
 

@@ -258,9 +258,13 @@ fn attempts_per_request_are_bounded() {
     assert_eq!(header(&response, "x-aibridge-attempts"), "4");
     let body: Value = response.json().unwrap();
     let message = body["error"]["message"].as_str().unwrap();
-    assert!(
-        message.contains("stopped after 4 attempts (max_attempts)"),
-        "{message}"
+    assert_eq!(
+        message,
+        format!(
+            "4 of 7 keys tried for model \"{OPUS}\", each rate-limited or disabled; stopped \
+             after max_attempts (4); the 3 keys not tried are ready for a retry"
+        ),
+        "says what happened, not that every key is rate-limited"
     );
     assert_eq!(mock.requests().len(), 4);
     let states: Vec<_> = anthropic_keys(&server)
@@ -316,6 +320,8 @@ fn serve_waits_for_a_key_that_is_about_to_come_back() {
     let took = started.elapsed();
     assert_eq!(response.status(), 200);
     assert_eq!(header(&response, "x-aibridge-attempts"), "2");
+    let waited_header: u64 = header(&response, "x-aibridge-waited-ms").parse().unwrap();
+    assert!((1900..5000).contains(&waited_header), "{waited_header}");
     assert_eq!(response.text().unwrap(), r#"{"id":"after-wait"}"#);
     assert!(
         (Duration::from_millis(1900)..Duration::from_secs(5)).contains(&took),
@@ -332,6 +338,42 @@ fn serve_waits_for_a_key_that_is_about_to_come_back() {
         server
             .metrics()
             .contains("aibridge_wait_seconds_count{provider=\"anthropic\"} 1")
+    );
+}
+
+#[test]
+fn a_request_with_no_attempt_left_is_not_held() {
+    let mock = MockUpstream::start();
+    mock.on_key(K1, vec![Reply::rate_limited(2)])
+        .on_key(K2, vec![Reply::rate_limited(2)]);
+    let server = bridge(&mock, &[K1, K2], "", "max_attempts = 2").serve();
+    let started = Instant::now();
+    let response = messages(&server, OPUS);
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "held for {:?} with no attempt left",
+        started.elapsed()
+    );
+    assert_eq!(response.status(), 429);
+    assert!(response.headers().get("x-aibridge-waited-ms").is_none());
+    assert_eq!(header(&response, "retry-after"), "2");
+    assert_eq!(mock.keys_used(), [K1, K2]);
+}
+
+#[test]
+fn an_answer_made_after_a_wait_says_how_long_it_waited() {
+    let mock = MockUpstream::start();
+    mock.on_key(K1, vec![Reply::rate_limited(1), Reply::status(401)]);
+    let server = bridge(&mock, &[K1], "", "").serve();
+    let response = messages(&server, OPUS);
+    assert_eq!(response.status(), 502);
+    let waited: u64 = header(&response, "x-aibridge-waited-ms").parse().unwrap();
+    assert!((900..3000).contains(&waited), "{waited}");
+    let body: Value = response.json().unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("run `aibridge pool status` to see why"),
+        "{message}"
     );
 }
 

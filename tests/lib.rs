@@ -7,6 +7,7 @@ mod clients;
 mod corners;
 mod failure_model;
 mod fleet;
+mod hardening;
 mod pool;
 mod probe_keys;
 mod send;

@@ -303,7 +303,8 @@ fn exhausted_pools_answer_429_with_retry_after_or_502() {
             let error = &body["error"];
             assert_eq!(
                 error["message"],
-                "all configured keys failed authentication"
+                "all configured keys failed authentication or are out of quota; run `aibridge \
+                 pool status` to see why, and `aibridge pool reset` once they are fixed"
             );
             assert_eq!(error["type"], "api_error");
         }

@@ -20,6 +20,8 @@ use crate::failover::Upstream;
 use crate::health::{HealthChange, KeySelectError, KnownKey, StateFile, select_key};
 use crate::keypool::{StateKind, StateReason, SystemClock, to_unix_ms};
 use crate::report::{ClearedKey, KeyReport, PoolReport, ResetRequest, ResetResponse};
+use crate::secret::ApiKey;
+use crate::token_proof;
 use crate::transport::error_chain;
 use crate::transport::{self, HttpClient};
 
@@ -76,10 +78,7 @@ fn known_provider<'a>(name: &str, providers: impl Iterator<Item = &'a str>) -> a
 async fn find_server(client: &HttpClient, config: &Config, url: Option<&str>) -> Option<Server> {
     match url {
         Some(url) => Some(Server::new(url, config)),
-        None => {
-            let local = Server::local(config);
-            local.is_up(client).await.then_some(local)
-        }
+        None => Server::local(config).detect(client).await,
     }
 }
 
@@ -98,8 +97,11 @@ async fn read_pool(
             .with_context(|| format!("cannot read the pool from {url}"))?;
         return Ok((report, format!("server {}", server.base)));
     }
-    let local = Server::local(config);
-    if let Ok(report) = local.pool(&client, DETECT_TIMEOUT).await {
+    if let Some(local) = Server::local(config).detect(&client).await {
+        let report = local
+            .pool(&client, SERVER_TIMEOUT)
+            .await
+            .with_context(|| format!("cannot read the pool from {}", local.base))?;
         return Ok((report, format!("server {}", local.base)));
     }
     let clock = Arc::new(SystemClock);
@@ -316,18 +318,14 @@ fn report_cleared(place: &str, cleared: &[ClearedKey]) -> anyhow::Result<()> {
     print_stdout(&text)
 }
 
-/// The server wants an access token this command did not have (or had wrong).
-fn needs_token() -> anyhow::Error {
-    anyhow!(
-        "the server answered 401: it requires an access token; set AIBRIDGE_ACCESS_TOKENS (or \
-         access_tokens in the config) to one of the server's"
-    )
-}
-
 /// A running `aibridge serve`, reached over its admin routes.
 struct Server {
     base: String,
-    token: Option<String>,
+    /// Sent to a server named with --server, and to one found on the listen address only
+    /// once it has proved it holds the token (see [`token_proof`]).
+    token: Option<ApiKey>,
+    /// A token this command has but did not send, as the server did not prove it holds it.
+    withheld: bool,
 }
 
 impl Server {
@@ -338,11 +336,8 @@ impl Server {
     fn new(url: &str, config: &Config) -> Self {
         Self {
             base: url.trim_end_matches('/').to_owned(),
-            token: config
-                .serve
-                .access_tokens
-                .first()
-                .map(|token| token.expose().to_owned()),
+            token: config.serve.access_tokens.first().cloned(),
+            withheld: false,
         }
     }
 
@@ -355,15 +350,59 @@ impl Server {
         Self::new(&format!("http://{address}"), config)
     }
 
-    /// One admin call within `timeout`: the status and the whole body.
-    async fn call(
+    /// This server, if something answers its health route; its token kept only if it proves
+    /// it holds the token. Whatever listens on the port may not be `aibridge serve`.
+    async fn detect(mut self, client: &HttpClient) -> Option<Self> {
+        let token = self.token.take();
+        let challenge = token_proof::new_challenge().ok()?;
+        let mut request = self.request(Method::GET, "/_aibridge/health", None).ok()?;
+        request.headers_mut().insert(
+            token_proof::CHALLENGE_HEADER,
+            HeaderValue::from_str(&challenge).ok()?,
+        );
+        let (parts, _) = exchange(client, request, DETECT_TIMEOUT).await.ok()?;
+        if !parts.status.is_success() {
+            return None;
+        }
+        let Some(token) = token else {
+            return Some(self);
+        };
+        let proofs = parts
+            .headers
+            .get(token_proof::PROOF_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default();
+        if token_proof::proves(proofs, &token, &challenge) {
+            self.token = Some(token);
+        } else {
+            self.withheld = true;
+        }
+        Some(self)
+    }
+
+    /// The server wants an access token this command did not send (or had wrong).
+    fn needs_token(&self) -> anyhow::Error {
+        if self.withheld {
+            return anyhow!(
+                "the server on {} did not prove it holds the access token, so the token was not \
+                 sent; if that server is yours, name it with --server {}",
+                self.base,
+                self.base
+            );
+        }
+        anyhow!(
+            "the server answered 401: it requires an access token; set AIBRIDGE_ACCESS_TOKENS \
+             (or access_tokens in the config) to one of the server's"
+        )
+    }
+
+    /// An admin request to this server, with the token when it may have it.
+    fn request(
         &self,
-        client: &HttpClient,
         method: Method,
         path: &str,
         json: Option<Vec<u8>>,
-        timeout: Duration,
-    ) -> anyhow::Result<(StatusCode, Bytes)> {
+    ) -> anyhow::Result<http::Request<Bytes>> {
         let is_json = json.is_some();
         let mut request = http::Request::new(Bytes::from(json.unwrap_or_default()));
         *request.method_mut() = method;
@@ -381,36 +420,25 @@ impl Server {
         if let Some(token) = &self.token {
             headers.insert(
                 "x-aibridge-token",
-                HeaderValue::from_str(token).context("the access token is not a valid header")?,
+                HeaderValue::from_str(token.expose())
+                    .context("the access token is not a valid header")?,
             );
         }
-        let exchange = async {
-            let response = client
-                .send(request)
-                .await
-                .map_err(|error| anyhow!(error_chain(&*error)))?;
-            let status = response.status();
-            let body = transport::read_body(response.into_body())
-                .await
-                .map_err(|error| anyhow!(error_chain(&*error)))?;
-            anyhow::Ok((status, body))
-        };
-        tokio::time::timeout(timeout, exchange)
-            .await
-            .map_err(|_| anyhow!("no answer within {}", humantime::format_duration(timeout)))?
+        Ok(request)
     }
 
-    async fn is_up(&self, client: &HttpClient) -> bool {
-        let health = self
-            .call(
-                client,
-                Method::GET,
-                "/_aibridge/health",
-                None,
-                DETECT_TIMEOUT,
-            )
-            .await;
-        matches!(health, Ok((status, _)) if status.is_success())
+    /// One admin call within `timeout`: the status and the whole body.
+    async fn call(
+        &self,
+        client: &HttpClient,
+        method: Method,
+        path: &str,
+        json: Option<Vec<u8>>,
+        timeout: Duration,
+    ) -> anyhow::Result<(StatusCode, Bytes)> {
+        let request = self.request(method, path, json)?;
+        let (parts, body) = exchange(client, request, timeout).await?;
+        Ok((parts.status, body))
     }
 
     async fn pool(&self, client: &HttpClient, timeout: Duration) -> anyhow::Result<PoolReport> {
@@ -418,7 +446,7 @@ impl Server {
             .call(client, Method::GET, "/_aibridge/pool", None, timeout)
             .await?;
         if status == StatusCode::UNAUTHORIZED {
-            return Err(needs_token());
+            return Err(self.needs_token());
         }
         if !status.is_success() {
             bail!("the server answered {status}");
@@ -448,11 +476,34 @@ impl Server {
                 .cleared),
             // The server does not hold that key: nothing to clear there.
             404 => Ok(Vec::new()),
-            401 => Err(needs_token()),
+            401 => Err(self.needs_token()),
             status => bail!(
                 "the server answered {status}: {}",
                 String::from_utf8_lossy(&body)
             ),
         }
     }
+}
+
+/// Sends `request` and reads the whole answer within `timeout`; redirects are not followed,
+/// so a token goes nowhere but where it was sent.
+async fn exchange(
+    client: &HttpClient,
+    request: http::Request<Bytes>,
+    timeout: Duration,
+) -> anyhow::Result<(http::response::Parts, Bytes)> {
+    let exchange = async {
+        let response = client
+            .send(request)
+            .await
+            .map_err(|error| anyhow!(error_chain(&*error)))?;
+        let (parts, body) = response.into_parts();
+        let body = transport::read_body(body)
+            .await
+            .map_err(|error| anyhow!(error_chain(&*error)))?;
+        anyhow::Ok((parts, body))
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| anyhow!("no answer within {}", humantime::format_duration(timeout)))?
 }

@@ -66,6 +66,7 @@ fn a_request_is_held_only_for_a_key_back_within_the_budget() {
     assert_eq!(hold_for(&back_now, secs(1)), Some(HOLD_MARGIN));
     let disabled = exhausted(ExhaustionKind::Unauthorized, Duration::ZERO, None);
     assert_eq!(hold_for(&disabled, secs(10)), None);
-    let limited = exhausted(ExhaustionKind::RateLimited, secs(1), Some(4));
+    let limit = AttemptLimit { tried: 4, keys: 7 };
+    let limited = exhausted(ExhaustionKind::RateLimited, secs(1), Some(limit));
     assert_eq!(hold_for(&limited, secs(10)), None, "max_attempts reached");
 }

@@ -25,7 +25,16 @@ pub struct Exhausted {
     /// The request's model, when the walk was for one.
     pub model: Option<Arc<str>>,
     /// Set when the walk stopped at `max_attempts` with keys left untried.
-    pub attempt_limit: Option<usize>,
+    pub attempt_limit: Option<AttemptLimit>,
+}
+
+/// A walk that `max_attempts` stopped with keys left untried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptLimit {
+    /// Keys tried, which is `max_attempts`.
+    pub tried: usize,
+    /// Keys in the pool.
+    pub keys: usize,
 }
 
 impl Exhausted {
@@ -39,7 +48,10 @@ impl Exhausted {
     }
 
     pub fn message(&self) -> String {
-        let mut message = match (self.kind, &self.model) {
+        if let Some(limit) = self.attempt_limit {
+            return self.limit_message(limit);
+        }
+        match (self.kind, &self.model) {
             (ExhaustionKind::RateLimited, Some(model)) => format!(
                 "all configured keys are rate-limited for model \"{model}\" (retry after {}s)",
                 self.retry_after_secs()
@@ -48,14 +60,30 @@ impl Exhausted {
                 "all configured keys are rate-limited (retry after {}s)",
                 self.retry_after_secs()
             ),
-            (ExhaustionKind::Unauthorized, _) => {
-                "all configured keys failed authentication".to_owned()
-            }
-        };
-        if let Some(limit) = self.attempt_limit {
-            message.push_str(&format!("; stopped after {limit} attempts (max_attempts)"));
+            (ExhaustionKind::Unauthorized, _) => "all configured keys failed authentication or \
+                 are out of quota; run `aibridge pool status` to see why, and `aibridge pool \
+                 reset` once they are fixed"
+                .to_owned(),
         }
-        message
+    }
+
+    /// What happened when `max_attempts` stopped the walk: untried keys are ready, so a
+    /// retry goes to them (the tried ones are now cooling or disabled).
+    fn limit_message(&self, limit: AttemptLimit) -> String {
+        let AttemptLimit { tried, keys } = limit;
+        let model = match &self.model {
+            Some(model) => format!(" for model \"{model}\""),
+            None => String::new(),
+        };
+        let failure = match self.kind {
+            ExhaustionKind::RateLimited => "each rate-limited or disabled",
+            ExhaustionKind::Unauthorized => "each disabled (authentication or quota)",
+        };
+        format!(
+            "{tried} of {keys} keys tried{model}, {failure}; stopped after max_attempts \
+             ({tried}); the {} keys not tried are ready for a retry",
+            keys.saturating_sub(tried)
+        )
     }
 }
 

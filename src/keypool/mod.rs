@@ -19,7 +19,7 @@ use http::HeaderMap;
 use serde::{Deserialize, Serialize};
 
 pub use clock::{Clock, ManualClock, SystemClock, from_unix_ms, to_unix_ms};
-pub use exhausted::{Exhausted, ExhaustionKind, ceil_secs};
+pub use exhausted::{AttemptLimit, Exhausted, ExhaustionKind, ceil_secs};
 pub use models::ModelCooldown;
 pub use retry_after::{budget_spent, cooldown_from_headers, spent_budget_reset};
 pub use state::{DisableReason, KeyState, Mark, MarkOutcome, StateKind, StateReason};

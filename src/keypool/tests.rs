@@ -192,7 +192,8 @@ fn exhaustion_is_unauthorized_when_every_key_is_disabled() {
     assert_eq!(exhausted.kind, ExhaustionKind::Unauthorized);
     assert_eq!(
         exhausted.to_string(),
-        "all configured keys failed authentication"
+        "all configured keys failed authentication or are out of quota; run `aibridge pool \
+         status` to see why, and `aibridge pool reset` once they are fixed"
     );
 }
 
@@ -390,15 +391,17 @@ fn exhaustion_is_per_model() {
 #[test]
 fn attempt_limit_is_named_in_the_message() {
     let exhausted = Exhausted {
-        kind: ExhaustionKind::Unauthorized,
+        kind: ExhaustionKind::RateLimited,
         retry_after: Duration::ZERO,
-        model: None,
-        attempt_limit: Some(4),
+        model: Some("opus".into()),
+        attempt_limit: Some(AttemptLimit { tried: 4, keys: 7 }),
     };
     assert_eq!(
         exhausted.to_string(),
-        "all configured keys failed authentication; stopped after 4 attempts (max_attempts)"
+        "4 of 7 keys tried for model \"opus\", each rate-limited or disabled; stopped after \
+         max_attempts (4); the 3 keys not tried are ready for a retry"
     );
+    assert_eq!(exhausted.retry_after_secs(), 1, "a retry goes to the untried keys");
 }
 
 #[test]

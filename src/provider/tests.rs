@@ -75,7 +75,8 @@ fn exhaustion_renders_in_each_shape() {
     assert_eq!(
         OPENAI.error_body(&unauthorized),
         serde_json::json!({"error": {
-            "message": "all configured keys failed authentication",
+            "message": "all configured keys failed authentication or are out of quota; run \
+                `aibridge pool status` to see why, and `aibridge pool reset` once they are fixed",
             "type": "api_error", "code": "keys_exhausted", "param": null}})
     );
     assert_eq!(

@@ -5,7 +5,7 @@ use axum::Json;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http::{HeaderMap, header};
+use http::{HeaderMap, HeaderValue, header};
 use serde_json::json;
 
 use super::AppState;
@@ -14,25 +14,42 @@ use crate::health::{HealthChange, KeySelectError, KnownKey, SharedStatus, select
 use crate::keypool::KeyState;
 use crate::provider::{ApiError, ProviderKind};
 use crate::report::{ClearedKey, PoolReport, ResetRequest, ResetResponse};
+use crate::token_proof;
 
 /// `{"status":"ok"}`, with `"shared":"ok"` or `"degraded"` when key health is shared
-/// through Redis: the server serves either way.
-pub async fn health(State(app): State<&'static AppState>) -> Json<serde_json::Value> {
-    match app.health.as_ref().map(|health| health.status()) {
-        None | Some(SharedStatus::Local) => Json(json!({"status": "ok"})),
-        Some(shared) => Json(json!({"status": "ok", "shared": shared})),
+/// through Redis: the server serves either way. A `pool` command's challenge is answered
+/// with a proof per access token (see [`token_proof`]).
+pub async fn health(State(app): State<&'static AppState>, headers: HeaderMap) -> Response {
+    let status = match app.health.as_ref().map(|health| health.status()) {
+        None | Some(SharedStatus::Local) => json!({"status": "ok"}),
+        Some(shared) => json!({"status": "ok", "shared": shared}),
+    };
+    let mut response = Json(status).into_response();
+    let challenge = headers
+        .get(token_proof::CHALLENGE_HEADER)
+        .filter(|value| token_proof::is_challenge(value.as_bytes()))
+        .and_then(|value| value.to_str().ok());
+    let bridge = app.bridge.load();
+    let tokens = &bridge.settings.access_tokens;
+    if let Some(challenge) = challenge.filter(|_| !tokens.is_empty()) {
+        let proofs: Vec<String> = tokens
+            .iter()
+            .map(|token| token_proof::prove(token, challenge))
+            .collect();
+        if let Ok(value) = HeaderValue::try_from(proofs.join(", ")) {
+            response
+                .headers_mut()
+                .insert(token_proof::PROOF_HEADER, value);
+        }
     }
+    response
 }
 
 /// Rejects callers without a valid access token (when tokens are configured).
 fn unauthorized(app: &AppState, headers: &HeaderMap) -> Option<Response> {
     let mut headers = headers.clone();
-    (!app.bridge.load().authorize(&mut headers)).then(|| {
-        error_response(
-            ProviderKind::OpenAi.api(),
-            &ApiError::invalid_access_token(),
-        )
-    })
+    let refused = app.bridge.load().authorize(&mut headers).err()?;
+    Some(error_response(ProviderKind::OpenAi.api(), &refused))
 }
 
 pub async fn pool(State(app): State<&'static AppState>, headers: HeaderMap) -> Response {

@@ -46,7 +46,7 @@ use crate::config::{Config, ServeSettings};
 use crate::failover::{Upstream, Walker};
 use crate::health::{HealthRecorder, HealthStore, StateFile};
 use crate::keypool::{Clock, SystemClock};
-use crate::provider::{CREDENTIAL_HEADERS, credential_in};
+use crate::provider::{ApiError, CREDENTIAL_HEADERS, credential_in};
 use crate::transport::HttpClient;
 
 use accept::{Accepted, Balancer};
@@ -161,18 +161,27 @@ impl Bridge {
     /// Checks the caller's access token when tokens are configured, and removes every
     /// header that carries one, whichever matched, so a token is never forwarded or taken
     /// for a provider key. A wrong `x-aibridge-token` is refused even when another header
-    /// holds a right one.
-    fn authorize(&self, headers: &mut HeaderMap) -> bool {
+    /// holds a right one. A credential header given twice, or holding a list, is refused
+    /// whatever the tokens: which of its values counts would depend on who reads it, and
+    /// the one not checked could be a token on its way upstream.
+    fn authorize(&self, headers: &mut HeaderMap) -> Result<(), ApiError> {
+        if let Some(name) = ambiguous_credential(headers) {
+            return Err(ApiError::bad_request(format!(
+                "the {name} header is repeated or holds a list: send one credential"
+            )));
+        }
         let dedicated = headers.remove(TOKEN_HEADER);
         if self.tokens.is_empty() {
-            return true;
+            return Ok(());
         }
         let is_token = |value: &str| {
             self.tokens
                 .contains(&crate::secret::ApiKey::new(value).fingerprint())
         };
         let mut authorized = match dedicated {
-            Some(value) if !value.to_str().is_ok_and(is_token) => return false,
+            Some(value) if !value.to_str().is_ok_and(is_token) => {
+                return Err(ApiError::invalid_access_token());
+            }
             Some(_) => true,
             None => false,
         };
@@ -183,8 +192,30 @@ impl Bridge {
                 authorized = true;
             }
         }
-        authorized
+        if authorized {
+            Ok(())
+        } else {
+            Err(ApiError::invalid_access_token())
+        }
     }
+}
+
+/// Every header a caller may carry a credential or an access token in: the provider's
+/// [`CREDENTIAL_HEADERS`] and the bridge's own.
+static CREDENTIAL_CARRIERS: [http::HeaderName; 3] = [
+    http::header::AUTHORIZATION,
+    http::HeaderName::from_static("x-api-key"),
+    TOKEN_HEADER,
+];
+
+/// The first header that may carry a credential and is repeated, or holds a
+/// comma-separated list.
+fn ambiguous_credential(headers: &HeaderMap) -> Option<&'static http::HeaderName> {
+    CREDENTIAL_CARRIERS.iter().find(|name| {
+        let mut values = headers.get_all(*name).iter();
+        let first = values.next();
+        values.next().is_some() || first.is_some_and(|value| value.as_bytes().contains(&b','))
+    })
 }
 
 /// Where a run's request ids start: the start time in ms, times 1,000. Ids stay unique

@@ -224,10 +224,16 @@ async fn answer(
             if let FailoverError::Exhausted(exhausted) = &error {
                 app.metrics.exhausted(&upstream.name, exhausted.kind);
             }
+            if matches!(
+                error,
+                FailoverError::Unreachable(_) | FailoverError::Timeout(_)
+            ) {
+                tracing::warn!(provider = %upstream.name, "{error}");
+            }
             let mut response = failover_error_response(api, &error);
-            response
-                .headers_mut()
-                .insert(ATTEMPTS_HEADER, count_value(attempts));
+            let headers = response.headers_mut();
+            headers.insert(ATTEMPTS_HEADER, count_value(attempts));
+            note_wait(headers, exchange.waited);
             completion.failed(response.status().as_u16(), &error.to_string());
             return response;
         }
@@ -249,7 +255,7 @@ async fn answer(
         dump.request_id = id;
         completion.dump_answer(format!("{id:08}-attempt{attempts}.json"), dump);
     }
-    relay_response(
+    let mut relayed = relay_response(
         bridge,
         api,
         target.route,
@@ -257,7 +263,19 @@ async fn answer(
         completion,
         &answering.key_hint,
     )
-    .await
+    .await;
+    note_wait(relayed.headers_mut(), exchange.waited);
+    relayed
+}
+
+/// How long the request was held for a key, on an answer that was held.
+const WAITED_HEADER: HeaderName = HeaderName::from_static("x-aibridge-waited-ms");
+
+fn note_wait(headers: &mut HeaderMap, waited: std::time::Duration) {
+    if !waited.is_zero() {
+        let millis = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX);
+        headers.insert(WAITED_HEADER, HeaderValue::from(millis));
+    }
 }
 
 /// Logs, once per request, that it is held for a key.
@@ -295,9 +313,7 @@ where
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let mut headers = std::mem::take(&mut parts.headers);
-    if !bridge.authorize(&mut headers) {
-        return Err(ApiError::invalid_access_token());
-    }
+    bridge.authorize(&mut headers)?;
     let settings = &bridge.settings;
     let body = read_body(
         body,

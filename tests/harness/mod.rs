@@ -39,6 +39,10 @@ pub fn hint(key: &str) -> String {
 
 pub struct Test {
     dir: TempDir,
+    /// Where `pool` commands look for a server unless the config names a listen address: a
+    /// port nothing listens on, so no test finds an `aibridge serve` someone runs on the
+    /// default port while the tests run.
+    listen: Option<String>,
     args: Vec<String>,
     env: Vec<(String, String)>,
     stdin: Option<Vec<u8>>,
@@ -49,6 +53,7 @@ impl Test {
     pub fn new() -> Self {
         Self {
             dir: tempfile::tempdir().unwrap(),
+            listen: Some(format!("127.0.0.1:{}", dead_port())),
             args: Vec::new(),
             env: Vec::new(),
             stdin: None,
@@ -57,7 +62,10 @@ impl Test {
     }
 
     /// Writes `config.toml` and points the binary at it.
-    pub fn config(self, toml: &str) -> Self {
+    pub fn config(mut self, toml: &str) -> Self {
+        if toml.lines().any(|line| line.starts_with("listen")) {
+            self.listen = None;
+        }
         let path = self.path("config.toml");
         std::fs::write(&path, toml).unwrap();
         self.env("AIBRIDGE_CONFIG", path.to_str().unwrap())
@@ -134,6 +142,7 @@ impl Test {
             .env("XDG_CONFIG_HOME", self.path("config"))
             .env("XDG_STATE_HOME", self.path("state"))
             .env("XDG_DATA_HOME", self.path("data"))
+            .envs(self.listen.iter().map(|listen| ("AIBRIDGE_LISTEN", listen)))
             .envs(self.env.iter().map(|(name, value)| (name, value)))
             .current_dir(self.dir.path());
     }

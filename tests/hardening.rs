@@ -1,0 +1,175 @@
+//! Trust, second pass: no access token through any door (repeated credentials, a stranger on
+//! the listen port), no test that leans on the default port, and failures said once in the
+//! log.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::harness::{CALLER, K1, MockUpstream, Reply, Test, client, dead_port};
+
+const TOKEN: &str = "tok-hardening-secret-000000000000001";
+
+/// A BYOK `anthropic` at the mock behind an access token.
+fn byok_behind_token(mock: &MockUpstream) -> Test {
+    Test::new().secret(TOKEN).config(&format!(
+        "access_tokens = [\"{TOKEN}\"]\n[providers.anthropic]\nbase_url = \"{}\"\nbyok = true\n",
+        mock.url()
+    ))
+}
+
+#[test]
+fn repeated_or_listed_credentials_are_refused_and_never_forwarded() {
+    let mock = MockUpstream::start();
+    let server = byok_behind_token(&mock).serve();
+    let own = format!("Bearer {CALLER}");
+    let token = format!("Bearer {TOKEN}");
+    let listed = format!("{own}, {token}");
+    let cases: [&[(&str, &str)]; 4] = [
+        &[("authorization", &own), ("authorization", &token)],
+        &[("x-api-key", CALLER), ("x-api-key", TOKEN)],
+        &[("authorization", &listed)],
+        &[("x-aibridge-token", TOKEN), ("x-aibridge-token", TOKEN)],
+    ];
+    for headers in cases {
+        let response = server.post_message_with(headers);
+        assert_eq!(response.status(), 400, "{headers:?}");
+        assert_eq!(response.headers()["x-should-retry"], "false");
+        let body = response.text().unwrap();
+        assert!(body.contains("is repeated or holds a list"), "{body}");
+        assert!(!body.contains(TOKEN) && !body.contains(CALLER), "{body}");
+    }
+    assert!(mock.requests().is_empty(), "nothing forwarded");
+
+    // One credential of each kind is still fine: the token is taken, the caller's key goes on.
+    let response =
+        server.post_message_with(&[("x-aibridge-token", TOKEN), ("authorization", &own)]);
+    assert_eq!(response.status(), 200);
+    let requests = mock.requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].key.as_deref(), Some(CALLER));
+    assert!(!format!("{:?}", requests[0].headers).contains(TOKEN));
+}
+
+/// A stranger on a port: answers every request with `status` and `headers`, and keeps
+/// what it was sent.
+fn stranger(status: &str, headers: &str) -> (u16, Arc<Mutex<String>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let received = Arc::new(Mutex::new(String::new()));
+    let sink = received.clone();
+    let answer = format!(
+        "HTTP/1.1 {status}\r\n{headers}content-type: application/json\r\ncontent-length: 15\r\n\
+         connection: close\r\n\r\n{{\"status\":\"ok\"}}"
+    );
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            stream
+                .set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            let mut buffer = [0u8; 8192];
+            let read = stream.read(&mut buffer).unwrap_or(0);
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buffer[..read]));
+            let _ = stream.write_all(answer.as_bytes());
+        }
+    });
+    (port, received)
+}
+
+fn with_token_listening_on(port: u16) -> Test {
+    Test::new().secret(TOKEN).config(&format!(
+        "listen = \"127.0.0.1:{port}\"\naccess_tokens = [\"{TOKEN}\"]\n"
+    ))
+}
+
+#[test]
+fn pool_commands_never_hand_the_token_to_a_stranger_on_the_listen_port() {
+    let (port, received) = stranger("200 OK", "");
+    let test = with_token_listening_on(port);
+    for command in ["status", "reset"] {
+        test.run_with(&["pool", command])
+            .code(2)
+            .one_line_error("the server's answer is not a pool report");
+    }
+    let seen = received.lock().unwrap().clone();
+    assert!(seen.contains("x-aibridge-challenge"), "{seen}");
+    assert!(!seen.contains(TOKEN), "the token reached a stranger:\n{seen}");
+
+    // A redirect leads the token nowhere either.
+    let (elsewhere, followed) = stranger("200 OK", "");
+    let location = format!("location: http://127.0.0.1:{elsewhere}/_aibridge/pool\r\n");
+    let (port, redirected) = stranger("307 Temporary Redirect", &location);
+    let test = with_token_listening_on(port);
+    test.run_with(&["pool", "status", "--server", &format!("http://127.0.0.1:{port}")]);
+    assert!(followed.lock().unwrap().is_empty(), "a redirect was followed");
+    assert!(redirected.lock().unwrap().contains(TOKEN), "--server names a trusted server");
+}
+
+#[test]
+fn pool_commands_send_the_token_to_a_server_that_proves_it_holds_it() {
+    let mock = MockUpstream::start();
+    let serving = Test::new().secret(TOKEN).config(&format!(
+        "access_tokens = [\"other-token-000000000000000002\", \"{TOKEN}\"]\n\
+         [providers.anthropic]\nbase_url = \"{}\"\nkeys = [\"{K1}\"]\n",
+        mock.url()
+    ));
+    let server = serving.serve();
+    let test = with_token_listening_on(server.address().port());
+    let output = test.run_with(&["pool", "status"]).success();
+    assert!(
+        output.stdout.starts_with(&format!("source: server {}", server.base)),
+        "{}",
+        output.stdout
+    );
+    test.run_with(&["pool", "reset"])
+        .success()
+        .stdout_has(&format!("server {}: nothing to clear", server.base));
+
+    // A wrong token is refused by the server, and the proof fails without sending it.
+    let wrong = "tok-wrong-wrong-000000000000000003";
+    Test::new()
+        .secret(wrong)
+        .config(&format!(
+            "listen = \"{}\"\naccess_tokens = [\"{wrong}\"]\n",
+            server.address()
+        ))
+        .run_with(&["pool", "status"])
+        .code(2)
+        .one_line_error(&format!(
+        "the server on {0} did not prove it holds the access token, so the token was not \
+         sent; if that server is yours, name it with --server {0}",
+        server.base
+    ));
+}
+
+#[test]
+fn an_unreachable_upstream_and_a_response_timeout_are_each_one_warning() {
+    let mock = MockUpstream::start();
+    mock.on_key(K1, vec![Reply::Slow(Duration::from_secs(3))]);
+    let server = Test::new()
+        .config(&format!(
+            "response_timeout = \"300ms\"\n[providers.anthropic]\nbase_url = \"{}\"\nkeys = [\"{K1}\"]\n\
+             [providers.openai]\nbase_url = \"http://127.0.0.1:{}\"\nkeys = [\"{K1}\"]\n",
+            mock.url(),
+            dead_port()
+        ))
+        .serve();
+    assert_eq!(server.post_message().status(), 504);
+    let unreachable = client()
+        .post(server.url("/openai/v1/chat/completions"))
+        .body("{}")
+        .send()
+        .unwrap();
+    assert_eq!(unreachable.status(), 502);
+    server.wait_for_log("upstream sent no response within 300ms");
+    server.wait_for_log("upstream unreachable");
+    let log = server.stderr();
+    let warnings: Vec<_> = log.lines().filter(|line| line.contains("WARN")).collect();
+    assert_eq!(warnings.len(), 2, "{log}");
+    assert!(warnings[0].contains("anthropic"), "{log}");
+    assert!(warnings[1].contains("openai"), "{log}");
+}
