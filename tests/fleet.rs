@@ -210,6 +210,32 @@ fn send_marks_reach_a_replica_and_pool_status_reads_them() {
 }
 
 #[test]
+fn entries_of_the_wrong_type_are_skipped_and_the_rest_still_count() {
+    let redis = Redis::start();
+    let mock = MockUpstream::start();
+    mock.on_key(K1, vec![Reply::rate_limited(30)]);
+    let ci = member(&mock, &[K1, K2], &redis);
+    ci.run_with(&["send", "-d", &message(OPUS)]).success();
+    // Another program's keys, or a hand-made mistake, under the prefix.
+    redis.command(&["SET", "aibridge:key:anthropic:00000000000000ff", "garbage"]);
+    redis.command(&["HSET", "aibridge:cooling:anthropic:00000000000000ee", "a", "b"]);
+    redis.command(&["HSET", "aibridge:disabled:anthropic:00000000000000dd", "a", "\x1b[31m"]);
+
+    let status = ci.run_with(&["pool", "status", "--json"]).success();
+    assert!(
+        status.stderr.contains("skipped 3 unreadable Redis entries (first: aibridge:"),
+        "{}",
+        status.stderr
+    );
+    assert!(status.json()["providers"][0]["keys"][0]["cooling"][OPUS].is_object());
+
+    let replica = member(&mock, &[K1, K2], &redis).serve();
+    assert_eq!(health(&replica), json!({"status": "ok", "shared": "ok"}));
+    assert!(key_report(&replica, K1)["cooling"][OPUS].is_object());
+    replica.wait_for_log("skipped 3 unreadable Redis entries");
+}
+
+#[test]
 fn redis_going_away_degrades_health_and_its_return_catches_up() {
     let mut redis = Redis::start();
     let mock = MockUpstream::start();

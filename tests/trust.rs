@@ -235,18 +235,22 @@ fn bridge_made_answers_say_whether_to_retry_and_are_counted_and_logged() {
         "/anthropic/v1/../admin",
         "/anthropic/v1/%2E%2e/admin",
         "/anthropic/./v1",
+        "/anthropic/v1/..%2fadmin",
+        "/anthropic/v1/..;/admin",
+        "/anthropic/v1/..%5cadmin",
+        "/anthropic/v1/%252e%252e/admin",
     ] {
         let head = raw_post(server.address(), path, "tok-bridge-access-0000000001");
         assert!(head.starts_with("HTTP/1.1 400"), "{path}: {head}");
         assert!(head.contains("x-should-retry: false"), "{path}: {head}");
     }
     assert!(mock.requests().is_empty(), "nothing was forwarded");
-    let log = crate::serve::wait_for_lines(&test.path("requests.jsonl"), 6);
+    let log = crate::serve::wait_for_lines(&test.path("requests.jsonl"), 10);
     let statuses: Vec<_> = log
         .iter()
         .map(|line| line["status"].as_u64().unwrap())
         .collect();
-    assert_eq!(statuses, [401, 404, 503, 400, 400, 400]);
+    assert_eq!(statuses, [401, 404, 503, 400, 400, 400, 400, 400, 400, 400]);
     assert!(log.iter().all(|line| line["outcome"] == "error"));
     assert_eq!(log[1]["provider"], "unknown");
     let metrics = client()

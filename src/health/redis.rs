@@ -15,7 +15,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, SystemTime};
 
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
-use redis::RedisError;
+use redis::{RedisError, RedisResult};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub};
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
@@ -151,20 +151,29 @@ impl RedisHealth {
                 None => {}
             }
         }
+        // One entry of the wrong type (a stray SET by hand, another program's key under the
+        // prefix) fails only its own read, not the load: the rest of the fleet's marks count.
         let mut pipe = redis::pipe();
+        pipe.ignore_errors();
         for (name, _) in &metas {
             pipe.hgetall(name);
         }
-        let meta_values: Vec<HashMap<String, String>> = query(pipe, connection).await?;
+        let meta_values: Vec<RedisResult<HashMap<String, String>>> =
+            query(pipe, connection).await?;
         let mut pipe = redis::pipe();
+        pipe.ignore_errors();
         for (name, _) in &strings {
             pipe.get(name);
         }
-        let string_values: Vec<Option<String>> = query(pipe, connection).await?;
+        let string_values: Vec<RedisResult<Option<String>>> = query(pipe, connection).await?;
+        let mut skipped = Skipped::default();
+        let meta_values = skipped.readable(&metas, meta_values);
+        let string_values = skipped.readable(&strings, string_values);
+        skipped.warn();
 
         let mut state = StateFile::default();
         let now = SystemTime::now();
-        for ((_, name), meta) in metas.into_iter().zip(meta_values) {
+        for ((_, name), meta) in meta_values {
             let record = record_of(&mut state, &name);
             if let Some(hint) = meta.get("hint") {
                 record.hint.clone_from(hint);
@@ -175,7 +184,7 @@ impl RedisHealth {
                 .and_then(|text| text.parse().ok())
                 .map(from_unix_ms);
         }
-        for ((_, name), value) in strings.into_iter().zip(string_values) {
+        for ((_, name), value) in string_values {
             let Some(value) = value else { continue };
             match name.kind {
                 Kind::Disabled => {
@@ -439,6 +448,47 @@ fn record_of<'a>(state: &'a mut StateFile, name: &Name) -> &'a mut KeyRecord {
 }
 
 /// Runs `pipe`; Redis refuses an empty one, which answers nothing.
+/// Entries a load could not read, said once per load.
+#[derive(Default)]
+struct Skipped {
+    count: usize,
+    first: Option<(String, String)>,
+}
+
+impl Skipped {
+    /// The entries whose read succeeded, paired with their values; the others counted.
+    fn readable<'a, T>(
+        &mut self,
+        entries: &'a [(String, Name)],
+        values: Vec<RedisResult<T>>,
+    ) -> Vec<(&'a (String, Name), T)> {
+        let mut readable = Vec::with_capacity(values.len());
+        for (entry, value) in entries.iter().zip(values) {
+            match value {
+                Ok(value) => readable.push((entry, value)),
+                Err(error) => {
+                    self.count += 1;
+                    self.first
+                        .get_or_insert_with(|| (entry.0.clone(), error.to_string()));
+                }
+            }
+        }
+        readable
+    }
+
+    fn warn(&self) {
+        if let Some((name, error)) = &self.first {
+            tracing::warn!(
+                "skipped {} unreadable Redis entr{} (first: {}: {})",
+                self.count,
+                if self.count == 1 { "y" } else { "ies" },
+                name.escape_debug(),
+                error.escape_debug()
+            );
+        }
+    }
+}
+
 async fn query<T: redis::FromRedisValue + Default>(
     pipe: redis::Pipeline,
     connection: &mut ConnectionManager,

@@ -117,9 +117,11 @@ impl<'a> Target<'a> {
             );
             return Err(Box::new(refused.reachable(started)));
         }
-        if has_dot_segment(rest) {
+        if is_unsafe_path(rest) {
             let api_error = ApiError::bad_request(
-                "the path may not contain \".\" or \"..\" segments".to_owned(),
+                "the path may not contain \".\" or \"..\" segments (encoded or not), \
+                 backslashes or encoded slashes"
+                    .to_owned(),
             );
             return Err(Box::new(target.refuse(&parts.method, &api_error)));
         }
@@ -333,27 +335,24 @@ fn is_provider_root(rest: &str) -> bool {
     rest.is_empty() || rest == "/"
 }
 
-/// Whether a path has a `.` or `..` segment, percent-encoded or not: forwarded, it could
-/// step out of the base URL's path. Every request is checked, so nothing is allocated, and
-/// a path without a `.` or a `%` is passed at once.
-fn has_dot_segment(path: &str) -> bool {
+/// Whether a path could step out of the base URL's path once some server on the way decodes
+/// it: a segment that is `.` or `..` as written, or once or twice percent-decoded, or before
+/// a `;` parameter (`..;`), or one that holds a backslash or an encoded slash. Every request
+/// is checked, so a path without a `.`, `%`, `;` or `\` is passed at once, allocating nothing.
+fn is_unsafe_path(path: &str) -> bool {
     // Paths are short: a plain scan beats a vectorised search's set-up.
-    path.bytes().any(|byte| byte == b'.' || byte == b'%') && path.split('/').any(is_dot_segment)
+    path.bytes()
+        .any(|byte| matches!(byte, b'.' | b'%' | b';' | b'\\'))
+        && path.split('/').any(is_unsafe_segment)
 }
 
-/// `.`, `..`, or either with dots written `%2e`/`%2E`.
-fn is_dot_segment(segment: &str) -> bool {
-    let mut rest = segment.as_bytes();
-    let mut dots = 0;
-    while !rest.is_empty() {
-        rest = match rest {
-            [b'.', tail @ ..] => tail,
-            [b'%', b'2', e, tail @ ..] if e.eq_ignore_ascii_case(&b'e') => tail,
-            _ => return false,
-        };
-        dots += 1;
-    }
-    (1..=2).contains(&dots)
+fn is_unsafe_segment(segment: &str) -> bool {
+    let once = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();
+    let twice = percent_encoding::percent_decode_str(&once).decode_utf8_lossy();
+    [segment, &once, &twice].into_iter().any(|form| {
+        let before_parameters = form.split(';').next().unwrap_or_default();
+        matches!(before_parameters, "." | "..") || form.contains(['/', '\\'])
+    })
 }
 
 /// `/anthropic/v1/messages` -> (`anthropic`, `/v1/messages`).

@@ -110,6 +110,16 @@ impl Redis {
             .collect()
     }
 
+    /// Runs one Redis command, as a person at `redis-cli` would.
+    pub fn command(&self, args: &[&str]) {
+        let mut connection = self.connection().unwrap();
+        let mut command = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            command.arg(*arg);
+        }
+        let _: redis::Value = command.query(&mut connection).unwrap();
+    }
+
     /// How many milliseconds `key` has left to live (-1: no expiry, -2: absent).
     pub fn ttl_ms(&self, key: &str) -> i64 {
         let mut connection = self.connection().unwrap();

@@ -15,7 +15,7 @@ fn provider_is_the_first_segment() {
 }
 
 #[test]
-fn dot_segments_are_found_plain_and_percent_encoded() {
+fn paths_that_could_step_out_of_the_base_url_are_found() {
     for path in [
         "/v1/../admin",
         "/v1/./messages",
@@ -23,8 +23,19 @@ fn dot_segments_are_found_plain_and_percent_encoded() {
         "/v1/%2e%2E/x",
         "/v1/.%2e",
         "/%2e/x",
+        "/v1/..%2f/admin",
+        "/v1/..%2F..%2Fadmin",
+        "/v1/..;/admin",
+        "/v1/.;x=1/admin",
+        "/v1/%2e%2e;/admin",
+        "/v1/..%5c/admin",
+        "/v1/a%5Cb",
+        "/v1/a\\b",
+        "/v1/%252e%252e/admin",
+        "/v1/%252f",
+        "/v1/%2f/x",
     ] {
-        assert!(has_dot_segment(path), "{path}");
+        assert!(is_unsafe_path(path), "{path}");
     }
     for path in [
         "/v1/messages",
@@ -33,11 +44,13 @@ fn dot_segments_are_found_plain_and_percent_encoded() {
         "/v1/models/gpt-4.1",
         "/v1/.../x",
         "/v1/..x/y",
-        "/v1/%2f/x",
         "/v1/%2e%2e%2e",
         "/files/a%2ex",
+        "/v1/models/a;b",
+        "/model/us.anthropic.claude-sonnet-4-5-20250929-v1:0/invoke",
+        "/model/us.anthropic.claude-sonnet-4-5-20250929-v1%3A0/invoke",
     ] {
-        assert!(!has_dot_segment(path), "{path}");
+        assert!(!is_unsafe_path(path), "{path}");
     }
 }
 
