@@ -97,6 +97,10 @@ pub struct ProviderConfig {
     pub kind: ProviderKind,
     pub base_url: String,
     pub keys: Vec<ApiKey>,
+    /// Whether the provider was given a pool (`keys`, `keys_file` or `keys_env`): such a
+    /// provider never falls back to callers' own credentials because its list came out
+    /// empty (a keys file emptied or half-written); it waits for keys instead.
+    pub expects_keys: bool,
     pub enabled: bool,
     /// Whether a caller's own credential is used instead of the pool.
     pub byok: bool,
@@ -475,6 +479,7 @@ fn resolve_provider(
         .unwrap_or_else(|| kind.api().default_base_url().to_owned());
     let base_url = validate_base_url(name, &base_url)?;
 
+    let expects_keys = !raw.keys.is_empty() || raw.keys_file.is_some() || raw.keys_env.is_some();
     let mut keys: Vec<ApiKey> = raw.keys.into_iter().map(ApiKey::new).collect();
     if let Some(file) = raw.keys_file {
         let path = base_dir.join(file);
@@ -527,6 +532,7 @@ fn resolve_provider(
         kind,
         base_url,
         keys,
+        expects_keys,
         enabled: raw.enabled.unwrap_or(true),
         byok: raw.byok.unwrap_or(false),
         pool,

@@ -389,6 +389,57 @@ fn a_reload_that_would_drop_a_pool_or_open_the_bridge_is_refused() {
 }
 
 #[test]
+fn a_provider_whose_key_list_is_empty_never_forwards_callers_keys() {
+    let mock = MockUpstream::start();
+    let test = Test::new();
+    std::fs::write(test.path("keys.txt"), "# keys go here\n").unwrap();
+    let config = |enabled: bool| {
+        format!(
+            "[providers.anthropic]\nbase_url = \"{}\"\nkeys_file = \"keys.txt\"\nenabled = {enabled}\n",
+            mock.url()
+        )
+    };
+    let test = test.config(&config(true));
+    let server = test.serve();
+    assert!(
+        server.stderr().contains("no keys yet (its key list is empty)"),
+        "{}",
+        server.stderr()
+    );
+    let refused = |server: &crate::harness::Server| {
+        let response = server.post_message_with(&[("x-api-key", crate::harness::CALLER)]);
+        assert_eq!(response.status(), 401);
+        let body = response.text().unwrap();
+        assert!(
+            body.contains("providers.anthropic has a key list, but it is empty"),
+            "{body}"
+        );
+    };
+    refused(&server);
+    let reload = |count: usize| {
+        server.signal("HUP");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while server.stderr().matches("configuration reloaded").count() < count {
+            assert!(std::time::Instant::now() < deadline, "{}", server.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // Off with the empty file, then on again: still nobody's key goes upstream.
+    std::fs::write(test.path("config.toml"), config(false)).unwrap();
+    reload(1);
+    std::fs::write(test.path("config.toml"), config(true)).unwrap();
+    reload(2);
+    refused(&server);
+    assert!(mock.requests().is_empty(), "no caller key was forwarded");
+    // Keys arrive: served from the pool.
+    std::fs::write(test.path("keys.txt"), format!("{K1}\n")).unwrap();
+    reload(3);
+    let response = server.post_message_with(&[("x-api-key", crate::harness::CALLER)]);
+    assert_eq!(response.status(), 200);
+    assert_eq!(mock.keys_used(), [K1]);
+}
+
+#[test]
 fn browsers_and_rebinding_hosts_are_refused_before_anything_is_forwarded() {
     let mock = MockUpstream::start();
     let test = Test::new().config(&format!(

@@ -23,6 +23,8 @@ pub struct Upstream {
     pub enabled: bool,
     /// Whether a caller's own credential takes the place of the pool.
     pub byok: bool,
+    /// A pool was configured, so an empty one waits for keys rather than use callers' own.
+    pub expects_keys: bool,
     pub pool: Pool,
     /// The most upstream tries one request makes; `None` = the whole pool.
     pub max_attempts: Option<usize>,
@@ -44,6 +46,7 @@ impl Upstream {
             destination: Destination::parse(&config.base_url),
             enabled: config.enabled,
             byok: config.byok,
+            expects_keys: config.expects_keys,
             pool: Pool::new(config.keys.clone(), config.pool, clock)?,
             max_attempts: config.max_attempts,
             max_wait: config.max_wait,
@@ -57,6 +60,12 @@ impl Upstream {
     }
 
     fn missing_key_hint(&self) -> String {
+        if self.expects_keys {
+            return format!(
+                "providers.{} has a key list, but it is empty; add keys (and reload with SIGHUP)",
+                self.name
+            );
+        }
         if self.kind.api().byok_only() {
             return format!(
                 "{} is bring-your-own-key only: send your own token in the Authorization header",
@@ -71,7 +80,8 @@ impl Upstream {
     }
 
     /// Picks whose key a request uses. `prefer_caller`: a caller credential, when present,
-    /// is used instead of the pool (BYOK). Providers without keys always use the caller's.
+    /// is used instead of the pool (BYOK). Providers given no pool always use the caller's;
+    /// one whose pool came out empty uses nobody's.
     pub fn credentials_for(
         &self,
         headers: &HeaderMap,
@@ -83,7 +93,7 @@ impl Upstream {
             });
         }
         // The caller's credential only matters when it may be used.
-        let caller = if prefer_caller || self.pool.is_empty() {
+        let caller = if prefer_caller || (self.pool.is_empty() && !self.expects_keys) {
             caller_credential(headers)
         } else {
             None

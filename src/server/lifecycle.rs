@@ -67,6 +67,7 @@ pub fn print_banner(address: SocketAddr, bridge: &Bridge) {
     let mut table = crate::table::Table::new(&[]);
     for upstream in bridge.upstreams.values() {
         let keys = match upstream.pool.len() {
+            0 if upstream.expects_keys => "no keys yet (its key list is empty)".to_owned(),
             0 => "no keys (callers bring their own)".to_owned(),
             1 => "1 key".to_owned(),
             count => format!("{count} keys"),
