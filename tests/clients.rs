@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use crate::harness::{K1, MockUpstream, Server, Test};
+use crate::harness::{Gate, K1, MockUpstream, Reply, Server, Test};
 
 fn bridge(mock: &MockUpstream, extra: &str) -> Test {
     Test::new().config(&format!(
@@ -84,6 +84,46 @@ fn an_idle_connection_lasts_client_idle_timeout_not_client_timeout() {
         "closed too soon"
     );
     assert_eq!(mock.requests().len(), 2);
+}
+
+#[test]
+fn a_streaming_answer_that_pauses_is_never_idle_or_slow() {
+    let mock = MockUpstream::start();
+    let gate = Gate::new();
+    let events = [
+        "event: message_start\ndata: {\"type\":\"message_start\"}\n\n",
+        "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+    ];
+    mock.on_key(K1, vec![Reply::sse(&events).gated(&gate)]);
+    let server = bridge(
+        &mock,
+        "client_timeout = \"500ms\"\nclient_idle_timeout = \"800ms\"",
+    )
+    .serve();
+    let mut stream = TcpStream::connect(server.address()).unwrap();
+    write!(stream, "{HEAD}content-length: 2\r\n\r\n{{}}").unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("message_start") {
+        let read = stream.read(&mut buffer).unwrap();
+        assert!(read > 0, "closed before the first event");
+        seen.extend_from_slice(&buffer[..read]);
+    }
+    // The upstream pauses for more than both limits; the client sends a byte meanwhile, as
+    // an HTTP/2 client's flow-control frames would.
+    std::thread::sleep(Duration::from_millis(1200));
+    stream.write_all(b"\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    gate.open();
+    let mut rest = String::new();
+    stream.read_to_string(&mut rest).ok();
+    let whole = String::from_utf8_lossy(&seen).into_owned() + &rest;
+    assert!(whole.contains("message_stop"), "the stream was cut:\n{whole}");
+    assert!(!whole.contains("event: error"), "{whole}");
+    assert_eq!(mock.streams().finished, 1);
 }
 
 #[test]

@@ -138,6 +138,44 @@ impl Activity {
 #[derive(Debug)]
 pub struct InFlight(Arc<Activity>);
 
+/// An answer's body that keeps its request in flight until hyper has sent it all or dropped
+/// it: a connection whose answer is still streaming is neither idle nor slow, however long
+/// the upstream pauses or the client's flow-control frames take (only `stream_idle_timeout`
+/// ends a stream, with the provider's error event).
+pub struct InFlightBody {
+    body: axum::body::Body,
+    _in_flight: InFlight,
+}
+
+impl InFlightBody {
+    pub fn new(body: axum::body::Body, in_flight: InFlight) -> Self {
+        Self {
+            body,
+            _in_flight: in_flight,
+        }
+    }
+}
+
+impl http_body::Body for InFlightBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);

@@ -500,15 +500,24 @@ async fn keep_timer_wakeups_near(clock: Arc<clients::CoarseClock>) {
 
 /// Admits the caller (see [`guard`]), then proxied requests go straight to the proxy and
 /// operator routes through the router.
-/// `in_flight` counts the request on its connection until the answer's head is out (held
-/// here rather than by a wrapping future, which would copy this one's few KB per request).
+/// `in_flight` counts the request on its connection until the answer's body is out: it goes
+/// into the answer's body (rather than a wrapping future, which would copy this one's few KB
+/// per request).
 async fn dispatch(
     worker: Worker,
     operator_routes: Router,
     request: http::Request<Incoming>,
     in_flight: clients::InFlight,
-) -> Result<axum::response::Response, std::convert::Infallible> {
-    let _in_flight = in_flight;
+) -> Result<http::Response<clients::InFlightBody>, std::convert::Infallible> {
+    let response = admit_and_route(worker, operator_routes, request).await;
+    Ok(response.map(|body| clients::InFlightBody::new(body, in_flight)))
+}
+
+async fn admit_and_route(
+    worker: Worker,
+    operator_routes: Router,
+    request: http::Request<Incoming>,
+) -> axum::response::Response {
     let app = worker.app;
     let origin = match app
         .bridge
@@ -519,12 +528,7 @@ async fn dispatch(
         Ok(origin) => origin.cloned(),
         Err(refusal) => {
             let api_error = crate::provider::ApiError::forbidden(refusal.code(), refusal.message());
-            return Ok(proxy::refuse(
-                worker,
-                request.method(),
-                request.uri(),
-                &api_error,
-            ));
+            return proxy::refuse(worker, request.method(), request.uri(), &api_error);
         }
     };
     // A page of an allowed origin may read the answer; CORS headers need the request's.
@@ -543,7 +547,7 @@ async fn dispatch(
         let (origin, request_headers) = &*cors;
         guard::allow_origin(response.headers_mut(), origin, request_headers);
     }
-    Ok(response)
+    response
 }
 
 async fn route(
