@@ -71,6 +71,10 @@ pub struct ServeSettings {
     pub client_idle_timeout: Duration,
     /// The most client connections served at once; more are refused at once.
     pub max_connections: usize,
+    /// How long an upstream connection may sit unused before it is closed; below the idle
+    /// timeouts of the load balancers in front of providers, so the bridge never writes a
+    /// request into a connection the other side is closing.
+    pub upstream_idle_timeout: Duration,
 }
 
 impl Default for ServeSettings {
@@ -87,6 +91,7 @@ impl Default for ServeSettings {
             client_timeout: Duration::from_secs(60),
             client_idle_timeout: Duration::from_secs(120),
             max_connections: 10_000,
+            upstream_idle_timeout: crate::transport::DEFAULT_UPSTREAM_IDLE_TIMEOUT,
         }
     }
 }
@@ -195,6 +200,8 @@ struct RawConfig {
     #[serde(default, with = "humantime_serde")]
     client_idle_timeout: Option<Duration>,
     max_connections: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    upstream_idle_timeout: Option<Duration>,
     #[serde(default)]
     providers: BTreeMap<String, RawProvider>,
 }
@@ -422,6 +429,9 @@ fn resolve_serve(
             .client_idle_timeout
             .unwrap_or(defaults.client_idle_timeout),
         max_connections: raw.max_connections.unwrap_or(defaults.max_connections),
+        upstream_idle_timeout: raw
+            .upstream_idle_timeout
+            .unwrap_or(defaults.upstream_idle_timeout),
     };
     let zero = |setting, value: Duration| {
         value.is_zero().then_some(ConfigError::Setting {

@@ -14,7 +14,7 @@ use crate::health::Observation;
 use crate::keypool::{AttemptLimit, DisableReason, Exhausted, ExhaustionKind, KeyState, Mark, MarkOutcome};
 use crate::provider::{is_quota_error, may_signal_quota};
 use crate::secret::ApiKey;
-use crate::transport::{self, HttpClient, Response, ResponseBody};
+use crate::transport::{self, HttpClient, Response, ResponseBody, Reuse};
 
 mod request;
 mod upstream;
@@ -186,7 +186,7 @@ impl Walker {
         request: &OutboundRequest,
         key: &ApiKey,
     ) -> Result<Response, FailoverError> {
-        self.execute(upstream, request, Some(key))
+        self.execute(upstream, request, Some(key), Reuse::Pooled)
             .await
             .map_err(|failed| failed.error)
     }
@@ -202,7 +202,13 @@ impl Walker {
         let mut attempts = Vec::new();
         loop {
             let started = Instant::now();
-            let result = self.execute(upstream, request, None).await;
+            // A re-send goes on a new connection: the pooled one it failed on was stale.
+            let reuse = if attempts.is_empty() {
+                Reuse::Pooled
+            } else {
+                Reuse::Fresh
+            };
+            let result = self.execute(upstream, request, None, reuse).await;
             let mut attempt = Attempt {
                 key_hint: key.hint(),
                 fingerprint: None,
@@ -326,7 +332,15 @@ impl Walker {
         let pool = &upstream.pool;
         let pooled = pool.key(index);
         let started = Instant::now();
-        let result = self.execute(upstream, request, Some(pooled.key())).await;
+        // A re-send goes on a new connection: the pooled one it failed on was stale.
+        let reuse = if may_send_again {
+            Reuse::Pooled
+        } else {
+            Reuse::Fresh
+        };
+        let result = self
+            .execute(upstream, request, Some(pooled.key()), reuse)
+            .await;
         let status = result
             .as_ref()
             .ok()
@@ -403,6 +417,7 @@ impl Walker {
         upstream: &Upstream,
         request: &OutboundRequest,
         key: Option<&ApiKey>,
+        reuse: Reuse,
     ) -> Result<Response, Failed> {
         let destination = &upstream.destination;
         let path = destination
@@ -421,7 +436,7 @@ impl Walker {
         }
         match tokio::time::timeout(
             self.response_timeout,
-            self.client.send_to(&destination.origin, outbound),
+            self.client.send_to(&destination.origin, outbound, reuse),
         )
         .await
         {

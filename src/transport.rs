@@ -36,10 +36,21 @@ pub type Response = http::Response<ResponseBody>;
 /// Why a request got no answer (connect, TLS, or the connection broke), or a body broke.
 pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
+/// Which connection a request may go out on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reuse {
+    /// An idle pooled one, or a new one.
+    Pooled,
+    /// A new one: for a request sent again, which must not meet another stale connection.
+    Fresh,
+}
+
 /// A request that got no answer, and whether it may be sent again: only when the upstream
-/// cannot have started on it (the connection was never made, the request never left, or a
-/// reused connection closed with no answer right after the request went out). A request the
-/// upstream may have read is never sent twice: a long generation would be billed twice.
+/// cannot have started on it (the connection was never made, or hyper handed the request back
+/// unwritten). A request written whole is never sent twice, however soon the connection
+/// closed: the upstream may have read it, and a long generation would be billed twice. Only
+/// `GET`, `HEAD` and `OPTIONS`, which bill nothing, are also sent again when a reused
+/// connection closed with no answer right after they went out.
 #[derive(Debug)]
 pub struct SendFailure {
     pub error: Error,
@@ -65,8 +76,10 @@ impl SendFailure {
 
 const USER_AGENT: &str = concat!("aibridge/", env!("CARGO_PKG_VERSION"));
 
-/// How long a pooled upstream connection may sit unused.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a pooled upstream connection may sit unused, unless configured: well below the
+/// 60 s of AWS load balancers and nginx's 60 to 75 s, so a connection is dropped here before
+/// the far side closes it as a request goes out.
+pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -116,8 +129,8 @@ impl HttpClient {
     }
 
     /// For `serve`'s forwarding: hyper's client directly, unless the environment names a
-    /// proxy, which only reqwest honors.
-    pub fn forwarding() -> Result<Self, ClientSetupError> {
+    /// proxy, which only reqwest honors. Connections unused for `idle_timeout` are closed.
+    pub fn forwarding(idle_timeout: Duration) -> Result<Self, ClientSetupError> {
         let proxy_configured = PROXY_VARIABLES
             .iter()
             .any(|name| std::env::var_os(name).is_some_and(|value| !value.is_empty()));
@@ -127,7 +140,7 @@ impl HttpClient {
         Ok(Self {
             inner: Inner::Direct(Arc::new(ConnectionPool::new(
                 https_connector(tls_config()?),
-                POOL_IDLE_TIMEOUT,
+                idle_timeout,
             ))),
         })
     }
@@ -136,7 +149,7 @@ impl HttpClient {
     pub async fn send(&self, mut request: Request) -> Result<Response, Error> {
         let origin = Origin::of(request.uri())?;
         *request.uri_mut() = Uri::from(path_of(request.uri()));
-        self.send_to(&origin, request)
+        self.send_to(&origin, request, Reuse::Pooled)
             .await
             .map_err(|failure| failure.error)
     }
@@ -147,10 +160,11 @@ impl HttpClient {
         &self,
         origin: &Origin,
         mut request: Request,
+        reuse: Reuse,
     ) -> Result<Response, SendFailure> {
         match &self.inner {
             Inner::Direct(pool) => {
-                let response = pool.send(origin, request.map(Full::new)).await?;
+                let response = pool.send(origin, request.map(Full::new), reuse).await?;
                 Ok(response.map(ResponseBody::Direct))
             }
             Inner::Reqwest(client) => {
@@ -240,7 +254,7 @@ fn reqwest_builder() -> reqwest::ClientBuilder {
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .redirect(reqwest::redirect::Policy::none())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_idle_timeout(DEFAULT_UPSTREAM_IDLE_TIMEOUT)
 }
 
 fn https_connector(tls: rustls::ClientConfig) -> hyper_rustls::HttpsConnector<HttpConnector> {

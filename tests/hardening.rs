@@ -7,7 +7,7 @@ use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::harness::{CALLER, K1, MockUpstream, Reply, Test, client, dead_port};
+use crate::harness::{CALLER, K1, K2, MockUpstream, Reply, Test, client, dead_port};
 
 const TOKEN: &str = "tok-hardening-secret-000000000000001";
 
@@ -172,4 +172,84 @@ fn an_unreachable_upstream_and_a_response_timeout_are_each_one_warning() {
     assert_eq!(warnings.len(), 2, "{log}");
     assert!(warnings[0].contains("anthropic"), "{log}");
     assert!(warnings[1].contains("openai"), "{log}");
+}
+
+/// An upstream that answers each connection's first request, then reads the next one whole
+/// and closes the connection without an answer (a reset after reading). Returns its port and
+/// every request body it read whole, in order.
+fn read_then_close_upstream() -> (u16, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let sink = bodies.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let sink = sink.clone();
+            std::thread::spawn(move || {
+                for answered in [true, false] {
+                    let Some(body) = read_request(&mut stream) else {
+                        return;
+                    };
+                    sink.lock().unwrap().push(body);
+                    if !answered {
+                        return;
+                    }
+                    let _ = stream.write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                          content-length: 11\r\n\r\n{\"id\":\"ok\"}",
+                    );
+                }
+            });
+        }
+    });
+    (port, bodies)
+}
+
+/// One HTTP/1.1 request's body (by its content-length), read whole.
+fn read_request(stream: &mut std::net::TcpStream) -> Option<String> {
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !seen.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).ok()? == 0 {
+            return None;
+        }
+        seen.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&seen).to_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .map_or(0, |value| value.trim().parse().unwrap());
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).ok()?;
+    Some(String::from_utf8_lossy(&body).into_owned())
+}
+
+#[test]
+fn a_request_written_whole_is_never_sent_again_however_soon_the_connection_closed() {
+    let (port, bodies) = read_then_close_upstream();
+    let test = Test::new().config(&format!(
+        "request_log = \"requests.jsonl\"\n[providers.anthropic]\nbase_url = \"http://127.0.0.1:{port}\"\nkeys = [\"{K1}\", \"{K2}\"]\n"
+    ));
+    let server = test.serve_with(&["--listen", "127.0.0.1:0", "--workers", "1"]);
+    let first = server.post_message_with(&[]);
+    assert_eq!(first.status(), 200);
+    // The same worker reuses the connection; the upstream reads this one whole, then closes.
+    let second = client()
+        .post(server.url("/anthropic/v1/messages"))
+        .body(r#"{"model":"m","n":2}"#)
+        .send()
+        .unwrap();
+    assert_eq!(second.status(), 502);
+    assert_eq!(second.headers()["x-aibridge-attempts"], "1");
+    let body: serde_json::Value = second.json().unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("may have reached the provider"), "{message}");
+    assert_eq!(
+        *bodies.lock().unwrap(),
+        ["{}", r#"{"model":"m","n":2}"#],
+        "the upstream saw the second request once"
+    );
+    assert!(server.all_keys_available(), "nothing marked");
 }

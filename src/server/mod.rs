@@ -124,7 +124,7 @@ impl Bridge {
             upstreams,
             walkers: (0..=workers)
                 .map(|_| {
-                    HttpClient::forwarding()
+                    HttpClient::forwarding(config.serve.upstream_idle_timeout)
                         .map(|client| Walker::new(client, config.serve.response_timeout))
                 })
                 .collect::<Result<_, _>>()

@@ -27,13 +27,13 @@ use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::rt::TokioExecutor;
 use tower::ServiceExt;
 
-use super::{Error, Origin, SendFailure, path_of};
+use super::{Error, Origin, Reuse, SendFailure, path_of};
 
 type Body = Full<Bytes>;
 
 /// How soon after a request went out on a reused connection a close with no answer still
-/// means the server was closing that idle connection as we wrote: the request was never
-/// read, and may be sent again. Later, the upstream may have started on it.
+/// means the server was closing that idle connection as we wrote. Only a request that bills
+/// nothing (`GET`, `HEAD`, `OPTIONS`) is sent again then: a POST may have been read whole.
 const STALE_CONNECTION_WINDOW: Duration = Duration::from_secs(1);
 
 /// How many idle connections one origin keeps at most, the oldest closed first.
@@ -96,41 +96,50 @@ impl ConnectionPool {
         }
     }
 
-    /// Sends a request, whose URI is its path and query, to `origin` on an idle connection,
-    /// or on a new one. An HTTP/1 connection comes back to the pool when the answer's body
-    /// has been read to its end.
+    /// Sends a request, whose URI is its path and query, to `origin` on an idle connection
+    /// (unless `reuse` asks for a fresh one), or on a new one. An HTTP/1 connection comes
+    /// back to the pool when the answer's body has been read to its end.
     pub async fn send(
         self: &Arc<Self>,
         origin: &Origin,
         mut request: http::Request<Body>,
+        reuse: Reuse,
     ) -> Result<http::Response<PooledBody>, SendFailure> {
-        let (slot, idle) = self.take_idle(origin).map_err(SendFailure::fatal)?;
+        let (slot, idle) = self.take_idle(origin, reuse).map_err(SendFailure::fatal)?;
         let ready = match idle {
             Some(sender) => self.ready(slot, sender).await,
             None => None,
         };
-        let (sender, reused) = match ready {
-            Some(sender) => (sender, true),
-            // Boxed: connecting is rare, and its future (TLS, HTTP/2 handshake) would make
-            // every request's future several times larger.
-            None => match Box::pin(self.connect_or_share(slot)).await {
-                Ok((sender, shared)) => (sender, shared),
-                // Nothing reached the upstream.
-                Err(error) => return Err(SendFailure::replayable(error)),
-            },
+        // Boxed: connecting is rare, and its future (TLS, HTTP/2 handshake) would make every
+        // request's future several times larger.
+        let connected = match (ready, reuse) {
+            (Some(sender), _) => Ok((sender, true)),
+            (None, Reuse::Pooled) => Box::pin(self.connect_or_share(slot)).await,
+            (None, Reuse::Fresh) => Box::pin(self.connect(slot)).await.map(|sender| (sender, false)),
+        };
+        let (sender, reused) = match connected {
+            Ok(connected) => connected,
+            // Nothing reached the upstream.
+            Err(error) => return Err(SendFailure::replayable(error)),
         };
         let sent = Instant::now();
+        let bills_nothing = matches!(
+            *request.method(),
+            http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+        );
         // `try_send_request` hands the request back when it never left.
         let failed = |mut error: hyper::client::conn::TrySendError<http::Request<Body>>| {
             let unsent = error.take_message().is_some();
             let error = error.into_error();
-            let stale = reused
-                && sent.elapsed() < STALE_CONNECTION_WINDOW
-                && closed_before_an_answer(&error);
-            SendFailure {
-                error: error.into(),
-                replayable: unsent || stale,
-            }
+            let closed = closed_before_an_answer(&error);
+            let stale = bills_nothing && reused && sent.elapsed() < STALE_CONNECTION_WINDOW && closed;
+            let replayable = unsent || stale;
+            let error: Error = if closed && !replayable {
+                Box::new(MayHaveArrived(error))
+            } else {
+                error.into()
+            };
+            SendFailure { error, replayable }
         };
         match sender {
             Sender::Http1(mut sender) => {
@@ -199,8 +208,9 @@ impl ConnectionPool {
         }
     }
 
-    /// The origin's slot, made on first use, and its newest live idle connection.
-    fn take_idle(&self, origin: &Origin) -> Result<(usize, Option<Sender>), Error> {
+    /// The origin's slot, made on first use, and its newest live idle connection (none when
+    /// a fresh one is asked for).
+    fn take_idle(&self, origin: &Origin, reuse: Reuse) -> Result<(usize, Option<Sender>), Error> {
         let mut origins = self.lock();
         let slot = match origins.iter().position(|entry| entry.origin.is(origin)) {
             Some(slot) => slot,
@@ -209,7 +219,11 @@ impl ConnectionPool {
                 origins.len() - 1
             }
         };
-        Ok((slot, self.newest_idle(&mut origins[slot].idle)))
+        let idle = match reuse {
+            Reuse::Pooled => self.newest_idle(&mut origins[slot].idle),
+            Reuse::Fresh => None,
+        };
+        Ok((slot, idle))
     }
 
     fn take_idle_in(&self, slot: usize) -> Option<Sender> {
@@ -343,6 +357,14 @@ impl OriginEntry {
         })
     }
 }
+
+/// A request written whole on a connection that then closed with no answer.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the connection closed after the request was sent, so it may have reached the provider; \
+     not sent again ({0})"
+)]
+struct MayHaveArrived(hyper::Error);
 
 /// Whether a request failed because its connection closed or was reset before any answer
 /// came (rather than, say, a malformed answer).

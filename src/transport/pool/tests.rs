@@ -66,7 +66,7 @@ async fn answer(pool: &Arc<ConnectionPool>, url: &str) -> String {
     let request = http::Request::get(url.path_and_query().unwrap().as_str())
         .body(Body::default())
         .unwrap();
-    let response = pool.send(&origin, request).await.unwrap();
+    let response = pool.send(&origin, request, Reuse::Pooled).await.unwrap();
     let body = http_body_util::BodyExt::collect(response.into_body()).await;
     String::from_utf8(body.unwrap().to_bytes().to_vec()).unwrap()
 }
@@ -222,12 +222,23 @@ async fn closing_server(pause: Duration) -> u16 {
 }
 
 async fn failure(pool: &Arc<ConnectionPool>, url: &str) -> SendFailure {
+    failure_of(pool, url, http::Method::POST, Reuse::Pooled).await
+}
+
+async fn failure_of(
+    pool: &Arc<ConnectionPool>,
+    url: &str,
+    method: http::Method,
+    reuse: Reuse,
+) -> SendFailure {
     let url: Uri = url.parse().unwrap();
     let origin = Origin::of(&url).unwrap();
-    let request = http::Request::post("/v1/messages")
+    let request = http::Request::builder()
+        .method(method)
+        .uri("/v1/messages")
         .body(Body::from("{}"))
         .unwrap();
-    pool.send(&origin, request).await.unwrap_err()
+    pool.send(&origin, request, reuse).await.unwrap_err()
 }
 
 #[tokio::test]
@@ -239,17 +250,36 @@ async fn only_a_request_that_cannot_have_been_read_may_be_sent_again() {
     let failed = failure(&pool, &format!("http://127.0.0.1:{dead}/")).await;
     assert!(failed.replayable, "the connection was never made");
 
-    // A reused connection that closes at once with no answer: the stale keep-alive race.
+    // A reused connection that closes at once with no answer, after the request was written
+    // whole: a POST may have been read, so it is not sent again; a GET bills nothing, so it is.
     let quick = closing_server(Duration::ZERO).await;
     let url = format!("http://127.0.0.1:{quick}/");
     assert_eq!(answer(&pool, &url).await, "ok");
-    assert!(failure(&pool, &url).await.replayable);
+    assert!(!failure(&pool, &url).await.replayable, "a POST written whole");
+    assert_eq!(answer(&pool, &url).await, "ok");
+    let get = failure_of(&pool, &url, http::Method::GET, Reuse::Pooled).await;
+    assert!(get.replayable, "{}", get.error);
 
     // Closed later: the upstream may have started on it.
     let slow = closing_server(Duration::from_millis(1200)).await;
     let url = format!("http://127.0.0.1:{slow}/");
     assert_eq!(answer(&pool, &url).await, "ok");
     assert!(!failure(&pool, &url).await.replayable);
+}
+
+#[tokio::test]
+async fn a_fresh_send_never_takes_an_idle_connection() {
+    let quick = closing_server(Duration::ZERO).await;
+    let url = format!("http://127.0.0.1:{quick}/");
+    let pool = plain_pool(Duration::from_secs(60), 8);
+    assert_eq!(answer(&pool, &url).await, "ok");
+    let origin = Origin::of(&url.parse().unwrap()).unwrap();
+    assert_eq!(pool.idle_count(&origin), 1);
+    // The idle connection would take this request and close on it; a fresh one answers.
+    let request = http::Request::get("/").body(Body::from("")).unwrap();
+    let response = pool.send(&origin, request, Reuse::Fresh).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(pool.idle_count(&origin), 1, "the idle one was left alone");
 }
 
 #[tokio::test]
