@@ -16,6 +16,7 @@ pub mod report;
 pub mod secret;
 pub mod server;
 pub mod table;
+pub mod text;
 pub mod token_proof;
 pub mod transport;
 

@@ -253,3 +253,143 @@ fn a_request_written_whole_is_never_sent_again_however_soon_the_connection_close
     );
     assert!(server.all_keys_available(), "nothing marked");
 }
+
+#[test]
+fn refused_requests_are_logged_bounded_and_at_a_bounded_rate() {
+    let mock = MockUpstream::start();
+    let test = Test::new().secret(TOKEN).config(&format!(
+        "request_log = \"requests.jsonl\"\naccess_tokens = [\"{TOKEN}\"]\n\
+         [providers.anthropic]\nbase_url = \"{}\"\nkeys = [\"{K1}\"]\n",
+        mock.url()
+    ));
+    let server = test.serve();
+    let long = "a".repeat(8_000);
+    let started = std::time::Instant::now();
+    // A burst from four clients at once, as a hostile page or script would send it.
+    std::thread::scope(|scope| {
+        for thread in 0..4 {
+            let (server, long) = (&server, &long);
+            scope.spawn(move || {
+                let client = client();
+                for round in 0..200 {
+                    let request = if (round + thread) % 2 == 0 {
+                        client.post(server.url(&format!("/nowhere/{long}")))
+                    } else {
+                        client
+                            .post(server.url(&format!("/anthropic/{long}")))
+                            .header("origin", "https://evil.example")
+                    };
+                    let response = request.body("{}").send().unwrap();
+                    let status = response.status().as_u16();
+                    assert!(status == 404 || status == 403, "{status}");
+                    let body = response.text().unwrap();
+                    assert!(!body.contains("configured"), "providers listed: {body}");
+                    assert!(body.len() < 2_000, "the answer echoes the path: {}", body.len());
+                }
+            });
+        }
+    });
+    let seconds = started.elapsed().as_secs() + 1;
+    let client = client();
+    // A refusal in a later second says how many went unlogged.
+    std::thread::sleep(Duration::from_millis(1100));
+    client.post(server.url("/nowhere")).send().unwrap();
+    server.wait_for_log("refused requests not logged (at most 100 a second are)");
+    let log = std::fs::read_to_string(test.path("requests.jsonl")).unwrap();
+    let lines = log.lines().count() as u64;
+    assert!(lines <= 100 * (seconds + 1), "{lines} lines in {seconds}s");
+    assert!(lines >= 100, "{lines}");
+    assert!(
+        log.lines().all(|line| line.len() < 1_000),
+        "a log line copies the path whole"
+    );
+    assert!(log.contains("...[cut]"));
+    assert!(mock.requests().is_empty());
+
+    // With the token, the 404 names the providers.
+    let response = client
+        .post(server.url("/nowhere"))
+        .header("x-aibridge-token", TOKEN)
+        .send()
+        .unwrap();
+    assert!(response.text().unwrap().contains("configured: anthropic"));
+}
+
+#[test]
+fn a_callers_model_name_is_escaped_and_bounded_wherever_it_is_shown() {
+    let mock = MockUpstream::start();
+    mock.on_key(K1, vec![Reply::rate_limited(30)])
+        .on_key(K2, vec![Reply::ok("{}")]);
+    let test = Test::new().config(&format!(
+        "request_log = \"requests.jsonl\"\n[providers.anthropic]\nbase_url = \"{}\"\nkeys = [\"{K1}\", \"{K2}\"]\n",
+        mock.url()
+    ));
+    let server = test.serve();
+    let forged = format!("m\nERROR forged line\u{1b}[2J{}", "x".repeat(10_000));
+    let body = serde_json::json!({"model": forged}).to_string();
+    let response = client()
+        .post(server.url("/anthropic/v1/messages"))
+        .body(body.clone())
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(mock.requests()[0].body, body.as_bytes(), "forwarded as sent");
+    server.wait_for_log("key cooling for");
+    let stderr = server.stderr();
+    assert!(!stderr.contains('\u{1b}'), "a raw escape reached the log");
+    assert!(
+        !stderr.lines().any(|line| line.starts_with("ERROR forged")),
+        "{stderr}"
+    );
+    assert!(stderr.lines().all(|line| line.len() < 1_000), "{stderr}");
+
+    let status = test
+        .run_with(&["pool", "status", "--server", &server.base])
+        .success();
+    assert!(!status.stdout.contains('\u{1b}'), "{}", status.stdout);
+    assert!(status.stdout.contains("m\\nERROR forged line\\u{1b}[2J"), "{}", status.stdout);
+    assert!(status.stdout.len() < 2_000, "{}", status.stdout);
+    let log = crate::serve::wait_for_lines(&test.path("requests.jsonl"), 1);
+    assert!(log[0]["model"].as_str().unwrap().len() < 300);
+}
+
+#[cfg(unix)]
+#[test]
+fn the_request_log_is_private_follows_no_link_and_is_reopened_on_sighup() {
+    use std::os::unix::fs::PermissionsExt;
+    let mock = MockUpstream::start();
+    mock.on_key(K1, vec![Reply::ok("{}")]);
+    let test = Test::new().config(&format!(
+        "request_log = \"requests.jsonl\"\n[providers.anthropic]\nbase_url = \"{}\"\nkeys = [\"{K1}\"]\n",
+        mock.url()
+    ));
+    let log = test.path("requests.jsonl");
+    std::fs::write(&log, "").unwrap();
+    std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let server = test.serve();
+    let mode = std::fs::metadata(&log).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "a world-readable log was left so");
+
+    // logrotate moves the log away, then signals.
+    assert_eq!(server.post_message().status(), 200);
+    crate::serve::wait_for_lines(&log, 1);
+    std::fs::rename(&log, test.path("requests.jsonl.1")).unwrap();
+    server.signal("HUP");
+    server.wait_for_log("configuration reloaded");
+    assert_eq!(server.post_message().status(), 200);
+    let fresh = crate::serve::wait_for_lines(&log, 1);
+    assert_eq!(fresh.len(), 1);
+    let rotated = std::fs::read_to_string(test.path("requests.jsonl.1")).unwrap();
+    assert_eq!(rotated.lines().count(), 1, "the old file got no more lines");
+    drop(server);
+
+    // A link planted at the log's path is not followed.
+    let target = test.path("elsewhere.txt");
+    std::fs::write(&target, "").unwrap();
+    std::fs::remove_file(&log).unwrap();
+    std::os::unix::fs::symlink(&target, &log).unwrap();
+    test.run_with(&["serve", "--listen", "127.0.0.1:0"])
+        .code(2)
+        .one_line_error("it is a symbolic link, which is not followed");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "");
+}

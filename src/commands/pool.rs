@@ -190,7 +190,12 @@ fn state_label(key: &KeyReport) -> String {
                 .map(|cooling| cooling.remaining_secs)
                 .max()
                 .unwrap_or(0);
-            let models: Vec<&str> = key.cooling.keys().map(String::as_str).collect();
+            // Model names are callers' text, and a state file or Redis may be tampered with.
+            let models: Vec<_> = key
+                .cooling
+                .keys()
+                .map(|model| crate::text::shown(model))
+                .collect();
             format!("cooling {} ({})", seconds(longest), models.join(", "))
         }
         (state, _) => state.as_str().to_owned(),

@@ -61,5 +61,7 @@ pub(super) fn model_of(body: &[u8]) -> Option<Box<str>> {
         return None;
     }
     let model = serde_json::from_slice::<Model>(body).ok()?.model?;
-    (!model.is_empty()).then(|| model.into())
+    // The name a model's health goes by, in reports and logs: a caller's text, so bounded
+    // and escaped (the upstream still gets the body as sent).
+    (!model.is_empty()).then(|| crate::text::shown(&model).into())
 }

@@ -452,9 +452,13 @@ impl ApiError {
             | Self::NotFound(message)
             | Self::BadRequest(message)
             | Self::Forbidden { message, .. } => message.clone(),
+            Self::UnknownProvider { name, known } if known.is_empty() => {
+                format!("unknown provider \"{}\"", crate::text::shown(name))
+            }
             Self::UnknownProvider { name, known } => {
                 format!(
-                    "unknown provider \"{name}\"; configured: {}",
+                    "unknown provider \"{}\"; configured: {}",
+                    crate::text::shown(name),
                     known.join(", ")
                 )
             }

@@ -243,6 +243,7 @@ pub struct AppState {
 
 impl AppState {
     fn reload(&self) {
+        self.journal.reopen();
         let reloaded = (self.reload)().and_then(|config| {
             let previous = self.bridge.load();
             keeps_every_pool(&previous, &config)?;

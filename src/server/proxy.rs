@@ -89,7 +89,13 @@ impl<'a> Target<'a> {
             None => rest.to_owned(),
         };
         let Some(upstream) = bridge.upstreams.get(name) else {
-            let api_error = ApiError::unknown_provider(name, &bridge.provider_names());
+            // Only a caller the bridge would serve learns which providers it has.
+            let known = if bridge.authorize(&mut parts.headers.clone()).is_ok() {
+                bridge.provider_names()
+            } else {
+                Vec::new()
+            };
+            let api_error = ApiError::unknown_provider(name, &known);
             let refused = Refused::new(worker, UNKNOWN_PROVIDER, &parts.method, &path_and_query);
             let api = ProviderKind::OpenAi.api();
             return Err(Box::new(refused.answer(

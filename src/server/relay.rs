@@ -100,7 +100,8 @@ impl Completion {
     pub fn failed(&mut self, status: u16, error: &str) {
         self.status = status;
         if let Some(record) = &mut self.record {
-            record.error = Some(error.to_owned());
+            // Bridge-made messages may quote the caller (an unknown provider's name).
+            record.error = Some(crate::text::shown_owned(error));
         }
         self.finish(Outcome::Error);
     }

@@ -15,7 +15,12 @@ pub struct RequestFacts {
 impl RequestFacts {
     /// Reads the request body; anything that is not a JSON object yields no facts.
     pub fn read(body: &[u8]) -> Self {
-        serde_json::from_slice(body).unwrap_or_default()
+        let mut facts: Self = serde_json::from_slice(body).unwrap_or_default();
+        // The caller's own text: bounded and escaped before it reaches the log.
+        if let Some(model) = &mut facts.model {
+            *model = crate::text::shown_owned(model);
+        }
+        facts
     }
 }
 

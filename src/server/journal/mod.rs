@@ -5,6 +5,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
@@ -19,6 +20,8 @@ pub use record::{Outcome, RequestRecord};
 
 enum Entry {
     Line(String),
+    /// Opens the request log again: logrotate moved the old one away.
+    Reopen,
     Dump {
         name: String,
         contents: Vec<u8>,
@@ -32,6 +35,43 @@ pub struct Journal {
     thread: Option<JoinHandle<()>>,
     logging: bool,
     dumping: bool,
+    refusals: RefusalBudget,
+}
+
+/// Refused requests cost a caller nothing to send, so at most [`REFUSALS_LOGGED_PER_SECOND`]
+/// of them are logged each second; the rest are counted and said in one line.
+#[derive(Default)]
+struct RefusalBudget {
+    /// The unix second being counted.
+    second: AtomicU64,
+    logged: AtomicU64,
+    /// Refusals not logged since the last summary.
+    dropped: AtomicU64,
+}
+
+pub const REFUSALS_LOGGED_PER_SECOND: u64 = 100;
+
+impl RefusalBudget {
+    fn admit(&self) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        if self.second.swap(now, Ordering::Relaxed) != now {
+            self.logged.store(0, Ordering::Relaxed);
+            let dropped = self.dropped.swap(0, Ordering::Relaxed);
+            if dropped > 0 {
+                tracing::warn!(
+                    "request log: {dropped} refused requests not logged (at most \
+                     {REFUSALS_LOGGED_PER_SECOND} a second are)"
+                );
+            }
+        }
+        if self.logged.fetch_add(1, Ordering::Relaxed) < REFUSALS_LOGGED_PER_SECOND {
+            return true;
+        }
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        false
+    }
 }
 
 impl Journal {
@@ -43,14 +83,12 @@ impl Journal {
                 thread: None,
                 logging: false,
                 dumping: false,
+                refusals: RefusalBudget::default(),
             });
         }
         let log = request_log
             .map(|path| {
-                private_file()
-                    .create(true)
-                    .append(true)
-                    .open(path)
+                open_log(path)
                     .with_context(|| format!("cannot open request_log {}", path.display()))
             })
             .transpose()?;
@@ -66,6 +104,7 @@ impl Journal {
         let (sender, receiver) = mpsc::channel();
         let dumping = dump_dir.is_some();
         let dump_dir = dump_dir.map(Path::to_path_buf);
+        let log = log.zip(request_log.map(Path::to_path_buf));
         let thread = std::thread::Builder::new()
             .name("aibridge-journal".into())
             .spawn(move || write_entries(receiver, log, dump_dir))
@@ -75,7 +114,21 @@ impl Journal {
             thread: Some(thread),
             logging: request_log.is_some(),
             dumping,
+            refusals: RefusalBudget::default(),
         })
+    }
+
+    /// Whether a request the bridge refused is logged: within the second's budget.
+    pub fn logs_refusal(&self) -> bool {
+        self.logging && self.refusals.admit()
+    }
+
+    /// Opens the request log again (on SIGHUP), so a log that logrotate moved away is
+    /// written afresh at its path.
+    pub fn reopen(&self) {
+        if let (true, Some(sender)) = (self.logging, &self.sender) {
+            let _ = sender.send(Entry::Reopen);
+        }
     }
 
     pub fn logging(&self) -> bool {
@@ -137,11 +190,51 @@ fn private_file() -> OpenOptions {
     options
 }
 
-fn write_entries(receiver: mpsc::Receiver<Entry>, log: Option<File>, dump_dir: Option<PathBuf>) {
+/// The request log, for appending: never through a link someone planted at its path, only
+/// a regular file, and private even when it already existed with a looser mode.
+fn open_log(path: &Path) -> std::io::Result<File> {
+    let mut options = private_file();
+    options.create(true).append(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NOFOLLOW);
+    let file = options.open(path).map_err(|error| {
+        #[cfg(unix)]
+        if error.raw_os_error() == Some(libc::ELOOP) {
+            return std::io::Error::other("it is a symbolic link, which is not followed");
+        }
+        error
+    })?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    #[cfg(unix)]
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    Ok(file)
+}
+
+fn write_entries(
+    receiver: mpsc::Receiver<Entry>,
+    log: Option<(File, PathBuf)>,
+    dump_dir: Option<PathBuf>,
+) {
+    let (log, log_path) = log.unzip();
     let mut log = log.map(BufWriter::new);
     for entry in receiver {
         let written = match (entry, &mut log, &dump_dir) {
             (Entry::Line(line), Some(log), _) => writeln!(log, "{line}").and_then(|()| log.flush()),
+            (Entry::Reopen, Some(current), _) => {
+                let path = log_path.as_deref().expect("a log has a path");
+                match open_log(path) {
+                    Ok(file) => {
+                        *current = BufWriter::new(file);
+                        Ok(())
+                    }
+                    Err(error) => Err(std::io::Error::other(format!(
+                        "cannot reopen {}, still writing to the file it had open: {error}",
+                        path.display()
+                    ))),
+                }
+            }
             (Entry::Dump { name, contents }, _, Some(dir)) => private_file()
                 .write(true)
                 .create_new(true)

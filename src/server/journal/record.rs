@@ -116,7 +116,7 @@ impl RequestRecord {
             id,
             provider: provider.to_owned(),
             method: method.to_string(),
-            path: path.to_owned(),
+            path: crate::text::shown_owned(path),
             route: route.as_str(),
             model: None,
             stream: false,

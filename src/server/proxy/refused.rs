@@ -57,7 +57,7 @@ pub(super) struct Refused {
 impl Refused {
     pub(super) fn new(worker: Worker, provider: &str, method: &Method, path: &str) -> Self {
         let app = worker.app;
-        let record = app.journal.logging().then(|| {
+        let record = app.journal.logs_refusal().then(|| {
             RequestRecord::unanswered(request_id(app), provider, method, path, ApiRoute::Other)
         });
         Self {
