@@ -261,8 +261,13 @@ pub fn parse(text: &str, path: &Path, env: EnvLookup<'_>) -> Result<Config, Conf
     resolve(raw, Some(path.to_path_buf()), &base_dir, env)
 }
 
+/// The largest config file read; a real one is a few KiB.
+const MAX_CONFIG_FILE: u64 = 1024 * 1024;
+
 fn parse_file(path: &Path) -> Result<RawConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|reason| ConfigError::Read {
+    let text = crate::files::read_regular(path, MAX_CONFIG_FILE)
+        .and_then(crate::files::text);
+    let text = text.map_err(|reason| ConfigError::Read {
         path: path.to_path_buf(),
         reason,
     })?;

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod failover;
+pub mod files;
 pub mod health;
 pub mod keypool;
 mod logging;

@@ -7,7 +7,6 @@ pub mod probe_keys;
 pub mod send;
 pub mod serve;
 
-use std::io::Read;
 use std::path::Path;
 
 use anyhow::Context;
@@ -34,11 +33,9 @@ pub fn keys_from_flags(keys: &[String], keys_file: Option<&Path>) -> anyhow::Res
     let mut list: Vec<ApiKey> = keys.iter().map(|key| ApiKey::new(key.as_str())).collect();
     if let Some(path) = keys_file {
         let text = if path.as_os_str() == "-" {
-            let mut text = String::new();
-            std::io::stdin()
-                .read_to_string(&mut text)
-                .context("cannot read keys from stdin")?;
-            text
+            crate::files::read_bounded(std::io::stdin().lock(), config::MAX_KEYS_FILE)
+                .and_then(crate::files::text)
+                .context("cannot read keys from stdin")?
         } else {
             config::read_keys_file(path)
                 .with_context(|| format!("cannot read keys file {}", path.display()))?

@@ -1,7 +1,8 @@
 //! `aibridge send`: one request through the failover walker, the body to stdout and one line
 //! per attempt to stderr, so CI scripts can see which keys were marked.
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Write};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -113,18 +114,16 @@ fn build_request(args: &SendArgs, provider: &ProviderConfig) -> anyhow::Result<O
     Ok(OutboundRequest::new(method, path_and_query, headers, body))
 }
 
+/// The largest body `send` reads from a file or stdin: `serve`'s default `max_body_size`.
+const MAX_SENT_BODY: u64 = 32 * 1024 * 1024;
+
 fn read_body(data: Option<&str>) -> anyhow::Result<Bytes> {
     let bytes = match data {
         None => Vec::new(),
-        Some("@-") => {
-            let mut buffer = Vec::new();
-            std::io::stdin()
-                .read_to_end(&mut buffer)
-                .context("cannot read the request body from stdin")?;
-            buffer
-        }
+        Some("@-") => crate::files::read_bounded(std::io::stdin().lock(), MAX_SENT_BODY)
+            .context("cannot read the request body from stdin")?,
         Some(text) => match text.strip_prefix('@') {
-            Some(path) => std::fs::read(path)
+            Some(path) => crate::files::read_regular(Path::new(path), MAX_SENT_BODY)
                 .with_context(|| format!("cannot read request body from {path}"))?,
             None => text.as_bytes().to_vec(),
         },

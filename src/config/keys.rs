@@ -10,26 +10,7 @@ pub const MAX_KEYS_FILE: u64 = 1024 * 1024;
 /// Reads a keys file, refusing what is not a regular file (`/dev/zero`, a FIFO, a directory)
 /// or is larger than [`MAX_KEYS_FILE`], rather than hang or fill memory.
 pub fn read_keys_file(path: &Path) -> std::io::Result<String> {
-    use std::io::Read;
-    let mut options = std::fs::OpenOptions::new();
-    options.read(true);
-    // Opening a FIFO would wait for a writer: refuse it instead.
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
-    let file = options.open(path)?;
-    let metadata = file.metadata()?;
-    if !metadata.is_file() {
-        return Err(std::io::Error::other("not a regular file"));
-    }
-    let mut text = String::new();
-    file.take(MAX_KEYS_FILE + 1).read_to_string(&mut text)?;
-    if text.len() as u64 > MAX_KEYS_FILE {
-        return Err(std::io::Error::other(format!(
-            "larger than {} KiB",
-            MAX_KEYS_FILE / 1024
-        )));
-    }
-    Ok(text)
+    crate::files::text(crate::files::read_regular(path, MAX_KEYS_FILE)?)
 }
 
 /// Keys from a keys file: one per line; blank lines and comments are skipped. A comment

@@ -109,7 +109,7 @@ fn keys_files_that_are_not_regular_files_or_too_large_are_refused() {
     assert_eq!(refused(Path::new("/dev/zero")), "not a regular file");
     let large = dir.path().join("large.txt");
     std::fs::write(&large, "k".repeat(MAX_KEYS_FILE as usize + 1)).unwrap();
-    assert_eq!(refused(&large), "larger than 1024 KiB");
+    assert_eq!(refused(&large), "larger than 1.0 MiB");
     let fine = dir.path().join("keys.txt");
     std::fs::write(&fine, "sk-one-1234567890\n").unwrap();
     assert_eq!(read_keys_file(&fine).unwrap(), "sk-one-1234567890\n");

@@ -19,6 +19,10 @@ use crate::keypool::{DisableReason, KeyState, Pool, StateKind, from_unix_ms, to_
 
 const VERSION: u32 = 1;
 
+/// The largest state file read: far past what the caps on keys and models let one grow to
+/// in practice, and small enough that a device or a runaway file cannot fill memory.
+const MAX_STATE_FILE: u64 = 64 * 1024 * 1024;
+
 /// The whole file: provider name -> key fingerprint -> record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -324,8 +328,10 @@ impl StateStore {
     }
 
     /// Reads the file; a corrupt one is moved aside with a warning and an empty state returned.
+    /// Something that is not a regular file (a FIFO, a device) is an error, and is never
+    /// moved or replaced.
     fn read_or_reset(&self) -> Result<StateFile, StateError> {
-        let bytes = match fs::read(&self.path) {
+        let bytes = match crate::files::read_regular(&self.path, MAX_STATE_FILE) {
             Ok(bytes) => bytes,
             Err(error) if error.kind() == io::ErrorKind::NotFound => {
                 return Ok(StateFile::default());
