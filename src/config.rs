@@ -69,6 +69,14 @@ pub struct ServeSettings {
     pub client_timeout: Duration,
     /// The longest a client connection may sit idle between requests.
     pub client_idle_timeout: Duration,
+    /// The longest a new client connection may take to send its first byte: a silent socket
+    /// holds a descriptor for nothing.
+    pub client_first_byte_timeout: Duration,
+    /// The most connections one client address may hold open; 0 = no cap.
+    pub max_connections_per_ip: usize,
+    /// Whether the per-address cap applies to loopback clients too (by default it does not:
+    /// on this machine they are the local clients the bridge is for).
+    pub cap_loopback_clients: bool,
     /// The most client connections served at once; more are refused at once.
     pub max_connections: usize,
     /// How long an upstream connection may sit unused before it is closed; below the idle
@@ -90,6 +98,9 @@ impl Default for ServeSettings {
             allowed_origins: Vec::new(),
             client_timeout: Duration::from_secs(60),
             client_idle_timeout: Duration::from_secs(120),
+            client_first_byte_timeout: Duration::from_secs(5),
+            max_connections_per_ip: 256,
+            cap_loopback_clients: false,
             max_connections: 10_000,
             upstream_idle_timeout: crate::transport::DEFAULT_UPSTREAM_IDLE_TIMEOUT,
         }
@@ -199,6 +210,10 @@ struct RawConfig {
     client_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     client_idle_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    client_first_byte_timeout: Option<Duration>,
+    max_connections_per_ip: Option<usize>,
+    cap_loopback_clients: Option<bool>,
     max_connections: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     upstream_idle_timeout: Option<Duration>,
@@ -265,8 +280,7 @@ pub fn parse(text: &str, path: &Path, env: EnvLookup<'_>) -> Result<Config, Conf
 const MAX_CONFIG_FILE: u64 = 1024 * 1024;
 
 fn parse_file(path: &Path) -> Result<RawConfig, ConfigError> {
-    let text = crate::files::read_regular(path, MAX_CONFIG_FILE)
-        .and_then(crate::files::text);
+    let text = crate::files::read_regular(path, MAX_CONFIG_FILE).and_then(crate::files::text);
     let text = text.map_err(|reason| ConfigError::Read {
         path: path.to_path_buf(),
         reason,
@@ -433,6 +447,15 @@ fn resolve_serve(
         client_idle_timeout: raw
             .client_idle_timeout
             .unwrap_or(defaults.client_idle_timeout),
+        client_first_byte_timeout: raw
+            .client_first_byte_timeout
+            .unwrap_or(defaults.client_first_byte_timeout),
+        max_connections_per_ip: raw
+            .max_connections_per_ip
+            .unwrap_or(defaults.max_connections_per_ip),
+        cap_loopback_clients: raw
+            .cap_loopback_clients
+            .unwrap_or(defaults.cap_loopback_clients),
         max_connections: raw.max_connections.unwrap_or(defaults.max_connections),
         upstream_idle_timeout: raw
             .upstream_idle_timeout
@@ -448,6 +471,13 @@ fn resolve_serve(
         .or_else(|| zero("stream_idle_timeout", settings.stream_idle_timeout))
         .or_else(|| zero("client_timeout", settings.client_timeout))
         .or_else(|| zero("client_idle_timeout", settings.client_idle_timeout))
+        .or_else(|| {
+            zero(
+                "client_first_byte_timeout",
+                settings.client_first_byte_timeout,
+            )
+        })
+        .or_else(|| zero("upstream_idle_timeout", settings.upstream_idle_timeout))
     {
         return Err(error);
     }

@@ -11,7 +11,9 @@ use http::{HeaderMap, Uri};
 use http_body_util::Full;
 
 use crate::health::Observation;
-use crate::keypool::{AttemptLimit, DisableReason, Exhausted, ExhaustionKind, KeyState, Mark, MarkOutcome};
+use crate::keypool::{
+    AttemptLimit, DisableReason, Exhausted, ExhaustionKind, KeyState, Mark, MarkOutcome,
+};
 use crate::provider::{is_quota_error, may_signal_quota};
 use crate::secret::ApiKey;
 use crate::transport::{self, HttpClient, Response, ResponseBody, Reuse};

@@ -63,7 +63,12 @@ mod tests {
         );
         for path in [fifo.as_path(), Path::new("/dev/zero"), dir.path()] {
             let error = read_regular(path, 1024).unwrap_err();
-            assert_eq!(error.to_string(), "not a regular file", "{}", path.display());
+            assert_eq!(
+                error.to_string(),
+                "not a regular file",
+                "{}",
+                path.display()
+            );
         }
     }
 }

@@ -60,7 +60,11 @@ mod tests {
     fn long_text_is_cut_and_marked() {
         let long = "é".repeat(10_000);
         let cut = shown(&long);
-        assert!(cut.len() <= SHOWN_LIMIT + 2 + CUT_MARK.len(), "{}", cut.len());
+        assert!(
+            cut.len() <= SHOWN_LIMIT + 2 + CUT_MARK.len(),
+            "{}",
+            cut.len()
+        );
         assert!(cut.ends_with(CUT_MARK));
         let escapes = "\u{1b}".repeat(1_000);
         assert!(shown(&escapes).len() <= SHOWN_LIMIT + 8 + CUT_MARK.len());

@@ -69,10 +69,17 @@ mod tests {
         assert_ne!(challenge, new_challenge().unwrap(), "fresh each time");
         let right = prove(&token, &challenge);
         assert!(proves(&right, &token, &challenge));
-        assert!(proves(&format!("{}, {right}", prove(&other, &challenge)), &token, &challenge));
+        assert!(proves(
+            &format!("{}, {right}", prove(&other, &challenge)),
+            &token,
+            &challenge
+        ));
         assert!(!proves(&prove(&other, &challenge), &token, &challenge));
         let replayed = new_challenge().unwrap();
-        assert!(!proves(&right, &token, &replayed), "a proof fits one challenge");
+        assert!(
+            !proves(&right, &token, &replayed),
+            "a proof fits one challenge"
+        );
         assert!(!proves("", &token, &challenge));
         assert!(!proves("zz, ,", &token, &challenge));
         assert!(!right.contains(token.expose()));

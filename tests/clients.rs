@@ -121,7 +121,10 @@ fn a_streaming_answer_that_pauses_is_never_idle_or_slow() {
     let mut rest = String::new();
     stream.read_to_string(&mut rest).ok();
     let whole = String::from_utf8_lossy(&seen).into_owned() + &rest;
-    assert!(whole.contains("message_stop"), "the stream was cut:\n{whole}");
+    assert!(
+        whole.contains("message_stop"),
+        "the stream was cut:\n{whole}"
+    );
     assert!(!whole.contains("event: error"), "{whole}");
     assert_eq!(mock.streams().finished, 1);
 }
@@ -220,4 +223,82 @@ fn two_thousand_slowloris_connections_do_not_lock_out_a_real_client() {
     assert_eq!(response.status(), 200);
     assert_eq!(mock.requests().len(), 1);
     drop(slowloris);
+}
+
+#[test]
+fn a_silent_new_connection_is_closed_after_the_first_byte_timeout() {
+    let mock = MockUpstream::start();
+    let server = bridge(&mock, "client_first_byte_timeout = \"400ms\"").serve();
+    let mut silent = TcpStream::connect(server.address()).unwrap();
+    let mut prompt = TcpStream::connect(server.address()).unwrap();
+    assert!(exchange(&mut prompt).starts_with("HTTP/1.1 200"));
+    let started = Instant::now();
+    assert!(closed_within(&mut silent, Duration::from_secs(3)));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // A connection that has spoken is idle now, not silent: it lasts client_idle_timeout.
+    assert!(!closed_within(&mut prompt, Duration::from_millis(800)));
+    assert!(exchange(&mut prompt).starts_with("HTTP/1.1 200"));
+}
+
+#[test]
+fn one_address_holds_at_most_max_connections_per_ip() {
+    let mock = MockUpstream::start();
+    let server = bridge(
+        &mock,
+        "max_connections_per_ip = 2\ncap_loopback_clients = true",
+    )
+    .serve();
+    let mut first = TcpStream::connect(server.address()).unwrap();
+    let mut second = TcpStream::connect(server.address()).unwrap();
+    assert!(exchange(&mut first).starts_with("HTTP/1.1 200"));
+    let mut third = TcpStream::connect(server.address()).unwrap();
+    assert!(
+        closed_within(&mut third, Duration::from_secs(2)),
+        "a third was kept"
+    );
+    assert!(exchange(&mut second).starts_with("HTTP/1.1 200"));
+    drop(first);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut again = TcpStream::connect(server.address()).unwrap();
+    assert!(exchange(&mut again).starts_with("HTTP/1.1 200"));
+    drop((second, again));
+    std::thread::sleep(Duration::from_millis(200));
+    let refused = refused_connections(&server);
+    assert!(refused.ends_with(" 1"), "{refused}");
+
+    // Loopback clients are not capped unless asked.
+    let open = bridge(&mock, "max_connections_per_ip = 1").serve();
+    let mut held: Vec<_> = (0..3)
+        .map(|_| TcpStream::connect(open.address()).unwrap())
+        .collect();
+    for stream in &mut held {
+        assert!(exchange(stream).starts_with("HTTP/1.1 200"));
+    }
+}
+
+#[test]
+fn a_request_head_larger_than_64_kib_is_refused() {
+    let mock = MockUpstream::start();
+    let server = bridge(&mock, "").serve();
+    for (size, expected) in [(30_000, "HTTP/1.1 200"), (70_000, "HTTP/1.1 431")] {
+        let mut stream = TcpStream::connect(server.address()).unwrap();
+        write!(
+            stream,
+            "{HEAD}x-filler: {}\r\ncontent-length: 2\r\n\r\n{{}}",
+            "f".repeat(size)
+        )
+        .unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut answer = [0u8; 64];
+        let read = stream.read(&mut answer).unwrap();
+        let answer = String::from_utf8_lossy(&answer[..read]);
+        assert!(answer.starts_with(expected), "{size}: {answer}");
+    }
+    assert_eq!(mock.requests().len(), 1);
 }

@@ -218,12 +218,24 @@ fn entries_of_the_wrong_type_are_skipped_and_the_rest_still_count() {
     ci.run_with(&["send", "-d", &message(OPUS)]).success();
     // Another program's keys, or a hand-made mistake, under the prefix.
     redis.command(&["SET", "aibridge:key:anthropic:00000000000000ff", "garbage"]);
-    redis.command(&["HSET", "aibridge:cooling:anthropic:00000000000000ee", "a", "b"]);
-    redis.command(&["HSET", "aibridge:disabled:anthropic:00000000000000dd", "a", "\x1b[31m"]);
+    redis.command(&[
+        "HSET",
+        "aibridge:cooling:anthropic:00000000000000ee",
+        "a",
+        "b",
+    ]);
+    redis.command(&[
+        "HSET",
+        "aibridge:disabled:anthropic:00000000000000dd",
+        "a",
+        "\x1b[31m",
+    ]);
 
     let status = ci.run_with(&["pool", "status", "--json"]).success();
     assert!(
-        status.stderr.contains("skipped 3 unreadable Redis entries (first: aibridge:"),
+        status
+            .stderr
+            .contains("skipped 3 unreadable Redis entries (first: aibridge:"),
         "{}",
         status.stderr
     );

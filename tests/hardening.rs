@@ -97,16 +97,30 @@ fn pool_commands_never_hand_the_token_to_a_stranger_on_the_listen_port() {
     }
     let seen = received.lock().unwrap().clone();
     assert!(seen.contains("x-aibridge-challenge"), "{seen}");
-    assert!(!seen.contains(TOKEN), "the token reached a stranger:\n{seen}");
+    assert!(
+        !seen.contains(TOKEN),
+        "the token reached a stranger:\n{seen}"
+    );
 
     // A redirect leads the token nowhere either.
     let (elsewhere, followed) = stranger("200 OK", "");
     let location = format!("location: http://127.0.0.1:{elsewhere}/_aibridge/pool\r\n");
     let (port, redirected) = stranger("307 Temporary Redirect", &location);
     let test = with_token_listening_on(port);
-    test.run_with(&["pool", "status", "--server", &format!("http://127.0.0.1:{port}")]);
-    assert!(followed.lock().unwrap().is_empty(), "a redirect was followed");
-    assert!(redirected.lock().unwrap().contains(TOKEN), "--server names a trusted server");
+    test.run_with(&[
+        "pool",
+        "status",
+        "--server",
+        &format!("http://127.0.0.1:{port}"),
+    ]);
+    assert!(
+        followed.lock().unwrap().is_empty(),
+        "a redirect was followed"
+    );
+    assert!(
+        redirected.lock().unwrap().contains(TOKEN),
+        "--server names a trusted server"
+    );
 }
 
 #[test]
@@ -121,7 +135,9 @@ fn pool_commands_send_the_token_to_a_server_that_proves_it_holds_it() {
     let test = with_token_listening_on(server.address().port());
     let output = test.run_with(&["pool", "status"]).success();
     assert!(
-        output.stdout.starts_with(&format!("source: server {}", server.base)),
+        output
+            .stdout
+            .starts_with(&format!("source: server {}", server.base)),
         "{}",
         output.stdout
     );
@@ -140,10 +156,10 @@ fn pool_commands_send_the_token_to_a_server_that_proves_it_holds_it() {
         .run_with(&["pool", "status"])
         .code(2)
         .one_line_error(&format!(
-        "the server on {0} did not prove it holds the access token, so the token was not \
+            "the server on {0} did not prove it holds the access token, so the token was not \
          sent; if that server is yours, name it with --server {0}",
-        server.base
-    ));
+            server.base
+        ));
 }
 
 #[test]
@@ -245,7 +261,10 @@ fn a_request_written_whole_is_never_sent_again_however_soon_the_connection_close
     assert_eq!(second.headers()["x-aibridge-attempts"], "1");
     let body: serde_json::Value = second.json().unwrap();
     let message = body["error"]["message"].as_str().unwrap();
-    assert!(message.contains("may have reached the provider"), "{message}");
+    assert!(
+        message.contains("may have reached the provider"),
+        "{message}"
+    );
     assert_eq!(
         *bodies.lock().unwrap(),
         ["{}", r#"{"model":"m","n":2}"#],
@@ -284,7 +303,11 @@ fn refused_requests_are_logged_bounded_and_at_a_bounded_rate() {
                     assert!(status == 404 || status == 403, "{status}");
                     let body = response.text().unwrap();
                     assert!(!body.contains("configured"), "providers listed: {body}");
-                    assert!(body.len() < 2_000, "the answer echoes the path: {}", body.len());
+                    assert!(
+                        body.len() < 2_000,
+                        "the answer echoes the path: {}",
+                        body.len()
+                    );
                 }
             });
         }
@@ -334,7 +357,11 @@ fn a_callers_model_name_is_escaped_and_bounded_wherever_it_is_shown() {
         .send()
         .unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(mock.requests()[0].body, body.as_bytes(), "forwarded as sent");
+    assert_eq!(
+        mock.requests()[0].body,
+        body.as_bytes(),
+        "forwarded as sent"
+    );
     server.wait_for_log("key cooling for");
     let stderr = server.stderr();
     assert!(!stderr.contains('\u{1b}'), "a raw escape reached the log");
@@ -348,7 +375,11 @@ fn a_callers_model_name_is_escaped_and_bounded_wherever_it_is_shown() {
         .run_with(&["pool", "status", "--server", &server.base])
         .success();
     assert!(!status.stdout.contains('\u{1b}'), "{}", status.stdout);
-    assert!(status.stdout.contains("m\\nERROR forged line\\u{1b}[2J"), "{}", status.stdout);
+    assert!(
+        status.stdout.contains("m\\nERROR forged line\\u{1b}[2J"),
+        "{}",
+        status.stdout
+    );
     assert!(status.stdout.len() < 2_000, "{}", status.stdout);
     let log = crate::serve::wait_for_lines(&test.path("requests.jsonl"), 1);
     assert!(log[0]["model"].as_str().unwrap().len() < 300);

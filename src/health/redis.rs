@@ -15,8 +15,8 @@ use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, SystemTime};
 
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
-use redis::{RedisError, RedisResult};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub};
+use redis::{RedisError, RedisResult};
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
@@ -174,7 +174,7 @@ impl RedisHealth {
         let mut state = StateFile::default();
         let now = SystemTime::now();
         for ((_, name), meta) in meta_values {
-            let record = record_of(&mut state, &name);
+            let record = record_of(&mut state, name);
             if let Some(hint) = meta.get("hint") {
                 record.hint.clone_from(hint);
             }
@@ -189,7 +189,7 @@ impl RedisHealth {
             match name.kind {
                 Kind::Disabled => {
                     if let Some(reason) = DisableReason::from_name(&value) {
-                        record_of(&mut state, &name).state = RecordedState::Disabled { reason };
+                        record_of(&mut state, name).state = RecordedState::Disabled { reason };
                     }
                 }
                 Kind::Cooling => {
@@ -200,7 +200,7 @@ impl RedisHealth {
                         continue;
                     }
                     let model = name.model.clone();
-                    let record = record_of(&mut state, &name);
+                    let record = record_of(&mut state, name);
                     match model {
                         Some(model) => {
                             record.cooling.insert(model, ModelRecord { until });

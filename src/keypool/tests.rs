@@ -401,7 +401,11 @@ fn attempt_limit_is_named_in_the_message() {
         "4 of 7 keys tried for model \"opus\", each rate-limited or disabled; stopped after \
          max_attempts (4); the 3 keys not tried are ready for a retry"
     );
-    assert_eq!(exhausted.retry_after_secs(), 1, "a retry goes to the untried keys");
+    assert_eq!(
+        exhausted.retry_after_secs(),
+        1,
+        "a retry goes to the untried keys"
+    );
 }
 
 #[test]

@@ -6,6 +6,9 @@
 //! landed. So one task accepts, and hands each connection to the worker with the fewest
 //! open.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use tokio::net::TcpListener;
@@ -16,6 +19,69 @@ pub struct Accepted {
     pub stream: std::net::TcpStream,
     /// Counts the connection as open on its worker until dropped.
     pub open: OpenConnection,
+    /// Counts the connection against its client's address until dropped.
+    pub address: Option<AddressSlot>,
+}
+
+/// Open connections per client address, so one client cannot take every descriptor.
+#[derive(Debug)]
+pub struct AddressCap {
+    /// The most connections one address may hold; 0 = no cap.
+    limit: usize,
+    cap_loopback: bool,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl AddressCap {
+    pub fn new(limit: usize, cap_loopback: bool) -> Self {
+        Self {
+            limit,
+            cap_loopback,
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A slot for one more connection from `address`: `Ok(None)` when the address is not
+    /// capped, `Err(())` when it holds its limit already.
+    pub fn admit(&'static self, address: IpAddr) -> Result<Option<AddressSlot>, ()> {
+        if self.limit == 0 || (address.is_loopback() && !self.cap_loopback) {
+            return Ok(None);
+        }
+        let mut open = self
+            .open
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let count = open.entry(address).or_insert(0);
+        if *count >= self.limit {
+            return Err(());
+        }
+        *count += 1;
+        Ok(Some(AddressSlot { cap: self, address }))
+    }
+}
+
+/// One connection counted against its client's address; dropping it gives the slot back.
+#[derive(Debug)]
+pub struct AddressSlot {
+    cap: &'static AddressCap,
+    address: IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .cap
+            .open
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if let Some(count) = open.get_mut(&self.address) {
+            *count -= 1;
+            // Gone once unused, so addresses that come and go cannot grow the map.
+            if *count == 0 {
+                open.remove(&self.address);
+            }
+        }
+    }
 }
 
 /// Open connections per worker.
@@ -84,35 +150,40 @@ impl Drop for OpenConnection {
 }
 
 /// Accepts until dropped (which closes the socket), handing each connection to a worker;
-/// past `cap` open connections, a new one is closed at once, so the descriptors left serve
-/// the connections already open.
+/// past `cap` open connections, or its address's cap, a new one is closed at once, so the
+/// descriptors left serve the connections already open.
 pub async fn hand_out_connections(
     listener: TcpListener,
     balancer: &'static Balancer,
+    addresses: &'static AddressCap,
     workers: Vec<UnboundedSender<Accepted>>,
     cap: usize,
 ) {
     let mut workers: Vec<Option<_>> = workers.into_iter().map(Some).collect();
     loop {
-        let Some(stream) = accept(&listener).await else {
+        let Some((stream, peer)) = accept(&listener).await else {
             continue;
         };
-        if balancer.open_connections().sum::<usize>() >= cap {
-            balancer.refused.fetch_add(1, Ordering::Relaxed);
-            drop(stream);
-            continue;
-        }
-        if hand_over(stream, balancer, &mut workers).is_none() {
+        let address = match addresses.admit(peer) {
+            Ok(slot) if balancer.open_connections().sum::<usize>() < cap => slot,
+            _ => {
+                balancer.refused.fetch_add(1, Ordering::Relaxed);
+                drop(stream);
+                continue;
+            }
+        };
+        if hand_over(stream, address, balancer, &mut workers).is_none() {
             tracing::error!("every worker has stopped; no longer accepting connections");
             return;
         }
     }
 }
 
-/// The next connection, ready to be registered with a worker's runtime.
-async fn accept(listener: &TcpListener) -> Option<std::net::TcpStream> {
-    let stream = match listener.accept().await {
-        Ok((stream, _)) => stream,
+/// The next connection and its client's address, ready to be registered with a worker's
+/// runtime.
+async fn accept(listener: &TcpListener) -> Option<(std::net::TcpStream, IpAddr)> {
+    let (stream, peer) = match listener.accept().await {
+        Ok(accepted) => accepted,
         Err(error) => {
             pause_after_accept_error(&error).await;
             return None;
@@ -120,16 +191,18 @@ async fn accept(listener: &TcpListener) -> Option<std::net::TcpStream> {
     };
     // Small answers must not wait on Nagle's algorithm.
     let _ = stream.set_nodelay(true);
-    stream
+    let stream = stream
         .into_std()
         .inspect_err(|error| tracing::warn!("cannot hand over a connection: {error}"))
-        .ok()
+        .ok()?;
+    Some((stream, peer.ip()))
 }
 
 /// Sends `stream` to the least busy worker still serving. A worker whose inbox has closed
 /// is passed over from then on; `None` when no worker is left.
 fn hand_over(
     mut stream: std::net::TcpStream,
+    mut address: Option<AddressSlot>,
     balancer: &'static Balancer,
     workers: &mut [Option<UnboundedSender<Accepted>>],
 ) -> Option<()> {
@@ -137,12 +210,17 @@ fn hand_over(
         let open = balancer.assign(|worker| workers[worker].is_some())?;
         let worker = open.worker();
         let inbox = workers[worker].as_ref()?;
-        match inbox.send(Accepted { stream, open }) {
+        match inbox.send(Accepted {
+            stream,
+            open,
+            address,
+        }) {
             Ok(()) => return Some(()),
             Err(returned) => {
                 tracing::error!("worker {worker} has stopped; the others take its share");
                 workers[worker] = None;
                 stream = returned.0.stream;
+                address = returned.0.address;
             }
         }
     }
@@ -208,6 +286,34 @@ mod tests {
     }
 
     #[test]
+    fn an_address_holds_at_most_its_cap_and_loopback_is_exempt_unless_asked() {
+        let cap: &'static AddressCap = Box::leak(Box::new(AddressCap::new(2, false)));
+        let remote: IpAddr = "192.0.2.7".parse().unwrap();
+        let slots = [cap.admit(remote).unwrap(), cap.admit(remote).unwrap()];
+        assert!(cap.admit(remote).is_err(), "a third is refused");
+        assert!(cap.admit("192.0.2.8".parse().unwrap()).unwrap().is_some());
+        for _ in 0..5 {
+            assert!(cap.admit("127.0.0.1".parse().unwrap()).unwrap().is_none());
+        }
+        drop(slots);
+        assert!(
+            cap.admit(remote).unwrap().is_some(),
+            "closed ones give slots back"
+        );
+        assert_eq!(
+            cap.open.lock().unwrap().len(),
+            0,
+            "unused addresses are forgotten"
+        );
+
+        let strict: &'static AddressCap = Box::leak(Box::new(AddressCap::new(1, true)));
+        let _held = strict.admit("::1".parse().unwrap()).unwrap();
+        assert!(strict.admit("::1".parse().unwrap()).is_err());
+        let none: &'static AddressCap = Box::leak(Box::new(AddressCap::new(0, true)));
+        assert!(none.admit(remote).unwrap().is_none(), "0 = no cap");
+    }
+
+    #[test]
     fn stopped_workers_are_passed_over() {
         let balancer = balancer(3);
         let serving = |worker| worker != 1;
@@ -225,9 +331,11 @@ mod tests {
         let address = listener.local_addr().unwrap();
         let (stopped, _) = tokio::sync::mpsc::unbounded_channel();
         let (serving, mut inbox) = tokio::sync::mpsc::unbounded_channel();
+        let addresses = Box::leak(Box::new(AddressCap::new(0, false)));
         tokio::spawn(hand_out_connections(
             listener,
             balancer,
+            addresses,
             vec![stopped, serving],
             usize::MAX,
         ));

@@ -1,7 +1,9 @@
-//! Slow and idle clients. A connection may not take longer than `client_timeout` to send a
-//! request's headers once it has started to (1,000 half-sent headers would otherwise hold
-//! 1,000 descriptors for ever), nor sit idle between requests longer than
-//! `client_idle_timeout`. Request bodies that stall are the proxy's to time out.
+//! Slow and idle clients. A new connection may not take longer than
+//! `client_first_byte_timeout` to send its first byte (10,000 silent sockets would otherwise
+//! hold 10,000 descriptors for two minutes), nor longer than `client_timeout` to send a
+//! request's headers once it has started to, nor sit idle between requests longer than
+//! `client_idle_timeout`. A connection whose answer is streaming is none of these. Request
+//! bodies that stall are the proxy's to time out.
 //!
 //! hyper's own header timer also runs while a keep-alive connection waits for its next
 //! request, so it cannot tell the two limits apart. Here each connection notes its activity
@@ -11,7 +13,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -24,6 +26,8 @@ pub struct ClientLimits {
     pub headers: Duration,
     /// The longest a connection may sit with no request and no byte either way.
     pub idle: Duration,
+    /// The longest a new connection may take to send its first byte.
+    pub first_byte: Duration,
 }
 
 /// Milliseconds since the worker started, advanced on its timer tick.
@@ -74,11 +78,14 @@ pub struct Activity {
     last_ms: AtomicU64,
     /// When the first byte of a request's head arrived; `NO_HEAD` when none is arriving.
     head_since_ms: AtomicU64,
+    /// No byte has arrived yet.
+    silent: AtomicBool,
 }
 
 /// Why a connection was closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Closed {
+    Silent,
     SlowHeaders,
     Idle,
 }
@@ -91,11 +98,13 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             last_ms: AtomicU64::new(now),
             head_since_ms: AtomicU64::new(NO_HEAD),
+            silent: AtomicBool::new(true),
         })
     }
 
     fn read(&self) {
         let now = self.clock.now_ms();
+        self.silent.store(false, Ordering::Relaxed);
         self.last_ms.store(now, Ordering::Relaxed);
         if self.in_flight.load(Ordering::Relaxed) == 0
             && self.head_since_ms.load(Ordering::Relaxed) == NO_HEAD
@@ -122,6 +131,14 @@ impl Activity {
             return None;
         }
         let head = self.head_since_ms.load(Ordering::Relaxed);
+        if self.silent.load(Ordering::Relaxed) {
+            // Nothing was written before the first read: `last_ms` is when it opened.
+            let opened = self.last_ms.load(Ordering::Relaxed);
+            return Some((
+                opened + limits.first_byte.as_millis() as u64,
+                Closed::Silent,
+            ));
+        }
         Some(if head == NO_HEAD {
             let last = self.last_ms.load(Ordering::Relaxed);
             (last + limits.idle.as_millis() as u64, Closed::Idle)
@@ -192,7 +209,8 @@ pub async fn past_limits(
     limits: ClientLimits,
     serving: &tokio::task::AbortHandle,
 ) -> Option<Closed> {
-    let recheck = (limits.headers.min(limits.idle) / 4).as_millis() as u64;
+    let shortest = limits.headers.min(limits.idle).min(limits.first_byte);
+    let recheck = (shortest / 4).as_millis() as u64;
     loop {
         if serving.is_finished() {
             return None;
@@ -328,7 +346,24 @@ mod tests {
         ClientLimits {
             headers: Duration::from_secs(60),
             idle: Duration::from_secs(120),
+            first_byte: Duration::from_secs(5),
         }
+    }
+
+    #[test]
+    fn a_silent_new_connection_is_due_after_the_first_byte_limit() {
+        let activity = activity_at(1_000);
+        assert_eq!(
+            activity.deadline_ms(limits()),
+            Some((6_000, Closed::Silent))
+        );
+        set(&activity, 2_000);
+        activity.read();
+        assert_eq!(
+            activity.deadline_ms(limits()),
+            Some((62_000, Closed::SlowHeaders)),
+            "once a byte came, the head has client_timeout"
+        );
     }
 
     fn activity_at(ms: u64) -> Arc<Activity> {
@@ -344,6 +379,7 @@ mod tests {
     #[test]
     fn an_idle_connection_is_due_after_the_idle_limit() {
         let activity = activity_at(1_000);
+        activity.silent.store(false, Ordering::Relaxed);
         assert_eq!(
             activity.deadline_ms(limits()),
             Some((121_000, Closed::Idle))

@@ -49,10 +49,14 @@ use crate::keypool::{Clock, SystemClock};
 use crate::provider::{ApiError, CREDENTIAL_HEADERS, credential_in};
 use crate::transport::HttpClient;
 
-use accept::{Accepted, Balancer};
+use accept::{Accepted, AddressCap, Balancer};
 pub use journal::Journal;
 use lifecycle::{Signals, print_banner, wait_for_workers};
 use metrics::Metrics;
+
+/// The largest request head (HTTP/1) or header list (HTTP/2) a client may send; larger heads
+/// are answered 431.
+const MAX_REQUEST_HEAD: usize = 64 * 1024;
 
 /// How long in-flight requests may run on after SIGINT/SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -237,6 +241,8 @@ pub struct AppState {
     reload: ConfigLoader,
     workers: usize,
     balancer: Balancer,
+    /// Open connections per client address.
+    addresses: AddressCap,
     /// Whether the listener is on a loopback address (see [`guard`]).
     loopback: bool,
 }
@@ -328,6 +334,10 @@ pub fn run(config: Config, options: ServerOptions) -> anyhow::Result<()> {
         reload,
         workers,
         balancer: Balancer::new(workers),
+        addresses: AddressCap::new(
+            config.serve.max_connections_per_ip,
+            config.serve.cap_loopback_clients,
+        ),
         loopback: address.ip().is_loopback(),
     });
     let (inboxes, worker_results) = start_workers(app)?;
@@ -340,6 +350,7 @@ pub fn run(config: Config, options: ServerOptions) -> anyhow::Result<()> {
         let accepting = tokio::spawn(accept::hand_out_connections(
             listener,
             &app.balancer,
+            &app.addresses,
             inboxes,
             connection_cap,
         ));
@@ -441,7 +452,12 @@ fn serve_worker(
         let clock = Arc::new(clients::CoarseClock::new());
         tokio::spawn(keep_timer_wakeups_near(clock.clone()));
         let connections = GracefulShutdown::new();
-        while let Some(Accepted { stream, open }) = accepted.recv().await {
+        while let Some(Accepted {
+            stream,
+            open,
+            address,
+        }) = accepted.recv().await
+        {
             let stream = match tokio::net::TcpStream::from_std(stream) {
                 Ok(stream) => stream,
                 Err(error) => {
@@ -453,6 +469,7 @@ fn serve_worker(
             let limits = clients::ClientLimits {
                 headers: settings.client_timeout,
                 idle: settings.client_idle_timeout,
+                first_byte: settings.client_first_byte_timeout,
             };
             let activity = clients::Activity::new(clock.clone());
             let operator_routes = operator_routes.clone();
@@ -461,14 +478,19 @@ fn serve_worker(
                 dispatch(worker, operator_routes.clone(), request, noted.request())
             });
             let io = TokioIo::new(clients::Tracked::new(stream, activity.clone()));
-            let connection = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(io, service)
-                .into_owned();
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            // A request head as large as real clients send, and no larger: 3,000 slow heads
+            // of 400 KB would otherwise hold 1.2 GB.
+            builder.http1().max_buf_size(MAX_REQUEST_HEAD);
+            builder
+                .http2()
+                .max_header_list_size(MAX_REQUEST_HEAD as u32);
+            let connection = builder.serve_connection(io, service).into_owned();
             let connection = connections.watch(connection);
             let serving = tokio::spawn(async move {
                 // A client that goes away mid-request is not the server's error.
                 let _ = connection.await;
-                drop(open);
+                drop((open, address));
             });
             // A task of its own, so the connection's many wake-ups never poll its timer.
             let serving = serving.abort_handle();

@@ -115,7 +115,9 @@ impl ConnectionPool {
         let connected = match (ready, reuse) {
             (Some(sender), _) => Ok((sender, true)),
             (None, Reuse::Pooled) => Box::pin(self.connect_or_share(slot)).await,
-            (None, Reuse::Fresh) => Box::pin(self.connect(slot)).await.map(|sender| (sender, false)),
+            (None, Reuse::Fresh) => Box::pin(self.connect(slot))
+                .await
+                .map(|sender| (sender, false)),
         };
         let (sender, reused) = match connected {
             Ok(connected) => connected,
@@ -132,7 +134,8 @@ impl ConnectionPool {
             let unsent = error.take_message().is_some();
             let error = error.into_error();
             let closed = closed_before_an_answer(&error);
-            let stale = bills_nothing && reused && sent.elapsed() < STALE_CONNECTION_WINDOW && closed;
+            let stale =
+                bills_nothing && reused && sent.elapsed() < STALE_CONNECTION_WINDOW && closed;
             let replayable = unsent || stale;
             let error: Error = if closed && !replayable {
                 Box::new(MayHaveArrived(error))

@@ -255,7 +255,10 @@ async fn only_a_request_that_cannot_have_been_read_may_be_sent_again() {
     let quick = closing_server(Duration::ZERO).await;
     let url = format!("http://127.0.0.1:{quick}/");
     assert_eq!(answer(&pool, &url).await, "ok");
-    assert!(!failure(&pool, &url).await.replayable, "a POST written whole");
+    assert!(
+        !failure(&pool, &url).await.replayable,
+        "a POST written whole"
+    );
     assert_eq!(answer(&pool, &url).await, "ok");
     let get = failure_of(&pool, &url, http::Method::GET, Reuse::Pooled).await;
     assert!(get.replayable, "{}", get.error);
