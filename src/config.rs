@@ -163,7 +163,7 @@ pub enum ConfigError {
         column: usize,
         message: String,
     },
-    #[error("invalid listen address {value:?}: {reason}")]
+    #[error("listen: invalid address {}: {reason}", shown_value(value))]
     Listen {
         value: String,
         reason: std::net::AddrParseError,
@@ -302,7 +302,9 @@ fn parse_toml(text: &str, path: &Path) -> Result<RawConfig, ConfigError> {
             line,
             column,
             message: match setting {
-                Some(setting) if setting != "." => format!("{setting}: {message}"),
+                Some(setting) if setting != "." => {
+                    format!("{}: {message}", shown_setting(&setting, &message))
+                }
                 _ => message,
             },
         }
@@ -334,7 +336,56 @@ fn without_values(message: &str) -> String {
         rest = &quoted[end..];
     }
     kept.push_str(rest);
-    kept
+    without_found_names(&kept)
+}
+
+/// serde also quotes what it found in backticks (``unknown variant `sk-...` ``, ``unknown
+/// field `sk-...` ``): before the word "expected", what is quoted is the caller's, and is
+/// shown only when it is short.
+fn without_found_names(message: &str) -> String {
+    let (found, expected) = match message.find("expected") {
+        Some(at) => message.split_at(at),
+        None => (message, ""),
+    };
+    let mut parts = found.split('`');
+    let mut kept = parts.next().unwrap_or_default().to_owned();
+    for (index, part) in parts.enumerate() {
+        if index % 2 == 0 {
+            match shown_value(part) {
+                // Short: kept as serde quoted it.
+                shown if shown.starts_with('"') => kept.push_str(&format!("`{part}`")),
+                hidden => kept.push_str(&hidden),
+            }
+        } else {
+            kept.push_str(part);
+        }
+    }
+    kept + expected
+}
+
+/// A value from the config as an error may show it: a short one as it is, since it cannot
+/// be a key; anything longer only by its length (the setting names where it is).
+pub fn shown_value(value: &str) -> String {
+    // Provider keys and tokens are 20 characters and more.
+    const SHOWN: usize = 12;
+    let length = value.chars().count();
+    if length <= SHOWN && !value.contains(char::is_control) {
+        format!("{value:?}")
+    } else {
+        format!("(a value of {length} characters, not shown)")
+    }
+}
+
+/// A setting's path as an error may show it: an unknown field's own name is the caller's,
+/// and may be a key pasted in the wrong place.
+fn shown_setting(setting: &str, message: &str) -> String {
+    if !message.starts_with("unknown field") {
+        return setting.to_owned();
+    }
+    match setting.rsplit_once('.') {
+        Some((parent, field)) => format!("{parent}.{}", shown_value(field)),
+        None => shown_value(setting),
+    }
 }
 
 fn resolve(
@@ -531,7 +582,10 @@ fn resolve_provider(
         let text = read_keys_file(&path).map_err(|error| {
             ConfigError::provider(
                 name,
-                format!("cannot read keys_file {}: {error}", path.display()),
+                format!(
+                    "cannot read keys_file {}: {error}",
+                    shown_value(&path.display().to_string())
+                ),
             )
         })?;
         keys.extend(parse_keys_file(&text));
@@ -604,7 +658,7 @@ fn validate_base_url(name: &str, url: &str) -> Result<String, ConfigError> {
         let message = if reason == CREDENTIALS_IN_URL {
             format!("invalid base_url: {reason}")
         } else {
-            format!("invalid base_url {url:?}: {reason}")
+            format!("invalid base_url {}: {reason}", shown_value(url))
         };
         ConfigError::provider(name, message)
     })?;

@@ -309,16 +309,42 @@ fn bad_duration_url_and_listen() {
     );
     let message = error("listen = \"localhost\"\n");
     assert!(
-        message.starts_with("invalid listen address \"localhost\""),
+        message.starts_with("listen: invalid address \"localhost\""),
         "{message}"
     );
+}
+
+#[test]
+fn a_key_pasted_anywhere_in_the_config_is_never_in_its_error() {
+    const KEY: &str = "sk-ant-pasted-in-the-wrong-place-0001";
+    for toml in [
+        format!("[providers.anthropic]\nkeys_file = \"{KEY}\"\n"),
+        format!("[providers.anthropic]\nbase_url = \"{KEY}\"\n"),
+        format!("[providers.anthropic]\nbase_url = \"https://{KEY}\"\nkind = \"{KEY}\"\n"),
+        format!("listen = \"{KEY}\"\n"),
+        format!("[providers.anthropic]\n{KEY} = 1\n"),
+        format!("{KEY} = true\n"),
+        format!("[providers.anthropic]\nstrategy = \"{KEY}\"\n"),
+        format!("[providers.anthropic]\ncooldown_scope = \"{KEY}\"\n"),
+        format!("[providers.anthropic]\nmax_wait = \"{KEY}\"\n"),
+    ] {
+        let message = error(&toml);
+        assert!(!message.contains(KEY), "{toml}: {message}");
+        assert!(!message.contains("sk-ant-pasted"), "{toml}: {message}");
+        assert!(
+            message.contains("(a value of") || message.contains(":2:") || message.contains(":1:"),
+            "{toml}: {message}"
+        );
+    }
 }
 
 #[test]
 fn unreadable_keys_file() {
     let message = error("[providers.anthropic]\nkeys_file = \"/nonexistent/keys.txt\"\n");
     assert!(
-        message.starts_with("provider \"anthropic\": cannot read keys_file /nonexistent/keys.txt"),
+        message.starts_with(
+            "provider \"anthropic\": cannot read keys_file (a value of 21 characters, not shown)"
+        ),
         "{message}"
     );
 }
