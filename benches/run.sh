@@ -11,6 +11,8 @@
 #   benches/run.sh connections     # RSS with 20,000 connections, and after they closed
 #   benches/run.sh fleet           # two replicas on one Redis: how fast a mark reaches the
 #                                  # other, and requests/s with and without Redis configured
+#   benches/run.sh flood           # 10,000 silent sockets and 3,000 slow 400 KB heads while a
+#                                  # real client keeps asking: its answers and serve's peak RSS
 #
 # Not part of .ci/run: it measures, it does not test.
 set -euo pipefail
@@ -543,6 +545,41 @@ connections() {
   grep -E "requests in|Socket errors" "$OUT/wrk-connections.txt" >&2 || true
 }
 
+# flood: unauthenticated connection and memory exhaustion (benches/flood.py) against serve
+# on defaults, with a real client asking every 50 ms; serve's RSS sampled every 200 ms.
+flood() {
+  local silent=${FLOOD_SILENT:-10000} slow=${FLOOD_SLOW:-3000} seconds=${FLOOD_SECONDS:-20}
+  install_tools
+  say "building (release)"
+  cargo build --release --quiet --bin aibridge --example mock_upstream
+  ulimit -n "$(ulimit -Hn)"
+  target/release/examples/mock_upstream --listen "$MOCK" 2>"$WORK/mock.log" &
+  PIDS+=($!)
+  printf 'listen = "%s"\n[providers.anthropic]\nbase_url = "http://%s"\nkeys = ["sk-bench-good-0000000000000000000001"]\n' \
+    "$BRIDGE" "$MOCK" >"$WORK/flood.toml"
+  AIBRIDGE_CONFIG="$WORK/flood.toml" target/release/aibridge serve --no-state >/dev/null 2>"$WORK/aibridge.log" &
+  BRIDGE_PID=$!
+  PIDS+=($BRIDGE_PID)
+  wait_for_port "$MOCK"
+  wait_for_port "$BRIDGE"
+  local idle peak=0 rss
+  idle=$(rss_mb "$BRIDGE_PID")
+  python3 benches/flood.py "$BRIDGE" "$silent" "$slow" "$seconds" >"$OUT/flood.json" &
+  local flood_pid=$!
+  while kill -0 "$flood_pid" 2>/dev/null; do
+    rss=$(rss_mb "$BRIDGE_PID")
+    peak=$(awk -v a="$peak" -v b="$rss" 'BEGIN { print (b > a) ? b : a }')
+    sleep 0.2
+  done
+  {
+    echo "| measure | value |"
+    echo "|---|---|"
+    echo "| flood | $silent silent sockets, $slow slow 400 KB heads, ${seconds}s, defaults |"
+    echo "| serve RSS idle / peak (MB) | $idle / $peak |"
+    echo "| real client | $(cat "$OUT/flood.json") |"
+  } | tee "$OUT/flood.md"
+}
+
 # fleet: two replicas sharing key health through a real redis-server. Mark propagation
 # (p50/p99 from A's answer to B's pool showing the mark), then requests/s through a replica
 # with Redis configured and one without, in turns.
@@ -603,5 +640,6 @@ case "${1:-}" in
   ab) shift; ab "$@" ;;
   connections) connections ;;
   fleet) fleet ;;
+  flood) flood ;;
   *) main "$@" ;;
 esac
