@@ -430,14 +430,7 @@ fn the_request_log_is_private_follows_no_link_and_is_reopened_on_sighup() {
 #[test]
 fn files_that_never_end_or_are_not_files_are_refused_at_once_and_left_alone() {
     let test = Test::new();
-    let fifo = test.path("state.fifo");
-    assert!(
-        std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap()
-            .success()
-    );
+    let fifo = test.fifo("state.fifo");
     for state in [fifo.to_str().unwrap(), "/dev/zero"] {
         for args in [
             vec!["pool", "status", "--state-file", state],

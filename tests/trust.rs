@@ -88,14 +88,7 @@ fn a_comment_after_a_key_in_a_keys_file_is_not_part_of_it() {
 #[test]
 fn keys_files_that_are_devices_fifos_or_directories_are_config_errors() {
     let test = Test::new();
-    let fifo = test.path("keys.fifo");
-    assert!(
-        std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap()
-            .success()
-    );
+    let fifo = test.fifo("keys.fifo");
     for path in ["/dev/zero", fifo.to_str().unwrap(), "/tmp"] {
         let started = std::time::Instant::now();
         Test::new()

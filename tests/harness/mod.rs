@@ -111,6 +111,14 @@ impl Test {
         self.dir.path().join(relative)
     }
 
+    /// A FIFO at `relative` in this test's home: a file that never ends and opens slowly.
+    pub fn fifo(&self, relative: &str) -> PathBuf {
+        let path = self.path(relative);
+        let made = Command::new("mkfifo").arg(&path).status().unwrap();
+        assert!(made.success(), "mkfifo {}", path.display());
+        path
+    }
+
     /// Where the binary keeps its state by default in this test's home.
     pub fn state_file(&self) -> PathBuf {
         self.path("state/aibridge/state.json")
