@@ -36,7 +36,7 @@ use arc_swap::ArcSwap;
 use axum::Router;
 use axum::body::Body;
 use axum::routing::{get, post};
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -213,12 +213,35 @@ static CREDENTIAL_CARRIERS: [http::HeaderName; 3] = [
 ];
 
 /// The first header that may carry a credential and is repeated, or holds a
-/// comma-separated list.
+/// comma-separated list of credentials.
 fn ambiguous_credential(headers: &HeaderMap) -> Option<&'static http::HeaderName> {
     CREDENTIAL_CARRIERS.iter().find(|name| {
         let mut values = headers.get_all(*name).iter();
         let first = values.next();
-        values.next().is_some() || first.is_some_and(|value| value.as_bytes().contains(&b','))
+        let listed = |value: &HeaderValue| {
+            if *name == http::header::AUTHORIZATION {
+                holds_several_credentials(value.as_bytes())
+            } else {
+                value.as_bytes().contains(&b',')
+            }
+        };
+        values.next().is_some() || first.is_some_and(listed)
+    })
+}
+
+/// Whether an `Authorization` value is a list of credentials (`Bearer a, Bearer b`) rather
+/// than one credential with parameters (`AWS4-HMAC-SHA256 Credential=..., Signature=...`):
+/// after a comma, a parameter is `name=value`, a second credential is `scheme token`.
+fn holds_several_credentials(value: &[u8]) -> bool {
+    value.split(|&byte| byte == b',').skip(1).any(|element| {
+        let element = element.trim_ascii();
+        let equals = element.iter().position(|&byte| byte == b'=');
+        let space = element.iter().position(|&byte| byte == b' ');
+        match (equals, space) {
+            (Some(equals), Some(space)) => space < equals,
+            (Some(_), None) => false,
+            (None, _) => true,
+        }
     })
 }
 
@@ -596,4 +619,56 @@ fn router(worker: Worker) -> Router {
         .route("/metrics", get(admin::metrics))
         .fallback(move |request: axum::extract::Request| proxy::handle(worker, request))
         .with_state(app)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_provider_credential_header_is_checked_for_lists() {
+        for name in &CREDENTIAL_HEADERS {
+            assert!(CREDENTIAL_CARRIERS.contains(name), "{name}");
+        }
+        assert!(CREDENTIAL_CARRIERS.contains(&TOKEN_HEADER));
+    }
+
+    #[test]
+    fn a_list_of_credentials_is_told_from_one_with_parameters() {
+        for listed in [
+            "Bearer sk-own, Bearer tok",
+            "Bearer a,b",
+            "Bearer a, Basic dXNlcjpwdw==",
+            "Bearer a,",
+        ] {
+            assert!(holds_several_credentials(listed.as_bytes()), "{listed}");
+        }
+        for single in [
+            "Bearer sk-own",
+            "AWS4-HMAC-SHA256 Credential=AKIA/20261202/us-east-1/bedrock/aws4_request, \
+             SignedHeaders=host;x-amz-date, Signature=abc123",
+            "Digest username=\"a\", realm=\"b\", nonce=\"c\"",
+            "Basic dXNlcjpwdw==",
+        ] {
+            assert!(!holds_several_credentials(single.as_bytes()), "{single}");
+        }
+    }
+
+    #[test]
+    fn repeated_credential_headers_are_ambiguous() {
+        let mut headers = HeaderMap::new();
+        headers.append("x-api-key", HeaderValue::from_static("a"));
+        assert_eq!(ambiguous_credential(&headers), None);
+        headers.append("x-api-key", HeaderValue::from_static("b"));
+        assert_eq!(
+            ambiguous_credential(&headers).map(|name| name.as_str()),
+            Some("x-api-key")
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert("x-aibridge-token", HeaderValue::from_static("t1,t2"));
+        assert_eq!(
+            ambiguous_credential(&headers).map(|name| name.as_str()),
+            Some("x-aibridge-token")
+        );
+    }
 }
