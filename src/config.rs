@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use toml::Spanned;
 
 use crate::keypool::{CooldownScope, PoolSettings, Strategy, validate_keys};
 use crate::provider::ProviderKind;
@@ -163,10 +164,12 @@ pub enum ConfigError {
         column: usize,
         message: String,
     },
-    #[error("listen: invalid address {}: {reason}", shown_value(value))]
-    Listen {
-        value: String,
-        reason: std::net::AddrParseError,
+    /// A value the file or a variable set is wrong; `place` says where it came from.
+    #[error("{place}: {setting}: {message}")]
+    Value {
+        place: String,
+        setting: String,
+        message: String,
     },
     #[error("provider \"{provider}\": {message}")]
     Provider { provider: String, message: String },
@@ -189,10 +192,10 @@ impl ConfigError {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    listen: Option<String>,
+    listen: Option<Spanned<String>>,
     state_file: Option<PathBuf>,
-    redis_url: Option<String>,
-    redis_prefix: Option<String>,
+    redis_url: Option<Spanned<String>>,
+    redis_prefix: Option<Spanned<String>>,
     #[serde(default)]
     access_tokens: Vec<String>,
     max_body_size: Option<bytesize::ByteSize>,
@@ -217,18 +220,48 @@ struct RawConfig {
     max_connections: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     upstream_idle_timeout: Option<Duration>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "provider_tables")]
     providers: BTreeMap<String, RawProvider>,
+}
+
+/// The longest provider name: it is a route prefix and part of variable names, never a key.
+const MAX_PROVIDER_NAME: usize = 32;
+
+/// Provider tables, refusing a name that could not be a route prefix (a key pasted as a
+/// table name is refused here, before anything prints it).
+fn provider_tables<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<String, RawProvider>, D::Error> {
+    #[derive(PartialEq, Eq, PartialOrd, Ord)]
+    struct Name(String);
+    impl<'de> Deserialize<'de> for Name {
+        fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            let name = String::deserialize(deserializer)?;
+            let allowed = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+            if name.is_empty() || name.len() > MAX_PROVIDER_NAME || !name.chars().all(allowed) {
+                return Err(serde::de::Error::custom(format!(
+                    "provider name {} must be 1 to {MAX_PROVIDER_NAME} letters, digits, - or _",
+                    shown_value(&name)
+                )));
+            }
+            Ok(Self(name))
+        }
+    }
+    let tables = BTreeMap::<Name, RawProvider>::deserialize(deserializer)?;
+    Ok(tables
+        .into_iter()
+        .map(|(name, table)| (name.0, table))
+        .collect())
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawProvider {
     kind: Option<ProviderKind>,
-    base_url: Option<String>,
+    base_url: Option<Spanned<String>>,
     #[serde(default)]
     keys: Vec<String>,
-    keys_file: Option<PathBuf>,
+    keys_file: Option<Spanned<PathBuf>>,
     keys_env: Option<String>,
     enabled: Option<bool>,
     byok: Option<bool>,
@@ -257,35 +290,101 @@ pub fn load(path: Option<&Path>, env: EnvLookup<'_>) -> Result<Config, ConfigErr
     let path = path
         .map(Path::to_path_buf)
         .or_else(|| default_path().filter(|candidate| candidate.is_file()));
-    let raw = match &path {
-        Some(path) => parse_file(path)?,
-        None => RawConfig::default(),
+    let Some(path) = path else {
+        return resolve(RawConfig::default(), FileText::NONE, &PathBuf::new(), env);
     };
-    let base_dir = path
-        .as_deref()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    resolve(raw, path, &base_dir, env)
+    let text = read_file(&path)?;
+    parse(&text, &path, env)
 }
 
 /// Parses TOML text as a config (for tests and `load`).
 pub fn parse(text: &str, path: &Path, env: EnvLookup<'_>) -> Result<Config, ConfigError> {
     let raw = parse_toml(text, path)?;
     let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    resolve(raw, Some(path.to_path_buf()), &base_dir, env)
+    let file = FileText {
+        path: Some(path),
+        text,
+    };
+    resolve(raw, file, &base_dir, env)
 }
 
 /// The largest config file read; a real one is a few KiB.
 const MAX_CONFIG_FILE: u64 = 1024 * 1024;
 
-fn parse_file(path: &Path) -> Result<RawConfig, ConfigError> {
+fn read_file(path: &Path) -> Result<String, ConfigError> {
     let text = crate::files::read_regular(path, MAX_CONFIG_FILE).and_then(crate::files::text);
-    let text = text.map_err(|reason| ConfigError::Read {
+    text.map_err(|reason| ConfigError::Read {
         path: path.to_path_buf(),
         reason,
-    })?;
-    parse_toml(&text, path)
+    })
+}
+
+/// The config file as read, so an error about a value can say where it sits.
+#[derive(Clone, Copy)]
+struct FileText<'a> {
+    path: Option<&'a Path>,
+    text: &'a str,
+}
+
+impl FileText<'_> {
+    const NONE: FileText<'static> = FileText {
+        path: None,
+        text: "",
+    };
+
+    /// `path:line:column` of a byte offset into the file.
+    fn place(&self, offset: usize) -> String {
+        let (line, column) = line_and_column(self.text, offset);
+        let path = self.path.unwrap_or(Path::new("config"));
+        format!("{}:{line}:{column}", path.display())
+    }
+}
+
+/// The 1-based line and column (in characters) of a byte offset into `text`.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut end = offset.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let before = &text[..end];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    (line, column)
+}
+
+/// A setting's value and where it came from: a variable overrides the file.
+struct Chosen {
+    value: String,
+    /// The variable's name, or the file's `path:line:column`.
+    place: String,
+}
+
+impl Chosen {
+    fn pick(
+        variable: &str,
+        env: EnvLookup<'_>,
+        in_file: Option<&Spanned<String>>,
+        file: FileText<'_>,
+    ) -> Option<Self> {
+        if let Some(value) = env(variable) {
+            return Some(Self {
+                value,
+                place: variable.to_owned(),
+            });
+        }
+        in_file.map(|value| Self {
+            value: value.get_ref().clone(),
+            place: file.place(value.span().start),
+        })
+    }
+
+    fn error(&self, setting: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Value {
+            place: self.place.clone(),
+            setting: setting.into(),
+            message: message.into(),
+        }
+    }
 }
 
 /// Parses the file; an error names the line, the column and the setting's path, never the
@@ -293,9 +392,7 @@ fn parse_file(path: &Path) -> Result<RawConfig, ConfigError> {
 fn parse_toml(text: &str, path: &Path) -> Result<RawConfig, ConfigError> {
     let located = |error: &toml::de::Error, setting: Option<String>| {
         let offset = error.span().map_or(0, |span| span.start);
-        let before = &text[..offset.min(text.len())];
-        let line = before.matches('\n').count() + 1;
-        let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+        let (line, column) = line_and_column(text, offset);
         let message = without_values(error.message().trim()).replace('\n', " ");
         ConfigError::Parse {
             path: path.to_path_buf(),
@@ -376,10 +473,10 @@ pub fn shown_value(value: &str) -> String {
     }
 }
 
-/// A setting's path as an error may show it: an unknown field's own name is the caller's,
-/// and may be a key pasted in the wrong place.
+/// A setting's path as an error may show it: an unknown field's own name, or a refused
+/// provider name, is the caller's, and may be a key pasted in the wrong place.
 fn shown_setting(setting: &str, message: &str) -> String {
-    if !message.starts_with("unknown field") {
+    if !message.starts_with("unknown field") && !message.starts_with("provider name") {
         return setting.to_owned();
     }
     match setting.rsplit_once('.') {
@@ -390,7 +487,7 @@ fn shown_setting(setting: &str, message: &str) -> String {
 
 fn resolve(
     mut raw: RawConfig,
-    source: Option<PathBuf>,
+    file: FileText<'_>,
     base_dir: &Path,
     env: EnvLookup<'_>,
 ) -> Result<Config, ConfigError> {
@@ -399,25 +496,27 @@ fn resolve(
         raw.providers.entry(kind.as_str().to_owned()).or_default();
     }
     // `serve --listen` reads the variable too; here it tells `pool` where the server is.
-    let listen_text = env("AIBRIDGE_LISTEN")
-        .or_else(|| raw.listen.clone())
-        .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
-    let listen = listen_text.parse().map_err(|reason| ConfigError::Listen {
-        value: listen_text.clone(),
-        reason,
-    })?;
+    let listen = match Chosen::pick("AIBRIDGE_LISTEN", env, raw.listen.as_ref(), file) {
+        Some(chosen) => chosen.value.parse().map_err(|reason| {
+            chosen.error(
+                "listen",
+                format!("invalid address {}: {reason}", shown_value(&chosen.value)),
+            )
+        })?,
+        None => DEFAULT_LISTEN.parse().expect("the default address parses"),
+    };
     let serve = resolve_serve(&raw, base_dir, env)?;
-    let (redis_url, redis_prefix) = resolve_redis(&raw, env)?;
+    let (redis_url, redis_prefix) = resolve_redis(&raw, file, env)?;
     let providers = raw
         .providers
         .into_iter()
         .map(|(name, provider)| {
-            let resolved = resolve_provider(&name, provider, base_dir, env)?;
+            let resolved = resolve_provider(&name, provider, file, base_dir, env)?;
             Ok((name, resolved))
         })
         .collect::<Result<_, ConfigError>>()?;
     Ok(Config {
-        source,
+        source: file.path.map(Path::to_path_buf),
         listen,
         state_file: raw.state_file.map(|file| base_dir.join(file)),
         redis_url,
@@ -432,30 +531,35 @@ pub const DEFAULT_REDIS_PREFIX: &str = "aibridge";
 
 fn resolve_redis(
     raw: &RawConfig,
+    file: FileText<'_>,
     env: EnvLookup<'_>,
 ) -> Result<(Option<RedisUrl>, String), ConfigError> {
-    let url = match env("AIBRIDGE_REDIS_URL").or_else(|| raw.redis_url.clone()) {
-        Some(text) if !text.trim().is_empty() => Some(RedisUrl::parse(text.trim()).map_err(
-            |error| ConfigError::Setting {
-                setting: "redis_url",
-                message: error.to_string(),
-            },
-        )?),
+    let url = match Chosen::pick("AIBRIDGE_REDIS_URL", env, raw.redis_url.as_ref(), file) {
+        Some(chosen) if !chosen.value.trim().is_empty() => Some(
+            RedisUrl::parse(chosen.value.trim())
+                .map_err(|error| chosen.error("redis_url", error.to_string()))?,
+        ),
         _ => None,
     };
-    let prefix = env("AIBRIDGE_REDIS_PREFIX")
-        .or_else(|| raw.redis_prefix.clone())
-        .unwrap_or_else(|| DEFAULT_REDIS_PREFIX.to_owned());
+    let Some(chosen) = Chosen::pick(
+        "AIBRIDGE_REDIS_PREFIX",
+        env,
+        raw.redis_prefix.as_ref(),
+        file,
+    ) else {
+        return Ok((url, DEFAULT_REDIS_PREFIX.to_owned()));
+    };
     let allowed = |c: char| c.is_ascii_alphanumeric() || "_.:-".contains(c);
-    if prefix.is_empty() || !prefix.chars().all(allowed) {
-        return Err(ConfigError::Setting {
-            setting: "redis_prefix",
-            message: format!(
-                "{prefix:?} must be letters, digits and _ . : - only (it is part of Redis key patterns)"
+    if chosen.value.is_empty() || !chosen.value.chars().all(allowed) {
+        return Err(chosen.error(
+            "redis_prefix",
+            format!(
+                "{} must be letters, digits and _ . : - only (it is part of Redis key patterns)",
+                shown_value(&chosen.value)
             ),
-        });
+        ));
     }
-    Ok((url, prefix))
+    Ok((url, chosen.value))
 }
 
 fn resolve_serve(
@@ -558,6 +662,7 @@ pub fn provider_env_var(name: &str, suffix: &str) -> String {
 fn resolve_provider(
     name: &str,
     raw: RawProvider,
+    file: FileText<'_>,
     base_dir: &Path,
     env: EnvLookup<'_>,
 ) -> Result<ProviderConfig, ConfigError> {
@@ -570,23 +675,25 @@ fn resolve_provider(
                 "missing `kind` (one of \"anthropic\", \"openai\", \"copilot\")",
             )
         })?;
-    let base_url = env(&provider_env_var(name, "BASE_URL"))
-        .or(raw.base_url)
-        .unwrap_or_else(|| kind.api().default_base_url().to_owned());
-    let base_url = validate_base_url(name, &base_url)?;
+    let setting = |field: &str| format!("providers.{name}.{field}");
+    let base_url_variable = provider_env_var(name, "BASE_URL");
+    let base_url = match Chosen::pick(&base_url_variable, env, raw.base_url.as_ref(), file) {
+        Some(chosen) => validate_base_url(&chosen.value)
+            .map_err(|message| chosen.error(setting("base_url"), message))?,
+        None => kind.api().default_base_url().to_owned(),
+    };
 
     let expects_keys = !raw.keys.is_empty() || raw.keys_file.is_some() || raw.keys_env.is_some();
     let mut keys: Vec<ApiKey> = raw.keys.into_iter().map(ApiKey::new).collect();
-    if let Some(file) = raw.keys_file {
-        let path = base_dir.join(file);
-        let text = read_keys_file(&path).map_err(|error| {
-            ConfigError::provider(
-                name,
-                format!(
-                    "cannot read keys_file {}: {error}",
-                    shown_value(&path.display().to_string())
-                ),
-            )
+    if let Some(keys_file) = raw.keys_file {
+        let path = base_dir.join(keys_file.get_ref());
+        let text = read_keys_file(&path).map_err(|error| ConfigError::Value {
+            place: file.place(keys_file.span().start),
+            setting: setting("keys_file"),
+            message: format!(
+                "cannot read {}: {error}",
+                shown_value(&path.display().to_string())
+            ),
         })?;
         keys.extend(parse_keys_file(&text));
     }
@@ -653,14 +760,14 @@ fn resolve_provider(
 const CREDENTIALS_IN_URL: &str =
     "a user name or password in the URL is not allowed: the pool's keys are the credentials";
 
-fn validate_base_url(name: &str, url: &str) -> Result<String, ConfigError> {
+/// The URL without a trailing slash, or why it is refused (never showing a long value).
+fn validate_base_url(url: &str) -> Result<String, String> {
     normalized_base_url(url).map_err(|reason| {
-        let message = if reason == CREDENTIALS_IN_URL {
-            format!("invalid base_url: {reason}")
+        if reason == CREDENTIALS_IN_URL {
+            format!("invalid URL: {reason}")
         } else {
-            format!("invalid base_url {}: {reason}", shown_value(url))
-        };
-        ConfigError::provider(name, message)
+            format!("invalid URL {}: {reason}", shown_value(url))
+        }
     })?;
     Ok(url.trim_end_matches('/').to_owned())
 }

@@ -96,7 +96,7 @@ fn bad_keys_in_config_name_the_index_never_the_key() {
         .args(["send"])
         .run()
         .code(2)
-        .one_line_error("cannot read keys_file");
+        .one_line_error("keys_file: cannot read");
 }
 
 #[test]

@@ -145,34 +145,70 @@ fn a_stalled_request_body_is_answered_408_and_not_forwarded() {
     assert!(mock.requests().is_empty());
 }
 
-fn refused_connections(server: &Server) -> String {
+/// The value of the metric line that starts with `prefix`, or "" when there is none.
+fn metric(server: &Server, prefix: &str) -> String {
     server
         .metrics()
         .lines()
-        .find(|line| line.starts_with("aibridge_refused_connections_total"))
+        .find(|line| line.starts_with(prefix))
         .unwrap_or_default()
         .to_owned()
 }
 
 #[test]
-fn connections_past_max_connections_are_closed_at_once() {
+fn silent_connections_make_room_for_a_real_client_at_max_connections() {
     let mock = MockUpstream::start();
     let server = bridge(&mock, "max_connections = 3").serve();
     server.wait_for_log("serving at most 3 client connections at once");
-    let held: Vec<_> = (0..3)
+    let mut held: Vec<_> = (0..3)
         .map(|_| TcpStream::connect(server.address()).unwrap())
         .collect();
     // Let the bridge count them before the next arrives.
     std::thread::sleep(Duration::from_millis(200));
+    let answer = server.post_message();
+    assert!(answer.status().is_success(), "{}", answer.status());
+    assert_eq!(mock.requests().len(), 1, "the upstream got the request");
+    // Which of the three counts as oldest depends on which worker took it first.
+    let closed = held
+        .iter_mut()
+        .map(|stream| closed_within(stream, Duration::from_millis(500)))
+        .filter(|closed| *closed)
+        .count();
+    assert!(closed >= 1, "no silent connection was closed");
+    let shed = metric(&server, "aibridge_shed_connections_total{reason=\"full\"}");
+    assert!(!shed.ends_with(" 0") && !shed.is_empty(), "{shed:?}");
+    assert_eq!(
+        metric(&server, "aibridge_refused_connections_total"),
+        "aibridge_refused_connections_total 0"
+    );
+}
+
+#[test]
+fn connections_that_sent_a_request_are_kept_and_a_newcomer_is_refused() {
+    let mock = MockUpstream::start();
+    let server = bridge(&mock, "max_connections = 3").serve();
+    server.wait_for_log("serving at most 3 client connections at once");
+    let mut held: Vec<_> = (0..3)
+        .map(|_| TcpStream::connect(server.address()).unwrap())
+        .collect();
+    for stream in &mut held {
+        assert!(exchange(stream).starts_with("HTTP/1.1 200"));
+    }
     let mut fourth = TcpStream::connect(server.address()).unwrap();
     assert!(
         closed_within(&mut fourth, Duration::from_secs(2)),
         "the fourth was served"
     );
+    for stream in &mut held {
+        assert!(
+            exchange(stream).starts_with("HTTP/1.1 200"),
+            "a client that sent a request was closed to make room"
+        );
+    }
     drop(held);
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(
-        refused_connections(&server),
+        metric(&server, "aibridge_refused_connections_total"),
         "aibridge_refused_connections_total 1"
     );
     assert!(
@@ -267,7 +303,7 @@ fn one_address_holds_at_most_max_connections_per_ip() {
     assert!(exchange(&mut again).starts_with("HTTP/1.1 200"));
     drop((second, again));
     std::thread::sleep(Duration::from_millis(200));
-    let refused = refused_connections(&server);
+    let refused = metric(&server, "aibridge_refused_connections_total");
     assert!(refused.ends_with(" 1"), "{refused}");
 
     // Loopback clients are not capped unless asked.

@@ -31,8 +31,7 @@ pub fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<ExitCode> {
         check_exposure(listen, &config, allow_unauthenticated)?;
         Ok(config)
     });
-    let listener = std::net::TcpListener::bind(listen)
-        .with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = server::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     let workers = args.workers.map_or_else(
         || std::thread::available_parallelism().map_or(1, usize::from),
         usize::from,

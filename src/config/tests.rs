@@ -96,7 +96,9 @@ fn a_base_url_with_credentials_is_refused_without_echoing_them() {
         error("[providers.anthropic]\nbase_url = \"http://user:hunter2secret@127.0.0.1:9\"\n");
     assert_eq!(
         message,
-        format!("provider \"anthropic\": invalid base_url: {CREDENTIALS_IN_URL}")
+        format!(
+            "/etc/aibridge.toml:2:12: providers.anthropic.base_url: invalid URL: {CREDENTIALS_IN_URL}"
+        )
     );
     assert!(!message.contains("hunter2"));
 }
@@ -309,8 +311,20 @@ fn bad_duration_url_and_listen() {
     );
     let message = error("listen = \"localhost\"\n");
     assert!(
-        message.starts_with("listen: invalid address \"localhost\""),
+        message.starts_with("/etc/aibridge.toml:1:10: listen: invalid address \"localhost\""),
         "{message}"
+    );
+}
+
+#[test]
+fn a_bad_value_from_a_variable_names_the_variable() {
+    let env = |name: &str| (name == "AIBRIDGE_LISTEN").then(|| "nowhere".to_owned());
+    let message = parse("", Path::new("/etc/aibridge.toml"), &env)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        message,
+        "AIBRIDGE_LISTEN: listen: invalid address \"nowhere\": invalid socket address syntax"
     );
 }
 
@@ -327,12 +341,17 @@ fn a_key_pasted_anywhere_in_the_config_is_never_in_its_error() {
         format!("[providers.anthropic]\nstrategy = \"{KEY}\"\n"),
         format!("[providers.anthropic]\ncooldown_scope = \"{KEY}\"\n"),
         format!("[providers.anthropic]\nmax_wait = \"{KEY}\"\n"),
+        format!("[providers.{KEY}]\nkind = \"openai\"\n"),
+        format!("redis_prefix = \"{KEY}!\"\n"),
+        format!("redis_url = \"{KEY}\"\n"),
     ] {
         let message = error(&toml);
         assert!(!message.contains(KEY), "{toml}: {message}");
         assert!(!message.contains("sk-ant-pasted"), "{toml}: {message}");
         assert!(
-            message.contains("(a value of") || message.contains(":2:") || message.contains(":1:"),
+            ["1", "2", "3"]
+                .iter()
+                .any(|line| message.starts_with(&format!("/etc/aibridge.toml:{line}:"))),
             "{toml}: {message}"
         );
     }
@@ -343,7 +362,8 @@ fn unreadable_keys_file() {
     let message = error("[providers.anthropic]\nkeys_file = \"/nonexistent/keys.txt\"\n");
     assert!(
         message.starts_with(
-            "provider \"anthropic\": cannot read keys_file (a value of 21 characters, not shown)"
+            "/etc/aibridge.toml:2:13: providers.anthropic.keys_file: \
+             cannot read (a value of 21 characters, not shown)"
         ),
         "{message}"
     );

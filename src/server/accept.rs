@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::shedding::Shedding;
+
 /// A connection on its way to the worker that serves it.
 pub struct Accepted {
     pub stream: std::net::TcpStream,
@@ -149,13 +151,15 @@ impl Drop for OpenConnection {
     }
 }
 
-/// Accepts until dropped (which closes the socket), handing each connection to a worker;
-/// past `cap` open connections, or its address's cap, a new one is closed at once, so the
-/// descriptors left serve the connections already open.
+/// Accepts until dropped (which closes the socket), handing each connection to a worker.
+/// Past `cap` open connections the oldest one still waiting for a whole request is closed
+/// to make room (see [`Shedding`]); with none, or past its address's cap, a new connection is
+/// closed at once, so the descriptors left serve the connections already open.
 pub async fn hand_out_connections(
     listener: TcpListener,
     balancer: &'static Balancer,
     addresses: &'static AddressCap,
+    shedding: &'static Shedding,
     workers: Vec<UnboundedSender<Accepted>>,
     cap: usize,
 ) {
@@ -165,7 +169,11 @@ pub async fn hand_out_connections(
             continue;
         };
         let address = match addresses.admit(peer) {
-            Ok(slot) if balancer.open_connections().sum::<usize>() < cap => slot,
+            Ok(slot)
+                if balancer.open_connections().sum::<usize>() < cap || shedding.make_room() =>
+            {
+                slot
+            }
             _ => {
                 balancer.refused.fetch_add(1, Ordering::Relaxed);
                 drop(stream);
@@ -336,6 +344,7 @@ mod tests {
             listener,
             balancer,
             addresses,
+            Box::leak(Box::new(Shedding::new(usize::MAX))),
             vec![stopped, serving],
             usize::MAX,
         ));

@@ -9,6 +9,7 @@ use http::{HeaderMap, HeaderValue, header};
 use serde_json::json;
 
 use super::AppState;
+use super::metrics::ConnectionCounts;
 use super::proxy::error_response;
 use crate::health::{HealthChange, KeySelectError, KnownKey, SharedStatus, select_key};
 use crate::keypool::KeyState;
@@ -67,8 +68,11 @@ pub async fn metrics(State(app): State<&'static AppState>, headers: HeaderMap) -
     let bridge = app.bridge.load();
     let text = app.metrics.render(
         bridge.upstreams.values(),
-        app.balancer.open_connections(),
-        app.balancer.refused(),
+        ConnectionCounts {
+            open: app.balancer.open_connections().collect(),
+            refused: app.balancer.refused(),
+            shed: app.shedding.shed(),
+        },
         app.health
             .as_ref()
             .is_some_and(|health| health.status() == SharedStatus::Degraded),

@@ -12,12 +12,14 @@
 //! each worker advances on its timer tick, so I/O reads no clock of its own.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::shedding::Shedding;
 
 /// The two limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +82,17 @@ pub struct Activity {
     head_since_ms: AtomicU64,
     /// No byte has arrived yet.
     silent: AtomicBool,
+    /// hyper has handed over a request: the connection is no longer shed to make room.
+    sent_a_request: AtomicBool,
+    /// Bytes of the unfinished head charged to the process's head budget.
+    charged: AtomicUsize,
+    shedding: &'static Shedding,
+    /// The task serving the connection, for closing it to make room.
+    task: OnceLock<tokio::task::AbortHandle>,
+    /// The task enforcing the limits, stopped with the connection: while it sleeps it would
+    /// hold the connection's task (a few KB) for up to a quarter of the shortest limit.
+    watchdog: OnceLock<tokio::task::AbortHandle>,
+    closed_for_room: AtomicBool,
 }
 
 /// Why a connection was closed.
@@ -91,7 +104,7 @@ pub enum Closed {
 }
 
 impl Activity {
-    pub fn new(clock: Arc<CoarseClock>) -> Arc<Self> {
+    pub fn new(clock: Arc<CoarseClock>, shedding: &'static Shedding) -> Arc<Self> {
         let now = clock.now_ms();
         Arc::new(Self {
             clock,
@@ -99,18 +112,77 @@ impl Activity {
             last_ms: AtomicU64::new(now),
             head_since_ms: AtomicU64::new(NO_HEAD),
             silent: AtomicBool::new(true),
+            sent_a_request: AtomicBool::new(false),
+            charged: AtomicUsize::new(0),
+            shedding,
+            task: OnceLock::new(),
+            watchdog: OnceLock::new(),
+            closed_for_room: AtomicBool::new(false),
         })
     }
 
-    fn read(&self) {
+    /// `bytes` arrived. A head's first read is free; the reads after it are charged to the
+    /// head budget (see [`super::shedding`]).
+    fn read(self: &Arc<Self>, bytes: usize) {
         let now = self.clock.now_ms();
         self.silent.store(false, Ordering::Relaxed);
         self.last_ms.store(now, Ordering::Relaxed);
-        if self.in_flight.load(Ordering::Relaxed) == 0
-            && self.head_since_ms.load(Ordering::Relaxed) == NO_HEAD
-        {
-            self.head_since_ms.store(now, Ordering::Relaxed);
+        if self.in_flight.load(Ordering::Relaxed) == 0 {
+            if self.head_since_ms.load(Ordering::Relaxed) == NO_HEAD {
+                self.head_since_ms.store(now, Ordering::Relaxed);
+            } else {
+                self.shedding.charge(self, bytes);
+            }
         }
+    }
+
+    #[cfg(test)]
+    pub fn read_bytes(self: &Arc<Self>, bytes: usize) {
+        self.read(bytes);
+    }
+
+    /// Adds `bytes` to the connection's charge; returns the charge before.
+    pub(super) fn add_charge(&self, bytes: usize) -> usize {
+        self.charged.fetch_add(bytes, Ordering::Relaxed)
+    }
+
+    pub(super) fn charged(&self) -> usize {
+        self.charged.load(Ordering::Relaxed)
+    }
+
+    /// Gives the head's charge back to the budget.
+    pub(super) fn release_head(&self) {
+        let charged = self.charged.swap(0, Ordering::Relaxed);
+        if charged > 0 {
+            self.shedding.release(charged);
+        }
+    }
+
+    pub(super) fn has_sent_a_request(&self) -> bool {
+        self.sent_a_request.load(Ordering::Relaxed)
+    }
+
+    /// The task serving this connection, once spawned.
+    pub fn serve_in(&self, task: tokio::task::AbortHandle) {
+        let _ = self.task.set(task);
+    }
+
+    /// The task enforcing the connection's limits, once spawned.
+    pub fn watched_by(&self, watchdog: tokio::task::AbortHandle) {
+        let _ = self.watchdog.set(watchdog);
+    }
+
+    /// Closes the connection to make room for another.
+    pub(super) fn close_for_room(&self) {
+        self.closed_for_room.store(true, Ordering::Relaxed);
+        if let Some(task) = self.task.get() {
+            task.abort();
+        }
+    }
+
+    #[cfg(test)]
+    pub fn is_closed_for_room(&self) -> bool {
+        self.closed_for_room.load(Ordering::Relaxed)
     }
 
     fn wrote(&self) {
@@ -121,6 +193,8 @@ impl Activity {
     pub fn request(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.head_since_ms.store(NO_HEAD, Ordering::Relaxed);
+        self.sent_a_request.store(true, Ordering::Relaxed);
+        self.release_head();
         InFlight(self.clone())
     }
 
@@ -245,6 +319,16 @@ impl<T> Tracked<T> {
     }
 }
 
+/// The connection has closed: its head's charge and its watchdog go with it.
+impl<T> Drop for Tracked<T> {
+    fn drop(&mut self) {
+        self.activity.release_head();
+        if let Some(watchdog) = self.activity.watchdog.get() {
+            watchdog.abort();
+        }
+    }
+}
+
 impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -254,8 +338,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let result = Pin::new(&mut this.io).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            this.activity.read();
+        let read = buf.filled().len() - before;
+        if read > 0 {
+            this.activity.read(read);
         }
         result
     }
@@ -358,7 +443,7 @@ mod tests {
             Some((6_000, Closed::Silent))
         );
         set(&activity, 2_000);
-        activity.read();
+        activity.read(1);
         assert_eq!(
             activity.deadline_ms(limits()),
             Some((62_000, Closed::SlowHeaders)),
@@ -369,7 +454,7 @@ mod tests {
     fn activity_at(ms: u64) -> Arc<Activity> {
         let clock = Arc::new(CoarseClock::new());
         clock.now_ms.store(ms, Ordering::Relaxed);
-        Activity::new(clock)
+        Activity::new(clock, Box::leak(Box::new(Shedding::new(usize::MAX))))
     }
 
     fn set(activity: &Activity, ms: u64) {
@@ -396,9 +481,9 @@ mod tests {
     fn a_head_that_started_is_due_after_the_header_limit() {
         let activity = activity_at(1_000);
         set(&activity, 2_000);
-        activity.read();
+        activity.read(1);
         set(&activity, 30_000);
-        activity.read();
+        activity.read(1);
         assert_eq!(
             activity.deadline_ms(limits()),
             Some((62_000, Closed::SlowHeaders)),
@@ -406,7 +491,7 @@ mod tests {
         );
         let request = activity.request();
         assert_eq!(activity.deadline_ms(limits()), None, "a request in flight");
-        activity.read();
+        activity.read(1);
         drop(request);
         set(&activity, 40_000);
         activity.wrote();

@@ -13,6 +13,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use super::shedding::ShedCounts;
 use crate::failover::Upstream;
 use crate::keypool::{ExhaustionKind, KeyState};
 
@@ -34,6 +35,21 @@ struct WorkerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShedLabels {
+    reason: &'static str,
+}
+
+/// The connection counts `/metrics` reports.
+pub struct ConnectionCounts {
+    /// Open connections, one count per worker.
+    pub open: Vec<usize>,
+    /// Closed at once because the server was full and none could be shed.
+    pub refused: u64,
+    /// Closed to make room.
+    pub shed: ShedCounts,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ExhaustionLabels {
     provider: String,
     kind: &'static str,
@@ -46,6 +62,7 @@ pub struct Metrics {
     exhaustions: Family<ExhaustionLabels, Counter>,
     connections: Family<WorkerLabels, Gauge>,
     refused_connections: Counter,
+    shed_connections: Family<ShedLabels, Counter>,
     shared_degraded: Gauge,
     waits: Family<ProviderLabels, Histogram>,
     requests: Arc<RequestStats>,
@@ -54,6 +71,11 @@ pub struct Metrics {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProviderLabels {
     provider: String,
+}
+
+/// Brings a counter up to a count kept elsewhere.
+fn catch_up(counter: &Counter, count: u64) {
+    counter.inc_by(count.saturating_sub(counter.get()));
 }
 
 /// 50 ms .. ~100 s: a held request waits for a cooldown to end.
@@ -68,6 +90,7 @@ impl Metrics {
         let exhaustions = Family::default();
         let connections = Family::default();
         let refused_connections = Counter::default();
+        let shed_connections = Family::default();
         let shared_degraded = Gauge::default();
         let waits = Family::<ProviderLabels, Histogram>::new_with_constructor(
             (|| Histogram::new(WAIT_BOUNDS)) as fn() -> Histogram,
@@ -91,8 +114,16 @@ impl Metrics {
         );
         registry.register(
             "aibridge_refused_connections",
-            "Client connections closed at once because max_connections were open",
+            "Client connections closed at once because max_connections were open, none of \
+             them waiting for a whole request",
             refused_connections.clone(),
+        );
+        registry.register(
+            "aibridge_shed_connections",
+            "Client connections without a whole request closed to make room, by reason \
+             (full: max_connections were open; head_memory: unfinished request heads were \
+             over budget)",
+            shed_connections.clone(),
         );
         registry.register(
             "aibridge_shared_health_degraded",
@@ -112,6 +143,7 @@ impl Metrics {
             exhaustions,
             connections,
             refused_connections,
+            shed_connections,
             shared_degraded,
             waits,
             requests,
@@ -176,20 +208,23 @@ impl Metrics {
     }
 
     /// The exposition text, with the key gauges read from the pools now, the connection
-    /// gauges from `open_connections` (one count per worker), `refused` connections so far,
-    /// and whether shared health is `degraded`.
+    /// figures as counted so far, and whether shared health is `degraded`.
     pub fn render<'a>(
         &self,
         upstreams: impl IntoIterator<Item = &'a Upstream>,
-        open_connections: impl IntoIterator<Item = usize>,
-        refused: u64,
+        connections: ConnectionCounts,
         degraded: bool,
     ) -> String {
         self.shared_degraded.set(i64::from(degraded));
-        let counted = self.refused_connections.get();
-        self.refused_connections
-            .inc_by(refused.saturating_sub(counted));
-        for (worker, open) in open_connections.into_iter().enumerate() {
+        catch_up(&self.refused_connections, connections.refused);
+        let ShedCounts { full, head_memory } = connections.shed;
+        for (reason, count) in [("full", full), ("head_memory", head_memory)] {
+            catch_up(
+                &self.shed_connections.get_or_create(&ShedLabels { reason }),
+                count,
+            );
+        }
+        for (worker, open) in connections.open.into_iter().enumerate() {
             let open = i64::try_from(open).unwrap_or(i64::MAX);
             self.connections
                 .get_or_create(&WorkerLabels { worker })

@@ -24,6 +24,7 @@ mod proxy;
 mod recheck;
 mod relay;
 mod shared;
+mod shedding;
 mod usage;
 
 use std::collections::{BTreeMap, HashSet};
@@ -53,6 +54,7 @@ use accept::{Accepted, AddressCap, Balancer};
 pub use journal::Journal;
 use lifecycle::{Signals, print_banner, wait_for_workers};
 use metrics::Metrics;
+use shedding::Shedding;
 
 /// The largest request head (HTTP/1) or header list (HTTP/2) a client may send; larger heads
 /// are answered 431.
@@ -70,6 +72,23 @@ const TOKEN_HEADER: http::HeaderName = http::HeaderName::from_static("x-aibridge
 
 /// Reloads the configuration (on SIGHUP), checked as it was at start.
 pub type ConfigLoader = Box<dyn Fn() -> anyhow::Result<Config> + Send + Sync>;
+
+/// Connections the kernel may queue before `serve` accepts them. Past the queue a client's
+/// connect waits a second for its SYN to be sent again; under a connection flood the default
+/// 128 fills between two accepts.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// A listening socket on `address`, with room in its queue for bursts of connections.
+pub fn bind(address: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
+    // A restart must not wait for the last run's connections to leave TIME_WAIT.
+    #[cfg(unix)]
+    socket.set_reuse_address(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
 
 pub struct ServerOptions {
     pub listener: std::net::TcpListener,
@@ -266,6 +285,8 @@ pub struct AppState {
     balancer: Balancer,
     /// Open connections per client address.
     addresses: AddressCap,
+    /// Connections to close when the server is full or heads hold too much memory.
+    shedding: Shedding,
     /// Whether the listener is on a loopback address (see [`guard`]).
     loopback: bool,
 }
@@ -361,6 +382,7 @@ pub fn run(config: Config, options: ServerOptions) -> anyhow::Result<()> {
             config.serve.max_connections_per_ip,
             config.serve.cap_loopback_clients,
         ),
+        shedding: Shedding::new(shedding::HEAD_BUDGET),
         loopback: address.ip().is_loopback(),
     });
     let (inboxes, worker_results) = start_workers(app)?;
@@ -374,6 +396,7 @@ pub fn run(config: Config, options: ServerOptions) -> anyhow::Result<()> {
             listener,
             &app.balancer,
             &app.addresses,
+            &app.shedding,
             inboxes,
             connection_cap,
         ));
@@ -494,7 +517,7 @@ fn serve_worker(
                 idle: settings.client_idle_timeout,
                 first_byte: settings.client_first_byte_timeout,
             };
-            let activity = clients::Activity::new(clock.clone());
+            let activity = clients::Activity::new(clock.clone(), &app.shedding);
             let operator_routes = operator_routes.clone();
             let noted = activity.clone();
             let service = hyper::service::service_fn(move |request| {
@@ -515,14 +538,18 @@ fn serve_worker(
                 let _ = connection.await;
                 drop((open, address));
             });
-            // A task of its own, so the connection's many wake-ups never poll its timer.
             let serving = serving.abort_handle();
-            tokio::spawn(async move {
-                if let Some(why) = clients::past_limits(&activity, limits, &serving).await {
+            activity.serve_in(serving.clone());
+            app.shedding.arrived(&activity);
+            // A task of its own, so the connection's many wake-ups never poll its timer.
+            let watched = activity.clone();
+            let watchdog = tokio::spawn(async move {
+                if let Some(why) = clients::past_limits(&watched, limits, &serving).await {
                     tracing::debug!("closing a client connection: {why:?}");
                     serving.abort();
                 }
             });
+            activity.watched_by(watchdog.abort_handle());
         }
         // Let requests in flight finish, and close idle connections.
         connections.shutdown().await;
