@@ -82,6 +82,8 @@ Register-ArgumentCompleter -Native -CommandName 'aibridge' -ScriptBlock {
         'aibridge;send' {
             [CompletionResult]::new('-p', '-p', [CompletionResultType]::ParameterName, 'Provider to send to: a provider name from the config')
             [CompletionResult]::new('--provider', '--provider', [CompletionResultType]::ParameterName, 'Provider to send to: a provider name from the config')
+            [CompletionResult]::new('-m', '-m', [CompletionResultType]::ParameterName, 'The model: for bedrock, the model id in the default path (e.g. us.anthropic.claude-sonnet-4-5-20250929-v1:0); for the others, the JSON body''s "model", added or replaced')
+            [CompletionResult]::new('--model', '--model', [CompletionResultType]::ParameterName, 'The model: for bedrock, the model id in the default path (e.g. us.anthropic.claude-sonnet-4-5-20250929-v1:0); for the others, the JSON body''s "model", added or replaced')
             [CompletionResult]::new('-d', '-d', [CompletionResultType]::ParameterName, 'Request body: the text itself, @FILE, or @- for stdin')
             [CompletionResult]::new('--data', '--data', [CompletionResultType]::ParameterName, 'Request body: the text itself, @FILE, or @- for stdin')
             [CompletionResult]::new('-X', '-X ', [CompletionResultType]::ParameterName, 'HTTP method [default: POST with a body, else GET]')

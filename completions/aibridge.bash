@@ -427,7 +427,7 @@ _aibridge() {
             return 0
             ;;
         aibridge__subcmd__send)
-            opts="-p -d -X -H -v -q -h -V --provider --data --request --header --key --keys-file --json --no-state --wait --timeout --config --state-file --redis-url --verbose --quiet --help --version"
+            opts="-p -m -d -X -H -v -q -h -V --provider --model --data --request --header --key --keys-file --json --no-state --wait --timeout --config --state-file --redis-url --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -438,6 +438,14 @@ _aibridge() {
                     return 0
                     ;;
                 -p)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --model)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -m)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -76,6 +76,8 @@ set edit:completion:arg-completer[aibridge] = {|@words|
         &'aibridge;send'= {
             cand -p 'Provider to send to: a provider name from the config'
             cand --provider 'Provider to send to: a provider name from the config'
+            cand -m 'The model: for bedrock, the model id in the default path (e.g. us.anthropic.claude-sonnet-4-5-20250929-v1:0); for the others, the JSON body''s "model", added or replaced'
+            cand --model 'The model: for bedrock, the model id in the default path (e.g. us.anthropic.claude-sonnet-4-5-20250929-v1:0); for the others, the JSON body''s "model", added or replaced'
             cand -d 'Request body: the text itself, @FILE, or @- for stdin'
             cand --data 'Request body: the text itself, @FILE, or @- for stdin'
             cand -X 'HTTP method [default: POST with a body, else GET]'

@@ -62,6 +62,7 @@ complete -c aibridge -n "__fish_aibridge_using_subcommand probe-keys" -s q -l qu
 complete -c aibridge -n "__fish_aibridge_using_subcommand probe-keys" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c aibridge -n "__fish_aibridge_using_subcommand probe-keys" -s V -l version -d 'Print version'
 complete -c aibridge -n "__fish_aibridge_using_subcommand send" -s p -l provider -d 'Provider to send to: a provider name from the config' -r
+complete -c aibridge -n "__fish_aibridge_using_subcommand send" -s m -l model -d 'The model: for bedrock, the model id in the default path (e.g. us.anthropic.claude-sonnet-4-5-20250929-v1:0); for the others, the JSON body\'s "model", added or replaced' -r
 complete -c aibridge -n "__fish_aibridge_using_subcommand send" -s d -l data -d 'Request body: the text itself, @FILE, or @- for stdin' -r
 complete -c aibridge -n "__fish_aibridge_using_subcommand send" -s X -l request -d 'HTTP method [default: POST with a body, else GET]' -r
 complete -c aibridge -n "__fish_aibridge_using_subcommand send" -s H -l header -d 'Add a header; a credential header (authorization, x-api-key) sends the request with that key alone (bring your own key: one attempt, nothing marked)' -r

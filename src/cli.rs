@@ -198,9 +198,16 @@ pub struct SendArgs {
     pub provider: String,
 
     /// Path and query under the provider's base URL [default: /v1/messages for anthropic,
-    /// /v1/chat/completions for openai, /chat/completions for copilot]
+    /// /v1/chat/completions for openai, /chat/completions for copilot,
+    /// /model/{--model}/invoke for bedrock]
     #[arg(value_name = "PATH")]
     pub path: Option<String>,
+
+    /// The model: for bedrock, the model id in the default path (e.g.
+    /// us.anthropic.claude-sonnet-4-5-20250929-v1:0); for the others, the JSON body's
+    /// "model", added or replaced
+    #[arg(short, long, env = "AIBRIDGE_MODEL", value_name = "MODEL")]
+    pub model: Option<String>,
 
     /// Request body: the text itself, @FILE, or @- for stdin
     #[arg(short, long, value_name = "DATA|@FILE|@-")]

@@ -129,6 +129,11 @@ pub struct ProviderConfig {
     pub max_attempts: Option<usize>,
     /// How long `serve` may hold a request for a cooling key in total; zero = not at all.
     pub max_wait: Duration,
+    /// Bedrock: the region of credentials that name none (and of callers' own API keys).
+    pub region: Option<String>,
+    /// Bedrock without a `base_url`: each attempt goes to its credential's regional
+    /// endpoint (`bedrock-runtime.{region}` or, for the control plane, `bedrock.{region}`).
+    pub regional: bool,
 }
 
 impl ProviderConfig {
@@ -277,6 +282,7 @@ struct RawProvider {
     max_attempts: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     max_wait: Option<Duration>,
+    region: Option<Spanned<String>>,
 }
 
 /// The config file used when none is named: `<config dir>/aibridge/config.toml`.
@@ -672,15 +678,21 @@ fn resolve_provider(
         .ok_or_else(|| {
             ConfigError::provider(
                 name,
-                "missing `kind` (one of \"anthropic\", \"openai\", \"copilot\")",
+                "missing `kind` (one of \"anthropic\", \"openai\", \"copilot\", \"bedrock\")",
             )
         })?;
     let setting = |field: &str| format!("providers.{name}.{field}");
+    let region = resolve_region(name, kind, &raw, file, env)?;
     let base_url_variable = provider_env_var(name, "BASE_URL");
-    let base_url = match Chosen::pick(&base_url_variable, env, raw.base_url.as_ref(), file) {
+    let chosen_base_url = Chosen::pick(&base_url_variable, env, raw.base_url.as_ref(), file);
+    let regional = kind == ProviderKind::Bedrock && chosen_base_url.is_none();
+    let base_url = match chosen_base_url {
         Some(chosen) => validate_base_url(&chosen.value)
             .map_err(|message| chosen.error(setting("base_url"), message))?,
-        None => kind.api().default_base_url().to_owned(),
+        None => match &region {
+            Some(region) => crate::provider::bedrock::Plane::Runtime.endpoint(region),
+            None => kind.api().default_base_url().to_owned(),
+        },
     };
 
     let expects_keys = !raw.keys.is_empty() || raw.keys_file.is_some() || raw.keys_env.is_some();
@@ -704,6 +716,9 @@ fn resolve_provider(
         keys.extend(split_key_list(&list));
     }
     validate_keys(&keys).map_err(|error| ConfigError::provider(name, error.to_string()))?;
+    if kind == ProviderKind::Bedrock {
+        validate_aws_credentials(name, &keys)?;
+    }
     if kind.api().byok_only() && !keys.is_empty() {
         return Err(ConfigError::provider(
             name,
@@ -753,7 +768,64 @@ fn resolve_provider(
             Some(limit) => Some(limit),
         },
         max_wait: raw.max_wait.unwrap_or(DEFAULT_MAX_WAIT),
+        region,
+        regional,
     })
+}
+
+/// Bedrock's default region: `AIBRIDGE_<NAME>_REGION`, else `region`, else us-east-1. Other
+/// kinds have none, and refuse the setting.
+fn resolve_region(
+    name: &str,
+    kind: ProviderKind,
+    raw: &RawProvider,
+    file: FileText<'_>,
+    env: EnvLookup<'_>,
+) -> Result<Option<String>, ConfigError> {
+    let setting = format!("providers.{name}.region");
+    let chosen = Chosen::pick(
+        &provider_env_var(name, "REGION"),
+        env,
+        raw.region.as_ref(),
+        file,
+    );
+    if kind != ProviderKind::Bedrock {
+        return match chosen {
+            Some(chosen) => Err(chosen.error(setting, "only a bedrock provider has a region")),
+            None => Ok(None),
+        };
+    }
+    let Some(chosen) = chosen else {
+        return Ok(Some(crate::provider::bedrock::DEFAULT_REGION.to_owned()));
+    };
+    if !crate::provider::bedrock::is_region(&chosen.value) {
+        return Err(chosen.error(
+            setting,
+            format!(
+                "{} is not an AWS region name (like us-east-1)",
+                shown_value(&chosen.value)
+            ),
+        ));
+    }
+    Ok(Some(chosen.value))
+}
+
+/// Every pooled Bedrock key must be a credential in the documented one-line form.
+fn validate_aws_credentials(name: &str, keys: &[ApiKey]) -> Result<(), ConfigError> {
+    let bad = keys
+        .iter()
+        .position(|key| crate::provider::bedrock::AwsCredential::parse(key.expose()).is_none());
+    match bad {
+        Some(index) => Err(ConfigError::provider(
+            name,
+            format!(
+                "key #{} {}",
+                index + 1,
+                crate::provider::bedrock::CREDENTIAL_FORM
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Why a URL with user info is refused; the URL itself is then never printed.

@@ -14,6 +14,7 @@ use crate::health::Observation;
 use crate::keypool::{
     AttemptLimit, DisableReason, Exhausted, ExhaustionKind, KeyState, Mark, MarkOutcome,
 };
+use crate::provider::bedrock::{self, Plane};
 use crate::provider::{is_quota_error, may_signal_quota};
 use crate::secret::ApiKey;
 use crate::transport::{self, HttpClient, Response, ResponseBody, Reuse};
@@ -382,14 +383,22 @@ impl Walker {
             return (attempt, Next::Answer(Ok(response)));
         }
         let api = upstream.kind.api();
-        if pool.mark_for(status, response.headers()).is_none() && !may_signal_quota(api, status) {
+        let worth_reading = if api.model_in_path() {
+            bedrock::may_be_fault(status) && Plane::of(&request.path_and_query) == Plane::Runtime
+        } else {
+            pool.mark_for(status, response.headers()).is_some() || may_signal_quota(api, status)
+        };
+        if !worth_reading {
             return (attempt, Next::Answer(Ok(response)));
         }
         let (parts, body) = read_whole(response).await;
-        let mark = if is_quota_error(api, status, body.as_deref().unwrap_or_default()) {
-            Some(Mark::Disable(DisableReason::Quota))
+        let read = body.as_deref().unwrap_or_default();
+        let mark = if api.model_in_path() {
+            bedrock::fault(status, &parts.headers, read).map(|fault| aws_mark(pool, fault))
+        } else if is_quota_error(api, status, read) {
+            Some(KeyMark::Pool(Mark::Disable(DisableReason::Quota)))
         } else {
-            pool.mark_for(status, &parts.headers)
+            pool.mark_for(status, &parts.headers).map(KeyMark::Pool)
         };
         let Some(mark) = mark else {
             // Read for its body, but the caller's fault after all: passed back as it came.
@@ -401,7 +410,19 @@ impl Walker {
             return (attempt, Next::Answer(result));
         };
         let model = request.model();
-        let outcome = pool.mark_request(index, mark, model);
+        let outcome = match (mark, model) {
+            (KeyMark::ModelRest(reason), Some(model)) => {
+                tracing::info!(
+                    provider = %upstream.name,
+                    key = %attempt.key_hint,
+                    model = %model,
+                    "key out for model {model} ({reason})"
+                );
+                pool.cool_model(index, model, pool.max_cooldown())
+            }
+            (KeyMark::ModelRest(_), None) => pool.mark(index, Mark::Cool(pool.max_cooldown())),
+            (KeyMark::Pool(mark), model) => pool.mark_request(index, mark, model),
+        };
         attempt.record_mark(outcome, model);
         if outcome.changed {
             log_mark(&upstream.name, &attempt, pool.clock().now_ms());
@@ -421,21 +442,43 @@ impl Walker {
         key: Option<&ApiKey>,
         reuse: Reuse,
     ) -> Result<Response, Failed> {
-        let destination = &upstream.destination;
+        let cannot_send = |message: String| Failed {
+            error: FailoverError::Unreachable(message),
+            replayable: false,
+        };
+        let api = upstream.kind.api();
+        // Only a signing provider's credentials name a region.
+        let region = if api.signs_requests() {
+            upstream.region_of(key)
+        } else {
+            &upstream.region
+        };
+        let destination = upstream
+            .endpoints
+            .for_request(region, &request.path_and_query)
+            .ok_or_else(|| cannot_send(format!("no endpoint for region {region}")))?;
         let path = destination
             .path_for(&request.path_and_query)
-            .map_err(|error| Failed {
-                error: FailoverError::Unreachable(format!("invalid request path: {error}")),
-                replayable: false,
-            })?;
+            .map_err(|error| cannot_send(format!("invalid request path: {error}")))?;
         let mut outbound = http::Request::new(request.body.clone());
         *outbound.method_mut() = request.method.clone();
-        *outbound.uri_mut() = Uri::from(path);
         let headers = outbound.headers_mut();
         headers.clone_from(&request.headers);
         if let Some(key) = key {
-            upstream.kind.api().apply_key(headers, key);
+            api.apply_key(headers, key);
+            if api.signs_requests() {
+                let url = format!("{}{path}", destination.origin.prefix());
+                let host = destination
+                    .origin
+                    .host_header()
+                    .map_err(|error| cannot_send(error.to_string()))?;
+                let now =
+                    std::time::UNIX_EPOCH + Duration::from_millis(upstream.pool.clock().now_ms());
+                crate::provider::bedrock::sign_attempt(&mut outbound, key, region, &url, host, now)
+                    .map_err(cannot_send)?;
+            }
         }
+        *outbound.uri_mut() = Uri::from(path);
         match tokio::time::timeout(
             self.response_timeout,
             self.client.send_to(&destination.origin, outbound, reuse),
@@ -452,6 +495,30 @@ impl Walker {
                 replayable: failure.replayable,
             }),
         }
+    }
+}
+
+/// What an answer that was the key's fault does to it.
+#[derive(Debug, Clone, Copy)]
+enum KeyMark {
+    /// A mark by the pool's own rules (its cooldown scope).
+    Pool(Mark),
+    /// The key rests for the request's model alone, for `max_cooldown`, whatever the scope:
+    /// the account cannot use that model (or its quota for it is spent), but may serve
+    /// others.
+    ModelRest(&'static str),
+}
+
+/// The mark an AWS error earns a Bedrock credential.
+fn aws_mark(pool: &crate::keypool::Pool, fault: bedrock::Fault) -> KeyMark {
+    match fault {
+        bedrock::Fault::Throttled => {
+            // Bedrock sends no Retry-After: the default cooldown.
+            KeyMark::Pool(Mark::Cool(pool.cooldown_for(&HeaderMap::new())))
+        }
+        bedrock::Fault::NoModelAccess => KeyMark::ModelRest("no_model_access"),
+        bedrock::Fault::Quota => KeyMark::ModelRest("quota"),
+        bedrock::Fault::Disabled(reason) => KeyMark::Pool(Mark::Disable(reason)),
     }
 }
 

@@ -26,9 +26,20 @@ impl ApiKey {
     }
 
     /// A masked hint that identifies a key to a person without revealing it:
-    /// 4 chars each end for keys of 20+ chars, 2 for 10+, 1 for 5+, nothing below.
+    /// 4 chars each end for keys of 20+ chars, 2 for 10+, 1 for 5+, nothing below. A
+    /// credential of several parts (AWS: `ACCESS_KEY_ID:SECRET[:TOKEN][@REGION]`) is known by
+    /// its first part, masked, and its region: `AKIA...WXYZ@us-east-1`.
     pub fn hint(&self) -> String {
-        mask(&self.0)
+        let (body, region) = match self.0.rsplit_once('@') {
+            Some((body, region)) if looks_like_region(region) => (body, Some(region)),
+            _ => (&*self.0, None),
+        };
+        let first = body.split(':').next().unwrap_or_default();
+        let shown = mask(first);
+        match region {
+            Some(region) => format!("{shown}@{region}"),
+            None => shown,
+        }
     }
 
     /// A stable identifier for state files and admin APIs: the first 16 hex chars of SHA-256.
@@ -36,6 +47,14 @@ impl ApiKey {
         let digest = Sha256::digest(self.0.as_bytes());
         hex::encode(&digest[..8])
     }
+}
+
+/// A short lower-case name like `us-east-1`: shown as is, since it cannot be a secret.
+fn looks_like_region(text: &str) -> bool {
+    (3..=32).contains(&text.len())
+        && text
+            .bytes()
+            .all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-')
 }
 
 /// Masks any secret string by the rule of [`ApiKey::hint`].
@@ -173,6 +192,19 @@ mod tests {
     fn hint_shows_four_chars_each_end_for_long_keys() {
         let key = ApiKey::new("sk-abcdefghijklmnopqrstuvwxyzefgh");
         assert_eq!(key.hint(), "sk-a...efgh");
+    }
+
+    #[test]
+    fn an_aws_credential_is_known_by_its_key_id_and_region() {
+        let pair = ApiKey::new("AKIAMOCKALPHA0000001:mock/secret+alpha/0001:token==@us-east-1");
+        assert_eq!(pair.hint(), "AKIA...0001@us-east-1");
+        let api_key = ApiKey::new("ABSKmockapikeycharlie0000000003");
+        assert_eq!(api_key.hint(), "ABSK...0003");
+        // Not a region: the whole text is masked.
+        assert_eq!(
+            ApiKey::new("sk-abc@DEF-secret-0123456789").hint(),
+            "sk-a...6789"
+        );
     }
 
     #[test]

@@ -220,6 +220,17 @@ impl Origin {
         }
     }
 
+    /// The `Host` header requests to this origin carry: the port only when it is not the
+    /// scheme's default.
+    pub fn host_header(&self) -> Result<HeaderValue, Error> {
+        pool::host_header(self)
+    }
+
+    /// `scheme://authority`, as a URL starts.
+    pub fn prefix(&self) -> String {
+        format!("{}://{}", self.scheme, self.authority)
+    }
+
     /// `path` on this origin.
     pub fn url(&self, path: PathAndQuery) -> Result<Uri, Error> {
         Ok(Uri::builder()

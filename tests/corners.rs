@@ -46,9 +46,9 @@ fn pool_status_checks_the_provider_against_the_servers() {
     };
     let output = status("team").success();
     assert!(output.stdout.contains(&hint(K4)), "{}", output.stdout);
-    status("nope")
-        .code(2)
-        .one_line_error("unknown provider \"nope\" (known: anthropic, copilot, openai, team)");
+    status("nope").code(2).one_line_error(
+        "unknown provider \"nope\" (known: anthropic, bedrock, copilot, openai, team)",
+    );
 }
 
 #[test]

@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod bedrock;
 mod cli;
 mod clients;
 mod corners;

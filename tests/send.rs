@@ -489,7 +489,9 @@ fn no_keys_unknown_and_disabled_providers_exit_2() {
         .args(["send", "--provider", "gemini"])
         .run()
         .code(2)
-        .one_line_error("unknown provider \"gemini\" (configured: anthropic, copilot, openai)");
+        .one_line_error(
+            "unknown provider \"gemini\" (configured: anthropic, bedrock, copilot, openai)",
+        );
     Test::new()
         .config(&format!(
             "[providers.anthropic]\nbase_url = \"{}\"\nkeys = [\"{K1}\"]\nenabled = false\n",
@@ -560,4 +562,38 @@ fn a_connection_dropped_after_it_was_made_is_not_sent_again() {
     );
     listener.set_nonblocking(true).unwrap();
     assert!(listener.accept().is_err(), "a second connection was made");
+}
+
+#[test]
+fn model_flag_sets_the_body_model_for_json_providers() {
+    let mock = MockUpstream::start();
+    let test = Test::new().anthropic(&mock, &[K1]);
+    test.run_with(&[
+        "send",
+        "--no-state",
+        "--model",
+        "claude-opus-4-1",
+        "-d",
+        BODY,
+    ])
+    .success();
+    test.run_with(&["send", "--no-state", "-m", "claude-haiku-4-5"])
+        .success();
+    let bodies: Vec<serde_json::Value> = mock
+        .requests()
+        .iter()
+        .map(|request| serde_json::from_slice(&request.body).unwrap())
+        .collect();
+    assert_eq!(bodies[0]["model"], "claude-opus-4-1", "replaced");
+    assert_eq!(bodies[0]["max_tokens"], 64, "the rest kept");
+    assert_eq!(
+        bodies[1],
+        json!({"model": "claude-haiku-4-5"}),
+        "added to an empty body"
+    );
+    assert_eq!(mock.requests()[1].method, "POST", "a body is posted");
+    test.run_with(&["send", "--no-state", "--model", "m", "-d", "[1]"])
+        .code(2)
+        .one_line_error("--model needs a JSON object body");
+    assert_eq!(mock.requests().len(), 2);
 }

@@ -483,7 +483,7 @@ fn disabled_and_unknown_providers() {
     let body = json_body(response);
     assert_eq!(
         body["error"]["message"],
-        "unknown provider \"gemini\"; configured: anthropic, copilot, openai"
+        "unknown provider \"gemini\"; configured: anthropic, bedrock, copilot, openai"
     );
     assert!(mock.requests().is_empty());
 }

@@ -75,16 +75,34 @@ fn provider_for_run(config: &Config, args: &SendArgs) -> anyhow::Result<Provider
 }
 
 fn build_request(args: &SendArgs, provider: &ProviderConfig) -> anyhow::Result<OutboundRequest> {
-    let body = read_body(args.data.as_deref())?;
-    let method = args.method.clone().unwrap_or(if args.data.is_some() {
-        Method::POST
-    } else {
-        Method::GET
-    });
-    let path = args
-        .path
+    let api = provider.kind.api();
+    let mut body = read_body(args.data.as_deref())?;
+    if let (Some(model), false) = (&args.model, api.model_in_path()) {
+        body = with_model(&body, model)?;
+    }
+    let method = args
+        .method
         .clone()
-        .unwrap_or_else(|| provider.kind.api().default_send_path().to_owned());
+        .unwrap_or(if args.data.is_some() || !body.is_empty() {
+            Method::POST
+        } else {
+            Method::GET
+        });
+    let path = match (&args.path, &args.model) {
+        (Some(path), _) => path.clone(),
+        (None, Some(model)) if api.model_in_path() => {
+            let encoded = percent_encoding::utf8_percent_encode(model, MODEL_ID);
+            api.default_send_path()
+                .replace("{model}", &encoded.to_string())
+        }
+        (None, None) if api.model_in_path() => {
+            bail!(
+                "{} names the model in the path: pass --model ID (or a PATH)",
+                provider.kind
+            )
+        }
+        (None, _) => api.default_send_path().to_owned(),
+    };
     if path.contains("://") {
         bail!(
             "PATH is a path under the provider's base URL ({}), not a URL: {path}",
@@ -111,7 +129,32 @@ fn build_request(args: &SendArgs, provider: &ProviderConfig) -> anyhow::Result<O
         );
     }
     transport::identify_as_aibridge(&mut headers);
-    Ok(OutboundRequest::new(method, path_and_query, headers, body))
+    let request = OutboundRequest::new(method, path_and_query, headers, body);
+    Ok(if api.model_in_path() {
+        request.with_model_in_path()
+    } else {
+        request
+    })
+}
+
+/// What a model id keeps encoded in a path, as AWS's SDKs write it: everything but
+/// letters, digits and `-._~`, so `:` and the `/` of an ARN stay inside one segment.
+const MODEL_ID: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// `body` with its top-level `"model"` set to `model`.
+fn with_model(body: &[u8], model: &str) -> anyhow::Result<Bytes> {
+    let mut document: serde_json::Map<String, serde_json::Value> = if body.is_empty() {
+        serde_json::Map::new()
+    } else {
+        serde_json::from_slice(body)
+            .context("--model needs a JSON object body to put the model in")?
+    };
+    document.insert("model".to_owned(), model.into());
+    Ok(serde_json::to_vec(&document)?.into())
 }
 
 /// The largest body `send` reads from a file or stdin: `serve`'s default `max_body_size`.

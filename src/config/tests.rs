@@ -13,11 +13,11 @@ fn error(text: &str) -> String {
 }
 
 #[test]
-fn defaults_give_three_builtin_providers() {
+fn defaults_give_four_builtin_providers() {
     let config = parse_with("", &no_env).unwrap();
     assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
     let names: Vec<_> = config.providers.keys().map(String::as_str).collect();
-    assert_eq!(names, ["anthropic", "copilot", "openai"]);
+    assert_eq!(names, ["anthropic", "bedrock", "copilot", "openai"]);
     let anthropic = &config.providers["anthropic"];
     assert_eq!(anthropic.base_url, "https://api.anthropic.com");
     assert!(anthropic.keys.is_empty() && anthropic.enabled);
@@ -284,7 +284,7 @@ fn unknown_field_and_kind_are_errors() {
     let message = error("[providers.x]\nkeys = [\"sk-1234567890\"]\n");
     assert_eq!(
         message,
-        "provider \"x\": missing `kind` (one of \"anthropic\", \"openai\", \"copilot\")"
+        "provider \"x\": missing `kind` (one of \"anthropic\", \"openai\", \"copilot\", \"bedrock\")"
     );
 }
 
@@ -381,5 +381,52 @@ fn keys_file_skips_blanks_and_comments() {
     assert_eq!(
         keys.iter().map(ApiKey::expose).collect::<Vec<_>>(),
         ["sk-a", "sk-b"]
+    );
+}
+
+#[test]
+fn bedrock_credentials_regions_and_endpoints() {
+    let config = parse_with(
+        "[providers.bedrock]\nregion = \"eu-central-1\"\n\
+         keys = [\"AKIDX:hunter2hunter2@us-east-1\", \"ABSKapikey0000000000\"]\n",
+        &no_env,
+    )
+    .unwrap();
+    let bedrock = &config.providers["bedrock"];
+    assert_eq!(bedrock.region.as_deref(), Some("eu-central-1"));
+    assert!(
+        bedrock.regional,
+        "no base_url: each credential's own region"
+    );
+    assert_eq!(
+        bedrock.base_url,
+        "https://bedrock-runtime.eu-central-1.amazonaws.com"
+    );
+    let fixed = parse_with(
+        "[providers.bedrock]\nbase_url = \"https://vpce.example\"\n",
+        &no_env,
+    )
+    .unwrap();
+    assert!(!fixed.providers["bedrock"].regional);
+    assert_eq!(
+        fixed.providers["bedrock"].region.as_deref(),
+        Some("us-east-1")
+    );
+
+    let message = error("[providers.bedrock]\nkeys = [\"AKIDX:hunter2hunter2:tok:extra\"]\n");
+    assert!(
+        message.contains("key #1 is not a Bedrock credential"),
+        "{message}"
+    );
+    assert!(!message.contains("hunter2"), "{message}");
+    let message = error("[providers.bedrock]\nregion = \"Mars One\"\n");
+    assert!(
+        message.starts_with("/etc/aibridge.toml:2:10: providers.bedrock.region:"),
+        "{message}"
+    );
+    let message = error("[providers.anthropic]\nregion = \"us-east-1\"\n");
+    assert!(
+        message.contains("only a bedrock provider has a region"),
+        "{message}"
     );
 }

@@ -38,6 +38,15 @@ impl OutboundRequest {
         }
     }
 
+    /// For a provider that names the model in the path (Bedrock's `/model/{id}/...`): the
+    /// model is read from there, not from the body.
+    pub fn with_model_in_path(self) -> Self {
+        let model = crate::provider::bedrock::model_of_path(&self.path_and_query);
+        // Fresh: nothing has read the body's model yet.
+        let _ = self.model.set(model);
+        self
+    }
+
     pub fn headers(&self) -> &HeaderMap {
         &self.headers
     }

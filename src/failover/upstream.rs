@@ -1,5 +1,6 @@
 //! A provider as the walker sees it: where to send, and whose key to send with.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use http::uri::{InvalidUri, PathAndQuery};
@@ -9,6 +10,7 @@ use tokio::sync::Notify;
 use super::FailoverError;
 use crate::config::ProviderConfig;
 use crate::keypool::{Clock, Pool, PoolError};
+use crate::provider::bedrock::{AwsCredential, Plane, is_caller_signature};
 use crate::provider::{ProviderKind, caller_credential};
 use crate::secret::ApiKey;
 use crate::transport::Origin;
@@ -19,7 +21,9 @@ pub struct Upstream {
     pub name: String,
     pub kind: ProviderKind,
     pub base_url: String,
-    pub(super) destination: Destination,
+    pub(super) endpoints: Endpoints,
+    /// Bedrock: the region credentials that name none sign for.
+    pub region: String,
     pub enabled: bool,
     /// Whether a caller's own credential takes the place of the pool.
     pub byok: bool,
@@ -43,7 +47,11 @@ impl Upstream {
             name: config.name.clone(),
             kind: config.kind,
             base_url: config.base_url.clone(),
-            destination: Destination::parse(&config.base_url),
+            endpoints: Endpoints::of(config),
+            region: config
+                .region
+                .clone()
+                .unwrap_or_else(|| crate::provider::bedrock::DEFAULT_REGION.to_owned()),
             enabled: config.enabled,
             byok: config.byok,
             expects_keys: config.expects_keys,
@@ -52,6 +60,12 @@ impl Upstream {
             max_wait: config.max_wait,
             freed: Notify::new(),
         })
+    }
+
+    /// The region an attempt with `key` goes to (`None`: the caller's own credential).
+    pub fn region_of<'a>(&'a self, key: Option<&'a ApiKey>) -> &'a str {
+        key.and_then(|key| AwsCredential::parse(key.expose())?.region)
+            .unwrap_or(&self.region)
     }
 
     /// Tells held requests that a key came back before its cooldown ended.
@@ -92,12 +106,25 @@ impl Upstream {
                 provider: self.name.clone(),
             });
         }
-        // The caller's credential only matters when it may be used.
+        let signs = self.kind.api().signs_requests();
+        // The caller's credential only matters when it may be used. A caller's AWS signature
+        // is not one: it was made for the bridge's host and cannot be sent on.
         let caller = if prefer_caller || (self.pool.is_empty() && !self.expects_keys) {
-            caller_credential(headers)
+            caller_credential(headers).filter(|_| !(signs && is_caller_signature(headers)))
         } else {
             None
         };
+        if caller.is_none() && self.pool.is_empty() && signs && is_caller_signature(headers) {
+            return Err(FailoverError::NoKeys {
+                provider: self.name.clone(),
+                hint: format!(
+                    "a request signed with SigV4 cannot be forwarded (its signature is for the \
+                     bridge, not AWS): set providers.{}.keys to AWS credentials, or send a \
+                     Bedrock API key as Authorization: Bearer",
+                    self.name
+                ),
+            });
+        }
         match caller {
             Some(key) => Ok(Credentials::Caller(key)),
             None if !self.pool.is_empty() => Ok(Credentials::Pool),
@@ -116,6 +143,46 @@ pub enum Credentials {
     Pool,
     /// The caller's own key: one attempt, sent unchanged, marking nothing.
     Caller(ApiKey),
+}
+
+/// Where a provider's requests go.
+#[derive(Debug)]
+pub(super) enum Endpoints {
+    /// Every request to `base_url`.
+    Fixed(Destination),
+    /// Bedrock without a `base_url`: each credential's own region, on the runtime or the
+    /// control-plane endpoint by path. Built once for every region the pool names.
+    Regional(HashMap<(String, Plane), Destination>),
+}
+
+impl Endpoints {
+    fn of(config: &ProviderConfig) -> Self {
+        let Some(default_region) = config.region.as_deref().filter(|_| config.regional) else {
+            return Self::Fixed(Destination::parse(&config.base_url));
+        };
+        let regions = config
+            .keys
+            .iter()
+            .filter_map(|key| AwsCredential::parse(key.expose())?.region)
+            .chain([default_region]);
+        let mut by_region = HashMap::new();
+        for region in regions {
+            for plane in [Plane::Runtime, Plane::Control] {
+                by_region
+                    .entry((region.to_owned(), plane))
+                    .or_insert_with(|| Destination::parse(&plane.endpoint(region)));
+            }
+        }
+        Self::Regional(by_region)
+    }
+
+    /// Where a request for `path` goes in `region`.
+    pub(super) fn for_request(&self, region: &str, path: &str) -> Option<&Destination> {
+        match self {
+            Self::Fixed(destination) => Some(destination),
+            Self::Regional(by_region) => by_region.get(&(region.to_owned(), Plane::of(path))),
+        }
+    }
 }
 
 /// `base_url` split once into what every request's URL shares.

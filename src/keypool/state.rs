@@ -14,6 +14,8 @@ pub enum DisableReason {
     Forbidden,
     /// The account's quota or credit is used up (recognised from the error body).
     Quota,
+    /// The credential's session has expired (AWS `ExpiredTokenException`).
+    Expired,
 }
 
 impl DisableReason {
@@ -22,6 +24,7 @@ impl DisableReason {
             Self::Unauthorized => "unauthorized",
             Self::Forbidden => "forbidden",
             Self::Quota => "quota",
+            Self::Expired => "expired",
         }
     }
 
@@ -30,7 +33,12 @@ impl DisableReason {
         Self::ALL.into_iter().find(|reason| reason.as_str() == name)
     }
 
-    const ALL: [Self; 3] = [Self::Unauthorized, Self::Forbidden, Self::Quota];
+    const ALL: [Self; 4] = [
+        Self::Unauthorized,
+        Self::Forbidden,
+        Self::Quota,
+        Self::Expired,
+    ];
 }
 
 /// A key's health. A cooling key whose deadline has passed reads as `Available`.
@@ -78,6 +86,7 @@ pub enum StateReason {
     Unauthorized,
     Forbidden,
     Quota,
+    Expired,
 }
 
 impl StateReason {
@@ -87,6 +96,7 @@ impl StateReason {
             Self::Unauthorized => "unauthorized",
             Self::Forbidden => "forbidden",
             Self::Quota => "quota",
+            Self::Expired => "expired",
         }
     }
 }
@@ -97,6 +107,7 @@ impl From<DisableReason> for StateReason {
             DisableReason::Unauthorized => Self::Unauthorized,
             DisableReason::Forbidden => Self::Forbidden,
             DisableReason::Quota => Self::Quota,
+            DisableReason::Expired => Self::Expired,
         }
     }
 }

@@ -2,13 +2,14 @@
 //! bridge makes up itself is shaped so clients parse it like one of the provider's own.
 
 mod anthropic;
+pub mod bedrock;
 mod copilot;
 mod openai;
 
 use std::fmt;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, header};
+use http::{HeaderMap, HeaderName, HeaderValue, header};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -16,6 +17,7 @@ use crate::keypool::{Exhausted, ExhaustionKind};
 use crate::secret::ApiKey;
 
 pub use anthropic::ANTHROPIC;
+pub use bedrock::BEDROCK;
 pub use copilot::COPILOT;
 pub use openai::OPENAI;
 
@@ -27,16 +29,19 @@ pub enum ProviderKind {
     #[serde(rename = "openai")]
     OpenAi,
     Copilot,
+    Bedrock,
 }
 
 impl ProviderKind {
-    pub const ALL: [ProviderKind; 3] = [Self::Anthropic, Self::OpenAi, Self::Copilot];
+    pub const ALL: [ProviderKind; 4] =
+        [Self::Anthropic, Self::OpenAi, Self::Copilot, Self::Bedrock];
 
     pub fn api(self) -> &'static ProviderSpec {
         match self {
             Self::Anthropic => &ANTHROPIC,
             Self::OpenAi => &OPENAI,
             Self::Copilot => &COPILOT,
+            Self::Bedrock => &BEDROCK,
         }
     }
 
@@ -45,6 +50,7 @@ impl ProviderKind {
             Self::Anthropic => "anthropic",
             Self::OpenAi => "openai",
             Self::Copilot => "copilot",
+            Self::Bedrock => "bedrock",
         }
     }
 
@@ -86,6 +92,9 @@ enum Auth {
     ApiKeyHeader,
     /// `Authorization: Bearer KEY`.
     Bearer,
+    /// AWS Signature Version 4 for each attempt's own credential (Bedrock), done by the
+    /// walker, which knows the URL; or a Bedrock API key as a bearer token.
+    AwsSigV4,
 }
 
 /// The JSON shape of a provider's errors and stream error events.
@@ -93,6 +102,9 @@ enum Auth {
 enum ErrorShape {
     Anthropic,
     OpenAi,
+    /// `{"message": ...}` with the type in `x-amzn-ErrorType`; streams end with an
+    /// event-stream exception frame.
+    Bedrock,
 }
 
 impl ProviderSpec {
@@ -116,11 +128,27 @@ impl ProviderSpec {
         self.quota_signals
     }
 
-    /// Replaces any caller credential with `key` in the provider's auth header.
+    /// Whether each attempt is signed for its credential (by [`bedrock::sign_attempt`])
+    /// rather than given a key header.
+    pub fn signs_requests(&self) -> bool {
+        self.auth == Auth::AwsSigV4
+    }
+
+    /// Whether the model is named in the path (Bedrock) rather than in the JSON body.
+    pub fn model_in_path(&self) -> bool {
+        self.errors == ErrorShape::Bedrock
+    }
+
+    /// Replaces any caller credential with `key` in the provider's auth header. A signing
+    /// provider only loses the caller's credentials and signature here.
     pub fn apply_key(&self, headers: &mut HeaderMap, key: &ApiKey) {
         match self.auth {
             Auth::ApiKeyHeader => anthropic::apply_key(headers, key),
             Auth::Bearer => set_bearer(headers, key),
+            Auth::AwsSigV4 => {
+                remove_credentials(headers);
+                bedrock::remove_caller_signature(headers);
+            }
         }
     }
 
@@ -129,20 +157,37 @@ impl ProviderSpec {
         match self.errors {
             ErrorShape::Anthropic => anthropic::error_body(error),
             ErrorShape::OpenAi => openai::error_body(error),
+            ErrorShape::Bedrock => bedrock::error_body(error),
         }
+    }
+
+    /// A header that carries the error's type where the provider's clients look for it
+    /// (AWS's `x-amzn-ErrorType`); `None` where the type is in the body.
+    pub fn error_type_header(&self, error: &ApiError) -> Option<(HeaderName, HeaderValue)> {
+        (self.errors == ErrorShape::Bedrock).then(|| {
+            (
+                HeaderName::from_static("x-amzn-errortype"),
+                HeaderValue::from_static(bedrock::error_type_of(error)),
+            )
+        })
     }
 
     /// Which bridged API a request is for, from its method and path (without query).
     pub fn route(&self, method: &http::Method, path: &str) -> ApiRoute {
-        ApiRoute::lookup(method, path, self.routes)
+        match self.errors {
+            ErrorShape::Bedrock => bedrock::route(method, path),
+            _ => ApiRoute::lookup(method, path, self.routes),
+        }
     }
 
-    /// The SSE event that ends a stream which broke off, so a cut stream never looks
-    /// complete: the provider's own error event for `route`.
+    /// The event that ends a stream which broke off, so a cut stream never looks complete:
+    /// the provider's own error event for `route` (an SSE event, or an event-stream
+    /// exception frame).
     pub fn stream_error_event(&self, route: ApiRoute, message: &str) -> Bytes {
         match self.errors {
             ErrorShape::Anthropic => anthropic::stream_error_event(message),
             ErrorShape::OpenAi => openai::stream_error_event(route, message),
+            ErrorShape::Bedrock => bedrock::stream_error_frame(message),
         }
     }
 }
@@ -210,6 +255,16 @@ pub enum ApiRoute {
     Messages,
     ChatCompletions,
     Responses,
+    /// Bedrock `InvokeModel`.
+    Invoke,
+    /// Bedrock `InvokeModelWithResponseStream`.
+    InvokeStream,
+    /// Bedrock `Converse`.
+    Converse,
+    /// Bedrock `ConverseStream`.
+    ConverseStream,
+    /// Bedrock `CountTokens`.
+    CountTokens,
     Other,
 }
 
@@ -219,6 +274,11 @@ impl ApiRoute {
             Self::Messages => "messages",
             Self::ChatCompletions => "chat_completions",
             Self::Responses => "responses",
+            Self::Invoke => "invoke",
+            Self::InvokeStream => "invoke_with_response_stream",
+            Self::Converse => "converse",
+            Self::ConverseStream => "converse_stream",
+            Self::CountTokens => "count_tokens",
             Self::Other => "other",
         }
     }

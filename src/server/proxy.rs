@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 
 use super::journal::{Outcome, RequestRecord, dump_failed_attempts, dump_request};
-use super::relay::{Completion, Relay};
+use super::relay::{Completion, Framing, Relay};
 use super::{AppState, Bridge, Worker};
 use crate::failover::{
     Attempt, Credentials, Exchange, FailoverError, OutboundRequest, Upstream, WalkObserver,
@@ -45,7 +45,10 @@ where
     };
     // Taken, not cloned: the request owns its path from here on.
     let path_and_query = std::mem::take(&mut target.path_and_query);
-    let request = OutboundRequest::new(parts.method, path_and_query, headers, body);
+    let mut request = OutboundRequest::new(parts.method, path_and_query, headers, body);
+    if target.api.model_in_path() {
+        request = request.with_model_in_path();
+    }
     let exchange = walk(worker, &bridge, &target, &request, &credentials).await;
     let (id, completion) = record(worker, &target, &request, &credentials, &exchange);
     answer(
@@ -123,7 +126,7 @@ impl<'a> Target<'a> {
             );
             return Err(Box::new(refused.reachable(started)));
         }
-        if is_unsafe_path(rest) {
+        if is_unsafe_path(rest, api.model_in_path()) {
             let api_error = ApiError::bad_request(
                 "the path may not contain \".\" or \"..\" segments (encoded or not), \
                  backslashes or encoded slashes"
@@ -345,20 +348,48 @@ fn is_provider_root(rest: &str) -> bool {
 /// it: a segment that is `.` or `..` as written, or once or twice percent-decoded, or before
 /// a `;` parameter (`..;`), or one that holds a backslash or an encoded slash. Every request
 /// is checked, so a path without a `.`, `%`, `;` or `\` is passed at once, allocating nothing.
-fn is_unsafe_path(path: &str) -> bool {
+/// With `model_in_path` (Bedrock), the model id of `/model/{id}/...` may hold encoded
+/// slashes, as an inference-profile ARN does; each piece between them is still checked.
+fn is_unsafe_path(path: &str, model_in_path: bool) -> bool {
     // Paths are short: a plain scan beats a vectorised search's set-up.
-    path.bytes()
+    if !path
+        .bytes()
         .any(|byte| matches!(byte, b'.' | b'%' | b';' | b'\\'))
-        && path.split('/').any(is_unsafe_segment)
+    {
+        return false;
+    }
+    let mut segments = path.split('/');
+    if model_in_path && path.starts_with("/model/") {
+        let model = segments.nth(2).unwrap_or_default();
+        if is_unsafe_model_id(model) {
+            return true;
+        }
+    }
+    segments.any(is_unsafe_segment)
+}
+
+/// A model id may hold encoded slashes (an ARN), but no piece between them may be a dot
+/// segment, however often decoded.
+fn is_unsafe_model_id(model: &str) -> bool {
+    let once = percent_encoding::percent_decode_str(model).decode_utf8_lossy();
+    let twice = percent_encoding::percent_decode_str(&once).decode_utf8_lossy();
+    [model, &once, &twice]
+        .into_iter()
+        .any(|form| form.contains('\\') || form.split('/').any(is_dot_segment))
 }
 
 fn is_unsafe_segment(segment: &str) -> bool {
     let once = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();
     let twice = percent_encoding::percent_decode_str(&once).decode_utf8_lossy();
-    [segment, &once, &twice].into_iter().any(|form| {
-        let before_parameters = form.split(';').next().unwrap_or_default();
-        matches!(before_parameters, "." | "..") || form.contains(['/', '\\'])
-    })
+    [segment, &once, &twice]
+        .into_iter()
+        .any(|form| is_dot_segment(form) || form.contains(['/', '\\']))
+}
+
+/// `.` or `..`, also before a `;` parameter (`..;`).
+fn is_dot_segment(form: &str) -> bool {
+    let before_parameters = form.split(';').next().unwrap_or_default();
+    matches!(before_parameters, "." | "..")
 }
 
 /// `/anthropic/v1/messages` -> (`anthropic`, `/v1/messages`).
@@ -432,6 +463,9 @@ fn count_value(count: usize) -> HeaderValue {
     )
 }
 
+/// AWS's binary event stream (Bedrock's streaming answers).
+const EVENT_STREAM: &str = "application/vnd.amazon.eventstream";
+
 /// Answers up to this size with a known length are read whole and sent in one write, as a
 /// buffering proxy does; anything larger, and every SSE stream, is relayed as it arrives.
 const BUFFERED_ANSWER_LIMIT: u64 = 256 * 1024;
@@ -447,22 +481,31 @@ async fn relay_response(
     let content_length = transport::content_length(&response);
     let (parts, body) = response.into_parts();
     let status = parts.status;
-    let is_sse = parts
+    let content_type = parts
         .headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| value.starts_with("text/event-stream"));
-    let mut completion = completion.with_response(status.as_u16(), &parts.headers, is_sse);
+        .unwrap_or_default();
+    let is_sse = content_type.starts_with("text/event-stream");
+    let framing = if is_sse {
+        Framing::sse(api, route)
+    } else if content_type.starts_with(EVENT_STREAM) {
+        Framing::event_stream(api)
+    } else {
+        Framing::Opaque
+    };
+    let is_stream = !matches!(framing, Framing::Opaque);
+    let mut completion = completion.with_response(status.as_u16(), &parts.headers, &framing);
     let mut headers = parts.headers;
-    // An SSE stream is relayed event by event; anything else with the length it declared.
-    transport::strip_hop_by_hop(&mut headers, content_length.filter(|_| !is_sse));
+    // A stream is relayed event by event; anything else with the length it declared.
+    transport::strip_hop_by_hop(&mut headers, content_length.filter(|_| !is_stream));
     if let Ok(value) = HeaderValue::from_str(key) {
         headers.insert(KEY_HEADER, value);
     }
     headers.insert(ATTEMPTS_HEADER, count_value(completion.attempts()));
     let idle_timeout = bridge.settings.stream_idle_timeout;
 
-    let small = !is_sse && content_length.is_some_and(|length| length <= BUFFERED_ANSWER_LIMIT);
+    let small = !is_stream && content_length.is_some_and(|length| length <= BUFFERED_ANSWER_LIMIT);
     if small {
         let body = match tokio::time::timeout(idle_timeout, transport::read_body(body)).await {
             Ok(Ok(body)) => body,
@@ -483,12 +526,7 @@ async fn relay_response(
         return reply(status, headers, Body::from(body));
     }
 
-    let relay = Relay::new(
-        body,
-        idle_timeout,
-        is_sse.then_some((api, route)),
-        completion,
-    );
+    let relay = Relay::new(body, idle_timeout, framing, completion);
     reply(status, headers, relay.into_body())
 }
 
@@ -520,6 +558,9 @@ pub fn error_response(api: &ProviderSpec, api_error: &ApiError) -> Response {
     let status = StatusCode::from_u16(api_error.status()).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut response = (status, axum::Json(api.error_body(api_error))).into_response();
     let headers = response.headers_mut();
+    if let Some((name, value)) = api.error_type_header(api_error) {
+        headers.insert(name, value);
+    }
     if let Some(retry) = api_error.should_retry() {
         let value = if retry { "true" } else { "false" };
         headers.insert(SHOULD_RETRY_HEADER, HeaderValue::from_static(value));

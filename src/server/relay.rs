@@ -14,6 +14,7 @@ use http::HeaderMap;
 use super::Worker;
 use super::journal::{AttemptDump, Outcome, RequestRecord, http_message};
 use super::usage::UsageTap;
+use crate::provider::bedrock::FrameTracker;
 use crate::provider::{ApiRoute, ProviderSpec};
 use crate::transport::error_chain;
 use crate::transport::{self, ResponseBody};
@@ -76,11 +77,14 @@ impl Completion {
     }
 
     /// The answer has started: its status and headers are known.
-    pub fn with_response(mut self, status: u16, headers: &HeaderMap, is_sse: bool) -> Self {
+    pub fn with_response(mut self, status: u16, headers: &HeaderMap, framing: &Framing) -> Self {
         self.status = status;
+        let is_sse = matches!(framing, Framing::Sse { .. });
         if let Some(record) = &mut self.record {
-            record.stream |= is_sse;
-            if self.route != ApiRoute::Other {
+            record.stream |= !matches!(framing, Framing::Opaque);
+            // Usage is read from JSON answers and SSE events (not yet from event streams).
+            let readable = is_sse || matches!(framing, Framing::Opaque);
+            if self.route != ApiRoute::Other && readable {
                 self.tap = Some(UsageTap::new(is_sse));
             }
         }
@@ -170,15 +174,79 @@ fn millis(duration: Duration) -> f64 {
     (duration.as_secs_f64() * 1_000_000.0).round() / 1000.0
 }
 
+/// How a streamed answer is framed, and so how a break in it is told to the client.
+pub enum Framing {
+    /// Not a stream format the bridge knows: a break ends the body with an error.
+    Opaque,
+    /// Server-sent events; `tail` holds the last two bytes relayed, to close a half-sent
+    /// event before the provider's error event.
+    Sse {
+        api: &'static ProviderSpec,
+        route: ApiRoute,
+        tail: [u8; 2],
+    },
+    /// An AWS event stream (Bedrock): an exception frame follows, when the break falls
+    /// between frames (a half-sent frame cannot be closed, so the body ends in an error).
+    EventStream {
+        api: &'static ProviderSpec,
+        frames: Box<FrameTracker>,
+    },
+}
+
+impl Framing {
+    pub fn sse(api: &'static ProviderSpec, route: ApiRoute) -> Self {
+        Self::Sse {
+            api,
+            route,
+            tail: *b"\n\n",
+        }
+    }
+
+    pub fn event_stream(api: &'static ProviderSpec) -> Self {
+        Self::EventStream {
+            api,
+            frames: Box::default(),
+        }
+    }
+
+    fn saw(&mut self, chunk: &[u8]) {
+        match self {
+            Self::Opaque => {}
+            Self::Sse { tail, .. } => match chunk {
+                [] => {}
+                [only] => *tail = [tail[1], *only],
+                [.., a, b] => *tail = [*a, *b],
+            },
+            Self::EventStream { frames, .. } => frames.saw(chunk),
+        }
+    }
+
+    /// What ends the stream after a break: the provider's error event, or none.
+    fn error_event(&self, message: &str) -> Option<Bytes> {
+        match self {
+            Self::Opaque => None,
+            Self::Sse { api, route, tail } => {
+                let event = api.stream_error_event(*route, message);
+                Some(if tail == b"\n\n" {
+                    event
+                } else {
+                    // Close the half-sent event first, so the error event stands on its own.
+                    [&b"\n\n"[..], &event].concat().into()
+                })
+            }
+            Self::EventStream { api, frames } => frames
+                .at_boundary()
+                .then(|| api.stream_error_event(ApiRoute::Other, message)),
+        }
+    }
+}
+
 /// The body of a relayed answer.
 pub struct Relay {
     upstream: ResponseBody,
     idle_timeout: Duration,
-    /// Set for SSE answers: who shapes the error event.
-    sse: Option<(&'static ProviderSpec, ApiRoute)>,
+    framing: Framing,
     completion: Completion,
-    /// The last two bytes relayed, to end a partial event before an error event.
-    tail: [u8; 2],
     done: bool,
 }
 
@@ -186,15 +254,14 @@ impl Relay {
     pub fn new(
         body: ResponseBody,
         idle_timeout: Duration,
-        sse: Option<(&'static ProviderSpec, ApiRoute)>,
+        framing: Framing,
         completion: Completion,
     ) -> Self {
         Self {
             upstream: body,
             idle_timeout,
-            sse,
+            framing,
             completion,
-            tail: *b"\n\n",
             done: false,
         }
     }
@@ -212,7 +279,7 @@ impl Relay {
         {
             Ok(Some(Ok(chunk))) => {
                 self.completion.saw(&chunk);
-                self.remember_tail(&chunk);
+                self.framing.saw(&chunk);
                 Some((Ok(chunk), self))
             }
             Ok(None) => {
@@ -227,29 +294,14 @@ impl Relay {
         }
     }
 
-    fn remember_tail(&mut self, chunk: &[u8]) {
-        match chunk {
-            [] => {}
-            [only] => self.tail = [self.tail[1], *only],
-            [.., a, b] => self.tail = [*a, *b],
-        }
-    }
-
     fn interrupt(mut self, reason: String) -> Option<(std::io::Result<Bytes>, Self)> {
         self.done = true;
         let message = format!("upstream stream interrupted: {reason}");
         tracing::warn!(provider = %self.completion.provider, "{message}");
         self.completion.interrupted(&message);
-        let Some((api, route)) = self.sse else {
-            return Some((Err(std::io::Error::other(message)), self));
-        };
-        let event = api.stream_error_event(route, &message);
-        let chunk = if &self.tail == b"\n\n" {
-            event
-        } else {
-            // Close the half-sent event first, so the error event stands on its own.
-            [&b"\n\n"[..], &event].concat().into()
-        };
-        Some((Ok(chunk), self))
+        match self.framing.error_event(&message) {
+            Some(event) => Some((Ok(event), self)),
+            None => Some((Err(std::io::Error::other(message)), self)),
+        }
     }
 }

@@ -42,12 +42,13 @@ impl Usage {
             document.pointer("/response/usage"),
         ];
         for usage in candidates.into_iter().flatten() {
-            let count = |names: [&str; 2]| names.iter().find_map(|name| usage.get(*name)?.as_u64());
-            // Later events carry running totals, so the latest count wins.
-            if let Some(input) = count(["input_tokens", "prompt_tokens"]) {
+            let count = |names: [&str; 3]| names.iter().find_map(|name| usage.get(*name)?.as_u64());
+            // Later events carry running totals, so the latest count wins. Bedrock's
+            // Converse writes the names in camelCase.
+            if let Some(input) = count(["input_tokens", "prompt_tokens", "inputTokens"]) {
                 self.input_tokens = Some(input);
             }
-            if let Some(output) = count(["output_tokens", "completion_tokens"]) {
+            if let Some(output) = count(["output_tokens", "completion_tokens", "outputTokens"]) {
                 self.output_tokens = Some(output);
             }
         }

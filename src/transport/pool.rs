@@ -392,7 +392,7 @@ fn closed_before_an_answer(error: &hyper::Error) -> bool {
 }
 
 /// The host, with the port only when it is not the scheme's default.
-fn host_header(origin: &Origin) -> Result<HeaderValue, Error> {
+pub(super) fn host_header(origin: &Origin) -> Result<HeaderValue, Error> {
     let host = origin.authority.host();
     let default_port = match origin.scheme.as_str() {
         "https" => Some(443),

@@ -2,6 +2,7 @@
 //! and assert on its exit code and output. Every run also checks that no registered secret
 //! appears in stdout, stderr or the state file.
 
+pub mod bedrock;
 pub mod mock;
 pub mod redis;
 

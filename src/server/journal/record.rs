@@ -86,7 +86,12 @@ impl RequestRecord {
             &request.path_and_query,
             route,
         );
-        record.model = facts.model;
+        record.model = match facts.model {
+            Some(model) => Some(model),
+            // Bedrock names the model in the path.
+            None if upstream.kind.api().model_in_path() => request.model().map(str::to_owned),
+            None => None,
+        };
         record.stream = facts.stream;
         record.attempts = attempts
             .iter()

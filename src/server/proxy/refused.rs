@@ -11,7 +11,7 @@ use super::{ATTEMPTS_HEADER, count_value, error_response, split_provider};
 use crate::failover::OutboundRequest;
 use crate::provider::{ApiError, ApiRoute, ProviderKind, ProviderSpec};
 use crate::server::journal::{Outcome, RequestRecord};
-use crate::server::relay::Completion;
+use crate::server::relay::{Completion, Framing};
 use crate::server::{AppState, Worker};
 
 /// Refuses a request at the door (see [`super::guard`]), in the shape of the provider its
@@ -96,7 +96,7 @@ impl Refused {
             started,
             self.record,
         );
-        completion = completion.with_response(200, &HeaderMap::new(), false);
+        completion = completion.with_response(200, &HeaderMap::new(), &Framing::Opaque);
         completion.finish(Outcome::Completed);
         let mut response = axum::Json(body).into_response();
         response

@@ -35,7 +35,8 @@ fn paths_that_could_step_out_of_the_base_url_are_found() {
         "/v1/%252f",
         "/v1/%2f/x",
     ] {
-        assert!(is_unsafe_path(path), "{path}");
+        assert!(is_unsafe_path(path, false), "{path}");
+        assert!(is_unsafe_path(path, true), "{path}");
     }
     for path in [
         "/v1/messages",
@@ -50,7 +51,27 @@ fn paths_that_could_step_out_of_the_base_url_are_found() {
         "/model/us.anthropic.claude-sonnet-4-5-20250929-v1:0/invoke",
         "/model/us.anthropic.claude-sonnet-4-5-20250929-v1%3A0/invoke",
     ] {
-        assert!(!is_unsafe_path(path), "{path}");
+        assert!(!is_unsafe_path(path, false), "{path}");
+    }
+}
+
+#[test]
+fn a_bedrock_model_id_may_hold_an_encoded_slash_but_no_dot_segment() {
+    let arn = "/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A123456789012%3Ainference-profile%2F\
+               us.anthropic.claude-sonnet-4-5-20250929-v1%3A0/converse";
+    assert!(!is_unsafe_path(arn, true));
+    assert!(
+        is_unsafe_path(arn, false),
+        "only Bedrock's model ids may hold one"
+    );
+    for path in [
+        "/model/a%2F..%2Fb/invoke",
+        "/model/%2e%2e/invoke",
+        "/model/a%5Cb/invoke",
+        "/model/x/..%2Fadmin",
+        "/model/a%252F..%252Fb/invoke",
+    ] {
+        assert!(is_unsafe_path(path, true), "{path}");
     }
 }
 
