@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use crate::harness::bedrock::{
     AKID1, AKID2, API_KEY, CALLER_AKID, ClientRun, MOCK_SECRETS, MODEL, MockBedrock, OTHER_MODEL,
-    TOKEN2, pooled_keys, run_client,
+    TOKEN2, claude_code, pooled_keys, run_client,
 };
 use crate::harness::{Server, Test};
 
@@ -128,7 +128,8 @@ print(json.dumps({"text": json.loads(r["body"].read())["content"][0]["text"]}))
 #[test]
 fn boto3_converse_and_both_streams_through_the_bridge() {
     let mock = MockBedrock::start(json!({"default": [{"ok": true}]}));
-    let server = bridge_with(&mock, "").serve();
+    let test = bridge_with(&mock, "request_log = \"requests.jsonl\"");
+    let server = test.serve();
     let run = boto3(
         &server,
         r#"
@@ -167,6 +168,39 @@ print(json.dumps({"converse": text, "usage": converse["usage"], "converse_stream
             format!("/model/{model}/invoke-with-response-stream"),
         ]
     );
+    drop(server);
+    // Usage from the blocking answer and from both kinds of stream events.
+    let log = std::fs::read_to_string(test.path("requests.jsonl")).unwrap();
+    let records: Vec<Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let seen: Vec<_> = records
+        .iter()
+        .map(|r| {
+            (
+                r["route"].clone(),
+                r["stream"].clone(),
+                r["input_tokens"].clone(),
+                r["output_tokens"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (json!("converse"), json!(false), json!(11), json!(7)),
+            (json!("converse_stream"), json!(true), json!(11), json!(7)),
+            (
+                json!("invoke_with_response_stream"),
+                json!(true),
+                json!(11),
+                json!(7)
+            ),
+        ],
+        "{log}"
+    );
+    assert!(records.iter().all(|r| r["model"] == MODEL), "{log}");
 }
 
 #[test]
@@ -640,4 +674,56 @@ print(json.dumps({"text": json.loads(r["body"].read())["content"][0]["text"]}))
             "{name} shows a signature:\n{text}"
         );
     }
+}
+
+#[test]
+fn claude_code_in_bedrock_mode_answers_through_a_failover() {
+    let Some(claude) = claude_code() else {
+        eprintln!("skipped: Claude Code is not installed (.ci/setup installs it with npm)");
+        return;
+    };
+    let mock = MockBedrock::start(json!({AKID1: [throttled()], "default": [{"ok": true}]}));
+    let test = bridge_with(&mock, "");
+    let server = test.serve();
+    let home = test.path("claude-home");
+    std::fs::create_dir_all(&home).unwrap();
+    let output = std::process::Command::new(claude)
+        .args(["-p", "say hi"])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", &home)
+        .env("CLAUDE_CODE_USE_BEDROCK", "1")
+        .env("AWS_REGION", "us-east-1")
+        .env("ANTHROPIC_BEDROCK_BASE_URL", server.url("/bedrock"))
+        .env("CLAUDE_CODE_SKIP_BEDROCK_AUTH", "1")
+        .env("DISABLE_AUTOUPDATER", "1")
+        .env("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains(&format!("hello from {AKID2}")),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let inference: Vec<_> = mock
+        .requests()
+        .into_iter()
+        .filter(|request| request["method"] == "POST")
+        .collect();
+    assert!(inference.len() >= 2, "{inference:?}");
+    assert_eq!(inference[0]["who"], AKID1);
+    assert_eq!(inference[1]["who"], AKID2, "failed over");
+    assert!(
+        inference[1]["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("/invoke-with-response-stream")
+    );
+    assert!(
+        mock.requests()
+            .iter()
+            .all(|request| request["signature_ok"] == true)
+    );
 }

@@ -423,7 +423,8 @@ pub struct FrameTracker {
 }
 
 impl FrameTracker {
-    pub fn saw(&mut self, chunk: &[u8]) {
+    /// Follows `chunk`, handing each frame it completes to `on_frame` (its payload).
+    pub fn saw(&mut self, chunk: &[u8], mut on_frame: impl FnMut(&[u8])) {
         if self.broken {
             return;
         }
@@ -432,7 +433,8 @@ impl FrameTracker {
             let mut unread = &self.pending[..];
             // A fresh decoder each time: the frame in progress is kept whole in `pending`.
             match MessageFrameDecoder::new().decode_frame(&mut unread) {
-                Ok(DecodedFrame::Complete(_)) => {
+                Ok(DecodedFrame::Complete(message)) => {
+                    on_frame(message.payload());
                     let used = self.pending.len() - unread.len();
                     self.pending.advance(used);
                 }
@@ -570,10 +572,12 @@ mod tests {
         let frame = stream_error_frame("upstream stream interrupted: reset");
         let mut tracker = FrameTracker::default();
         assert!(tracker.at_boundary());
-        tracker.saw(&frame[..10]);
-        assert!(!tracker.at_boundary());
-        tracker.saw(&frame[10..]);
+        let mut payloads = Vec::new();
+        tracker.saw(&frame[..10], |payload| payloads.push(payload.to_vec()));
+        assert!(!tracker.at_boundary() && payloads.is_empty());
+        tracker.saw(&frame[10..], |payload| payloads.push(payload.to_vec()));
         assert!(tracker.at_boundary());
+        assert_eq!(payloads.len(), 1);
         let mut unread = &frame[..];
         let DecodedFrame::Complete(message) = MessageFrameDecoder::new()
             .decode_frame(&mut unread)
@@ -596,7 +600,7 @@ mod tests {
         );
         assert!(String::from_utf8_lossy(message.payload()).contains("interrupted: reset"));
         let mut garbage = FrameTracker::default();
-        garbage.saw(&[0xff; 32]);
+        garbage.saw(&[0xff; 32], |_| panic!("no frame in garbage"));
         assert!(
             !garbage.at_boundary(),
             "not a frame stream: nothing may follow"

@@ -13,7 +13,7 @@ use http::HeaderMap;
 
 use super::Worker;
 use super::journal::{AttemptDump, Outcome, RequestRecord, http_message};
-use super::usage::UsageTap;
+use super::usage::{TapFormat, UsageTap};
 use crate::provider::bedrock::FrameTracker;
 use crate::provider::{ApiRoute, ProviderSpec};
 use crate::transport::error_chain;
@@ -79,13 +79,14 @@ impl Completion {
     /// The answer has started: its status and headers are known.
     pub fn with_response(mut self, status: u16, headers: &HeaderMap, framing: &Framing) -> Self {
         self.status = status;
-        let is_sse = matches!(framing, Framing::Sse { .. });
         if let Some(record) = &mut self.record {
             record.stream |= !matches!(framing, Framing::Opaque);
-            // Usage is read from JSON answers and SSE events (not yet from event streams).
-            let readable = is_sse || matches!(framing, Framing::Opaque);
-            if self.route != ApiRoute::Other && readable {
-                self.tap = Some(UsageTap::new(is_sse));
+            if self.route != ApiRoute::Other {
+                self.tap = Some(UsageTap::new(match framing {
+                    Framing::Opaque => TapFormat::Json,
+                    Framing::Sse { .. } => TapFormat::Sse,
+                    Framing::EventStream { .. } => TapFormat::Events,
+                }));
             }
         }
         if self.dump.is_some() {
@@ -108,6 +109,13 @@ impl Completion {
             record.error = Some(crate::text::shown_owned(error));
         }
         self.finish(Outcome::Error);
+    }
+
+    /// One whole frame of an event stream, for its usage.
+    fn saw_event(&mut self, payload: &[u8]) {
+        if let Some(tap) = &mut self.tap {
+            tap.absorb_event(payload);
+        }
     }
 
     pub fn saw(&mut self, chunk: &[u8]) {
@@ -209,7 +217,7 @@ impl Framing {
         }
     }
 
-    fn saw(&mut self, chunk: &[u8]) {
+    fn saw(&mut self, chunk: &[u8], completion: &mut Completion) {
         match self {
             Self::Opaque => {}
             Self::Sse { tail, .. } => match chunk {
@@ -217,7 +225,9 @@ impl Framing {
                 [only] => *tail = [tail[1], *only],
                 [.., a, b] => *tail = [*a, *b],
             },
-            Self::EventStream { frames, .. } => frames.saw(chunk),
+            Self::EventStream { frames, .. } => {
+                frames.saw(chunk, |payload| completion.saw_event(payload));
+            }
         }
     }
 
@@ -279,7 +289,7 @@ impl Relay {
         {
             Ok(Some(Ok(chunk))) => {
                 self.completion.saw(&chunk);
-                self.framing.saw(&chunk);
+                self.framing.saw(&chunk, &mut self.completion);
                 Some((Ok(chunk), self))
             }
             Ok(None) => {

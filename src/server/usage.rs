@@ -55,10 +55,21 @@ impl Usage {
     }
 }
 
+/// How an answer carries its usage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TapFormat {
+    /// One JSON document: read once the body has ended.
+    Json,
+    /// Server-sent events: data lines that mention usage.
+    Sse,
+    /// An AWS event stream (Bedrock): the relay hands over each frame's payload.
+    Events,
+}
+
 /// Watches response bytes go by and keeps the usage they report.
 #[derive(Debug)]
 pub struct UsageTap {
-    sse: bool,
+    format: TapFormat,
     /// SSE: the unfinished line; JSON: the body so far (up to a limit).
     buffer: Vec<u8>,
     overflowed: bool,
@@ -69,9 +80,9 @@ pub struct UsageTap {
 const MAX_JSON_BODY: usize = 4 * 1024 * 1024;
 
 impl UsageTap {
-    pub fn new(sse: bool) -> Self {
+    pub fn new(format: TapFormat) -> Self {
         Self {
-            sse,
+            format,
             buffer: Vec::new(),
             overflowed: false,
             usage: Usage::default(),
@@ -79,7 +90,10 @@ impl UsageTap {
     }
 
     pub fn feed(&mut self, chunk: &[u8]) {
-        if !self.sse {
+        if self.format == TapFormat::Events {
+            return;
+        }
+        if self.format == TapFormat::Json {
             if self.buffer.len() + chunk.len() > MAX_JSON_BODY {
                 self.overflowed = true;
                 self.buffer = Vec::new();
@@ -117,9 +131,30 @@ impl UsageTap {
         }
     }
 
+    /// One event-stream frame's payload. Converse's `metadata` event carries `usage`;
+    /// InvokeModel's chunks carry the model's own events, base64-encoded in `bytes`.
+    pub fn absorb_event(&mut self, payload: &[u8]) {
+        let mentions = |needle: &[u8]| memchr::memmem::find(payload, needle).is_some();
+        if !mentions(b"\"usage\"") && !mentions(b"\"bytes\"") {
+            return;
+        }
+        let Ok(document) = serde_json::from_slice::<Value>(payload) else {
+            return;
+        };
+        match document.get("bytes").and_then(Value::as_str) {
+            Some(encoded) => {
+                let inner = aws_smithy_types::base64::decode(encoded).ok();
+                if let Some(event) = inner.and_then(|inner| serde_json::from_slice(&inner).ok()) {
+                    self.usage.absorb(&event);
+                }
+            }
+            None => self.usage.absorb(&document),
+        }
+    }
+
     /// The usage seen, once the body has ended.
     pub fn finish(&mut self) -> Usage {
-        if !self.sse && !self.overflowed {
+        if self.format == TapFormat::Json && !self.overflowed {
             if let Ok(document) = serde_json::from_slice::<Value>(&self.buffer) {
                 self.usage.absorb(&document);
             }
@@ -134,7 +169,7 @@ mod tests {
     use super::*;
 
     fn tap(sse: bool, chunks: &[&str]) -> Usage {
-        let mut tap = UsageTap::new(sse);
+        let mut tap = UsageTap::new(if sse { TapFormat::Sse } else { TapFormat::Json });
         for chunk in chunks {
             tap.feed(chunk.as_bytes());
         }
@@ -237,5 +272,29 @@ mod tests {
     fn no_usage_is_none() {
         assert_eq!(tap(true, &["data: {\"x\":1}\n\n"]), Usage::default());
         assert_eq!(tap(false, &["<html>"]), Usage::default());
+    }
+
+    #[test]
+    fn bedrock_event_payloads() {
+        let mut tap = UsageTap::new(TapFormat::Events);
+        tap.feed(b"binary frames are not read");
+        let start =
+            r#"{"type":"message_start","message":{"usage":{"input_tokens":11,"output_tokens":1}}}"#;
+        let delta = r#"{"type":"message_delta","usage":{"output_tokens":7}}"#;
+        for event in [start, delta] {
+            let encoded = aws_smithy_types::base64::encode(event);
+            tap.absorb_event(format!(r#"{{"bytes":"{encoded}"}}"#).as_bytes());
+        }
+        assert_eq!(
+            tap.finish(),
+            Usage {
+                input_tokens: Some(11),
+                output_tokens: Some(7)
+            }
+        );
+        let mut converse = UsageTap::new(TapFormat::Events);
+        converse.absorb_event(br#"{"contentBlockDelta":{"delta":{"text":"hi"}}}"#);
+        converse.absorb_event(br#"{"usage":{"inputTokens":3,"outputTokens":4},"metrics":{}}"#);
+        assert_eq!(converse.finish().output_tokens, Some(4));
     }
 }

@@ -167,3 +167,15 @@ pub fn run_client(script: &str, bridge: &str, env: &[(&str, &str)]) -> ClientRun
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
 }
+
+/// Claude Code as `.ci/setup` installs it, else on the PATH; `None` when it is absent.
+pub fn claude_code() -> Option<PathBuf> {
+    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("target/claude-code/node_modules/.bin/claude");
+    if local.exists() {
+        return Some(local);
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join("claude"))
+        .find(|path| path.is_file())
+}
