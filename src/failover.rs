@@ -13,6 +13,7 @@ use http_body_util::Full;
 use crate::health::Observation;
 use crate::keypool::{
     AttemptLimit, DisableReason, Exhausted, ExhaustionKind, KeyState, Mark, MarkOutcome,
+    StateReason,
 };
 use crate::provider::bedrock::{self, Plane};
 use crate::provider::{is_quota_error, may_signal_quota};
@@ -38,6 +39,8 @@ pub struct Attempt {
     pub mark: Option<KeyState>,
     /// The model a cooldown applies to alone; `None` when the mark is key-wide.
     pub model: Option<String>,
+    /// Why `model` is out, for a mark of one model.
+    pub model_reason: StateReason,
     /// Whether the mark changed the key's state (for logs and counters).
     pub changed: bool,
     /// This try got no answer before the upstream could start on the request, so the
@@ -68,6 +71,7 @@ impl Attempt {
             status: self.status,
             mark: self.mark,
             model: self.model.clone(),
+            model_reason: self.model_reason,
             at: crate::keypool::from_unix_ms(self.at_ms),
         })
     }
@@ -81,6 +85,7 @@ impl Attempt {
 
     fn record_mark(&mut self, outcome: MarkOutcome, model: Option<&str>) {
         self.mark = Some(outcome.state);
+        self.model_reason = outcome.model_reason;
         self.changed = outcome.changed;
         self.at_ms = outcome.at_ms;
         self.model = outcome
@@ -221,6 +226,7 @@ impl Walker {
                     .map(|response| response.status().as_u16()),
                 mark: None,
                 model: None,
+                model_reason: StateReason::RateLimited,
                 changed: false,
                 resent: false,
                 at_ms: upstream.pool.clock().now_ms(),
@@ -355,6 +361,7 @@ impl Walker {
             status,
             mark: None,
             model: None,
+            model_reason: StateReason::RateLimited,
             changed: false,
             resent: false,
             at_ms: pool.clock().now_ms(),
@@ -416,9 +423,10 @@ impl Walker {
                     provider = %upstream.name,
                     key = %attempt.key_hint,
                     model = %model,
-                    "key out for model {model} ({reason})"
+                    "key out for model {model} ({})",
+                    reason.as_str()
                 );
-                pool.cool_model(index, model, pool.max_cooldown())
+                pool.rest_model(index, model, pool.max_cooldown(), reason)
             }
             (KeyMark::ModelRest(_), None) => pool.mark(index, Mark::Cool(pool.max_cooldown())),
             (KeyMark::Pool(mark), model) => pool.mark_request(index, mark, model),
@@ -506,7 +514,7 @@ enum KeyMark {
     /// The key rests for the request's model alone, for `max_cooldown`, whatever the scope:
     /// the account cannot use that model (or its quota for it is spent), but may serve
     /// others.
-    ModelRest(&'static str),
+    ModelRest(StateReason),
 }
 
 /// The mark an AWS error earns a Bedrock credential.
@@ -516,8 +524,8 @@ fn aws_mark(pool: &crate::keypool::Pool, fault: bedrock::Fault) -> KeyMark {
             // Bedrock sends no Retry-After: the default cooldown.
             KeyMark::Pool(Mark::Cool(pool.cooldown_for(&HeaderMap::new())))
         }
-        bedrock::Fault::NoModelAccess => KeyMark::ModelRest("no_model_access"),
-        bedrock::Fault::Quota => KeyMark::ModelRest("quota"),
+        bedrock::Fault::NoModelAccess => KeyMark::ModelRest(StateReason::NoModelAccess),
+        bedrock::Fault::Quota => KeyMark::ModelRest(StateReason::Quota),
         bedrock::Fault::Disabled(reason) => KeyMark::Pool(Mark::Disable(reason)),
     }
 }

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::failover::{FailoverError, OutboundRequest, Upstream, Walker};
 use crate::health::{HealthChange, Observation};
-use crate::keypool::{DisableReason, KeyState, Mark, ceil_secs, to_unix_ms};
+use crate::keypool::{DisableReason, KeyState, Mark, StateReason, ceil_secs, to_unix_ms};
 use crate::provider::is_quota_error;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -192,6 +192,7 @@ impl Probe {
             status: self.status,
             mark,
             model: None,
+            model_reason: StateReason::RateLimited,
             at,
             max_cooldown: self.max_cooldown,
         }));

@@ -149,6 +149,7 @@ fn snapshot_of(fingerprint: &str, record: &KeyRecord, now_ms: u64) -> KeySnapsho
             .map(|(model, cooling)| ModelCooldown {
                 model: model.as_str().into(),
                 until_ms: to_unix_ms(cooling.until),
+                reason: cooling.reason,
             })
             .filter(|cooling| cooling.until_ms > now_ms)
             .collect(),
@@ -180,7 +181,7 @@ impl KeyReport {
                         remaining_secs: ceil_secs(std::time::Duration::from_millis(
                             entry.until_ms.saturating_sub(now_ms),
                         )),
-                        reason: StateReason::RateLimited,
+                        reason: entry.reason,
                     };
                     (entry.model.to_string(), cooling)
                 })

@@ -273,7 +273,8 @@ fn a_model_access_denial_rests_the_credential_for_that_model_only() {
         "message": "You don't have access to the model with the specified model ID."});
     let mock =
         MockBedrock::start(json!({AKID1: [denied, {"ok": true}], "default": [{"ok": true}]}));
-    let server = bridge_with(&mock, "").serve();
+    let test = bridge_with(&mock, "");
+    let server = test.serve();
     let script = r#"
 r = client.invoke_model(modelId=MODEL, body=BODY)
 print(json.dumps({"text": json.loads(r["body"].read())["content"][0]["text"]}))
@@ -296,7 +297,19 @@ print(json.dumps({"text": json.loads(r["body"].read())["content"][0]["text"]}))
     assert_eq!(mock.signers(), [AKID1, AKID2, AKID1, AKID2]);
     let first = credential_state(&server, AKID1);
     assert_eq!(first["state"], "available", "{first}");
-    assert!(first.to_string().contains(MODEL), "{first}");
+    assert_eq!(
+        first["cooling"][MODEL]["reason"], "no_model_access",
+        "{first}"
+    );
+    assert!(first["cooling"].get(OTHER_MODEL).is_none(), "{first}");
+    let status = test
+        .run_with(&["pool", "status", "--server", &server.base])
+        .success();
+    assert!(
+        status.stdout.contains(&format!("{MODEL}: no_model_access")),
+        "{}",
+        status.stdout
+    );
 }
 
 #[test]

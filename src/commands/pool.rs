@@ -167,7 +167,8 @@ fn count(value: Option<u64>) -> String {
 }
 
 /// `available`, `cooling 41s`, `cooling 41s (claude-opus-4-5, gpt-4o)` for a key cooling for
-/// some models only (the longest of their cooldowns), `disabled (401 unauthorized)`.
+/// some models only (the longest of their cooldowns; a model out for another reason than a
+/// rate limit names it: `anthropic.claude-x: no_model_access`), `disabled (401 unauthorized)`.
 fn state_label(key: &KeyReport) -> String {
     match (key.state, key.reason) {
         (StateKind::Cooling, _) => format!(
@@ -183,6 +184,9 @@ fn state_label(key: &KeyReport) -> String {
         (StateKind::Disabled, Some(StateReason::Quota)) => {
             "disabled (quota or credit used up)".to_owned()
         }
+        (StateKind::Disabled, Some(StateReason::Expired)) => {
+            "disabled (credential expired)".to_owned()
+        }
         (StateKind::Available, _) if !key.cooling.is_empty() => {
             let longest = key
                 .cooling
@@ -193,8 +197,11 @@ fn state_label(key: &KeyReport) -> String {
             // Model names are callers' text, and a state file or Redis may be tampered with.
             let models: Vec<_> = key
                 .cooling
-                .keys()
-                .map(|model| crate::text::shown(model))
+                .iter()
+                .map(|(model, cooling)| match cooling.reason {
+                    StateReason::RateLimited => crate::text::shown(model).into_owned(),
+                    reason => format!("{}: {}", crate::text::shown(model), reason.as_str()),
+                })
                 .collect();
             format!("cooling {} ({})", seconds(longest), models.join(", "))
         }

@@ -15,7 +15,9 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use super::{ClearedKey, HealthChange, Observation};
-use crate::keypool::{DisableReason, KeyState, Pool, StateKind, from_unix_ms, to_unix_ms};
+use crate::keypool::{
+    DisableReason, KeyState, Pool, StateKind, StateReason, from_unix_ms, to_unix_ms,
+};
 
 const VERSION: u32 = 1;
 
@@ -68,6 +70,9 @@ pub struct KeyRecord {
 pub struct ModelRecord {
     #[serde(with = "humantime_serde")]
     pub until: SystemTime,
+    /// Why the model is out; a rate limit when absent.
+    #[serde(default, skip_serializing_if = "StateReason::is_rate_limited")]
+    pub reason: StateReason,
 }
 
 /// How many models' cooldowns one key's record keeps at most, the soonest to end dropped
@@ -160,10 +165,13 @@ impl StateFile {
         match (seen.mark, &seen.model) {
             (Some(KeyState::Cooling { until_ms }), Some(model)) => {
                 let until = from_unix_ms(until_ms);
-                let entry = record
-                    .cooling
-                    .entry(model.clone())
-                    .or_insert(ModelRecord { until });
+                let entry = record.cooling.entry(model.clone()).or_insert(ModelRecord {
+                    until,
+                    reason: seen.model_reason,
+                });
+                if until >= entry.until {
+                    entry.reason = seen.model_reason;
+                }
                 entry.until = entry.until.max(until).min(cap);
                 record.drop_excess_models();
             }
@@ -227,7 +235,7 @@ impl StateFile {
             if let Some(index) = pool.index_of(fingerprint) {
                 pool.merge_shared(index, record.state.into());
                 for (model, cooling) in &record.cooling {
-                    pool.restore_model(index, model, to_unix_ms(cooling.until));
+                    pool.restore_model(index, model, to_unix_ms(cooling.until), cooling.reason);
                 }
                 pool.restore_usage(index, record.last_status, record.last_used.map(to_unix_ms));
             }

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::keypool::{DisableReason, KeyState, Pool, StateKind, to_unix_ms};
+use crate::keypool::{DisableReason, KeyState, Pool, StateKind, StateReason, to_unix_ms};
 
 pub use file::{StateError, StateFile, StateStore};
 pub use recorder::{HealthRecorder, HealthSink, RecorderTask, SharedStatus};
@@ -34,6 +34,8 @@ pub struct Observation {
     pub mark: Option<KeyState>,
     /// The model a cooling mark applies to alone; `None` when it is key-wide.
     pub model: Option<String>,
+    /// Why that model is out: a rate limit unless said otherwise.
+    pub model_reason: StateReason,
     pub at: SystemTime,
     /// The provider's `max_cooldown`: no cooldown written ends later than this after `at`,
     /// whatever the store held before.
@@ -80,6 +82,9 @@ pub enum SharedChange {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         model: Option<String>,
         until_ms: u64,
+        /// Why the model is out; a rate limit when absent.
+        #[serde(default, skip_serializing_if = "StateReason::is_rate_limited")]
+        reason: StateReason,
     },
     Disabled {
         provider: String,
@@ -110,6 +115,7 @@ impl SharedChange {
                     fingerprint: seen.fingerprint.clone(),
                     model: seen.model.clone(),
                     until_ms: until_ms.min(to_unix_ms(seen.cap())),
+                    reason: seen.model_reason,
                 }),
             },
             HealthChange::Cleared {
@@ -138,11 +144,12 @@ impl SharedChange {
                 fingerprint,
                 model,
                 until_ms,
+                reason,
                 ..
             } => {
                 if let Some(index) = pool.index_of(fingerprint) {
                     match model {
-                        Some(model) => pool.restore_model(index, model, *until_ms),
+                        Some(model) => pool.restore_model(index, model, *until_ms, *reason),
                         None => {
                             pool.merge_shared(
                                 index,
@@ -273,6 +280,7 @@ mod tests {
             fingerprint: fingerprint.clone(),
             model: None,
             until_ms,
+            reason: StateReason::RateLimited,
         };
         cooling(T0 + 30_000).apply_to(&pool);
         cooling(T0 + 10_000).apply_to(&pool);
@@ -320,6 +328,7 @@ mod tests {
             fingerprint: pool.key(0).fingerprint().to_owned(),
             model: Some("opus".into()),
             until_ms: T0 + 5_000,
+            reason: StateReason::NoModelAccess,
         };
         change.apply_to(&pool);
         assert_eq!(pool.state(0), KeyState::Available, "key-wide untouched");
@@ -338,6 +347,7 @@ mod tests {
     #[test]
     fn announcements_carry_no_key_and_cap_deadlines() {
         let seen = Observation {
+            model_reason: StateReason::RateLimited,
             provider: "openai".into(),
             fingerprint: "0123456789abcdef".into(),
             hint: "sk-a...0001".into(),

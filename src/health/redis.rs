@@ -22,7 +22,7 @@ use tokio::sync::OnceCell;
 
 use super::file::{KeyRecord, ModelRecord, RecordedState};
 use super::{ClearedKey, HealthChange, HealthError, Observation, SharedChange, StateFile};
-use crate::keypool::{DisableReason, KeyState, from_unix_ms, to_unix_ms};
+use crate::keypool::{DisableReason, KeyState, StateReason, from_unix_ms, to_unix_ms};
 use crate::secret::RedisUrl;
 
 /// How long connecting may take before the process goes on without Redis.
@@ -203,7 +203,10 @@ impl RedisHealth {
                     let record = record_of(&mut state, name);
                     match model {
                         Some(model) => {
-                            record.cooling.insert(model, ModelRecord { until });
+                            // Redis keeps the deadline; the reason travels with the
+                            // announcement only.
+                            let reason = StateReason::RateLimited;
+                            record.cooling.insert(model, ModelRecord { until, reason });
                         }
                         None if !matches!(record.state, RecordedState::Disabled { .. }) => {
                             record.state = KeyState::Cooling {

@@ -350,6 +350,7 @@ impl Pool {
             let before = stored.settle(now);
             let after = before.stronger(target);
             let outcome = MarkOutcome {
+                model_reason: StateReason::RateLimited,
                 state: after,
                 changed: before.kind() != after.kind() || before.reason() != after.reason(),
                 per_model: false,
@@ -382,31 +383,56 @@ impl Pool {
         }
     }
 
-    /// Cools one model of a key; a cooldown only ever extends.
+    /// Cools one model of a key for a rate limit; a cooldown only ever extends.
     pub fn cool_model(&self, index: usize, model: &str, cooldown: Duration) -> MarkOutcome {
+        self.rest_model(index, model, cooldown, StateReason::RateLimited)
+    }
+
+    /// Takes one model of a key out for `pause`, for `reason` (a rate limit, or the
+    /// account's access to or quota for that model).
+    pub fn rest_model(
+        &self,
+        index: usize,
+        model: &str,
+        pause: Duration,
+        reason: StateReason,
+    ) -> MarkOutcome {
         let now = self.clock.now_ms();
-        self.cool_model_until(index, model, now + cooldown.as_millis() as u64, now)
+        self.cool_model_until(index, model, now + pause.as_millis() as u64, now, reason)
     }
 
     /// Restores a model's cooldown read from shared state, capped as [`Pool::merge_shared`]
     /// caps.
-    pub fn restore_model(&self, index: usize, model: &str, until_ms: u64) {
+    pub fn restore_model(&self, index: usize, model: &str, until_ms: u64, reason: StateReason) {
         let now = self.clock.now_ms();
         let cap = now + self.settings.max_cooldown.as_millis() as u64;
         if until_ms > now {
-            self.cool_model_until(index, model, until_ms.min(cap), now);
+            self.cool_model_until(index, model, until_ms.min(cap), now, reason);
         }
     }
 
-    fn cool_model_until(&self, index: usize, model: &str, until_ms: u64, now: u64) -> MarkOutcome {
-        let marked =
-            self.models[index].mark(model, until_ms, now, self.settings.max_models_per_key);
+    fn cool_model_until(
+        &self,
+        index: usize,
+        model: &str,
+        until_ms: u64,
+        now: u64,
+        reason: StateReason,
+    ) -> MarkOutcome {
+        let marked = self.models[index].mark(
+            model,
+            until_ms,
+            now,
+            self.settings.max_models_per_key,
+            reason,
+        );
         MarkOutcome {
             state: KeyState::Cooling {
                 until_ms: marked.until_ms,
             },
             changed: marked.started,
             per_model: true,
+            model_reason: reason,
             at_ms: now,
         }
     }

@@ -10,9 +10,11 @@
 //! first, so a caller inventing model names cannot grow memory without bound.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use arc_swap::ArcSwapOption;
+
+use super::StateReason;
 
 /// One model's cooldown on one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +22,8 @@ pub struct ModelCooldown {
     pub model: Arc<str>,
     /// Unix milliseconds.
     pub until_ms: u64,
+    /// Why: a rate limit, or (Bedrock) no access to the model or its quota spent.
+    pub reason: StateReason,
 }
 
 /// What a model mark did.
@@ -35,9 +39,23 @@ pub(super) struct ModelMarked {
 struct Entry {
     model: Arc<str>,
     until_ms: AtomicU64,
+    /// A [`StateReason`] code: the reason of the mark that set the deadline.
+    reason: AtomicU8,
 }
 
 impl Entry {
+    fn reason(&self) -> StateReason {
+        StateReason::from_code(self.reason.load(Ordering::Relaxed))
+    }
+
+    /// Takes `reason` when the mark that gave it set the deadline (an informational label,
+    /// so a race with another mark may leave either).
+    fn note_reason(&self, marked: ModelMarked, until_ms: u64, reason: StateReason) {
+        if marked.until_ms == until_ms {
+            self.reason.store(reason.code(), Ordering::Relaxed);
+        }
+    }
+
     fn live_until(&self, now_ms: u64) -> Option<u64> {
         let until_ms = self.until_ms.load(Ordering::Acquire);
         (until_ms > now_ms).then_some(until_ms)
@@ -97,29 +115,54 @@ impl ModelMarks {
                 Some(ModelCooldown {
                     model: entry.model.clone(),
                     until_ms: entry.live_until(now_ms)?,
+                    reason: entry.reason(),
                 })
             })
             .collect()
     }
 
-    /// Cools `model` until `until_ms`; a cooldown only ever extends. Keeps at most `limit`
-    /// models.
-    pub fn mark(&self, model: &str, until_ms: u64, now_ms: u64, limit: usize) -> ModelMarked {
+    /// Cools `model` until `until_ms` for `reason`; a cooldown only ever extends. Keeps at
+    /// most `limit` models.
+    pub fn mark(
+        &self,
+        model: &str,
+        until_ms: u64,
+        now_ms: u64,
+        limit: usize,
+        reason: StateReason,
+    ) -> ModelMarked {
         let marked = self
-            .extend_live(model, until_ms, now_ms)
-            .unwrap_or_else(|| self.insert(model, until_ms, now_ms, limit));
+            .extend_live(model, until_ms, now_ms, reason)
+            .unwrap_or_else(|| self.insert(model, until_ms, now_ms, limit, reason));
         self.latest_ms.fetch_max(marked.until_ms, Ordering::AcqRel);
         marked
     }
 
     /// Extends a cooldown that is still running, in place; `None` when the model has none.
-    fn extend_live(&self, model: &str, until_ms: u64, now_ms: u64) -> Option<ModelMarked> {
-        self.with_entry(model, |entry| extend(entry, until_ms, now_ms))?
+    fn extend_live(
+        &self,
+        model: &str,
+        until_ms: u64,
+        now_ms: u64,
+        reason: StateReason,
+    ) -> Option<ModelMarked> {
+        self.with_entry(model, |entry| {
+            let marked = extend(entry, until_ms, now_ms)?;
+            entry.note_reason(marked, until_ms, reason);
+            Some(marked)
+        })?
     }
 
     /// Starts a cooldown for a model that has none running: a new list, without expired
     /// entries and within `limit`.
-    fn insert(&self, model: &str, until_ms: u64, now_ms: u64, limit: usize) -> ModelMarked {
+    fn insert(
+        &self,
+        model: &str,
+        until_ms: u64,
+        now_ms: u64,
+        limit: usize,
+        reason: StateReason,
+    ) -> ModelMarked {
         let mut marked = ModelMarked {
             until_ms,
             started: true,
@@ -141,6 +184,7 @@ impl ModelMarks {
                     until_ms: before.max(until_ms),
                     started: false,
                 };
+                entry.note_reason(marked, until_ms, reason);
             } else {
                 marked = ModelMarked {
                     until_ms,
@@ -149,6 +193,7 @@ impl ModelMarks {
                 next.push(Arc::new(Entry {
                     model: Arc::from(model),
                     until_ms: AtomicU64::new(until_ms),
+                    reason: AtomicU8::new(reason.code()),
                 }));
             }
             let excess = next.len().saturating_sub(limit.max(1));
@@ -212,7 +257,11 @@ mod tests {
     #[test]
     fn a_model_cools_alone_and_expires() {
         let marks = ModelMarks::default();
-        assert!(marks.mark("opus", NOW + 5_000, NOW, 64).started);
+        assert!(
+            marks
+                .mark("opus", NOW + 5_000, NOW, 64, StateReason::RateLimited)
+                .started
+        );
         assert!(marks.is_cooling("opus", NOW));
         assert!(!marks.is_cooling("haiku", NOW));
         assert!(!marks.is_cooling("opus", NOW + 5_000));
@@ -222,8 +271,8 @@ mod tests {
     #[test]
     fn a_cooldown_only_extends() {
         let marks = ModelMarks::default();
-        marks.mark("opus", NOW + 5_000, NOW, 64);
-        let shorter = marks.mark("opus", NOW + 1_000, NOW, 64);
+        marks.mark("opus", NOW + 5_000, NOW, 64, StateReason::RateLimited);
+        let shorter = marks.mark("opus", NOW + 1_000, NOW, 64, StateReason::RateLimited);
         assert_eq!(
             shorter,
             ModelMarked {
@@ -232,7 +281,9 @@ mod tests {
             }
         );
         assert_eq!(
-            marks.mark("opus", NOW + 9_000, NOW, 64).until_ms,
+            marks
+                .mark("opus", NOW + 9_000, NOW, 64, StateReason::RateLimited)
+                .until_ms,
             NOW + 9_000
         );
         assert_eq!(marks.until("opus", NOW), Some(NOW + 9_000));
@@ -242,13 +293,19 @@ mod tests {
     fn memory_stays_bounded() {
         let marks = ModelMarks::default();
         for index in 0..1_000 {
-            marks.mark(&format!("model-{index}"), NOW + 60_000, NOW, 64);
+            marks.mark(
+                &format!("model-{index}"),
+                NOW + 60_000,
+                NOW,
+                64,
+                StateReason::RateLimited,
+            );
         }
         let live = marks.live(NOW);
         assert_eq!(live.len(), 64);
         assert_eq!(&*live[0].model, "model-936", "the oldest are dropped first");
         // Extending a running cooldown keeps the list as it is.
-        marks.mark("model-936", NOW + 90_000, NOW, 64);
+        marks.mark("model-936", NOW + 90_000, NOW, 64, StateReason::RateLimited);
         assert_eq!(marks.until("model-936", NOW), Some(NOW + 90_000));
         assert_eq!(marks.live(NOW).len(), 64);
     }
@@ -256,8 +313,14 @@ mod tests {
     #[test]
     fn expired_entries_are_dropped_on_the_next_mark() {
         let marks = ModelMarks::default();
-        marks.mark("old", NOW + 1_000, NOW, 64);
-        marks.mark("new", NOW + 90_000, NOW + 2_000, 64);
+        marks.mark("old", NOW + 1_000, NOW, 64, StateReason::RateLimited);
+        marks.mark(
+            "new",
+            NOW + 90_000,
+            NOW + 2_000,
+            64,
+            StateReason::RateLimited,
+        );
         let live = marks.live(NOW);
         assert_eq!(live.len(), 1, "{live:?}");
         assert_eq!(&*live[0].model, "new");
@@ -266,8 +329,14 @@ mod tests {
     #[test]
     fn an_ended_cooldown_starts_again_as_a_change() {
         let marks = ModelMarks::default();
-        marks.mark("opus", NOW + 1_000, NOW, 64);
-        let again = marks.mark("opus", NOW + 9_000, NOW + 2_000, 64);
+        marks.mark("opus", NOW + 1_000, NOW, 64, StateReason::RateLimited);
+        let again = marks.mark(
+            "opus",
+            NOW + 9_000,
+            NOW + 2_000,
+            64,
+            StateReason::RateLimited,
+        );
         assert!(again.started);
         assert_eq!(marks.live(NOW + 2_000).len(), 1);
     }
@@ -281,7 +350,13 @@ mod tests {
                 scope.spawn(move || {
                     for round in 0..500 {
                         let model = format!("model-{}", round % 8);
-                        marks.mark(&model, NOW + 1_000 + thread * 1_000 + round, NOW, 64);
+                        marks.mark(
+                            &model,
+                            NOW + 1_000 + thread * 1_000 + round,
+                            NOW,
+                            64,
+                            StateReason::RateLimited,
+                        );
                     }
                 });
             }
@@ -295,9 +370,9 @@ mod tests {
     fn clear_reports_live_marks() {
         let marks = ModelMarks::default();
         assert!(!marks.clear(NOW));
-        marks.mark("opus", NOW + 1_000, NOW, 64);
+        marks.mark("opus", NOW + 1_000, NOW, 64, StateReason::RateLimited);
         assert!(!marks.clear(NOW + 2_000));
-        marks.mark("opus", NOW + 1_000, NOW, 64);
+        marks.mark("opus", NOW + 1_000, NOW, 64, StateReason::RateLimited);
         assert!(marks.clear(NOW));
         assert!(!marks.is_cooling("opus", NOW));
     }

@@ -79,17 +79,29 @@ impl std::fmt::Display for StateKind {
 }
 
 /// Why a key is out of service: a rate limit, or the reason it was disabled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StateReason {
+    #[default]
     RateLimited,
     Unauthorized,
     Forbidden,
     Quota,
     Expired,
+    /// The key's account may not use one model (Bedrock); it serves the others.
+    NoModelAccess,
 }
 
 impl StateReason {
+    const ALL: [Self; 6] = [
+        Self::RateLimited,
+        Self::Unauthorized,
+        Self::Forbidden,
+        Self::Quota,
+        Self::Expired,
+        Self::NoModelAccess,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::RateLimited => "rate_limited",
@@ -97,7 +109,27 @@ impl StateReason {
             Self::Forbidden => "forbidden",
             Self::Quota => "quota",
             Self::Expired => "expired",
+            Self::NoModelAccess => "no_model_access",
         }
+    }
+
+    /// A small number for an atomic; [`StateReason::from_code`] reads it back.
+    pub(super) fn code(self) -> u8 {
+        Self::ALL
+            .iter()
+            .position(|reason| *reason == self)
+            .unwrap_or(0) as u8
+    }
+
+    pub(super) fn from_code(code: u8) -> Self {
+        Self::ALL
+            .get(usize::from(code))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    pub fn is_rate_limited(&self) -> bool {
+        *self == Self::RateLimited
     }
 }
 
@@ -213,6 +245,8 @@ pub struct MarkOutcome {
     pub changed: bool,
     /// Whether the mark is a cooldown of the request's model alone.
     pub per_model: bool,
+    /// Why the model is out, for a mark of one model: a rate limit unless said otherwise.
+    pub model_reason: StateReason,
     /// The clock's reading the mark was made at (Unix ms).
     pub at_ms: u64,
 }

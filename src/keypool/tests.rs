@@ -432,11 +432,16 @@ fn restored_model_cooldowns_are_capped() {
         ..PoolSettings::default()
     };
     let (pool, _) = pool_with(1, settings);
-    pool.restore_model(0, "opus", T0 + 86_400_000);
-    pool.restore_model(0, "old", T0 - 1);
+    pool.restore_model(0, "opus", T0 + 86_400_000, StateReason::Quota);
+    pool.restore_model(0, "old", T0 - 1, StateReason::RateLimited);
     let models = pool.snapshot(0).models;
     assert_eq!(models.len(), 1);
     assert_eq!(models[0].until_ms, T0 + 60_000);
+    assert_eq!(
+        models[0].reason,
+        StateReason::Quota,
+        "the reason travels with it"
+    );
 }
 
 #[test]

@@ -21,6 +21,7 @@ fn observe_model(
     model: Option<&str>,
 ) {
     state.observe(&Observation {
+        model_reason: StateReason::RateLimited,
         provider: "anthropic".to_owned(),
         fingerprint: fingerprint.to_owned(),
         hint: "sk-a...efgh".to_owned(),
@@ -178,6 +179,7 @@ fn file_round_trip_never_holds_the_key() {
     store
         .update(|state| {
             state.observe(&Observation {
+                model_reason: StateReason::RateLimited,
                 provider: "anthropic".to_owned(),
                 fingerprint: key.fingerprint(),
                 hint: key.hint(),
@@ -240,6 +242,7 @@ fn deadlines_read_from_the_file_are_capped() {
     let far = T0 + 100 * 365 * 86_400_000;
     for model in [None, Some("opus")] {
         state.observe(&Observation {
+            model_reason: StateReason::RateLimited,
             provider: "anthropic".to_owned(),
             fingerprint: key.fingerprint(),
             hint: key.hint(),
@@ -322,4 +325,39 @@ fn concurrent_updates_lose_nothing() {
         }
     });
     assert_eq!(store.load().unwrap().providers["anthropic"].len(), 40);
+}
+
+#[test]
+fn a_model_rest_keeps_its_reason_through_the_file() {
+    let mut state = StateFile::default();
+    state.observe(&Observation {
+        model_reason: StateReason::NoModelAccess,
+        provider: "anthropic".to_owned(),
+        fingerprint: "f1".to_owned(),
+        hint: "AKIA...0001@us-east-1".to_owned(),
+        status: Some(403),
+        mark: Some(KeyState::Cooling {
+            until_ms: T0 + 60_000,
+        }),
+        model: Some("anthropic.claude-x".to_owned()),
+        at: at(T0),
+        max_cooldown: Duration::from_secs(3600),
+    });
+    let text = serde_json::to_string(&state).unwrap();
+    assert!(text.contains("\"reason\":\"no_model_access\""), "{text}");
+    let read: StateFile = serde_json::from_str(&text).unwrap();
+    let cooling = &record(&read, "f1").cooling["anthropic.claude-x"];
+    assert_eq!(cooling.reason, StateReason::NoModelAccess);
+    // A rate limit writes no reason, so older files read the same.
+    observe_model(
+        &mut state,
+        "f2",
+        429,
+        Some(KeyState::Cooling {
+            until_ms: T0 + 60_000,
+        }),
+        Some("opus"),
+    );
+    let text = serde_json::to_string(&state.providers["anthropic"]["f2"]).unwrap();
+    assert!(!text.contains("reason"), "{text}");
 }
