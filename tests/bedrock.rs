@@ -21,9 +21,11 @@ BODY = json.dumps({"anthropic_version": "bedrock-2023-05-31", "max_tokens": 10,
                    "messages": [{"role": "user", "content": "hi"}]})
 MODEL = os.environ.get("MODEL", "us.anthropic.claude-sonnet-4-5-20250929-v1:0")
 def error(e):
+    meta = e.response.get("ResponseMetadata", {})
     print(json.dumps({"error": e.response["Error"]["Code"],
                       "message": e.response["Error"].get("Message", ""),
-                      "status": e.response.get("ResponseMetadata", {}).get("HTTPStatusCode")}))
+                      "status": meta.get("HTTPStatusCode"),
+                      "retry_after": meta.get("HTTPHeaders", {}).get("retry-after")}))
 "#;
 
 /// The bridge with the pooled credentials at `mock`; `top` holds top-level settings.
@@ -126,8 +128,8 @@ print(json.dumps({"text": json.loads(r["body"].read())["content"][0]["text"]}))
 }
 
 #[test]
-fn boto3_converse_and_both_streams_through_the_bridge() {
-    let mock = MockBedrock::start(json!({"default": [{"ok": true}]}));
+fn boto3_converse_and_both_streams_through_a_throttled_first_credential() {
+    let mock = MockBedrock::start(json!({AKID1: [throttled()], "default": [{"ok": true}]}));
     let test = bridge_with(&mock, "request_log = \"requests.jsonl\"");
     let server = test.serve();
     let run = boto3(
@@ -148,7 +150,7 @@ print(json.dumps({"converse": text, "usage": converse["usage"], "converse_stream
         MODEL,
     );
     let answer = run.json();
-    let expected = format!("hello from {AKID1}");
+    let expected = format!("hello from {AKID2}");
     assert_eq!(answer["converse"], expected, "{run:?}");
     assert_eq!(answer["usage"]["inputTokens"], 11);
     assert_eq!(answer["converse_stream"], expected);
@@ -164,10 +166,13 @@ print(json.dumps({"converse": text, "usage": converse["usage"], "converse_stream
         paths,
         [
             format!("/model/{model}/converse"),
+            format!("/model/{model}/converse"),
             format!("/model/{model}/converse-stream"),
             format!("/model/{model}/invoke-with-response-stream"),
         ]
     );
+    // Throttled once, then cooling for the model: the rest go straight to the second.
+    assert_eq!(mock.signers(), [AKID1, AKID2, AKID2, AKID2]);
     drop(server);
     // Usage from the blocking answer and from both kinds of stream events.
     let log = std::fs::read_to_string(test.path("requests.jsonl")).unwrap();
@@ -220,6 +225,10 @@ except ClientError as e:
     let answer = run.json();
     assert_eq!(answer["error"], "ThrottlingException", "{run:?}");
     assert_eq!(answer["status"], 429);
+    assert_eq!(
+        answer["retry_after"], "60",
+        "the default cooldown: {answer}"
+    );
     assert_eq!(mock.signers(), [AKID1, AKID2]);
 }
 
@@ -549,6 +558,21 @@ except ClientError as e:
     );
     let request = &mock.requests()[0];
     assert_eq!(request["signature_ok"], true);
+    assert!(
+        !request.to_string().contains(TOKEN),
+        "the token went upstream"
+    );
+
+    // As Claude Code and the Anthropic client send it: the token as a bearer API key.
+    let answer = crate::harness::client()
+        .post(server.url(&format!("/bedrock/model/{MODEL}/invoke")))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(r#"{"max_tokens":5}"#)
+        .send()
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let request = &mock.requests()[1];
+    assert_eq!(request["who"], AKID1, "signed with the pool's credential");
     assert!(
         !request.to_string().contains(TOKEN),
         "the token went upstream"
