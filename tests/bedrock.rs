@@ -26,6 +26,13 @@ def error(e):
                       "message": e.response["Error"].get("Message", ""),
                       "status": meta.get("HTTPStatusCode"),
                       "retry_after": meta.get("HTTPHeaders", {}).get("retry-after")}))
+def invoke():
+    """One InvokeModel: the answer's text, or the error boto3 raised."""
+    try:
+        r = client.invoke_model(modelId=MODEL, body=BODY)
+        print(json.dumps({"text": json.loads(r["body"].read())["content"][0]["text"]}))
+    except ClientError as e:
+        error(e)
 "#;
 
 /// The bridge with the pooled credentials at `mock`; `top` holds top-level settings.
@@ -79,14 +86,7 @@ fn credential_state(server: &Server, akid: &str) -> Value {
 fn boto3_invoke_model_fails_over_from_a_throttled_credential_signed_for_each() {
     let mock = MockBedrock::start(json!({AKID1: [throttled()], "default": [{"ok": true}]}));
     let server = bridge_with(&mock, "").serve();
-    let run = boto3(
-        &server,
-        r#"
-r = client.invoke_model(modelId=MODEL, body=BODY)
-print(json.dumps({"text": json.loads(r["body"].read())["content"][0]["text"]}))
-"#,
-        MODEL,
-    );
+    let run = boto3(&server, "invoke()", MODEL);
     assert_eq!(run.json()["text"], format!("hello from {AKID2}"), "{run:?}");
     let requests = mock.requests();
     assert_eq!(mock.signers(), [AKID1, AKID2]);
@@ -212,16 +212,7 @@ print(json.dumps({"converse": text, "usage": converse["usage"], "converse_stream
 fn every_credential_throttled_is_a_throttling_exception_to_boto3() {
     let mock = MockBedrock::start(json!({"default": [throttled()]}));
     let server = bridge_with(&mock, "").serve();
-    let run = boto3(
-        &server,
-        r#"
-try:
-    client.invoke_model(modelId=MODEL, body=BODY)
-except ClientError as e:
-    error(e)
-"#,
-        MODEL,
-    );
+    let run = boto3(&server, "invoke()", MODEL);
     let answer = run.json();
     assert_eq!(answer["error"], "ThrottlingException", "{run:?}");
     assert_eq!(answer["status"], 429);
@@ -284,10 +275,7 @@ fn a_model_access_denial_rests_the_credential_for_that_model_only() {
         MockBedrock::start(json!({AKID1: [denied, {"ok": true}], "default": [{"ok": true}]}));
     let test = bridge_with(&mock, "");
     let server = test.serve();
-    let script = r#"
-r = client.invoke_model(modelId=MODEL, body=BODY)
-print(json.dumps({"text": json.loads(r["body"].read())["content"][0]["text"]}))
-"#;
+    let script = "invoke()";
     assert_eq!(
         boto3(&server, script, MODEL).json()["text"],
         format!("hello from {AKID2}")
@@ -330,12 +318,7 @@ fn bad_and_expired_credentials_are_disabled_and_a_model_not_ready_marks_nothing(
                  "message": "The security token included in the request is expired"}],
     }));
     let server = bridge_with(&mock, "").serve();
-    let script = r#"
-try:
-    client.invoke_model(modelId=MODEL, body=BODY)
-except ClientError as e:
-    error(e)
-"#;
+    let script = "invoke()";
     let answer = boto3(&server, script, MODEL).json();
     assert_eq!(answer["error"], "AccessDeniedException", "{answer}");
     assert!(
@@ -443,14 +426,7 @@ fn a_bedrock_api_key_is_sent_as_a_bearer_token() {
         ))
         .secret(API_KEY)
         .serve();
-    let run = boto3(
-        &server,
-        r#"
-r = client.invoke_model(modelId=MODEL, body=BODY)
-print(json.dumps({"text": json.loads(r["body"].read())["content"][0]["text"]}))
-"#,
-        MODEL,
-    );
+    let run = boto3(&server, "invoke()", MODEL);
     assert_eq!(
         run.json()["text"],
         format!("hello from {API_KEY}"),
@@ -477,16 +453,7 @@ fn without_credentials_a_bearer_key_is_byok_and_a_signature_is_refused_clearly()
         ))
         .secret(API_KEY)
         .serve();
-    let refused = boto3(
-        &server,
-        r#"
-try:
-    client.invoke_model(modelId=MODEL, body=BODY)
-except ClientError as e:
-    error(e)
-"#,
-        MODEL,
-    );
+    let refused = boto3(&server, "invoke()", MODEL);
     let answer = refused.json();
     assert_eq!(
         answer["error"], "UnrecognizedClientException",
@@ -509,8 +476,7 @@ def bearer(request, **kwargs):
     request.headers["Authorization"] = "Bearer " + os.environ["API_KEY"]
     request.headers.pop("X-Amz-Date", None)
 client.meta.events.register("before-send.bedrock-runtime.*", bearer)
-r = client.invoke_model(modelId=MODEL, body=BODY)
-print(json.dumps({"text": json.loads(r["body"].read())["content"][0]["text"]}))
+invoke()
 "#
         ),
         &server.url("/bedrock"),
@@ -537,11 +503,7 @@ def token(request, **kwargs):
     if os.environ.get("TOKEN"):
         request.headers["x-aibridge-token"] = os.environ["TOKEN"]
 client.meta.events.register("before-send.bedrock-runtime.*", token)
-try:
-    r = client.invoke_model(modelId=MODEL, body=BODY)
-    print(json.dumps({"text": json.loads(r["body"].read())["content"][0]["text"]}))
-except ClientError as e:
-    error(e)
+invoke()
 "#;
     let without = boto3(&server, script, MODEL).json();
     assert_eq!(without["status"], 401, "{without}");
@@ -663,14 +625,7 @@ fn no_secret_or_caller_signature_reaches_a_log_dump_state_or_metric() {
         "request_log = \"requests.jsonl\"\ndump_dir = \"dumps\"",
     );
     let server = test.serve_with(&["--listen", "127.0.0.1:0", "-v"]);
-    let run = boto3(
-        &server,
-        r#"
-r = client.invoke_model(modelId=MODEL, body=BODY)
-print(json.dumps({"text": json.loads(r["body"].read())["content"][0]["text"]}))
-"#,
-        MODEL,
-    );
+    let run = boto3(&server, "invoke()", MODEL);
     assert_eq!(run.json()["text"], format!("hello from {AKID2}"), "{run:?}");
     let mut outputs = vec![
         ("stderr".to_owned(), server.stderr()),
