@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::keypool::{CooldownScope, PoolSettings, Strategy, validate_keys};
+use crate::keypool::{AffinityMode, CooldownScope, PoolSettings, Strategy, validate_keys};
 use crate::provider::ProviderKind;
 use crate::secret::{ApiKey, RedisUrl};
 
@@ -24,6 +24,10 @@ pub const DEFAULT_RECHECK: Duration = Duration::from_secs(15 * 60);
 /// How many keys one request tries at most, unless configured otherwise: keys of one
 /// account share a quota, so walking a long pool on 429s mostly hammers the same limit.
 pub const DEFAULT_MAX_ATTEMPTS: usize = 4;
+
+/// How long a session keeps its key after its last request: the providers' default prompt
+/// cache lifetime. A request that asks for a one-hour cache keeps it an hour.
+pub const DEFAULT_AFFINITY_TTL: Duration = Duration::from_secs(5 * 60);
 
 /// How long `serve` holds a request for a key that is about to come back.
 pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(10);
@@ -129,6 +133,8 @@ pub struct ProviderConfig {
     pub max_attempts: Option<usize>,
     /// How long `serve` may hold a request for a cooling key in total; zero = not at all.
     pub max_wait: Duration,
+    /// How long a session keeps its key after its last request; `None` = affinity off.
+    pub affinity_ttl: Option<Duration>,
     /// Bedrock: the region of credentials that name none (and of callers' own API keys).
     pub region: Option<String>,
     /// Bedrock without a `base_url`: each attempt goes to its credential's regional
@@ -283,6 +289,9 @@ struct RawProvider {
     #[serde(default, with = "humantime_serde")]
     max_wait: Option<Duration>,
     region: Option<Spanned<String>>,
+    affinity: Option<AffinityMode>,
+    #[serde(default, with = "humantime_serde")]
+    affinity_ttl: Option<Duration>,
 }
 
 /// The config file used when none is named: `<config dir>/aibridge/config.toml`.
@@ -742,6 +751,12 @@ fn resolve_provider(
             "cooldowns must be longer than zero",
         ));
     }
+    if raw.affinity_ttl.is_some_and(|ttl| ttl.is_zero()) {
+        return Err(ConfigError::provider(
+            name,
+            "affinity_ttl must be longer than zero (affinity = \"off\" turns affinity off)",
+        ));
+    }
     if pool.max_models_per_key == 0 {
         return Err(ConfigError::provider(
             name,
@@ -768,6 +783,10 @@ fn resolve_provider(
             Some(limit) => Some(limit),
         },
         max_wait: raw.max_wait.unwrap_or(DEFAULT_MAX_WAIT),
+        affinity_ttl: match raw.affinity.unwrap_or_default() {
+            AffinityMode::Off => None,
+            AffinityMode::Session => Some(raw.affinity_ttl.unwrap_or(DEFAULT_AFFINITY_TTL)),
+        },
         region,
         regional,
     })

@@ -12,8 +12,8 @@ use http_body_util::Full;
 
 use crate::health::Observation;
 use crate::keypool::{
-    AttemptLimit, DisableReason, Exhausted, ExhaustionKind, KeyState, Mark, MarkOutcome,
-    StateReason,
+    Assigned, AttemptLimit, DisableReason, Exhausted, ExhaustionKind, KeyState, Mark, MarkOutcome,
+    SessionId, StateReason,
 };
 use crate::provider::bedrock::{self, Plane};
 use crate::provider::{is_quota_error, may_signal_quota};
@@ -139,11 +139,15 @@ pub struct Exchange {
     pub result: Result<Response, FailoverError>,
     /// How long the request was held for a key.
     pub waited: Duration,
+    /// For a request of a session that a pool key answered: the key it is on now, and
+    /// whether it kept its key.
+    pub affinity: Option<Assigned>,
 }
 
 /// How one pass over the pool ended.
 enum PassEnd {
-    Done(Result<Response, FailoverError>),
+    /// With the index of the key whose answer it is, if one answered.
+    Done(Result<Response, FailoverError>, Option<usize>),
     Exhausted(Exhausted),
 }
 
@@ -246,6 +250,7 @@ impl Walker {
                 attempts,
                 result,
                 waited: Duration::ZERO,
+                affinity: None,
             };
         }
     }
@@ -259,13 +264,22 @@ impl Walker {
     ) -> Exchange {
         let mut attempts = Vec::new();
         let mut waited = Duration::ZERO;
+        let session = session_of(upstream, request);
+        let now = upstream.pool.clock().now_ms();
+        let assigned = session.and_then(|session| upstream.sessions.assigned(session, now));
         loop {
-            let exhausted = match self.pass(upstream, request, &mut attempts, observer).await {
-                PassEnd::Done(result) => {
+            let pass = self.pass(upstream, request, assigned, &mut attempts, observer);
+            let exhausted = match pass.await {
+                PassEnd::Done(result, answered_by) => {
+                    let answered_by = answered_by.filter(|_| result.is_ok());
+                    let affinity = session.zip(answered_by).map(|(session, index)| {
+                        settle_affinity(upstream, request, session, assigned, index)
+                    });
                     return Exchange {
                         attempts,
                         result,
                         waited,
+                        affinity,
                     };
                 }
                 PassEnd::Exhausted(exhausted) => exhausted,
@@ -282,6 +296,7 @@ impl Walker {
                     attempts,
                     result: Err(FailoverError::Exhausted(exhausted)),
                     waited,
+                    affinity: None,
                 };
             };
             // Boxed: rare, and its timer would otherwise grow every request's future.
@@ -295,11 +310,12 @@ impl Walker {
         &self,
         upstream: &Upstream,
         request: &OutboundRequest,
+        preferred: Option<usize>,
         attempts: &mut Vec<Attempt>,
         observer: &dyn WalkObserver,
     ) -> PassEnd {
         let pool = &upstream.pool;
-        let mut walk = pool.walk();
+        let mut walk = pool.walk_preferring(preferred);
         // The body is parsed for its model only once a key has a model's cooldown to honor.
         let model = || request.model();
         loop {
@@ -321,7 +337,7 @@ impl Walker {
                 observer.attempted(&attempt);
                 attempts.push(attempt);
                 match next {
-                    Next::Answer(result) => return PassEnd::Done(result),
+                    Next::Answer(result) => return PassEnd::Done(result, Some(index)),
                     Next::FailOver => break,
                     Next::SendAgain => may_send_again = false,
                 }
@@ -529,6 +545,40 @@ fn aws_mark(pool: &crate::keypool::Pool, fault: bedrock::Fault) -> KeyMark {
         bedrock::Fault::Disabled(reason) => KeyMark::Pool(Mark::Disable(reason)),
     }
 }
+
+/// The session a pooled request belongs to, when its provider keeps sessions on keys and has
+/// more than one key to choose from.
+fn session_of(upstream: &Upstream, request: &OutboundRequest) -> Option<SessionId> {
+    upstream.affinity_ttl?;
+    if upstream.pool.len() < 2 {
+        return None;
+    }
+    request.session()
+}
+
+/// Sticks the session to the key that answered, for the assignment's lifetime from now,
+/// and says whether that kept its key.
+fn settle_affinity(
+    upstream: &Upstream,
+    request: &OutboundRequest,
+    session: SessionId,
+    assigned: Option<usize>,
+    answered_by: usize,
+) -> Assigned {
+    let configured = upstream.affinity_ttl.unwrap_or(LONG_CACHE_TTL);
+    let ttl = if request.wants_long_cache() {
+        configured.max(LONG_CACHE_TTL)
+    } else {
+        configured
+    };
+    let now = upstream.pool.clock().now_ms();
+    upstream
+        .sessions
+        .assign(session, answered_by, assigned, ttl, now)
+}
+
+/// How long a session that asked for a one-hour prompt cache keeps its key.
+const LONG_CACHE_TTL: Duration = Duration::from_secs(3600);
 
 /// One try that got no answer.
 struct Failed {

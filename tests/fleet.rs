@@ -375,3 +375,50 @@ fn pool_commands_with_redis_down_fail_clearly() {
         );
     }
 }
+
+#[test]
+fn two_replicas_keep_a_session_on_one_key() {
+    let redis = Redis::start();
+    let mock = MockUpstream::start();
+    let keys = [K1, K2, K3];
+    let config = |mock: &MockUpstream| {
+        let keys: Vec<_> = keys.iter().map(|key| format!("{key:?}")).collect();
+        format!(
+            "redis_url = \"{}\"\n[providers.anthropic]\nbase_url = \"{}\"\nkeys = [{}]\n\
+             strategy = \"round-robin\"\n",
+            redis.url(),
+            mock.url(),
+            keys.join(", ")
+        )
+    };
+    let (a, b) = (
+        Test::new().config(&config(&mock)),
+        Test::new().config(&config(&mock)),
+    );
+    let (first, second) = (a.serve(), b.serve());
+    let ask = |server: &Server, session: &str| {
+        let answer = client()
+            .post(server.url("/anthropic/v1/messages"))
+            .header("x-aibridge-session", session)
+            .body(message(OPUS))
+            .send()
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+        answer.headers()["x-aibridge-key"]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    // Turn the second replica's round-robin off the first's, so only sharing can agree.
+    ask(&second, "warm-up");
+    let on_first = ask(&first, "conversation");
+    // The announcement is in the background; asking the second replica before it lands
+    // would make it a new session there.
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..4 {
+        assert_eq!(ask(&second, "conversation"), on_first);
+        assert_eq!(ask(&first, "conversation"), on_first);
+    }
+    let stored = format!("{:?}", redis.dump());
+    assert!(!stored.contains("conversation"), "{stored}");
+}

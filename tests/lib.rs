@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod affinity;
 mod bedrock;
 mod cli;
 mod clients;

@@ -5,6 +5,7 @@ use std::sync::OnceLock;
 use bytes::Bytes;
 use http::{HeaderMap, Method};
 
+use crate::keypool::SessionId;
 use crate::transport;
 
 /// A request, read in full once and replayed as is on every attempt.
@@ -18,6 +19,8 @@ pub struct OutboundRequest {
     pub body: Bytes,
     /// The body's top-level `"model"`, read the first time a walk needs it.
     model: OnceLock<Option<Box<str>>>,
+    /// The session the request belongs to, worked out the first time affinity asks.
+    session: OnceLock<Option<SessionId>>,
 }
 
 impl OutboundRequest {
@@ -35,6 +38,7 @@ impl OutboundRequest {
             headers,
             body,
             model: OnceLock::new(),
+            session: OnceLock::new(),
         }
     }
 
@@ -45,6 +49,27 @@ impl OutboundRequest {
         // Fresh: nothing has read the body's model yet.
         let _ = self.model.set(model);
         self
+    }
+
+    /// The session the request belongs to, hashed: `x-aibridge-session`, Claude Code's
+    /// `x-claude-code-session-id`, the Anthropic body's `metadata.user_id`, or the OpenAI
+    /// body's `prompt_cache_key`, then `user`. The body is parsed only when it names one.
+    pub fn session(&self) -> Option<SessionId> {
+        *self.session.get_or_init(|| {
+            SESSION_HEADERS
+                .iter()
+                .find_map(|name| self.headers.get(name)?.to_str().ok())
+                .filter(|id| !id.is_empty())
+                .map(SessionId::of)
+                .or_else(|| session_in_body(&self.body))
+        })
+    }
+
+    /// Whether the request asks for a one-hour prompt cache (`"ttl": "1h"` in a
+    /// `cache_control`), so its session's assignment should last as long.
+    pub fn wants_long_cache(&self) -> bool {
+        memchr::memmem::find(&self.body, b"\"1h\"").is_some()
+            && memchr::memmem::find(&self.body, b"\"ttl\"").is_some()
     }
 
     pub fn headers(&self) -> &HeaderMap {
@@ -73,4 +98,54 @@ pub(super) fn model_of(body: &[u8]) -> Option<Box<str>> {
     // The name a model's health goes by, in reports and logs: a caller's text, so bounded
     // and escaped (the upstream still gets the body as sent).
     (!model.is_empty()).then(|| crate::text::shown(&model).into())
+}
+
+/// The headers that name a session, first found first used.
+const SESSION_HEADERS: [http::HeaderName; 2] = [
+    http::HeaderName::from_static("x-aibridge-session"),
+    http::HeaderName::from_static("x-claude-code-session-id"),
+];
+
+/// A session id in a JSON body: Anthropic's `metadata.user_id`, else OpenAI's
+/// `prompt_cache_key`, else `user`. A body that names none of them is not parsed (a
+/// Messages body's `"role":"user"` is a value, not a `"user":` field).
+fn session_in_body(body: &[u8]) -> Option<SessionId> {
+    use std::borrow::Cow;
+    #[derive(serde::Deserialize)]
+    struct Metadata<'a> {
+        #[serde(borrow)]
+        user_id: Option<Cow<'a, str>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Ids<'a> {
+        #[serde(borrow)]
+        metadata: Option<Metadata<'a>>,
+        #[serde(borrow)]
+        prompt_cache_key: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        user: Option<Cow<'a, str>>,
+    }
+    let named = memchr::memmem::find(body, b"\"user_id\"").is_some()
+        || memchr::memmem::find(body, b"\"prompt_cache_key\"").is_some()
+        || names_user_field(body);
+    if !named {
+        return None;
+    }
+    let ids: Ids = serde_json::from_slice(body).ok()?;
+    let id = ids
+        .metadata
+        .and_then(|metadata| metadata.user_id)
+        .or(ids.prompt_cache_key)
+        .or(ids.user)?;
+    (!id.is_empty()).then(|| SessionId::of(&id))
+}
+
+/// Whether `"user"` appears as a field name: followed, after any spaces, by `:`.
+fn names_user_field(body: &[u8]) -> bool {
+    memchr::memmem::find_iter(body, b"\"user\"").any(|at| {
+        body[at + 6..]
+            .iter()
+            .find(|byte| !byte.is_ascii_whitespace())
+            .is_some_and(|byte| *byte == b':')
+    })
 }

@@ -70,3 +70,50 @@ fn a_request_is_held_only_for_a_key_back_within_the_budget() {
     let limited = exhausted(ExhaustionKind::RateLimited, secs(1), Some(limit));
     assert_eq!(hold_for(&limited, secs(10)), None, "max_attempts reached");
 }
+
+#[test]
+fn a_session_comes_from_headers_then_the_body_and_a_role_is_not_a_user() {
+    use crate::keypool::SessionId;
+    let request = |headers: &[(&'static str, &str)], body: &str| {
+        let mut map = http::HeaderMap::new();
+        for (name, value) in headers {
+            map.insert(*name, value.parse().unwrap());
+        }
+        OutboundRequest::new(
+            http::Method::POST,
+            "/v1/messages".to_owned(),
+            map,
+            bytes::Bytes::from(body.to_owned()),
+        )
+    };
+    let messages = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+    assert_eq!(request(&[], messages).session(), None);
+    let with_id = r#"{"metadata":{"user_id":"u1"},"messages":[{"role":"user"}]}"#;
+    assert_eq!(request(&[], with_id).session(), Some(SessionId::of("u1")));
+    assert_eq!(
+        request(&[("x-claude-code-session-id", "cc")], with_id).session(),
+        Some(SessionId::of("cc")),
+        "a header comes first"
+    );
+    assert_eq!(
+        request(
+            &[
+                ("x-aibridge-session", "a"),
+                ("x-claude-code-session-id", "cc")
+            ],
+            ""
+        )
+        .session(),
+        Some(SessionId::of("a"))
+    );
+    let openai = r#"{"prompt_cache_key":"pk","user" : "u2"}"#;
+    assert_eq!(request(&[], openai).session(), Some(SessionId::of("pk")));
+    assert_eq!(
+        request(&[], r#"{"user" : "u2"}"#).session(),
+        Some(SessionId::of("u2"))
+    );
+    assert!(
+        request(&[], r#"{"cache_control":{"type":"ephemeral","ttl":"1h"}}"#).wants_long_cache()
+    );
+    assert!(!request(&[], messages).wants_long_cache());
+}

@@ -9,7 +9,7 @@ use tokio::sync::Notify;
 
 use super::FailoverError;
 use crate::config::ProviderConfig;
-use crate::keypool::{Clock, Pool, PoolError};
+use crate::keypool::{Affinity, Clock, DEFAULT_MAX_SESSIONS, Pool, PoolError};
 use crate::provider::bedrock::{AwsCredential, Plane, is_caller_signature};
 use crate::provider::{ProviderKind, caller_credential};
 use crate::secret::ApiKey;
@@ -34,6 +34,10 @@ pub struct Upstream {
     pub max_attempts: Option<usize>,
     /// How long `serve` may hold a request, in total, for a key that is about to come back.
     pub max_wait: Duration,
+    /// How long a session keeps its key after its last request; `None` = affinity off.
+    pub affinity_ttl: Option<Duration>,
+    /// Which key each session is on.
+    pub sessions: Affinity,
     /// Wakes held requests when a key comes back early (a reset or a revive).
     pub(super) freed: Notify,
 }
@@ -58,6 +62,8 @@ impl Upstream {
             pool: Pool::new(config.keys.clone(), config.pool, clock)?,
             max_attempts: config.max_attempts,
             max_wait: config.max_wait,
+            affinity_ttl: config.affinity_ttl,
+            sessions: Affinity::new(DEFAULT_MAX_SESSIONS),
             freed: Notify::new(),
         })
     }

@@ -135,6 +135,8 @@ impl StateFile {
                     provider,
                     fingerprint,
                 } => cleared.extend(self.clear(provider.as_deref(), fingerprint.as_deref(), now)),
+                // Sessions are shared through Redis only: `send` and probes have none.
+                HealthChange::Assigned { .. } => {}
             }
         }
         cleared

@@ -15,7 +15,9 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::keypool::{DisableReason, KeyState, Pool, StateKind, StateReason, to_unix_ms};
+use crate::keypool::{
+    Affinity, DisableReason, KeyState, Pool, SessionId, StateKind, StateReason, to_unix_ms,
+};
 
 pub use file::{StateError, StateFile, StateStore};
 pub use recorder::{HealthRecorder, HealthSink, RecorderTask, SharedStatus};
@@ -59,6 +61,13 @@ pub enum HealthChange {
         provider: Option<String>,
         fingerprint: Option<String>,
     },
+    /// A session is on a key until `expires_ms` (shared through Redis only).
+    Assigned {
+        provider: String,
+        fingerprint: String,
+        session: u64,
+        expires_ms: u64,
+    },
 }
 
 /// A key whose mark was cleared.
@@ -97,6 +106,13 @@ pub enum SharedChange {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         fingerprint: Option<String>,
     },
+    /// A session's key (the session by its hash only).
+    Assigned {
+        provider: String,
+        fingerprint: String,
+        session: u64,
+        expires_ms: u64,
+    },
 }
 
 impl SharedChange {
@@ -125,13 +141,26 @@ impl SharedChange {
                 provider: provider.clone(),
                 fingerprint: fingerprint.clone(),
             }),
+            HealthChange::Assigned {
+                provider,
+                fingerprint,
+                session,
+                expires_ms,
+            } => Some(Self::Assigned {
+                provider: provider.clone(),
+                fingerprint: fingerprint.clone(),
+                session: *session,
+                expires_ms: *expires_ms,
+            }),
         }
     }
 
     /// The provider the change is for; `None` for a clear of every provider.
     pub fn provider(&self) -> Option<&str> {
         match self {
-            Self::Cooling { provider, .. } | Self::Disabled { provider, .. } => Some(provider),
+            Self::Cooling { provider, .. }
+            | Self::Disabled { provider, .. }
+            | Self::Assigned { provider, .. } => Some(provider),
             Self::Cleared { provider, .. } => provider.as_deref(),
         }
     }
@@ -183,6 +212,22 @@ impl SharedChange {
                 }
                 freed
             }
+            Self::Assigned { .. } => false,
+        }
+    }
+
+    /// Applies a session's assignment to one provider's sessions (anything else is not
+    /// about sessions).
+    pub fn apply_to_sessions(&self, pool: &Pool, sessions: &Affinity) {
+        if let Self::Assigned {
+            fingerprint,
+            session,
+            expires_ms,
+            ..
+        } = self
+            && let Some(index) = pool.index_of(fingerprint)
+        {
+            sessions.merge(SessionId(*session), index, *expires_ms);
         }
     }
 }

@@ -267,6 +267,9 @@ impl RedisHealth {
                         pipe.del(doomed).ignore();
                     }
                 }
+                // Sessions are announced (below), not stored: each replica keeps its own
+                // table, and a stored copy would only lengthen every load's scan.
+                HealthChange::Assigned { .. } => {}
             }
         }
         let shared: Vec<_> = changes.iter().filter_map(SharedChange::of).collect();

@@ -3,6 +3,7 @@
 //! Pure logic: no I/O, time comes from an injected [`Clock`]. Each key's state lives in one
 //! atomic word, so concurrent requests see each other's marks at once without a global lock.
 
+mod affinity;
 mod clock;
 mod exhausted;
 mod models;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use http::HeaderMap;
 use serde::{Deserialize, Serialize};
 
+pub use affinity::{Affinity, AffinityOutcome, Assigned, DEFAULT_MAX_SESSIONS, SessionId};
 pub use clock::{Clock, ManualClock, SystemClock, from_unix_ms, to_unix_ms};
 pub use exhausted::{AttemptLimit, Exhausted, ExhaustionKind, ceil_secs};
 pub use models::ModelCooldown;
@@ -38,6 +40,17 @@ pub enum Strategy {
     Ordered,
     /// Rotate the starting key per request to spread load.
     RoundRobin,
+}
+
+/// Whether a provider keeps each session on one key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AffinityMode {
+    /// A session keeps the key that last served it while that key is healthy.
+    #[default]
+    Session,
+    /// Every request is picked by the strategy alone.
+    Off,
 }
 
 /// What a 429 takes out of service: the key for the request's model only, or the whole key.
@@ -276,14 +289,24 @@ impl Pool {
 
     /// Starts one request's walk over the pool.
     pub fn walk(&self) -> Walk<'_> {
+        self.walk_preferring(None)
+    }
+
+    /// Starts a walk that tries `preferred` (a session's key) first when it is usable, then
+    /// the others by the strategy. Round-robin turns only for walks without a preferred
+    /// key, so it spreads sessions, not the requests of one session.
+    pub fn walk_preferring(&self, preferred: Option<usize>) -> Walk<'_> {
         let start = match self.settings.strategy {
             Strategy::Ordered => 0,
             Strategy::RoundRobin if self.keys.is_empty() => 0,
+            Strategy::RoundRobin if preferred.is_some() => {
+                self.next_start.load(Ordering::Relaxed) % self.keys.len()
+            }
             Strategy::RoundRobin => {
                 self.next_start.fetch_add(1, Ordering::Relaxed) % self.keys.len()
             }
         };
-        Walk::new(self, start)
+        Walk::new(self, start, preferred)
     }
 
     /// The mark an upstream answer earns: 429 cools, 401/403 disable, anything else is not

@@ -9,15 +9,20 @@ pub struct Walk<'a> {
     pool: &'a Pool,
     start: usize,
     offset: usize,
+    /// A key to try before the others (a session's key), and then to skip.
+    preferred: Option<usize>,
+    preferred_tried: bool,
 }
 
 impl<'a> Walk<'a> {
-    /// A pass over `pool` starting at key `start`.
-    pub(super) fn new(pool: &'a Pool, start: usize) -> Self {
+    /// A pass over `pool` starting at key `start`, or at `preferred` when it is usable.
+    pub(super) fn new(pool: &'a Pool, start: usize, preferred: Option<usize>) -> Self {
         Self {
             pool,
             start,
             offset: 0,
+            preferred: preferred.filter(|index| *index < pool.keys.len()),
+            preferred_tried: false,
         }
     }
 
@@ -34,6 +39,14 @@ impl<'a> Walk<'a> {
         let len = self.pool.keys.len();
         // One clock read per call, not per key skipped: a walk may pass thousands.
         let now = self.pool.clock.now_ms();
+        if let Some(preferred) = self.preferred
+            && !self.preferred_tried
+        {
+            self.preferred_tried = true;
+            if self.usable(preferred, now, &model) {
+                return Some(preferred);
+            }
+        }
         while self.offset < len {
             // start < len and offset < len, so one subtraction wraps (no division per key).
             let mut index = self.start + self.offset;
@@ -41,18 +54,21 @@ impl<'a> Walk<'a> {
                 index -= len;
             }
             self.offset += 1;
-            if self.pool.raw_state(index).settle(now) != KeyState::Available {
-                continue;
-            }
-            let marks = &self.pool.models[index];
-            if marks.may_be_cooling(now)
-                && model().is_some_and(|model| marks.is_cooling(model, now))
-            {
+            if Some(index) == self.preferred || !self.usable(index, now, &model) {
                 continue;
             }
             return Some(index);
         }
         None
+    }
+
+    /// Whether key `index` is available key-wide and not cooling for the model.
+    fn usable<'m>(&self, index: usize, now: u64, model: &impl Fn() -> Option<&'m str>) -> bool {
+        if self.pool.raw_state(index).settle(now) != KeyState::Available {
+            return false;
+        }
+        let marks = &self.pool.models[index];
+        !(marks.may_be_cooling(now) && model().is_some_and(|model| marks.is_cooling(model, now)))
     }
 }
 

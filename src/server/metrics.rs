@@ -15,7 +15,7 @@ use prometheus_client::registry::Registry;
 
 use super::shedding::ShedCounts;
 use crate::failover::Upstream;
-use crate::keypool::{ExhaustionKind, KeyState};
+use crate::keypool::{AffinityOutcome, ExhaustionKind, KeyState};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KeyLabels {
@@ -65,7 +65,14 @@ pub struct Metrics {
     shed_connections: Family<ShedLabels, Counter>,
     shared_degraded: Gauge,
     waits: Family<ProviderLabels, Histogram>,
+    affinity: Family<AffinityLabels, Counter>,
     requests: Arc<RequestStats>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AffinityLabels {
+    provider: String,
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -95,6 +102,7 @@ impl Metrics {
         let waits = Family::<ProviderLabels, Histogram>::new_with_constructor(
             (|| Histogram::new(WAIT_BOUNDS)) as fn() -> Histogram,
         );
+        let affinity = Family::default();
         let requests = Arc::new(RequestStats::new(threads));
         registry.register("aibridge_keys", "Keys per provider and state", keys.clone());
         registry.register(
@@ -135,6 +143,12 @@ impl Metrics {
             "Time held requests waited for a key to come back",
             waits.clone(),
         );
+        registry.register(
+            "aibridge_affinity",
+            "Requests of a session answered by a pool key: on the session's key (kept), on \
+             another because it was not usable (moved), or with no live assignment (new)",
+            affinity.clone(),
+        );
         registry.register_collector(Box::new(requests.clone()));
         Self {
             registry,
@@ -146,8 +160,18 @@ impl Metrics {
             shed_connections,
             shared_degraded,
             waits,
+            affinity,
             requests,
         }
+    }
+
+    /// A session's request and whether it kept its key.
+    pub fn affinity(&self, provider: &str, outcome: AffinityOutcome) {
+        let labels = AffinityLabels {
+            provider: provider.to_owned(),
+            outcome: outcome.as_str(),
+        };
+        self.affinity.get_or_create(&labels).inc();
     }
 
     pub fn key_transition(&self, provider: &str, state: KeyState) {

@@ -140,6 +140,9 @@ impl Bridge {
             }
             if let Some(old) = previous.and_then(|bridge| bridge.upstreams.get(name)) {
                 upstream.pool.inherit_from(&old.pool);
+                upstream.sessions.inherit_from(&old.sessions, |index| {
+                    upstream.pool.index_of(old.pool.key(index).fingerprint())
+                });
             }
             upstreams.insert(name.clone(), upstream);
         }

@@ -14,7 +14,7 @@ use super::{AppState, Bridge, Worker};
 use crate::failover::{
     Attempt, Credentials, Exchange, FailoverError, OutboundRequest, Upstream, WalkObserver,
 };
-use crate::health::HealthChange;
+use crate::health::{HealthChange, SharedStatus};
 use crate::provider::{ApiError, ApiRoute, ProviderKind, ProviderSpec};
 use crate::transport::{self, CollectError, Response as UpstreamResponse};
 
@@ -189,6 +189,22 @@ fn record(
     let (app, upstream) = (worker.app, target.upstream);
     if !exchange.waited.is_zero() {
         app.metrics.waited(&upstream.name, exchange.waited);
+    }
+    if let Some(assigned) = exchange.affinity {
+        app.metrics.affinity(&upstream.name, assigned.outcome);
+        // Only a fleet (Redis) shares sessions; the state file does not keep them.
+        let shared = app
+            .health
+            .as_ref()
+            .filter(|health| assigned.announce && health.status() != SharedStatus::Local);
+        if let Some(health) = shared {
+            health.record(HealthChange::Assigned {
+                provider: upstream.name.clone(),
+                fingerprint: upstream.pool.key(assigned.key).fingerprint().to_owned(),
+                session: assigned.session.0,
+                expires_ms: assigned.expires_ms,
+            });
+        }
     }
     let id = request_id(app);
     record_marks(app, upstream, &exchange.attempts);

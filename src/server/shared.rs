@@ -48,6 +48,7 @@ impl HealthSink for Pools {
                 if change.apply_to(&upstream.pool) {
                     upstream.key_freed();
                 }
+                change.apply_to_sessions(&upstream.pool, &upstream.sessions);
             }
         }
     }

@@ -5,7 +5,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::failover::{Exchange, OutboundRequest, Upstream};
-use crate::keypool::{KeyState, StateKind};
+use crate::keypool::{AffinityOutcome, KeyState, StateKind};
 use crate::provider::ApiRoute;
 use crate::server::usage::RequestFacts;
 
@@ -47,6 +47,10 @@ pub struct RequestRecord {
     pub ttfb_ms: Option<f64>,
     /// How long the request was held for a key.
     pub waited_ms: u64,
+    /// For a session's request: whether the pick followed its assignment (`kept`), moved
+    /// it (`moved`), or made one (`new`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<&'static str>,
 }
 
 #[derive(Debug, Serialize)]
@@ -105,6 +109,9 @@ impl RequestRecord {
             .collect();
         record.key = answered.map(|attempt| attempt.key_hint.clone());
         record.waited_ms = exchange.waited.as_millis() as u64;
+        record.affinity = exchange
+            .affinity
+            .map(|assigned| AffinityOutcome::as_str(assigned.outcome));
         record
     }
 
@@ -135,6 +142,7 @@ impl RequestRecord {
             latency_ms: 0.0,
             ttfb_ms: None,
             waited_ms: 0,
+            affinity: None,
         }
     }
 }

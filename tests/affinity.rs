@@ -1,0 +1,117 @@
+//! Session affinity through `serve`: a conversation keeps its key while the key is healthy,
+//! so the provider's prompt cache keeps paying.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::harness::{K1, K2, K3, MockUpstream, Reply, Server, Test, client, hint};
+
+fn bridge(mock: &MockUpstream, provider_extra: &str) -> Test {
+    Test::new().config(&format!(
+        "request_log = \"requests.jsonl\"\n[providers.anthropic]\nbase_url = \"{}\"\n\
+         keys = [\"{K1}\", \"{K2}\", \"{K3}\"]\n{provider_extra}\n",
+        mock.url()
+    ))
+}
+
+/// A Messages request, with `headers`, and Claude Code's `metadata.user_id` when given.
+fn ask(server: &Server, headers: &[(&str, &str)], user_id: Option<&str>) -> String {
+    let mut body = json!({"model": "claude-sonnet-4-5", "max_tokens": 8,
+                          "messages": [{"role": "user", "content": "Hi"}]});
+    if let Some(user_id) = user_id {
+        body["metadata"] = json!({"user_id": user_id});
+    }
+    let mut request = client()
+        .post(server.url("/anthropic/v1/messages"))
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let answer = request.send().unwrap();
+    assert_eq!(answer.status(), 200);
+    answer.headers()["x-aibridge-key"]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn session(id: &str) -> [(&'static str, &str); 1] {
+    [("x-aibridge-session", id)]
+}
+
+#[test]
+fn sessions_stick_to_a_key_under_round_robin_and_new_ones_are_spread() {
+    let mock = MockUpstream::start();
+    let test = bridge(&mock, "strategy = \"round-robin\"");
+    let server = test.serve();
+    let first: Vec<_> = (0..4)
+        .map(|_| ask(&server, &session("alpha"), None))
+        .collect();
+    assert!(first.iter().all(|key| *key == first[0]), "{first:?}");
+    // Claude Code's header and body id are sessions too.
+    let code: Vec<_> = (0..3)
+        .map(|_| ask(&server, &[("x-claude-code-session-id", "c0de")], None))
+        .collect();
+    assert!(code.iter().all(|key| *key == code[0]), "{code:?}");
+    let body: Vec<_> = (0..3)
+        .map(|_| ask(&server, &[], Some("user_abc_account__session_1")))
+        .collect();
+    assert!(body.iter().all(|key| *key == body[0]), "{body:?}");
+    let sessions = [&first[0], &code[0], &body[0]];
+    assert!(
+        sessions[0] != sessions[1] && sessions[1] != sessions[2] && sessions[0] != sessions[2],
+        "round-robin spreads sessions: {sessions:?}"
+    );
+    // Without a session, round-robin still rotates per request.
+    let plain: Vec<_> = (0..3).map(|_| ask(&server, &[], None)).collect();
+    assert_ne!(plain[0], plain[1]);
+
+    let metrics = server.metrics();
+    for (outcome, count) in [("kept", 7), ("new", 3)] {
+        let line = format!(
+            "aibridge_affinity_total{{provider=\"anthropic\",outcome=\"{outcome}\"}} {count}"
+        );
+        assert!(metrics.contains(&line), "{line}\n{metrics}");
+    }
+    drop(server);
+    let log = std::fs::read_to_string(test.path("requests.jsonl")).unwrap();
+    assert_eq!(log.matches("\"affinity\":\"kept\"").count(), 7, "{log}");
+    assert_eq!(log.matches("\"affinity\":\"new\"").count(), 3, "{log}");
+    assert!(!log.contains("alpha") && !log.contains("c0de") && !log.contains("user_abc"));
+}
+
+#[test]
+fn a_cooling_key_moves_its_sessions_once_and_they_stay_moved() {
+    let mock = MockUpstream::start();
+    mock.on_key(
+        K1,
+        vec![Reply::ok("{}"), Reply::rate_limited(1), Reply::ok("{}")],
+    );
+    let server = bridge(&mock, "").serve();
+    assert_eq!(ask(&server, &session("s1"), None), hint(K1));
+    // K1 answers 429: the session moves to K2.
+    assert_eq!(ask(&server, &session("s1"), None), hint(K2));
+    std::thread::sleep(Duration::from_millis(1_100));
+    // K1 is back, but the session stays where its cache now is.
+    for _ in 0..3 {
+        assert_eq!(ask(&server, &session("s1"), None), hint(K2));
+    }
+    // A new session under the ordered strategy starts on K1 again.
+    assert_eq!(ask(&server, &session("s2"), None), hint(K1));
+    let metrics = server.metrics();
+    let moved = "aibridge_affinity_total{provider=\"anthropic\",outcome=\"moved\"} 1";
+    assert!(metrics.contains(moved), "{metrics}");
+}
+
+#[test]
+fn affinity_off_follows_the_strategy_alone() {
+    let mock = MockUpstream::start();
+    let server = bridge(&mock, "strategy = \"round-robin\"\naffinity = \"off\"").serve();
+    let keys: Vec<_> = (0..3)
+        .map(|_| ask(&server, &session("alpha"), None))
+        .collect();
+    assert_ne!(keys[0], keys[1], "{keys:?}");
+    assert!(!server.metrics().contains("aibridge_affinity_total{"));
+}
