@@ -30,6 +30,8 @@ pub use upstream::{Credentials, Upstream};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attempt {
     pub key_hint: String,
+    /// The pool key's index; `None` for a caller's own key.
+    pub index: Option<usize>,
     /// `None` for a caller's own key, which is not tracked.
     pub fingerprint: Option<String>,
     /// `None` when no response came.
@@ -223,6 +225,7 @@ impl Walker {
             let result = self.execute(upstream, request, None, reuse).await;
             let mut attempt = Attempt {
                 key_hint: key.hint(),
+                index: None,
                 fingerprint: None,
                 status: result
                     .as_ref()
@@ -373,6 +376,7 @@ impl Walker {
         pool.record_attempt(index, status);
         let mut attempt = Attempt {
             key_hint: pooled.hint().to_owned(),
+            index: Some(index),
             fingerprint: Some(pooled.fingerprint().to_owned()),
             status,
             mark: None,

@@ -10,16 +10,16 @@ pub use crate::health::ClearedKey;
 use crate::health::StateFile;
 use crate::health::file::KeyRecord;
 use crate::keypool::{
-    KeySnapshot, KeyState, ModelCooldown, StateKind, StateReason, ceil_secs, from_unix_ms,
-    to_unix_ms,
+    KeySnapshot, KeyState, ModelCooldown, StateKind, StateReason, TokenCounts, ceil_secs,
+    from_unix_ms, to_unix_ms,
 };
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PoolReport {
     pub providers: Vec<ProviderReport>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProviderReport {
     pub name: String,
     /// `anthropic`, `openai` or `copilot`; `-` for a provider only shared health knows.
@@ -35,7 +35,7 @@ fn configured() -> bool {
     true
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KeyReport {
     pub hint: String,
     pub fingerprint: String,
@@ -53,13 +53,44 @@ pub struct KeyReport {
     /// which does not count them.
     pub requests: Option<u64>,
     pub failures: Option<u64>,
+    /// Tokens the key's answers reported since the server started; `null` when read from
+    /// shared health.
+    #[serde(default)]
+    pub tokens: Option<TokenReport>,
     /// False for a key only shared health knows (written by `probe-keys --keys-file`, say).
     #[serde(default = "configured")]
     pub configured: bool,
 }
 
+/// Tokens one key's answers reported.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenReport {
+    /// Billed at the full input rate.
+    pub input: u64,
+    pub output: u64,
+    pub cache_read: u64,
+    pub cache_write: u64,
+    /// The share of the whole prompt (input + cache read + cache write) read from the
+    /// provider's prompt cache; `null` before any input.
+    pub cache_read_share: Option<f64>,
+}
+
+impl From<TokenCounts> for TokenReport {
+    fn from(counts: TokenCounts) -> Self {
+        Self {
+            input: counts.input,
+            output: counts.output,
+            cache_read: counts.cache_read,
+            cache_write: counts.cache_write,
+            cache_read_share: counts
+                .cache_read_share()
+                .map(|share| (share * 1000.0).round() / 1000.0),
+        }
+    }
+}
+
 /// One model's cooldown on one key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelCooling {
     /// RFC 3339.
     pub until: String,
@@ -100,6 +131,7 @@ impl PoolReport {
             for key in &mut provider.keys {
                 key.requests = None;
                 key.failures = None;
+                key.tokens = None;
             }
         }
         for (name, records) in &shared.providers {
@@ -128,6 +160,7 @@ impl PoolReport {
                 let mut key = KeyReport::new(&snapshot_of(fingerprint, record, now_ms), now_ms);
                 key.requests = None;
                 key.failures = None;
+                key.tokens = None;
                 key.configured = false;
                 provider.keys.push(key);
             }
@@ -157,6 +190,7 @@ fn snapshot_of(fingerprint: &str, record: &KeyRecord, now_ms: u64) -> KeySnapsho
         last_used_ms: record.last_used.map(to_unix_ms),
         requests: 0,
         failures: 0,
+        tokens: TokenCounts::default(),
     }
 }
 
@@ -192,6 +226,7 @@ impl KeyReport {
                 .map(|ms| humantime::format_rfc3339_seconds(from_unix_ms(ms)).to_string()),
             requests: Some(snapshot.requests),
             failures: Some(snapshot.failures),
+            tokens: Some(snapshot.tokens.into()),
             configured: true,
         }
     }

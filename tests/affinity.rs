@@ -31,10 +31,13 @@ fn ask(server: &Server, headers: &[(&str, &str)], user_id: Option<&str>) -> Stri
     }
     let answer = request.send().unwrap();
     assert_eq!(answer.status(), 200);
-    answer.headers()["x-aibridge-key"]
+    let key = answer.headers()["x-aibridge-key"]
         .to_str()
         .unwrap()
-        .to_owned()
+        .to_owned();
+    // Read to the end, so the answer is accounted for before the test looks.
+    answer.text().unwrap();
+    key
 }
 
 fn session(id: &str) -> [(&'static str, &str); 1] {
@@ -114,4 +117,89 @@ fn affinity_off_follows_the_strategy_alone() {
         .collect();
     assert_ne!(keys[0], keys[1], "{keys:?}");
     assert!(!server.metrics().contains("aibridge_affinity_total{"));
+}
+
+const BLOCKING: &str = r#"{"id":"msg_1","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[{"type":"text","text":"hi"}],"usage":{"input_tokens":40,"cache_read_input_tokens":900,"cache_creation_input_tokens":60,"output_tokens":5}}"#;
+
+/// An Anthropic stream: usage in `message_start` and `message_delta`.
+fn streamed() -> Reply {
+    Reply::sse(&[
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-opus-4-5\",\"usage\":{\"input_tokens\":10,\"cache_read_input_tokens\":300,\"cache_creation_input_tokens\":0,\"output_tokens\":1}}}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"hi\"}}\n\n",
+        "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":7}}\n\n",
+        "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+    ])
+}
+
+#[test]
+fn tokens_and_cache_reads_are_counted_per_key_blocking_and_streaming() {
+    let mock = MockUpstream::start();
+    mock.on_key(K1, vec![Reply::ok(BLOCKING), streamed()]);
+    let test = bridge(&mock, "");
+    let server = test.serve();
+    assert_eq!(ask(&server, &[], None), hint(K1));
+    assert_eq!(ask(&server, &[], None), hint(K1));
+
+    let metrics = server.metrics();
+    let fingerprint = {
+        let pool = server.pool();
+        pool["providers"][0]["keys"][0]["fingerprint"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    for (model, kind, count) in [
+        ("claude-sonnet-4-5", "input", 40),
+        ("claude-sonnet-4-5", "cache_read", 900),
+        ("claude-sonnet-4-5", "cache_write", 60),
+        ("claude-sonnet-4-5", "output", 5),
+        ("claude-opus-4-5", "input", 10),
+        ("claude-opus-4-5", "cache_read", 300),
+        ("claude-opus-4-5", "output", 7),
+    ] {
+        let line = format!(
+            "aibridge_tokens_total{{provider=\"anthropic\",key=\"{fingerprint}\",model=\"{model}\",kind=\"{kind}\"}} {count}"
+        );
+        assert!(metrics.contains(&line), "{line}\n{metrics}");
+    }
+    let key = &server.pool()["providers"][0]["keys"][0];
+    assert_eq!(key["requests"], 2);
+    let tokens = &key["tokens"];
+    assert_eq!(
+        (
+            tokens["input"].clone(),
+            tokens["output"].clone(),
+            tokens["cache_read"].clone()
+        ),
+        (json!(50), json!(12), json!(1200))
+    );
+    assert_eq!(tokens["cache_write"], 60);
+    // 1,200 of 1,310 prompt tokens came from the cache.
+    assert_eq!(tokens["cache_read_share"], 0.916);
+    let status = test
+        .run_with(&["pool", "status", "--server", &server.base])
+        .success();
+    let row = status
+        .stdout
+        .lines()
+        .find(|line| line.contains(&hint(K1)))
+        .unwrap()
+        .to_owned();
+    let columns: Vec<_> = row.split_whitespace().collect();
+    assert_eq!(
+        columns[columns.len() - 3..],
+        ["1310", "12", "92%"],
+        "{}",
+        status.stdout
+    );
+    drop(server);
+    let log = std::fs::read_to_string(test.path("requests.jsonl")).unwrap();
+    assert!(
+        log.contains("\"input_tokens\":40,\"output_tokens\":5,\"cache_read_tokens\":900,\"cache_write_tokens\":60"),
+        "{log}"
+    );
+    assert!(
+        log.contains("\"input_tokens\":10,\"output_tokens\":7,\"cache_read_tokens\":300,\"cache_write_tokens\":0"),
+        "{log}"
+    );
 }

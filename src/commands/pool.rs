@@ -19,7 +19,7 @@ use crate::exit;
 use crate::failover::Upstream;
 use crate::health::{HealthChange, KeySelectError, KnownKey, StateFile, select_key};
 use crate::keypool::{StateKind, StateReason, SystemClock, to_unix_ms};
-use crate::report::{ClearedKey, KeyReport, PoolReport, ResetRequest, ResetResponse};
+use crate::report::{ClearedKey, KeyReport, PoolReport, ResetRequest, ResetResponse, TokenReport};
 use crate::secret::ApiKey;
 use crate::token_proof;
 use crate::transport::error_chain;
@@ -132,6 +132,9 @@ fn status_table(report: &PoolReport) -> String {
         "LAST USED",
         "REQUESTS",
         "FAILURES",
+        "TOKENS IN",
+        "TOKENS OUT",
+        "CACHE READ",
     ]);
     for provider in &report.providers {
         // Keys only shared health knows, of providers or pools not configured here.
@@ -155,10 +158,21 @@ fn status_table(report: &PoolReport) -> String {
                 ago(key.last_used.as_deref()),
                 count(key.requests),
                 count(key.failures),
+                count(key.tokens.as_ref().map(prompt_tokens)),
+                count(key.tokens.as_ref().map(|tokens| tokens.output)),
+                key.tokens
+                    .as_ref()
+                    .and_then(|tokens| tokens.cache_read_share)
+                    .map_or_else(|| "-".to_owned(), |share| format!("{:.0}%", share * 100.0)),
             ]);
         }
     }
     table.render()
+}
+
+/// The whole prompt: full-rate input, cache reads and cache writes.
+fn prompt_tokens(tokens: &TokenReport) -> u64 {
+    tokens.input + tokens.cache_read + tokens.cache_write
 }
 
 /// A count, or `-` where the source keeps none.

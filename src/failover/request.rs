@@ -72,6 +72,12 @@ impl OutboundRequest {
             && memchr::memmem::find(&self.body, b"\"ttl\"").is_some()
     }
 
+    /// The model, when something already read it (a mark, a model's cooldown, the path):
+    /// never parses the body.
+    pub fn known_model(&self) -> Option<&str> {
+        self.model.get()?.as_deref()
+    }
+
     pub fn headers(&self) -> &HeaderMap {
         &self.headers
     }

@@ -126,6 +126,8 @@ pub struct PooledKey {
     hint: String,
     requests: AtomicU64,
     failures: AtomicU64,
+    /// Tokens its answers reported since start; shared with the answers still streaming.
+    tokens: Arc<TokenTotals>,
     /// 0 = never answered.
     last_status: AtomicU16,
     /// Unix ms; 0 = never used.
@@ -134,8 +136,13 @@ pub struct PooledKey {
 
 impl PooledKey {
     fn new(key: ApiKey) -> Self {
+        let fingerprint = key.fingerprint();
         Self {
-            fingerprint: key.fingerprint(),
+            tokens: Arc::new(TokenTotals {
+                fingerprint: fingerprint.as_str().into(),
+                ..TokenTotals::default()
+            }),
+            fingerprint,
             hint: key.hint(),
             key,
             requests: AtomicU64::new(0),
@@ -156,6 +163,69 @@ impl PooledKey {
     pub fn hint(&self) -> &str {
         &self.hint
     }
+
+    /// The key's token counters, for an answer to add its usage to when it ends.
+    pub fn tokens(&self) -> &Arc<TokenTotals> {
+        &self.tokens
+    }
+}
+
+/// Tokens one key's answers reported since start.
+#[derive(Debug, Default)]
+pub struct TokenTotals {
+    /// The key's fingerprint, the label its tokens are counted under.
+    fingerprint: Box<str>,
+    input: AtomicU64,
+    output: AtomicU64,
+    cache_read: AtomicU64,
+    cache_write: AtomicU64,
+}
+
+/// A copy of [`TokenTotals`] at one moment.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TokenCounts {
+    /// Billed at the full input rate.
+    pub input: u64,
+    pub output: u64,
+    pub cache_read: u64,
+    pub cache_write: u64,
+}
+
+impl TokenCounts {
+    /// The share of the whole prompt (input, cache reads and writes) read from the cache;
+    /// `None` before any input.
+    pub fn cache_read_share(&self) -> Option<f64> {
+        let prompt = self.input + self.cache_read + self.cache_write;
+        (prompt > 0).then(|| self.cache_read as f64 / prompt as f64)
+    }
+}
+
+impl TokenTotals {
+    pub fn add(&self, counts: TokenCounts) {
+        for (total, count) in [
+            (&self.input, counts.input),
+            (&self.output, counts.output),
+            (&self.cache_read, counts.cache_read),
+            (&self.cache_write, counts.cache_write),
+        ] {
+            if count != 0 {
+                total.fetch_add(count, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    pub fn counts(&self) -> TokenCounts {
+        TokenCounts {
+            input: self.input.load(Ordering::Relaxed),
+            output: self.output.load(Ordering::Relaxed),
+            cache_read: self.cache_read.load(Ordering::Relaxed),
+            cache_write: self.cache_write.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// A point-in-time view of one key, for status output.
@@ -172,6 +242,7 @@ pub struct KeySnapshot {
     pub last_used_ms: Option<u64>,
     pub requests: u64,
     pub failures: u64,
+    pub tokens: TokenCounts,
 }
 
 /// An ordered pool of keys for one provider.
@@ -274,6 +345,7 @@ impl Pool {
             }
             key.last_status
                 .store(old.last_status.load(Ordering::Relaxed), Ordering::Relaxed);
+            key.tokens.add(old.tokens.counts());
             debug_assert_eq!(self.index_of(&key.fingerprint), Some(index));
         }
     }
@@ -529,6 +601,7 @@ impl Pool {
             last_used_ms: nonzero(key.last_used_ms.load(Ordering::Relaxed)),
             requests: key.requests.load(Ordering::Relaxed),
             failures: key.failures.load(Ordering::Relaxed),
+            tokens: key.tokens.counts(),
         }
     }
 

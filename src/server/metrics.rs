@@ -15,7 +15,7 @@ use prometheus_client::registry::Registry;
 
 use super::shedding::ShedCounts;
 use crate::failover::Upstream;
-use crate::keypool::{AffinityOutcome, ExhaustionKind, KeyState};
+use crate::keypool::{AffinityOutcome, ExhaustionKind, KeyState, TokenCounts};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KeyLabels {
@@ -222,6 +222,21 @@ impl Metrics {
         stats.attempts.observe(attempts as f64);
     }
 
+    /// Tokens an answer of `key` (a fingerprint) reported, in worker `slot`'s shard.
+    pub fn tokens(
+        &self,
+        slot: usize,
+        provider: &str,
+        key: &str,
+        model: Option<&str>,
+        counts: TokenCounts,
+    ) {
+        let mut shard = self.requests.shard(slot);
+        shard
+            .provider(provider)
+            .add_tokens(key, model.unwrap_or_default(), counts);
+    }
+
     pub fn latency(&self, slot: usize, provider: &str, upstream: Duration, added: Duration) {
         let mut shard = self.requests.shard(slot);
         shard
@@ -329,6 +344,11 @@ struct ProviderStats {
     requests: Vec<(&'static str, u16, u64)>,
     attempts: Buckets,
     upstream_latency: Buckets,
+    /// Tokens by key fingerprint, then model ("" when none was named). A pool has few
+    /// keys and a key few models: a scan beats hashing, and models past
+    /// [`MAX_TOKEN_MODELS`] are counted as `other`, so a caller inventing names cannot
+    /// grow the metrics without bound.
+    tokens: Vec<(Box<str>, ModelTokens)>,
 }
 
 /// A histogram's counts: one per bound, then the overflow.
@@ -399,6 +419,11 @@ impl Shard {
             }
             ours.attempts.add(&theirs.attempts);
             ours.upstream_latency.add(&theirs.upstream_latency);
+            for (key, models) in &theirs.tokens {
+                for (model, counts) in models {
+                    ours.add_tokens(key, model, *counts);
+                }
+            }
         }
         self.added_latency.add(&other.added_latency);
     }
@@ -411,7 +436,40 @@ impl ProviderStats {
             requests: Vec::new(),
             attempts: Buckets::new(&ATTEMPT_BOUNDS),
             upstream_latency: Buckets::new(&UPSTREAM_BOUNDS),
+            tokens: Vec::new(),
         }
+    }
+
+    /// Adds `counts` for `key` and `model`, allocating only for a key or model seen the
+    /// first time.
+    fn add_tokens(&mut self, key: &str, model: &str, counts: TokenCounts) {
+        let key_index = match self.tokens.iter().position(|(seen, _)| **seen == *key) {
+            Some(index) => index,
+            None => {
+                self.tokens.push((key.into(), Vec::new()));
+                self.tokens.len() - 1
+            }
+        };
+        let models = &mut self.tokens[key_index].1;
+        let model = if models.len() >= MAX_TOKEN_MODELS
+            && !models.iter().any(|(seen, _)| **seen == *model)
+        {
+            OTHER_MODELS
+        } else {
+            model
+        };
+        let model_index = match models.iter().position(|(seen, _)| **seen == *model) {
+            Some(index) => index,
+            None => {
+                models.push((model.into(), TokenCounts::default()));
+                models.len() - 1
+            }
+        };
+        let total = &mut models[model_index].1;
+        total.input += counts.input;
+        total.output += counts.output;
+        total.cache_read += counts.cache_read;
+        total.cache_write += counts.cache_write;
     }
 
     fn count(&mut self, route: &'static str, status: u16, count: u64) {
@@ -488,6 +546,7 @@ impl Collector for RequestStats {
             &total.providers,
             |stats| &stats.attempts,
         )?;
+        encode_tokens(&mut encoder, &total.providers)?;
         encode_per_provider(
             &mut encoder,
             "aibridge_upstream_latency_seconds",
@@ -503,6 +562,48 @@ impl Collector for RequestStats {
         )?;
         total.added_latency.encode(&mut added)
     }
+}
+
+/// One key's token counts by model.
+type ModelTokens = Vec<(Box<str>, TokenCounts)>;
+
+/// Models one key's token counts keep apart; the rest are `other`.
+const MAX_TOKEN_MODELS: usize = 64;
+const OTHER_MODELS: &str = "other";
+
+/// `aibridge_tokens_total{provider,key,model,kind}`: `input` is billed at the full input
+/// rate, so input + cache_read + cache_write is the whole prompt.
+fn encode_tokens(encoder: &mut DescriptorEncoder, providers: &[ProviderStats]) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(
+        "aibridge_tokens",
+        "Tokens the provider reported, by key fingerprint, model and kind",
+        None,
+        MetricType::Counter,
+    )?;
+    for stats in providers {
+        for (key, models) in &stats.tokens {
+            for (model, counts) in models {
+                let kinds = [
+                    ("input", counts.input),
+                    ("output", counts.output),
+                    ("cache_read", counts.cache_read),
+                    ("cache_write", counts.cache_write),
+                ];
+                for (kind, count) in kinds {
+                    let labels = [
+                        ("provider", stats.provider.as_str()),
+                        ("key", key),
+                        ("model", model),
+                        ("kind", kind),
+                    ];
+                    family
+                        .encode_family(&labels)?
+                        .encode_counter::<NoLabelSet, _, u64>(&count, None)?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn encode_per_provider(

@@ -222,7 +222,7 @@ fn record(
         .logging()
         .then(|| RequestRecord::new(id, upstream, request, target.route, exchange));
     let attempts = exchange.attempts.len();
-    let completion = Completion::new(
+    let mut completion = Completion::new(
         worker,
         &upstream.name,
         target.route,
@@ -230,6 +230,17 @@ fn record(
         target.started,
         record,
     );
+    let answering_key = exchange
+        .attempts
+        .last()
+        .filter(|_| exchange.result.is_ok() && target.route != ApiRoute::Other)
+        .and_then(|attempt| attempt.index);
+    if let Some(index) = answering_key {
+        let tokens = upstream.pool.key(index).tokens().clone();
+        // The answer names its model; a request whose model a walk already read gives it
+        // for an answer that does not. The body is not parsed for it.
+        completion = completion.answered_by(tokens, request.known_model());
+    }
     (id, completion)
 }
 
@@ -537,7 +548,7 @@ async fn relay_response(
                 );
             }
         };
-        completion.saw(&body);
+        completion.saw_whole(&body);
         completion.finish(Outcome::Completed);
         return reply(status, headers, Body::from(body));
     }

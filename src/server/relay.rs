@@ -5,6 +5,7 @@
 //! the provider's own error event and a clean end, so a cut stream never looks complete.
 //! Any other body is aborted, so the client sees a short read rather than a silent truncation.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -14,6 +15,7 @@ use http::HeaderMap;
 use super::Worker;
 use super::journal::{AttemptDump, Outcome, RequestRecord, http_message};
 use super::usage::{TapFormat, UsageTap};
+use crate::keypool::{TokenCounts, TokenTotals};
 use crate::provider::bedrock::FrameTracker;
 use crate::provider::{ApiRoute, ProviderSpec};
 use crate::transport::error_chain;
@@ -36,8 +38,10 @@ pub struct Completion {
     started: Instant,
     /// The log line, when there is a request log.
     record: Option<Box<RequestRecord>>,
-    /// Reads token usage for the log line.
+    /// Reads token usage for the log line, the key's counters and metrics.
     tap: Option<UsageTap>,
+    /// The pool key that answered, and the request's model: where its usage is counted.
+    answered_by: Option<(Arc<TokenTotals>, Option<Box<str>>)>,
     dump: Option<(String, AttemptDump, Vec<u8>)>,
     response_headers: HeaderMap,
     finished: bool,
@@ -61,10 +65,18 @@ impl Completion {
             started,
             record: record.map(Box::new),
             tap: None,
+            answered_by: None,
             dump: None,
             response_headers: HeaderMap::new(),
             finished: false,
         }
+    }
+
+    /// The answer is a pool key's: its usage is added to the key's counters and to
+    /// `aibridge_tokens_total` for `model`.
+    pub fn answered_by(mut self, tokens: Arc<TokenTotals>, model: Option<&str>) -> Self {
+        self.answered_by = Some((tokens, model.map(Box::from)));
+        self
     }
 
     /// Dumps the answering attempt, with the answer's body, when the body has been relayed.
@@ -81,13 +93,14 @@ impl Completion {
         self.status = status;
         if let Some(record) = &mut self.record {
             record.stream |= !matches!(framing, Framing::Opaque);
-            if self.route != ApiRoute::Other {
-                self.tap = Some(UsageTap::new(match framing {
-                    Framing::Opaque => TapFormat::Json,
-                    Framing::Sse { .. } => TapFormat::Sse,
-                    Framing::EventStream { .. } => TapFormat::Events,
-                }));
-            }
+        }
+        let counted = self.record.is_some() || self.answered_by.is_some();
+        if self.route != ApiRoute::Other && counted {
+            self.tap = Some(UsageTap::new(match framing {
+                Framing::Opaque => TapFormat::Json,
+                Framing::Sse { .. } => TapFormat::Sse,
+                Framing::EventStream { .. } => TapFormat::Events,
+            }));
         }
         if self.dump.is_some() {
             self.response_headers = headers.clone();
@@ -119,13 +132,24 @@ impl Completion {
     }
 
     pub fn saw(&mut self, chunk: &[u8]) {
+        self.saw_part(chunk, false);
+    }
+
+    /// The answer's whole body, in one piece: its usage is read in place.
+    pub fn saw_whole(&mut self, body: &[u8]) {
+        self.saw_part(body, true);
+    }
+
+    fn saw_part(&mut self, chunk: &[u8], whole: bool) {
         if let Some(record) = &mut self.record
             && record.ttfb_ms.is_none()
         {
             record.ttfb_ms = Some(millis(self.started.elapsed()));
         }
-        if let Some(tap) = &mut self.tap {
-            tap.feed(chunk);
+        match &mut self.tap {
+            Some(tap) if whole => tap.whole(chunk),
+            Some(tap) => tap.feed(chunk),
+            None => {}
         }
         if let Some((_, _, body)) = &mut self.dump {
             let room = MAX_DUMPED_BODY.saturating_sub(body.len());
@@ -157,15 +181,38 @@ impl Completion {
             dump.response = http_message(Some(self.status), &self.response_headers, &body);
             self.worker.app.journal.dump(name, &dump);
         }
+        let usage = self.tap.as_mut().map(UsageTap::finish).unwrap_or_default();
+        if let Some((tokens, request_model)) =
+            self.answered_by.as_ref().filter(|_| usage.is_known())
+        {
+            let model = self
+                .tap
+                .as_ref()
+                .and_then(UsageTap::model)
+                .or(request_model.as_deref());
+            let counts = TokenCounts {
+                input: usage.input_tokens.unwrap_or(0),
+                output: usage.output_tokens.unwrap_or(0),
+                cache_read: usage.cache_read_tokens.unwrap_or(0),
+                cache_write: usage.cache_write_tokens.unwrap_or(0),
+            };
+            tokens.add(counts);
+            self.worker.app.metrics.tokens(
+                self.worker.slot,
+                &self.provider,
+                tokens.fingerprint(),
+                model,
+                counts,
+            );
+        }
         if let Some(record) = &mut self.record {
             record.outcome = outcome;
             record.status = self.status;
             record.latency_ms = millis(self.started.elapsed());
-            if let Some(tap) = &mut self.tap {
-                let usage = tap.finish();
-                record.input_tokens = usage.input_tokens;
-                record.output_tokens = usage.output_tokens;
-            }
+            record.input_tokens = usage.input_tokens;
+            record.output_tokens = usage.output_tokens;
+            record.cache_read_tokens = usage.cache_read_tokens;
+            record.cache_write_tokens = usage.cache_write_tokens;
             self.worker.app.journal.log(record);
         }
     }

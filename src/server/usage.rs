@@ -24,11 +24,15 @@ impl RequestFacts {
     }
 }
 
-/// Token counts, as far as the response told them.
+/// Token counts, as far as the response told them. `input_tokens` is what the provider
+/// bills at the full input rate, so `input + cache_read + cache_write` is the whole prompt
+/// for every provider.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Usage {
     pub input_tokens: Option<u64>,
     pub output_tokens: Option<u64>,
+    pub cache_read_tokens: Option<u64>,
+    pub cache_write_tokens: Option<u64>,
 }
 
 impl Usage {
@@ -42,17 +46,144 @@ impl Usage {
             document.pointer("/response/usage"),
         ];
         for usage in candidates.into_iter().flatten() {
-            let count = |names: [&str; 3]| names.iter().find_map(|name| usage.get(*name)?.as_u64());
-            // Later events carry running totals, so the latest count wins. Bedrock's
-            // Converse writes the names in camelCase.
-            if let Some(input) = count(["input_tokens", "prompt_tokens", "inputTokens"]) {
-                self.input_tokens = Some(input);
-            }
-            if let Some(output) = count(["output_tokens", "completion_tokens", "outputTokens"]) {
-                self.output_tokens = Some(output);
+            if let Ok(fields) = UsageFields::deserialize(usage) {
+                self.absorb_usage(&fields);
             }
         }
     }
+
+    /// One `usage` object. Later events carry running totals, so the latest count wins.
+    /// Anthropic counts cached tokens apart from `input_tokens`; OpenAI counts them inside
+    /// `prompt_tokens`/`input_tokens` (and apart in `*_tokens_details.cached_tokens`), so
+    /// they are taken out; Bedrock's Converse writes the names in camelCase.
+    fn absorb_usage(&mut self, usage: &UsageFields) {
+        let openai_cached = usage
+            .prompt_tokens_details
+            .or(usage.input_tokens_details)
+            .and_then(|details| details.cached_tokens);
+        let cache_read = usage
+            .cache_read_input_tokens
+            .or(usage.cache_read_camel)
+            .or(openai_cached);
+        if let Some(read) = cache_read {
+            self.cache_read_tokens = Some(read);
+        }
+        if let Some(write) = usage
+            .cache_creation_input_tokens
+            .or(usage.cache_write_camel)
+        {
+            self.cache_write_tokens = Some(write);
+        }
+        let input = usage
+            .input_tokens
+            .or(usage.prompt_tokens)
+            .or(usage.input_camel);
+        if let Some(input) = input {
+            self.input_tokens = Some(input.saturating_sub(openai_cached.unwrap_or(0)));
+        }
+        let output = usage
+            .output_tokens
+            .or(usage.completion_tokens)
+            .or(usage.output_camel);
+        if let Some(output) = output {
+            self.output_tokens = Some(output);
+        }
+    }
+
+    /// Whether the answer reported any count.
+    pub fn is_known(&self) -> bool {
+        *self != Self::default()
+    }
+}
+
+/// The counts a `usage` object may hold, under each provider's names. A typed struct: its
+/// fields are matched by name as they are read, with no map built or hashed.
+#[derive(Debug, Default, Deserialize)]
+struct UsageFields {
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    cache_read_input_tokens: Option<u64>,
+    cache_creation_input_tokens: Option<u64>,
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    prompt_tokens_details: Option<CachedTokens>,
+    input_tokens_details: Option<CachedTokens>,
+    #[serde(rename = "inputTokens")]
+    input_camel: Option<u64>,
+    #[serde(rename = "outputTokens")]
+    output_camel: Option<u64>,
+    #[serde(rename = "cacheReadInputTokens")]
+    cache_read_camel: Option<u64>,
+    #[serde(rename = "cacheWriteInputTokens")]
+    cache_write_camel: Option<u64>,
+}
+
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+struct CachedTokens {
+    cached_tokens: Option<u64>,
+}
+
+/// The last `"usage": {...}` object of a JSON document, found without parsing the rest:
+/// usage comes after the content in every provider's answers, and content (a tool's input)
+/// may hold a `usage` field of its own. A `"usage"` inside a string is written `\"usage\"`,
+/// so it never matches. Reading a 1 KiB answer this way costs a few hundred instructions
+/// where parsing it whole costs thousands, on every request.
+fn last_usage_object(body: &[u8]) -> Option<&[u8]> {
+    memchr::memmem::rfind_iter(body, b"\"usage\"").find_map(|at| {
+        let after = &body[at + b"\"usage\"".len()..];
+        let colon = after.iter().position(|byte| !byte.is_ascii_whitespace())?;
+        if after[colon] != b':' {
+            return None;
+        }
+        let value = &after[colon + 1..];
+        let open = value.iter().position(|byte| !byte.is_ascii_whitespace())?;
+        (value[open] == b'{').then(|| balanced_object(&value[open..]))?
+    })
+}
+
+/// The object that `text` starts with, up to its matching brace, strings skipped.
+fn balanced_object(text: &[u8]) -> Option<&[u8]> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for (index, byte) in text.iter().enumerate() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'{' => depth += 1,
+            b'}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(&text[..=index]);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The first `"model": "..."` string of a JSON answer: every provider's answer names its
+/// model before its content, so the first is the answer's own. A name with escapes is
+/// skipped (no model is named that way).
+fn first_model_string(body: &[u8]) -> Option<&str> {
+    let at = memchr::memmem::find(body, b"\"model\"")?;
+    let rest = body[at + b"\"model\"".len()..].trim_ascii_start();
+    let rest = rest
+        .strip_prefix(b":")?
+        .trim_ascii_start()
+        .strip_prefix(b"\"")?;
+    let end = memchr::memchr2(b'"', b'\\', rest)?;
+    if rest[end] != b'"' || end == 0 || end > 256 {
+        return None;
+    }
+    std::str::from_utf8(&rest[..end]).ok()
 }
 
 /// How an answer carries its usage.
@@ -73,7 +204,11 @@ pub struct UsageTap {
     /// SSE: the unfinished line; JSON: the body so far (up to a limit).
     buffer: Vec<u8>,
     overflowed: bool,
+    /// JSON: the whole body was read at once, so nothing is left to read at the end.
+    read: bool,
     usage: Usage,
+    /// The model the answer names, which the request may not (or only deep in its body).
+    model: Option<Box<str>>,
 }
 
 /// Bodies larger than this are not kept for reading usage.
@@ -85,8 +220,48 @@ impl UsageTap {
             format,
             buffer: Vec::new(),
             overflowed: false,
+            read: false,
             usage: Usage::default(),
+            model: None,
         }
+    }
+
+    /// A JSON answer's whole body, read in place rather than copied (the relay has it in
+    /// one piece for small answers).
+    pub fn whole(&mut self, body: &[u8]) {
+        if self.format != TapFormat::Json || !self.buffer.is_empty() {
+            return self.feed(body);
+        }
+        self.read_json(body);
+        self.read = true;
+    }
+
+    fn read_json(&mut self, body: &[u8]) {
+        let usage = last_usage_object(body)
+            .and_then(|object| serde_json::from_slice::<UsageFields>(object).ok());
+        if let Some(usage) = usage {
+            self.usage.absorb_usage(&usage);
+        }
+        if self.model.is_none() {
+            self.model = first_model_string(body).map(|model| crate::text::shown(model).into());
+        }
+    }
+
+    /// An event that mentions usage: its counts, and the model it names (Anthropic's
+    /// `message_start`, OpenAI's chunks, Responses' `response`).
+    fn absorb_document(&mut self, document: &Value) {
+        self.usage.absorb(document);
+        if self.model.is_none() {
+            let named = ["/model", "/message/model", "/response/model"]
+                .iter()
+                .find_map(|pointer| document.pointer(pointer)?.as_str());
+            self.model = named.map(|model| crate::text::shown(model).into());
+        }
+    }
+
+    /// The model the answer named, if it did.
+    pub fn model(&self) -> Option<&str> {
+        self.model.as_deref()
     }
 
     pub fn feed(&mut self, chunk: &[u8]) {
@@ -127,7 +302,7 @@ impl UsageTap {
             return;
         }
         if let Ok(document) = serde_json::from_slice::<Value>(data) {
-            self.usage.absorb(&document);
+            self.absorb_document(&document);
         }
     }
 
@@ -145,20 +320,18 @@ impl UsageTap {
             Some(encoded) => {
                 let inner = aws_smithy_types::base64::decode(encoded).ok();
                 if let Some(event) = inner.and_then(|inner| serde_json::from_slice(&inner).ok()) {
-                    self.usage.absorb(&event);
+                    self.absorb_document(&event);
                 }
             }
-            None => self.usage.absorb(&document),
+            None => self.absorb_document(&document),
         }
     }
 
     /// The usage seen, once the body has ended.
     pub fn finish(&mut self) -> Usage {
-        if self.format == TapFormat::Json && !self.overflowed {
-            if let Ok(document) = serde_json::from_slice::<Value>(&self.buffer) {
-                self.usage.absorb(&document);
-            }
-            self.buffer = Vec::new();
+        if self.format == TapFormat::Json && !self.overflowed && !self.read {
+            let body = std::mem::take(&mut self.buffer);
+            self.read_json(&body);
         }
         self.usage
     }
@@ -203,7 +376,8 @@ mod tests {
             usage,
             Usage {
                 input_tokens: Some(12),
-                output_tokens: Some(34)
+                output_tokens: Some(34),
+                ..Usage::default()
             }
         );
     }
@@ -222,7 +396,8 @@ mod tests {
             usage,
             Usage {
                 input_tokens: Some(25),
-                output_tokens: Some(15)
+                output_tokens: Some(15),
+                ..Usage::default()
             }
         );
     }
@@ -237,7 +412,8 @@ mod tests {
             chat,
             Usage {
                 input_tokens: Some(9),
-                output_tokens: Some(12)
+                output_tokens: Some(12),
+                ..Usage::default()
             }
         );
         let chat_stream = tap(
@@ -250,7 +426,8 @@ mod tests {
             chat_stream,
             Usage {
                 input_tokens: Some(3),
-                output_tokens: Some(4)
+                output_tokens: Some(4),
+                ..Usage::default()
             }
         );
         let responses = tap(
@@ -263,7 +440,8 @@ mod tests {
             responses,
             Usage {
                 input_tokens: Some(5),
-                output_tokens: Some(6)
+                output_tokens: Some(6),
+                ..Usage::default()
             }
         );
     }
@@ -289,12 +467,61 @@ mod tests {
             tap.finish(),
             Usage {
                 input_tokens: Some(11),
-                output_tokens: Some(7)
+                output_tokens: Some(7),
+                ..Usage::default()
             }
         );
         let mut converse = UsageTap::new(TapFormat::Events);
         converse.absorb_event(br#"{"contentBlockDelta":{"delta":{"text":"hi"}}}"#);
         converse.absorb_event(br#"{"usage":{"inputTokens":3,"outputTokens":4},"metrics":{}}"#);
         assert_eq!(converse.finish().output_tokens, Some(4));
+    }
+
+    #[test]
+    fn cache_tokens_and_the_full_rate_input_of_each_provider() {
+        let anthropic = tap(
+            false,
+            &[
+                r#"{"content":[{"type":"tool_use","input":{"usage":{"input_tokens":999}}}],"usage":{"input_tokens":40,"cache_read_input_tokens":900,"cache_creation_input_tokens":60,"output_tokens":5}}"#,
+            ],
+        );
+        assert_eq!(
+            anthropic,
+            Usage {
+                input_tokens: Some(40),
+                output_tokens: Some(5),
+                cache_read_tokens: Some(900),
+                cache_write_tokens: Some(60),
+            },
+            "the answer's own usage, not a tool input's"
+        );
+        let chat = tap(
+            false,
+            &[
+                r#"{"usage":{"prompt_tokens":1000,"completion_tokens":7,"prompt_tokens_details":{"cached_tokens":768}}}"#,
+            ],
+        );
+        assert_eq!(
+            (chat.input_tokens, chat.cache_read_tokens),
+            (Some(232), Some(768))
+        );
+        let responses = tap(
+            true,
+            &[
+                "data: {\"type\":\"response.completed\",\"response\":{\"usage\":{\"input_tokens\":500,\"input_tokens_details\":{\"cached_tokens\":100},\"output_tokens\":3}}}\n\n",
+            ],
+        );
+        assert_eq!(
+            (responses.input_tokens, responses.cache_read_tokens),
+            (Some(400), Some(100))
+        );
+        let text = tap(
+            false,
+            &[r#"{"text":"say \"usage\": {\"input_tokens\": 5}"}"#],
+        );
+        assert!(
+            !text.is_known(),
+            "a usage inside a string is not one: {text:?}"
+        );
     }
 }

@@ -3,6 +3,7 @@ use crate::keypool::DisableReason;
 
 fn attempt(status: Option<u16>, mark: Option<KeyState>) -> Attempt {
     Attempt {
+        index: None,
         model_reason: crate::keypool::StateReason::RateLimited,
         key_hint: "sk-a...efgh".to_owned(),
         fingerprint: Some("f".to_owned()),

@@ -43,6 +43,8 @@ pub struct RequestRecord {
     pub key: Option<String>,
     pub input_tokens: Option<u64>,
     pub output_tokens: Option<u64>,
+    pub cache_read_tokens: Option<u64>,
+    pub cache_write_tokens: Option<u64>,
     pub latency_ms: f64,
     pub ttfb_ms: Option<f64>,
     /// How long the request was held for a key.
@@ -139,6 +141,8 @@ impl RequestRecord {
             key: None,
             input_tokens: None,
             output_tokens: None,
+            cache_read_tokens: None,
+            cache_write_tokens: None,
             latency_ms: 0.0,
             ttfb_ms: None,
             waited_ms: 0,
