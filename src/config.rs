@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::keypool::{AffinityMode, CooldownScope, PoolSettings, Strategy, validate_keys};
+use crate::keypool::{AffinityMode, CooldownScope, KeyCaps, PoolSettings, Strategy, validate_keys};
 use crate::provider::ProviderKind;
 use crate::secret::{ApiKey, RedisUrl};
 
@@ -118,6 +118,8 @@ pub struct ProviderConfig {
     pub kind: ProviderKind,
     pub base_url: String,
     pub keys: Vec<ApiKey>,
+    /// Each key's caps, in key order: its own table's, else the provider's defaults.
+    pub key_caps: Vec<KeyCaps>,
     /// Whether the provider was given a pool (`keys`, `keys_file` or `keys_env`): such a
     /// provider never falls back to callers' own credentials because its list came out
     /// empty (a keys file emptied or half-written); it waits for keys instead.
@@ -235,6 +237,23 @@ struct RawConfig {
     providers: BTreeMap<String, RawProvider>,
 }
 
+/// A key in `keys`: the key alone, or a table with its caps
+/// (`{ key = "...", rpm = 50, max_concurrency = 4 }`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawKey {
+    Plain(String),
+    WithCaps(CappedKey),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CappedKey {
+    key: String,
+    max_concurrency: Option<u32>,
+    rpm: Option<u32>,
+}
+
 /// The longest provider name: it is a route prefix and part of variable names, never a key.
 const MAX_PROVIDER_NAME: usize = 32;
 
@@ -271,7 +290,7 @@ struct RawProvider {
     kind: Option<ProviderKind>,
     base_url: Option<Spanned<String>>,
     #[serde(default)]
-    keys: Vec<String>,
+    keys: Vec<RawKey>,
     keys_file: Option<Spanned<PathBuf>>,
     keys_env: Option<String>,
     enabled: Option<bool>,
@@ -290,6 +309,8 @@ struct RawProvider {
     max_wait: Option<Duration>,
     region: Option<Spanned<String>>,
     affinity: Option<AffinityMode>,
+    max_concurrency: Option<u32>,
+    rpm: Option<u32>,
     #[serde(default, with = "humantime_serde")]
     affinity_ttl: Option<Duration>,
 }
@@ -705,7 +726,24 @@ fn resolve_provider(
     };
 
     let expects_keys = !raw.keys.is_empty() || raw.keys_file.is_some() || raw.keys_env.is_some();
-    let mut keys: Vec<ApiKey> = raw.keys.into_iter().map(ApiKey::new).collect();
+    let defaults = KeyCaps {
+        max_concurrency: raw.max_concurrency,
+        rpm: raw.rpm,
+    };
+    let (mut keys, mut key_caps): (Vec<ApiKey>, Vec<KeyCaps>) = raw
+        .keys
+        .into_iter()
+        .map(|raw_key| match raw_key {
+            RawKey::Plain(key) => (ApiKey::new(key), defaults),
+            RawKey::WithCaps(capped) => (
+                ApiKey::new(capped.key),
+                KeyCaps {
+                    max_concurrency: capped.max_concurrency.or(defaults.max_concurrency),
+                    rpm: capped.rpm.or(defaults.rpm),
+                },
+            ),
+        })
+        .unzip();
     if let Some(keys_file) = raw.keys_file {
         let path = base_dir.join(keys_file.get_ref());
         let text = read_keys_file(&path).map_err(|error| ConfigError::Value {
@@ -725,6 +763,20 @@ fn resolve_provider(
         keys.extend(split_key_list(&list));
     }
     validate_keys(&keys).map_err(|error| ConfigError::provider(name, error.to_string()))?;
+    // Keys from a file or a variable take the provider's caps.
+    key_caps.resize(keys.len(), defaults);
+    let zero_cap = key_caps
+        .iter()
+        .position(|caps| caps.max_concurrency == Some(0) || caps.rpm == Some(0));
+    if let Some(index) = zero_cap {
+        return Err(ConfigError::provider(
+            name,
+            format!(
+                "key #{}: rpm and max_concurrency must be at least 1",
+                index + 1
+            ),
+        ));
+    }
     if kind == ProviderKind::Bedrock {
         validate_aws_credentials(name, &keys)?;
     }
@@ -783,6 +835,7 @@ fn resolve_provider(
             Some(limit) => Some(limit),
         },
         max_wait: raw.max_wait.unwrap_or(DEFAULT_MAX_WAIT),
+        key_caps,
         affinity_ttl: match raw.affinity.unwrap_or_default() {
             AffinityMode::Off => None,
             AffinityMode::Session => Some(raw.affinity_ttl.unwrap_or(DEFAULT_AFFINITY_TTL)),

@@ -13,7 +13,7 @@ use http_body_util::Full;
 use crate::health::Observation;
 use crate::keypool::{
     Assigned, AttemptLimit, DisableReason, Exhausted, ExhaustionKind, KeyState, Mark, MarkOutcome,
-    SessionId, StateReason,
+    Permit, SessionId, StateReason,
 };
 use crate::provider::bedrock::{self, Plane};
 use crate::provider::{is_quota_error, may_signal_quota};
@@ -144,12 +144,18 @@ pub struct Exchange {
     /// For a request of a session that a pool key answered: the key it is on now, and
     /// whether it kept its key.
     pub affinity: Option<Assigned>,
+    /// The answering key's slot, when it has caps: held until the answer ends.
+    pub permit: Option<Permit>,
 }
 
 /// How one pass over the pool ended.
 enum PassEnd {
-    /// With the index of the key whose answer it is, if one answered.
-    Done(Result<Response, FailoverError>, Option<usize>),
+    /// With the index of the key whose answer it is, if one answered, and its slot.
+    Done(
+        Result<Response, FailoverError>,
+        Option<usize>,
+        Option<Permit>,
+    ),
     Exhausted(Exhausted),
 }
 
@@ -254,6 +260,7 @@ impl Walker {
                 result,
                 waited: Duration::ZERO,
                 affinity: None,
+                permit: None,
             };
         }
     }
@@ -273,7 +280,7 @@ impl Walker {
         loop {
             let pass = self.pass(upstream, request, assigned, &mut attempts, observer);
             let exhausted = match pass.await {
-                PassEnd::Done(result, answered_by) => {
+                PassEnd::Done(result, answered_by, permit) => {
                     let answered_by = answered_by.filter(|_| result.is_ok());
                     let affinity = session.zip(answered_by).map(|(session, index)| {
                         settle_affinity(upstream, request, session, assigned, index)
@@ -283,6 +290,7 @@ impl Walker {
                         result,
                         waited,
                         affinity,
+                        permit,
                     };
                 }
                 PassEnd::Exhausted(exhausted) => exhausted,
@@ -300,6 +308,7 @@ impl Walker {
                     result: Err(FailoverError::Exhausted(exhausted)),
                     waited,
                     affinity: None,
+                    permit: None,
                 };
             };
             // Boxed: rare, and its timer would otherwise grow every request's future.
@@ -321,6 +330,8 @@ impl Walker {
         let mut walk = pool.walk_preferring(preferred);
         // The body is parsed for its model only once a key has a model's cooldown to honor.
         let model = || request.model();
+        // The soonest a key passed over for its caps may have a slot.
+        let mut capped: Option<Duration> = None;
         loop {
             if upstream
                 .max_attempts
@@ -332,7 +343,19 @@ impl Walker {
                 });
             }
             let Some(index) = walk.next_lazy(model) else {
-                return PassEnd::Exhausted(pool.exhaustion(request.model()));
+                let exhausted = pool.exhaustion(request.model());
+                return PassEnd::Exhausted(match capped {
+                    Some(wait) => at_caps(exhausted, wait),
+                    None => exhausted,
+                });
+            };
+            let permit = match pool.try_acquire(index) {
+                Ok(permit) => permit,
+                Err(wait) => {
+                    // At a cap: passed over like a cooling key, and not marked.
+                    capped = Some(capped.map_or(wait, |soonest| soonest.min(wait)));
+                    continue;
+                }
             };
             let mut may_send_again = true;
             loop {
@@ -340,7 +363,7 @@ impl Walker {
                 observer.attempted(&attempt);
                 attempts.push(attempt);
                 match next {
-                    Next::Answer(result) => return PassEnd::Done(result, Some(index)),
+                    Next::Answer(result) => return PassEnd::Done(result, Some(index), permit),
                     Next::FailOver => break,
                     Next::SendAgain => may_send_again = false,
                 }
@@ -548,6 +571,19 @@ fn aws_mark(pool: &crate::keypool::Pool, fault: bedrock::Fault) -> KeyMark {
         bedrock::Fault::Quota => KeyMark::ModelRest(StateReason::Quota),
         bedrock::Fault::Disabled(reason) => KeyMark::Pool(Mark::Disable(reason)),
     }
+}
+
+/// The exhaustion of a walk that passed over keys at their caps: rate-limited, and back when
+/// the soonest slot may free (or a cooling key comes back, if sooner).
+fn at_caps(mut exhausted: Exhausted, wait: Duration) -> Exhausted {
+    let cooling = exhausted.kind == ExhaustionKind::RateLimited && !exhausted.retry_after.is_zero();
+    exhausted.retry_after = if cooling {
+        exhausted.retry_after.min(wait)
+    } else {
+        wait
+    };
+    exhausted.kind = ExhaustionKind::RateLimited;
+    exhausted
 }
 
 /// The session a pooled request belongs to, when its provider keeps sessions on keys and has

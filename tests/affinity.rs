@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::harness::{K1, K2, K3, MockUpstream, Reply, Server, Test, client, hint};
+use crate::harness::{Gate, K1, K2, K3, MockUpstream, Reply, Server, Test, client, hint};
 
 fn bridge(mock: &MockUpstream, provider_extra: &str) -> Test {
     Test::new().config(&format!(
@@ -202,4 +202,112 @@ fn tokens_and_cache_reads_are_counted_per_key_blocking_and_streaming() {
         log.contains("\"input_tokens\":10,\"output_tokens\":7,\"cache_read_tokens\":300,\"cache_write_tokens\":0"),
         "{log}"
     );
+}
+
+/// A stream that holds its key's slot until `gate` opens.
+fn held_stream(gate: &std::sync::Arc<Gate>) -> Reply {
+    streamed().gated(gate)
+}
+
+/// Starts a streaming request in the background and waits for its first bytes, so its key's
+/// slot is taken; the handle ends when the stream does.
+fn open_stream(server: &Server) -> std::thread::JoinHandle<String> {
+    let url = server.url("/anthropic/v1/messages");
+    let (started, first_bytes) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut answer = client()
+            .post(url)
+            .body(r#"{"model":"claude-sonnet-4-5","stream":true}"#)
+            .send()
+            .unwrap();
+        let key = answer.headers()["x-aibridge-key"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let mut first = [0u8; 16];
+        let _ = answer.read(&mut first);
+        started.send(()).unwrap();
+        let mut rest = String::new();
+        let _ = answer.read_to_string(&mut rest);
+        key
+    });
+    first_bytes.recv_timeout(Duration::from_secs(5)).unwrap();
+    handle
+}
+
+#[test]
+fn a_key_at_max_concurrency_spills_to_the_next_and_comes_back() {
+    let mock = MockUpstream::start();
+    let gate = Gate::new();
+    mock.on_key(K1, vec![held_stream(&gate), Reply::ok(BLOCKING)]);
+    let server = Test::new()
+        .config(&format!(
+            "[providers.anthropic]\nbase_url = \"{}\"\n\
+             keys = [{{ key = \"{K1}\", max_concurrency = 1 }}, \"{K2}\", \"{K3}\"]\n",
+            mock.url()
+        ))
+        .serve();
+    let stream = open_stream(&server);
+    assert_eq!(ask(&server, &[], None), hint(K2), "K1's one slot is taken");
+    gate.open();
+    assert_eq!(stream.join().unwrap(), hint(K1));
+    assert_eq!(ask(&server, &[], None), hint(K1), "the slot is free again");
+    assert!(server.all_keys_available(), "a cap marks nothing");
+}
+
+#[test]
+fn with_every_key_full_a_request_waits_for_a_slot_then_gets_429() {
+    let mock = MockUpstream::start();
+    let gate = Gate::new();
+    mock.on_key(K1, vec![held_stream(&gate), Reply::ok(BLOCKING)]);
+    let server = Test::new()
+        .config(&format!(
+            "[providers.anthropic]\nbase_url = \"{}\"\nkeys = [\"{K1}\"]\nmax_concurrency = 1\n\
+             max_wait = \"400ms\"\n",
+            mock.url()
+        ))
+        .serve();
+    let stream = open_stream(&server);
+    let started = std::time::Instant::now();
+    let full = client()
+        .post(server.url("/anthropic/v1/messages"))
+        .body(r#"{"model":"claude-sonnet-4-5"}"#)
+        .send()
+        .unwrap();
+    assert_eq!(full.status(), 429);
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "held first"
+    );
+    assert!(full.headers().contains_key("retry-after"));
+    let body: serde_json::Value = full.json().unwrap();
+    assert_eq!(body["error"]["type"], "rate_limit_error", "{body}");
+    // A slot that frees during the hold serves the held request.
+    let opener = {
+        let gate = gate.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(150));
+            gate.open();
+        })
+    };
+    let held = client()
+        .post(server.url("/anthropic/v1/messages"))
+        .body(r#"{"model":"claude-sonnet-4-5"}"#)
+        .send()
+        .unwrap();
+    assert_eq!(held.status(), 200);
+    assert!(held.headers().contains_key("x-aibridge-waited-ms"));
+    opener.join().unwrap();
+    stream.join().unwrap();
+    assert_eq!(mock.requests().len(), 2, "nothing sent while full");
+}
+
+#[test]
+fn a_key_at_its_rpm_is_passed_over_for_the_rest_of_the_minute() {
+    let mock = MockUpstream::start();
+    let server = bridge(&mock, "rpm = 2").serve();
+    let keys: Vec<_> = (0..5).map(|_| ask(&server, &[], None)).collect();
+    assert_eq!(keys, [hint(K1), hint(K1), hint(K2), hint(K2), hint(K3)]);
+    assert!(server.all_keys_available());
 }

@@ -430,3 +430,38 @@ fn bedrock_credentials_regions_and_endpoints() {
         "{message}"
     );
 }
+
+#[test]
+fn keys_with_caps_beside_plain_keys_and_provider_defaults() {
+    let config = parse_with(
+        "[providers.anthropic]\nrpm = 50\n\
+         keys = [\"sk-plain-1234567890\", { key = \"sk-capped-1234567890\", max_concurrency = 4 }]\n",
+        &no_env,
+    )
+    .unwrap();
+    let anthropic = &config.providers["anthropic"];
+    assert_eq!(anthropic.keys[1].expose(), "sk-capped-1234567890");
+    assert_eq!(
+        anthropic.key_caps,
+        [
+            KeyCaps {
+                max_concurrency: None,
+                rpm: Some(50)
+            },
+            KeyCaps {
+                max_concurrency: Some(4),
+                rpm: Some(50)
+            },
+        ]
+    );
+    let message =
+        error("[providers.anthropic]\nkeys = [{ key = \"sk-secret-1234567890\", rpm = 0 }]\n");
+    assert!(
+        message.contains("key #1: rpm and max_concurrency must be at least 1"),
+        "{message}"
+    );
+    let message =
+        error("[providers.anthropic]\nkeys = [{ key = \"sk-secret-1234567890\", rmp = 5 }]\n");
+    assert!(!message.contains("sk-secret"), "{message}");
+    assert!(message.starts_with("/etc/aibridge.toml:2:"), "{message}");
+}

@@ -59,7 +59,7 @@ impl Upstream {
             enabled: config.enabled,
             byok: config.byok,
             expects_keys: config.expects_keys,
-            pool: Pool::new(config.keys.clone(), config.pool, clock)?,
+            pool: Pool::new(config.keys.clone(), config.pool, clock)?.with_caps(&config.key_caps),
             max_attempts: config.max_attempts,
             max_wait: config.max_wait,
             affinity_ttl: config.affinity_ttl,

@@ -4,6 +4,7 @@
 //! atomic word, so concurrent requests see each other's marks at once without a global lock.
 
 mod affinity;
+mod caps;
 mod clock;
 mod exhausted;
 mod models;
@@ -20,6 +21,7 @@ use http::HeaderMap;
 use serde::{Deserialize, Serialize};
 
 pub use affinity::{Affinity, AffinityOutcome, Assigned, DEFAULT_MAX_SESSIONS, SessionId};
+pub use caps::{CONCURRENCY_RETRY, KeyCaps, Permit};
 pub use clock::{Clock, ManualClock, SystemClock, from_unix_ms, to_unix_ms};
 pub use exhausted::{AttemptLimit, Exhausted, ExhaustionKind, ceil_secs};
 pub use models::ModelCooldown;
@@ -128,6 +130,8 @@ pub struct PooledKey {
     failures: AtomicU64,
     /// Tokens its answers reported since start; shared with the answers still streaming.
     tokens: Arc<TokenTotals>,
+    /// Its caps and their counters; `None` for a key without caps.
+    caps: Option<Arc<caps::CapState>>,
     /// 0 = never answered.
     last_status: AtomicU16,
     /// Unix ms; 0 = never used.
@@ -145,6 +149,7 @@ impl PooledKey {
             fingerprint,
             hint: key.hint(),
             key,
+            caps: None,
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             last_status: AtomicU16::new(0),
@@ -297,6 +302,23 @@ impl Pool {
             next_start: AtomicUsize::new(0),
             clock,
         })
+    }
+
+    /// Gives each key its caps (in key order; a key past the list has none).
+    pub fn with_caps(mut self, caps: &[KeyCaps]) -> Self {
+        for (key, caps) in self.keys.iter_mut().zip(caps) {
+            key.caps = (!caps.is_none()).then(|| caps::CapState::new(*caps));
+        }
+        self
+    }
+
+    /// A slot of key `index` for one request (`None`: the key has no caps), or how long
+    /// until one may free.
+    pub fn try_acquire(&self, index: usize) -> Result<Option<Permit>, Duration> {
+        match &self.keys[index].caps {
+            None => Ok(None),
+            Some(state) => state.try_acquire(self.clock.now_ms()).map(Some),
+        }
     }
 
     pub fn len(&self) -> usize {

@@ -256,6 +256,8 @@ async fn answer(
 ) -> Response {
     let (app, upstream, api) = (target.worker.app, target.upstream, target.api);
     let attempts = exchange.attempts.len();
+    // The key's slot (when it has caps) is held until the answer ends.
+    completion.hold(exchange.permit);
     let response = match exchange.result {
         Ok(response) => response,
         Err(error) => {

@@ -15,7 +15,7 @@ use http::HeaderMap;
 use super::Worker;
 use super::journal::{AttemptDump, Outcome, RequestRecord, http_message};
 use super::usage::{TapFormat, UsageTap};
-use crate::keypool::{TokenCounts, TokenTotals};
+use crate::keypool::{Permit, TokenCounts, TokenTotals};
 use crate::provider::bedrock::FrameTracker;
 use crate::provider::{ApiRoute, ProviderSpec};
 use crate::transport::error_chain;
@@ -39,7 +39,9 @@ pub struct Completion {
     /// The log line, when there is a request log.
     record: Option<Box<RequestRecord>>,
     /// Reads token usage for the log line, the key's counters and metrics.
-    tap: Option<UsageTap>,
+    tap: Option<Box<UsageTap>>,
+    /// The answering key's slot, when it has caps: freed when the answer ends.
+    permit: Option<Permit>,
     /// The pool key that answered, and the request's model: where its usage is counted.
     answered_by: Option<(Arc<TokenTotals>, Option<Box<str>>)>,
     dump: Option<(String, AttemptDump, Vec<u8>)>,
@@ -66,10 +68,16 @@ impl Completion {
             record: record.map(Box::new),
             tap: None,
             answered_by: None,
+            permit: None,
             dump: None,
             response_headers: HeaderMap::new(),
             finished: false,
         }
+    }
+
+    /// Holds the answering key's slot until the answer ends.
+    pub fn hold(&mut self, permit: Option<Permit>) {
+        self.permit = permit;
     }
 
     /// The answer is a pool key's: its usage is added to the key's counters and to
@@ -96,11 +104,12 @@ impl Completion {
         }
         let counted = self.record.is_some() || self.answered_by.is_some();
         if self.route != ApiRoute::Other && counted {
-            self.tap = Some(UsageTap::new(match framing {
+            // Boxed: the completion moves with every poll of the answer's body.
+            self.tap = Some(Box::new(UsageTap::new(match framing {
                 Framing::Opaque => TapFormat::Json,
                 Framing::Sse { .. } => TapFormat::Sse,
                 Framing::EventStream { .. } => TapFormat::Events,
-            }));
+            })));
         }
         if self.dump.is_some() {
             self.response_headers = headers.clone();
@@ -169,6 +178,7 @@ impl Completion {
             return;
         }
         self.finished = true;
+        self.permit = None;
         self.worker.app.metrics.request(
             self.worker.slot,
             &self.provider,
@@ -181,14 +191,18 @@ impl Completion {
             dump.response = http_message(Some(self.status), &self.response_headers, &body);
             self.worker.app.journal.dump(name, &dump);
         }
-        let usage = self.tap.as_mut().map(UsageTap::finish).unwrap_or_default();
+        let usage = self
+            .tap
+            .as_mut()
+            .map(|tap| tap.finish())
+            .unwrap_or_default();
         if let Some((tokens, request_model)) =
             self.answered_by.as_ref().filter(|_| usage.is_known())
         {
             let model = self
                 .tap
                 .as_ref()
-                .and_then(UsageTap::model)
+                .and_then(|tap| tap.model())
                 .or(request_model.as_deref());
             let counts = TokenCounts {
                 input: usage.input_tokens.unwrap_or(0),
