@@ -13,6 +13,7 @@
 #                                  # other, and requests/s with and without Redis configured
 #   benches/run.sh flood           # 10,000 silent sockets and 3,000 slow 400 KB heads while a
 #                                  # real client keeps asking: its answers and serve's peak RSS
+#   benches/run.sh sessions        # RSS after 100,000 sessions (session affinity's table)
 #
 # Not part of .ci/run: it measures, it does not test.
 set -euo pipefail
@@ -545,6 +546,49 @@ connections() {
   grep -E "requests in|Socket errors" "$OUT/wrk-connections.txt" >&2 || true
 }
 
+# sessions: RSS of `serve` before and after 100,000 sessions each made one request (the
+# affinity table is bounded at 100,000 per provider), three keys, round-robin.
+sessions() {
+  local count=${SESSIONS:-100000}
+  install_tools
+  say "building (release)"
+  cargo build --release --quiet --bin aibridge --example mock_upstream
+  make_bodies
+  target/release/examples/mock_upstream --listen "$MOCK" 2>"$WORK/mock.log" &
+  PIDS+=($!)
+  printf 'listen = "%s"\n[providers.anthropic]\nbase_url = "http://%s"\nstrategy = "round-robin"\nkeys = ["sk-bench-good-0000000000000000000001", "sk-bench-good-0000000000000000000002", "sk-bench-good-0000000000000000000003"]\n' \
+    "$BRIDGE" "$MOCK" >"$WORK/sessions.toml"
+  AIBRIDGE_CONFIG="$WORK/sessions.toml" target/release/aibridge serve --no-state >/dev/null 2>"$WORK/aibridge.log" &
+  BRIDGE_PID=$!
+  PIDS+=($BRIDGE_PID)
+  wait_for_port "$MOCK"
+  wait_for_port "$BRIDGE"
+  # One new session per request, until $count requests.
+  { cat "$WORK/body.lua"; cat <<EOF2
+local counter = 0
+request = function()
+  counter = counter + 1
+  if counter > $count then wrk.thread:stop() end
+  wrk.headers["x-aibridge-session"] = "session-" .. counter
+  return wrk.format()
+end
+EOF2
+  } >"$WORK/sessions.lua"
+  local idle after
+  idle=$(rss_mb "$BRIDGE_PID")
+  wrk -t1 -c16 -d60s -s "$WORK/sessions.lua" "http://$BRIDGE/anthropic/v1/messages" >"$OUT/wrk-sessions.txt" 2>&1
+  after=$(rss_mb "$BRIDGE_PID")
+  local new
+  new=$(curl -s "http://$BRIDGE/metrics" | awk -F' ' '/^aibridge_affinity_total.*outcome="new"/ { print $2 }')
+  {
+    echo "| measure | value |"
+    echo "|---|---|"
+    echo "| sessions made (aibridge_affinity_total{outcome=\"new\"}) | $new |"
+    echo "| serve RSS before / after (MB) | $idle / $after |"
+    echo "| per session (KB) | $(calc "($after - $idle) * 1024 / $new") |"
+  } | tee "$OUT/sessions.md"
+}
+
 # flood: unauthenticated connection and memory exhaustion (benches/flood.py) against serve
 # on defaults, with a real client asking every 50 ms; serve's RSS sampled every 200 ms.
 flood() {
@@ -641,5 +685,6 @@ case "${1:-}" in
   connections) connections ;;
   fleet) fleet ;;
   flood) flood ;;
+  sessions) sessions ;;
   *) main "$@" ;;
 esac
