@@ -503,6 +503,18 @@ ab() {
   } | tee "$OUT/ab.md"
 }
 
+# Starts the mock on $MOCK and `aibridge serve` with the config file $1 (written by the
+# caller), and waits for both; BRIDGE_PID is serve's process.
+start_mock_and_bridge() {
+  target/release/examples/mock_upstream --listen "$MOCK" 2>"$WORK/mock.log" &
+  PIDS+=($!)
+  AIBRIDGE_CONFIG="$1" target/release/aibridge serve --no-state >/dev/null 2>"$WORK/aibridge.log" &
+  BRIDGE_PID=$!
+  PIDS+=($BRIDGE_PID)
+  wait_for_port "$MOCK"
+  wait_for_port "$BRIDGE"
+}
+
 # connections: RSS of `serve` while 20,000 connections make requests at once, and after
 # they have closed (a bridge's memory for clients that come and go must be given back).
 connections() {
@@ -511,15 +523,9 @@ connections() {
   cargo build --release --quiet --bin aibridge --example mock_upstream
   make_bodies
   ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-  target/release/examples/mock_upstream --listen "$MOCK" 2>"$WORK/mock.log" &
-  PIDS+=($!)
   printf 'listen = "%s"\nmax_connections = 25000\n[providers.anthropic]\nbase_url = "http://%s"\nkeys = ["sk-bench-good-0000000000000000000001"]\n' \
     "$BRIDGE" "$MOCK" >"$WORK/connections.toml"
-  AIBRIDGE_CONFIG="$WORK/connections.toml" target/release/aibridge serve --no-state >/dev/null 2>"$WORK/aibridge.log" &
-  BRIDGE_PID=$!
-  PIDS+=($BRIDGE_PID)
-  wait_for_port "$MOCK"
-  wait_for_port "$BRIDGE"
+  start_mock_and_bridge "$WORK/connections.toml"
   local idle peak=0 rss after
   idle=$(rss_mb "$BRIDGE_PID")
   wrk -t2 -c20000 -d8s -s "$WORK/body.lua" "http://$BRIDGE/anthropic/v1/messages" >"$OUT/wrk-connections.txt" 2>&1 &
@@ -554,15 +560,9 @@ sessions() {
   say "building (release)"
   cargo build --release --quiet --bin aibridge --example mock_upstream
   make_bodies
-  target/release/examples/mock_upstream --listen "$MOCK" 2>"$WORK/mock.log" &
-  PIDS+=($!)
   printf 'listen = "%s"\n[providers.anthropic]\nbase_url = "http://%s"\nstrategy = "round-robin"\nkeys = ["sk-bench-good-0000000000000000000001", "sk-bench-good-0000000000000000000002", "sk-bench-good-0000000000000000000003"]\n' \
     "$BRIDGE" "$MOCK" >"$WORK/sessions.toml"
-  AIBRIDGE_CONFIG="$WORK/sessions.toml" target/release/aibridge serve --no-state >/dev/null 2>"$WORK/aibridge.log" &
-  BRIDGE_PID=$!
-  PIDS+=($BRIDGE_PID)
-  wait_for_port "$MOCK"
-  wait_for_port "$BRIDGE"
+  start_mock_and_bridge "$WORK/sessions.toml"
   # One new session per request, until $count requests.
   { cat "$WORK/body.lua"; cat <<EOF2
 local counter = 0
@@ -597,15 +597,9 @@ flood() {
   say "building (release)"
   cargo build --release --quiet --bin aibridge --example mock_upstream
   ulimit -n "$(ulimit -Hn)"
-  target/release/examples/mock_upstream --listen "$MOCK" 2>"$WORK/mock.log" &
-  PIDS+=($!)
   printf 'listen = "%s"\n[providers.anthropic]\nbase_url = "http://%s"\nkeys = ["sk-bench-good-0000000000000000000001"]\n' \
     "$BRIDGE" "$MOCK" >"$WORK/flood.toml"
-  AIBRIDGE_CONFIG="$WORK/flood.toml" target/release/aibridge serve --no-state >/dev/null 2>"$WORK/aibridge.log" &
-  BRIDGE_PID=$!
-  PIDS+=($BRIDGE_PID)
-  wait_for_port "$MOCK"
-  wait_for_port "$BRIDGE"
+  start_mock_and_bridge "$WORK/flood.toml"
   local idle peak=0 rss
   idle=$(rss_mb "$BRIDGE_PID")
   python3 benches/flood.py "$BRIDGE" "$silent" "$slow" "$seconds" >"$OUT/flood.json" &

@@ -155,14 +155,19 @@ fn metric(server: &Server, prefix: &str) -> String {
         .to_owned()
 }
 
+/// Opens the three connections a `max_connections = 3` server holds.
+fn fill_three_slots(server: &Server) -> Vec<TcpStream> {
+    server.wait_for_log("serving at most 3 client connections at once");
+    (0..3)
+        .map(|_| TcpStream::connect(server.address()).unwrap())
+        .collect()
+}
+
 #[test]
 fn silent_connections_make_room_for_a_real_client_at_max_connections() {
     let mock = MockUpstream::start();
     let server = bridge(&mock, "max_connections = 3").serve();
-    server.wait_for_log("serving at most 3 client connections at once");
-    let mut held: Vec<_> = (0..3)
-        .map(|_| TcpStream::connect(server.address()).unwrap())
-        .collect();
+    let mut held = fill_three_slots(&server);
     // Let the bridge count them before the next arrives.
     std::thread::sleep(Duration::from_millis(200));
     let answer = server.post_message();
@@ -187,10 +192,7 @@ fn silent_connections_make_room_for_a_real_client_at_max_connections() {
 fn connections_that_sent_a_request_are_kept_and_a_newcomer_is_refused() {
     let mock = MockUpstream::start();
     let server = bridge(&mock, "max_connections = 3").serve();
-    server.wait_for_log("serving at most 3 client connections at once");
-    let mut held: Vec<_> = (0..3)
-        .map(|_| TcpStream::connect(server.address()).unwrap())
-        .collect();
+    let mut held = fill_three_slots(&server);
     for stream in &mut held {
         assert!(exchange(stream).starts_with("HTTP/1.1 200"));
     }
