@@ -14,6 +14,8 @@
 #   benches/run.sh flood           # 10,000 silent sockets and 3,000 slow 400 KB heads while a
 #                                  # real client keeps asking: its answers and serve's peak RSS
 #   benches/run.sh sessions        # RSS after 100,000 sessions (session affinity's table)
+#   benches/run.sh cache           # a Claude Code-like workload on a mock with per-key prompt
+#                                  # caches: cache-read share and cost, affinity off and on
 #
 # Not part of .ci/run: it measures, it does not test.
 set -euo pipefail
@@ -680,5 +682,9 @@ case "${1:-}" in
   fleet) fleet ;;
   flood) flood ;;
   sessions) sessions ;;
+  cache)
+    cargo build --release --quiet --bin aibridge
+    python3 benches/cache_workload.py target/release/aibridge | tee "$OUT/cache.md"
+    ;;
   *) main "$@" ;;
 esac
