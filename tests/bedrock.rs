@@ -719,3 +719,34 @@ fn claude_code_in_bedrock_mode_answers_through_a_failover() {
             .all(|request| request["signature_ok"] == true)
     );
 }
+
+#[test]
+fn a_fleet_shares_bedrock_marks_through_redis_without_a_secret() {
+    let redis = crate::harness::redis::Redis::start();
+    let mock = MockBedrock::start(json!({
+        AKID1: [throttled()],
+        AKID2: [{"error": "ExpiredTokenException", "status": 403, "message": "expired"}],
+    }));
+    let server = bridge_with(&mock, &format!("redis_url = \"{}\"", redis.url())).serve();
+    let answer = boto3(&server, "invoke()", MODEL).json();
+    assert_eq!(answer["error"], "ThrottlingException", "{answer}");
+    // Marks are written in the background.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while redis.dump().len() < 3 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", redis.dump());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let stored = format!("{:?}", redis.dump());
+    assert!(stored.contains("expired"), "{stored}");
+    assert!(
+        stored.contains("AKIA...0001@us-east-1"),
+        "hints are stored: {stored}"
+    );
+    for secret in MOCK_SECRETS {
+        assert!(!stored.contains(secret), "Redis holds a secret: {stored}");
+    }
+    assert!(
+        !stored.contains(CALLER_AKID) && !stored.contains("Signature="),
+        "{stored}"
+    );
+}
