@@ -72,7 +72,7 @@ pub enum Command {
     /// The response body goes to stdout as it arrives; one line per attempt goes to stderr.
     /// Exit codes: 0 the upstream answered 2xx; 1 it answered another error (body still
     /// printed); 2 usage or config error; 3 every key is cooling; 4 every key is disabled;
-    /// 5 upstream unreachable or timed out.
+    /// 5 upstream unreachable, timed out, or the answer broke off mid-way.
     Send(SendArgs),
 
     /// Inspect the key pool

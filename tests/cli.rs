@@ -108,3 +108,33 @@ fn missing_config_file_is_an_error() {
         .code(2)
         .one_line_error("cannot read config file /nonexistent/aibridge.toml");
 }
+
+#[test]
+fn send_help_lists_every_exit_code_the_readme_lists() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let table = readme
+        .split("### Exit codes of `send`")
+        .nth(1)
+        .and_then(|rest| rest.split("\n### ").next())
+        .unwrap();
+    let codes: Vec<&str> = table
+        .lines()
+        .filter_map(|line| line.strip_prefix("| "))
+        .filter_map(|row| row.split(' ').next())
+        .filter(|code| code.chars().all(|c| c.is_ascii_digit()))
+        .collect();
+    assert_eq!(codes, ["0", "1", "2", "3", "4", "5"]);
+    let help = Test::new().args(["send", "--help"]).run().success().stdout;
+    let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    for code in codes {
+        assert!(
+            help.contains(&format!("{code} ")),
+            "send --help lacks exit code {code}"
+        );
+    }
+    assert!(
+        help.contains("5 upstream unreachable, timed out, or the answer broke off"),
+        "{help}"
+    );
+}
