@@ -35,6 +35,11 @@ fn status_from_the_state_file() {
     let output = test.args(["pool", "status"]).run().success();
     let lines: Vec<&str> = output.stdout.lines().collect();
     assert!(lines[0].starts_with("source: state file "), "{}", lines[0]);
+    assert!(
+        lines[0].ends_with("are as last recorded there, and may be old)"),
+        "{}",
+        lines[0]
+    );
     assert!(lines[1].starts_with("PROVIDER"), "{}", lines[1]);
     let cooling = format!("anthropic  {}  cooling ", hint(K1));
     assert!(lines[2].starts_with(&cooling), "{}", lines[2]);

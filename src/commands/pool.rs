@@ -120,7 +120,12 @@ async fn read_pool(
     }
     let now = to_unix_ms(std::time::SystemTime::now());
     let report = PoolReport::new(&upstreams).with_records(&state, now);
-    Ok((report, store.describe()))
+    // No server answered: what was recorded is all there is, and it may be old.
+    let source = format!(
+        "{} (no server answered: LAST STATUS and LAST USED are as last recorded there, and may be old)",
+        store.describe()
+    );
+    Ok((report, source))
 }
 
 fn status_table(report: &PoolReport) -> String {
