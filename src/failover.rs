@@ -463,6 +463,7 @@ impl Walker {
         let outcome = match (mark, model) {
             (KeyMark::ModelRest(reason), Some(model)) => {
                 tracing::info!(
+                    target: MARKS_TARGET,
                     provider = %upstream.name,
                     key = %attempt.key_hint,
                     model = %model,
@@ -698,6 +699,10 @@ async fn hold(
     started.elapsed()
 }
 
+/// The log target of mark lines, so a command that reports each attempt itself (`send`)
+/// can leave them out rather than say each mark twice.
+pub const MARKS_TARGET: &str = "aibridge::marks";
+
 fn log_mark(provider: &str, attempt: &Attempt, now_ms: u64) {
     let remaining = |state: KeyState| {
         humantime::format_duration(Duration::from_secs(crate::keypool::ceil_secs(
@@ -706,6 +711,7 @@ fn log_mark(provider: &str, attempt: &Attempt, now_ms: u64) {
     };
     match (attempt.mark, &attempt.model) {
         (Some(state @ KeyState::Cooling { .. }), Some(model)) => tracing::info!(
+            target: MARKS_TARGET,
             provider,
             key = %attempt.key_hint,
             status = attempt.status,
@@ -714,6 +720,7 @@ fn log_mark(provider: &str, attempt: &Attempt, now_ms: u64) {
             remaining(state)
         ),
         (Some(state @ KeyState::Cooling { .. }), None) => tracing::info!(
+            target: MARKS_TARGET,
             provider,
             key = %attempt.key_hint,
             status = attempt.status,
@@ -721,6 +728,7 @@ fn log_mark(provider: &str, attempt: &Attempt, now_ms: u64) {
             remaining(state)
         ),
         (Some(KeyState::Disabled(reason)), _) => tracing::info!(
+            target: MARKS_TARGET,
             provider,
             key = %attempt.key_hint,
             status = attempt.status,

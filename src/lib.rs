@@ -53,7 +53,13 @@ pub fn is_closed_stdout(error: &anyhow::Error) -> bool {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // A server's log is its output; a one-shot command's is only for trouble.
     let baseline = u8::from(matches!(cli.command, Command::Serve(_)));
-    logging::init(cli.global.verbose + baseline, cli.global.quiet);
+    // `send` prints each attempt with its mark: the mark's log line would say it twice.
+    let without_marks = matches!(cli.command, Command::Send(_));
+    logging::init(
+        cli.global.verbose + baseline,
+        cli.global.quiet,
+        without_marks,
+    );
     match cli.command {
         Command::Send(args) => commands::send::run(&cli.global, args),
         Command::Serve(args) => commands::serve::run(&cli.global, &args),

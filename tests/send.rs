@@ -597,3 +597,28 @@ fn model_flag_sets_the_body_model_for_json_providers() {
         .one_line_error("--model needs a JSON object body");
     assert_eq!(mock.requests().len(), 2);
 }
+
+#[test]
+fn verbose_send_says_each_mark_once() {
+    let mock = MockUpstream::start();
+    mock.on_key(K1, vec![Reply::status(401)])
+        .on_key(K2, vec![Reply::rate_limited(30)])
+        .on_key(K3, vec![Reply::ok(r#"{"id":"msg_3"}"#)]);
+    let output = Test::new()
+        .anthropic(&mock, &[K1, K2, K3])
+        .args(["send", "-v", "--no-state", "-d", BODY])
+        .run()
+        .success();
+    assert_eq!(
+        output.stderr.matches("cooling").count(),
+        1,
+        "{}",
+        output.stderr
+    );
+    assert_eq!(
+        output.stderr.matches("disabled").count(),
+        1,
+        "{}",
+        output.stderr
+    );
+}
