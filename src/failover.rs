@@ -15,7 +15,7 @@ use crate::keypool::{
     Assigned, AttemptLimit, DisableReason, Exhausted, ExhaustionKind, KeyState, Mark, MarkOutcome,
     Permit, SessionId, StateReason,
 };
-use crate::provider::bedrock::{self, Plane};
+use crate::provider::bedrock::{self, AwsCredential, Plane};
 use crate::provider::{is_quota_error, may_signal_quota};
 use crate::secret::ApiKey;
 use crate::transport::{self, HttpClient, Response, ResponseBody, Reuse};
@@ -499,12 +499,17 @@ impl Walker {
             replayable: false,
         };
         let api = upstream.kind.api();
-        // Only a signing provider's credentials name a region.
-        let region = if api.signs_requests() {
-            upstream.region_of(key)
-        } else {
-            &upstream.region
+        // Read once: a signing provider's credential names the region and signs the attempt.
+        let credential = match key.filter(|_| api.signs_requests()) {
+            Some(key) => Some(
+                AwsCredential::parse(key.expose())
+                    .ok_or_else(|| cannot_send("invalid Bedrock credential".to_owned()))?,
+            ),
+            None => None,
         };
+        let region = credential
+            .and_then(|credential| credential.region)
+            .unwrap_or(&upstream.region);
         let destination = upstream
             .endpoints
             .for_request(region, &request.path_and_query)
@@ -518,17 +523,16 @@ impl Walker {
         headers.clone_from(&request.headers);
         if let Some(key) = key {
             api.apply_key(headers, key);
-            if api.signs_requests() {
-                let url = format!("{}{path}", destination.origin.prefix());
-                let host = destination
-                    .origin
-                    .host_header()
-                    .map_err(|error| cannot_send(error.to_string()))?;
-                let now =
-                    std::time::UNIX_EPOCH + Duration::from_millis(upstream.pool.clock().now_ms());
-                crate::provider::bedrock::sign_attempt(&mut outbound, key, region, &url, host, now)
-                    .map_err(cannot_send)?;
-            }
+        }
+        if let Some(credential) = credential {
+            let url = format!("{}{path}", destination.origin.prefix());
+            let host = destination
+                .origin
+                .host_header()
+                .map_err(|error| cannot_send(error.to_string()))?;
+            let now = std::time::UNIX_EPOCH + Duration::from_millis(upstream.pool.clock().now_ms());
+            bedrock::sign_attempt(&mut outbound, credential, region, &url, host, now)
+                .map_err(cannot_send)?;
         }
         *outbound.uri_mut() = Uri::from(path);
         match tokio::time::timeout(

@@ -68,12 +68,6 @@ impl Upstream {
         })
     }
 
-    /// The region an attempt with `key` goes to (`None`: the caller's own credential).
-    pub fn region_of<'a>(&'a self, key: Option<&'a ApiKey>) -> &'a str {
-        key.and_then(|key| AwsCredential::parse(key.expose())?.region)
-            .unwrap_or(&self.region)
-    }
-
     /// Tells held requests that a key came back before its cooldown ended.
     pub fn key_freed(&self) {
         self.freed.notify_waiters();
@@ -157,8 +151,16 @@ pub(super) enum Endpoints {
     /// Every request to `base_url`.
     Fixed(Destination),
     /// Bedrock without a `base_url`: each credential's own region, on the runtime or the
-    /// control-plane endpoint by path. Built once for every region the pool names.
-    Regional(HashMap<(String, Plane), Destination>),
+    /// control-plane endpoint by path. Built once for every region the pool names; looked
+    /// up by the region's name, with nothing allocated per attempt.
+    Regional(HashMap<String, RegionEndpoints>),
+}
+
+/// One region's two Bedrock endpoints.
+#[derive(Debug)]
+pub(super) struct RegionEndpoints {
+    runtime: Destination,
+    control: Destination,
 }
 
 impl Endpoints {
@@ -173,11 +175,12 @@ impl Endpoints {
             .chain([default_region]);
         let mut by_region = HashMap::new();
         for region in regions {
-            for plane in [Plane::Runtime, Plane::Control] {
-                by_region
-                    .entry((region.to_owned(), plane))
-                    .or_insert_with(|| Destination::parse(&plane.endpoint(region)));
-            }
+            by_region
+                .entry(region.to_owned())
+                .or_insert_with(|| RegionEndpoints {
+                    runtime: Destination::parse(&Plane::Runtime.endpoint(region)),
+                    control: Destination::parse(&Plane::Control.endpoint(region)),
+                });
         }
         Self::Regional(by_region)
     }
@@ -186,7 +189,13 @@ impl Endpoints {
     pub(super) fn for_request(&self, region: &str, path: &str) -> Option<&Destination> {
         match self {
             Self::Fixed(destination) => Some(destination),
-            Self::Regional(by_region) => by_region.get(&(region.to_owned(), Plane::of(path))),
+            Self::Regional(by_region) => {
+                let endpoints = by_region.get(region)?;
+                Some(match Plane::of(path) {
+                    Plane::Runtime => &endpoints.runtime,
+                    Plane::Control => &endpoints.control,
+                })
+            }
         }
     }
 }

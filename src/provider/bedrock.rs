@@ -15,7 +15,6 @@ use serde_json::{Value, json};
 
 use super::{ApiError, ApiRoute, Auth, ErrorShape, ProviderSpec, secret_value};
 use crate::keypool::{DisableReason, ExhaustionKind};
-use crate::secret::ApiKey;
 
 pub const BEDROCK: ProviderSpec = ProviderSpec {
     default_base_url: "https://bedrock-runtime.us-east-1.amazonaws.com",
@@ -198,21 +197,19 @@ pub fn is_caller_signature(headers: &HeaderMap) -> bool {
         .is_some_and(|value| value.trim_start().starts_with("AWS4-"))
 }
 
-/// Signs one attempt for `key`: SigV4 over the exact method, URL, headers and body sent, or
-/// a bearer API key. `url` is the absolute URL the request goes to; `host` is the `Host`
-/// header the transport sends, set here so the signature covers it.
+/// Signs one attempt for `credential` in `region`: SigV4 over the exact method, URL, headers
+/// and body sent, or a bearer API key. The caller's credentials and signature are already
+/// gone ([`ProviderSpec::apply_key`]). `url` is the absolute URL the request goes to; `host`
+/// is the `Host` header the transport sends, set here so the signature covers it.
 pub fn sign_attempt(
     request: &mut http::Request<Bytes>,
-    key: &ApiKey,
-    default_region: &str,
+    credential: AwsCredential<'_>,
+    region: &str,
     url: &str,
     host: HeaderValue,
     now: SystemTime,
 ) -> Result<(), String> {
-    let credential = AwsCredential::parse(key.expose()).ok_or("invalid Bedrock credential")?;
     let headers = request.headers_mut();
-    remove_caller_signature(headers);
-    super::remove_credentials(headers);
     let (id, secret, session_token) = match credential.secret {
         AwsSecret::ApiKey(token) => {
             headers.insert(
@@ -236,7 +233,6 @@ pub fn sign_attempt(
         "aibridge",
     )
     .into();
-    let region = credential.region.unwrap_or(default_region);
     let params = v4::SigningParams::builder()
         .identity(&identity)
         .region(region)
