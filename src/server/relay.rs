@@ -44,9 +44,17 @@ pub struct Completion {
     permit: Option<Permit>,
     /// The pool key that answered, and the request's model: where its usage is counted.
     answered_by: Option<(Arc<TokenTotals>, Option<Box<str>>)>,
-    dump: Option<(String, AttemptDump, Vec<u8>)>,
-    response_headers: HeaderMap,
+    /// Boxed: rare, and the completion moves with the answer.
+    dump: Option<Box<AnswerDump>>,
     finished: bool,
+}
+
+/// The answering attempt's dump, filled in as the answer passes.
+struct AnswerDump {
+    name: String,
+    dump: AttemptDump,
+    headers: HeaderMap,
+    body: Vec<u8>,
 }
 
 impl Completion {
@@ -70,7 +78,6 @@ impl Completion {
             answered_by: None,
             permit: None,
             dump: None,
-            response_headers: HeaderMap::new(),
             finished: false,
         }
     }
@@ -89,7 +96,12 @@ impl Completion {
 
     /// Dumps the answering attempt, with the answer's body, when the body has been relayed.
     pub fn dump_answer(&mut self, name: String, dump: AttemptDump) {
-        self.dump = Some((name, dump, Vec::new()));
+        self.dump = Some(Box::new(AnswerDump {
+            name,
+            dump,
+            headers: HeaderMap::new(),
+            body: Vec::new(),
+        }));
     }
 
     pub fn attempts(&self) -> usize {
@@ -111,8 +123,8 @@ impl Completion {
                 Framing::EventStream { .. } => TapFormat::Events,
             })));
         }
-        if self.dump.is_some() {
-            self.response_headers = headers.clone();
+        if let Some(answer) = &mut self.dump {
+            answer.headers = headers.clone();
         }
         self
     }
@@ -160,7 +172,7 @@ impl Completion {
             Some(tap) => tap.feed(chunk),
             None => {}
         }
-        if let Some((_, _, body)) = &mut self.dump {
+        if let Some(AnswerDump { body, .. }) = self.dump.as_deref_mut() {
             let room = MAX_DUMPED_BODY.saturating_sub(body.len());
             body.extend_from_slice(&chunk[..chunk.len().min(room)]);
         }
@@ -186,9 +198,15 @@ impl Completion {
             self.status,
             self.attempts,
         );
-        if let Some((name, mut dump, body)) = self.dump.take() {
+        if let Some(answer) = self.dump.take() {
+            let AnswerDump {
+                name,
+                mut dump,
+                headers,
+                body,
+            } = *answer;
             dump.attempt = self.attempts;
-            dump.response = http_message(Some(self.status), &self.response_headers, &body);
+            dump.response = http_message(Some(self.status), &headers, &body);
             self.worker.app.journal.dump(name, &dump);
         }
         let usage = self
