@@ -134,6 +134,8 @@ Register-ArgumentCompleter -Native -CommandName 'aibridge' -ScriptBlock {
             [CompletionResult]::new('--state-file', '--state-file', [CompletionResultType]::ParameterName, 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]')
             [CompletionResult]::new('--redis-url', '--redis-url', [CompletionResultType]::ParameterName, 'Share key health through this Redis (redis://[user:password@]host:port/db, or rediss:// for TLS) instead of the state file [default: redis_url from the config]')
             [CompletionResult]::new('--json', '--json', [CompletionResultType]::ParameterName, 'Print JSON (the schema of GET /_aibridge/pool)')
+            [CompletionResult]::new('-w', '-w', [CompletionResultType]::ParameterName, 'Keep showing the table, read again every second, until Ctrl-C')
+            [CompletionResult]::new('--watch', '--watch', [CompletionResultType]::ParameterName, 'Keep showing the table, read again every second, until Ctrl-C')
             [CompletionResult]::new('-v', '-v', [CompletionResultType]::ParameterName, 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides')
             [CompletionResult]::new('--verbose', '--verbose', [CompletionResultType]::ParameterName, 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides')
             [CompletionResult]::new('-q', '-q', [CompletionResultType]::ParameterName, 'Print errors only')

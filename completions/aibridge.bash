@@ -339,7 +339,7 @@ _aibridge() {
             return 0
             ;;
         aibridge__subcmd__pool__subcmd__status)
-            opts="-p -v -q -h -V --provider --json --server --config --state-file --redis-url --verbose --quiet --help --version"
+            opts="-p -w -v -q -h -V --provider --json --server --watch --config --state-file --redis-url --verbose --quiet --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

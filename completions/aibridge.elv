@@ -126,6 +126,8 @@ set edit:completion:arg-completer[aibridge] = {|@words|
             cand --state-file 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]'
             cand --redis-url 'Share key health through this Redis (redis://[user:password@]host:port/db, or rediss:// for TLS) instead of the state file [default: redis_url from the config]'
             cand --json 'Print JSON (the schema of GET /_aibridge/pool)'
+            cand -w 'Keep showing the table, read again every second, until Ctrl-C'
+            cand --watch 'Keep showing the table, read again every second, until Ctrl-C'
             cand -v 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
             cand --verbose 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
             cand -q 'Print errors only'

@@ -95,6 +95,7 @@ complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_
 complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from status" -l state-file -d 'State file holding key marks between runs [default: state_file from the config, else <state dir>/aibridge/state.json]' -r -F
 complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from status" -l redis-url -d 'Share key health through this Redis (redis://[user:password@]host:port/db, or rediss:// for TLS) instead of the state file [default: redis_url from the config]' -r
 complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from status" -l json -d 'Print JSON (the schema of GET /_aibridge/pool)'
+complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from status" -s w -l watch -d 'Keep showing the table, read again every second, until Ctrl-C'
 complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from status" -s v -l verbose -d 'More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides'
 complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from status" -s q -l quiet -d 'Print errors only'
 complete -c aibridge -n "__fish_aibridge_using_subcommand pool; and __fish_seen_subcommand_from status" -s h -l help -d 'Print help (see more with \'--help\')'

@@ -167,6 +167,10 @@ pub struct PoolStatusArgs {
     /// answers within 300 ms]
     #[arg(long, env = "AIBRIDGE_SERVER", value_name = "URL")]
     pub server: Option<String>,
+
+    /// Keep showing the table, read again every second, until Ctrl-C
+    #[arg(short, long, conflicts_with = "json")]
+    pub watch: bool,
 }
 
 #[derive(Debug, Args)]

@@ -48,6 +48,8 @@ pub struct Attempt {
     /// This try got no answer before the upstream could start on the request, so the
     /// request was sent again, as the next attempt, with the same key.
     pub resent: bool,
+    /// This try could not connect to the upstream.
+    pub cannot_connect: bool,
     pub at_ms: u64,
     /// Time until the response headers arrived (or the attempt failed).
     pub elapsed: Duration,
@@ -242,6 +244,7 @@ impl Walker {
                 model_reason: StateReason::RateLimited,
                 changed: false,
                 resent: false,
+                cannot_connect: result.as_ref().is_err_and(|failed| failed.cannot_connect),
                 at_ms: upstream.pool.clock().now_ms(),
                 elapsed: started.elapsed(),
                 drained: None,
@@ -275,8 +278,10 @@ impl Walker {
         let mut attempts = Vec::new();
         let mut waited = Duration::ZERO;
         let session = session_of(upstream, request);
-        let now = upstream.pool.clock().now_ms();
-        let assigned = session.and_then(|session| upstream.sessions.assigned(session, now));
+        let assigned = session.and_then(|session| {
+            let now = upstream.pool.clock().now_ms();
+            upstream.sessions.assigned(session, now)
+        });
         loop {
             let pass = self.pass(upstream, request, assigned, &mut attempts, observer);
             let exhausted = match pass.await {
@@ -407,6 +412,7 @@ impl Walker {
             model_reason: StateReason::RateLimited,
             changed: false,
             resent: false,
+            cannot_connect: result.as_ref().is_err_and(|failed| failed.cannot_connect),
             at_ms: pool.clock().now_ms(),
             elapsed: started.elapsed(),
             drained: None,
@@ -497,6 +503,7 @@ impl Walker {
         let cannot_send = |message: String| Failed {
             error: FailoverError::Unreachable(message),
             replayable: false,
+            cannot_connect: false,
         };
         let api = upstream.kind.api();
         // Read once: a signing provider's credential names the region and signs the attempt.
@@ -544,11 +551,13 @@ impl Walker {
             Err(_) => Err(Failed {
                 error: FailoverError::Timeout(self.response_timeout),
                 replayable: false,
+                cannot_connect: false,
             }),
             Ok(Ok(response)) => Ok(response),
             Ok(Err(failure)) => Err(Failed {
                 error: FailoverError::Unreachable(transport::error_chain(&*failure.error)),
                 replayable: failure.replayable,
+                cannot_connect: failure.cannot_connect,
             }),
         }
     }
@@ -630,6 +639,8 @@ struct Failed {
     error: FailoverError,
     /// Whether the upstream cannot have started on the request, so it may be sent again.
     replayable: bool,
+    /// No connection could be made.
+    cannot_connect: bool,
 }
 
 /// What a try leaves the walk to do.

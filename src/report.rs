@@ -10,8 +10,8 @@ pub use crate::health::ClearedKey;
 use crate::health::StateFile;
 use crate::health::file::KeyRecord;
 use crate::keypool::{
-    KeySnapshot, KeyState, ModelCooldown, StateKind, StateReason, TokenCounts, ceil_secs,
-    from_unix_ms, to_unix_ms,
+    KeySnapshot, KeyState, MinuteCounts, ModelCooldown, StateKind, StateReason, TokenCounts,
+    ceil_secs, from_unix_ms, to_unix_ms,
 };
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,6 +28,10 @@ pub struct ProviderReport {
     /// False for a provider only shared health knows (not in the configuration).
     #[serde(default = "configured")]
     pub configured: bool,
+    /// Requests the pool could not serve since the server started (429 or 502 from the
+    /// bridge); `null` when read from shared health.
+    #[serde(default)]
+    pub exhausted: Option<u64>,
     pub keys: Vec<KeyReport>,
 }
 
@@ -57,6 +61,10 @@ pub struct KeyReport {
     /// shared health.
     #[serde(default)]
     pub tokens: Option<TokenReport>,
+    /// Attempts per minute over the last 15 minutes, oldest first; `null` when read from
+    /// shared health.
+    #[serde(default)]
+    pub recent: Option<Vec<MinuteCounts>>,
     /// False for a key only shared health knows (written by `probe-keys --keys-file`, say).
     #[serde(default = "configured")]
     pub configured: bool,
@@ -110,6 +118,7 @@ impl PoolReport {
                     kind: upstream.kind.to_string(),
                     enabled: upstream.enabled,
                     configured: true,
+                    exhausted: Some(upstream.pool.exhaustions()),
                     keys: upstream
                         .pool
                         .snapshots()
@@ -128,10 +137,9 @@ impl PoolReport {
     /// counts, with every key it records that the configuration lacks, marked as such.
     pub fn with_records(mut self, shared: &StateFile, now_ms: u64) -> Self {
         for provider in &mut self.providers {
+            provider.exhausted = None;
             for key in &mut provider.keys {
-                key.requests = None;
-                key.failures = None;
-                key.tokens = None;
+                key.forget_counts();
             }
         }
         for (name, records) in &shared.providers {
@@ -143,6 +151,7 @@ impl PoolReport {
                         kind: "-".to_owned(),
                         enabled: false,
                         configured: false,
+                        exhausted: None,
                         keys: Vec::new(),
                     });
                     self.providers.len() - 1
@@ -158,9 +167,7 @@ impl PoolReport {
                     continue;
                 }
                 let mut key = KeyReport::new(&snapshot_of(fingerprint, record, now_ms), now_ms);
-                key.requests = None;
-                key.failures = None;
-                key.tokens = None;
+                key.forget_counts();
                 key.configured = false;
                 provider.keys.push(key);
             }
@@ -191,6 +198,7 @@ fn snapshot_of(fingerprint: &str, record: &KeyRecord, now_ms: u64) -> KeySnapsho
         requests: 0,
         failures: 0,
         tokens: TokenCounts::default(),
+        recent: Default::default(),
     }
 }
 
@@ -227,8 +235,17 @@ impl KeyReport {
             requests: Some(snapshot.requests),
             failures: Some(snapshot.failures),
             tokens: Some(snapshot.tokens.into()),
+            recent: Some(snapshot.recent.to_vec()),
             configured: true,
         }
+    }
+
+    /// Shared health counts nothing: its keys show no counts rather than zeros.
+    fn forget_counts(&mut self) {
+        self.requests = None;
+        self.failures = None;
+        self.tokens = None;
+        self.recent = None;
     }
 }
 

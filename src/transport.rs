@@ -55,13 +55,16 @@ pub enum Reuse {
 pub struct SendFailure {
     pub error: Error,
     pub replayable: bool,
+    /// No connection could be made: nothing was sent.
+    pub cannot_connect: bool,
 }
 
 impl SendFailure {
-    pub fn replayable(error: impl Into<Error>) -> Self {
+    pub fn cannot_connect(error: impl Into<Error>) -> Self {
         Self {
             error: error.into(),
             replayable: true,
+            cannot_connect: true,
         }
     }
 
@@ -70,6 +73,7 @@ impl SendFailure {
         Self {
             error: error.into(),
             replayable: false,
+            cannot_connect: false,
         }
     }
 }
@@ -175,6 +179,7 @@ impl HttpClient {
                 // reqwest itself sends again a request that never left a reused connection.
                 let response = client.execute(request).await.map_err(|error| SendFailure {
                     replayable: error.is_connect(),
+                    cannot_connect: error.is_connect(),
                     error: error.into(),
                 })?;
                 Ok(http::Response::from(response).map(ResponseBody::Reqwest))

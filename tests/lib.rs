@@ -10,6 +10,7 @@ mod corners;
 mod failure_model;
 mod fleet;
 mod hardening;
+mod page;
 mod pool;
 mod probe_keys;
 mod send;

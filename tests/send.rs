@@ -310,15 +310,16 @@ fn unreachable_upstream_exits_5_and_marks_nothing() {
         .config(&format!("[providers.anthropic]\nbase_url = \"http://127.0.0.1:{port}\"\nkeys = [\"{K1}\", \"{K2}\"]\n"))
         .args(["send", "-d", BODY]);
     let output = test.run().code(5).stderr_has("error: upstream unreachable");
-    // Refused: the request never left, so it was sent once more, as an attempt of its own.
+    // Refused: the request never left, so it was tried once more, as an attempt of its own,
+    // and each attempt says it could not connect.
     assert_eq!(
         output.stderr_lines()[..2],
         [
             format!(
-                "{}  ---  no response before the upstream could read the request; sent again",
+                "{}  ---  cannot connect to the upstream; trying once more",
                 hint(K1)
             ),
-            format!("{}  ---  no response", hint(K1)),
+            format!("{}  ---  cannot connect to the upstream", hint(K1)),
         ]
     );
     let state = test.state();

@@ -2,6 +2,7 @@
 //! or as the state file records it when no server runs.
 
 use std::collections::BTreeSet;
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -32,18 +33,11 @@ const SERVER_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub fn status(global: &GlobalArgs, args: &PoolStatusArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(global)?;
-    let (mut report, source) = block_on(read_pool(global, &config, args.server.as_deref()))??;
-    if let Some(name) = &args.provider {
-        // Checked against what was read: a server may have providers this config lacks.
-        known_provider(
-            name,
-            report
-                .providers
-                .iter()
-                .map(|provider| provider.name.as_str()),
-        )?;
-        report.providers.retain(|provider| provider.name == *name);
+    if args.watch {
+        return block_on(watch(global, &config, args))?;
     }
+    let (report, source) = block_on(read_pool(global, &config, args.server.as_deref()))??;
+    let report = only_provider(report, args.provider.as_deref())?;
     if args.json {
         eprintln!("source: {source}");
         print_stdout(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
@@ -60,6 +54,61 @@ pub fn status(global: &GlobalArgs, args: &PoolStatusArgs) -> anyhow::Result<Exit
     } else {
         exit::OK
     }))
+}
+
+/// The report of provider `name` alone, when one is named.
+fn only_provider(mut report: PoolReport, name: Option<&str>) -> anyhow::Result<PoolReport> {
+    if let Some(name) = name {
+        // Checked against what was read: a server may have providers this config lacks.
+        known_provider(
+            name,
+            report
+                .providers
+                .iter()
+                .map(|provider| provider.name.as_str()),
+        )?;
+        report.providers.retain(|provider| provider.name == name);
+    }
+    Ok(report)
+}
+
+/// How often `pool status --watch` reads the pool again.
+const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// `pool status --watch`: the table, read again every second until Ctrl-C (exit 0). On a
+/// terminal each reading replaces the last; otherwise readings follow one another. A
+/// reading that fails is shown, and the next one tried.
+async fn watch(
+    global: &GlobalArgs,
+    config: &Config,
+    args: &PoolStatusArgs,
+) -> anyhow::Result<ExitCode> {
+    let terminal = std::io::stdout().is_terminal();
+    let stop = tokio::signal::ctrl_c();
+    tokio::pin!(stop);
+    loop {
+        let reading = read_pool(global, config, args.server.as_deref())
+            .await
+            .and_then(|(report, source)| {
+                Ok((only_provider(report, args.provider.as_deref())?, source))
+            });
+        let body = match reading {
+            Ok((report, source)) => format!("source: {source}\n{}", status_table(&report)),
+            Err(error) => format!("cannot read the pool: {error:#}\n"),
+        };
+        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+        let frame = if terminal {
+            // Home and clear, then the reading: the table stays in place as it changes.
+            format!("\x1b[H\x1b[2J{now}  (read every second; Ctrl-C to stop)\n{body}")
+        } else {
+            format!("{now}\n{body}\n")
+        };
+        print_stdout(&frame)?;
+        tokio::select! {
+            _ = &mut stop => return Ok(ExitCode::from(exit::OK)),
+            () = tokio::time::sleep(WATCH_INTERVAL) => {}
+        }
+    }
 }
 
 /// `name` among `providers`, or an error naming them.

@@ -7,6 +7,7 @@ mod affinity;
 mod caps;
 mod clock;
 mod exhausted;
+mod history;
 mod models;
 mod retry_after;
 mod state;
@@ -24,6 +25,7 @@ pub use affinity::{Affinity, AffinityOutcome, Assigned, DEFAULT_MAX_SESSIONS, Se
 pub use caps::{CONCURRENCY_RETRY, KeyCaps, Permit};
 pub use clock::{Clock, ManualClock, SystemClock, from_unix_ms, to_unix_ms};
 pub use exhausted::{AttemptLimit, Exhausted, ExhaustionKind, ceil_secs};
+pub use history::{MINUTES, MinuteCounts};
 pub use models::ModelCooldown;
 pub use retry_after::{budget_spent, cooldown_from_headers, spent_budget_reset};
 pub use state::{DisableReason, KeyState, Mark, MarkOutcome, StateKind, StateReason};
@@ -136,6 +138,8 @@ pub struct PooledKey {
     last_status: AtomicU16,
     /// Unix ms; 0 = never used.
     last_used_ms: AtomicU64,
+    /// Its attempts in each of the last minutes.
+    history: history::History,
 }
 
 impl PooledKey {
@@ -154,6 +158,7 @@ impl PooledKey {
             failures: AtomicU64::new(0),
             last_status: AtomicU16::new(0),
             last_used_ms: AtomicU64::new(0),
+            history: history::History::default(),
         }
     }
 
@@ -248,6 +253,8 @@ pub struct KeySnapshot {
     pub requests: u64,
     pub failures: u64,
     pub tokens: TokenCounts,
+    /// Attempts per minute, the last [`MINUTES`] of them, oldest first.
+    pub recent: [MinuteCounts; MINUTES],
 }
 
 /// An ordered pool of keys for one provider.
@@ -262,6 +269,8 @@ pub struct Pool {
     settings: PoolSettings,
     next_start: AtomicUsize,
     clock: Arc<dyn Clock>,
+    /// Requests the pool could not serve.
+    exhaustions: AtomicU64,
 }
 
 impl std::fmt::Debug for Pool {
@@ -300,6 +309,7 @@ impl Pool {
             by_fingerprint,
             settings,
             next_start: AtomicUsize::new(0),
+            exhaustions: AtomicU64::new(0),
             clock,
         })
     }
@@ -338,6 +348,15 @@ impl Pool {
         &self.clock
     }
 
+    /// Counts a request the pool could not serve (every key cooling, disabled or full).
+    pub fn count_exhaustion(&self) {
+        self.exhaustions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn exhaustions(&self) -> u64 {
+        self.exhaustions.load(Ordering::Relaxed)
+    }
+
     pub fn key(&self, index: usize) -> &PooledKey {
         &self.keys[index]
     }
@@ -348,6 +367,8 @@ impl Pool {
 
     /// Takes over state and counters of the keys both pools hold (after a config reload).
     pub fn inherit_from(&self, previous: &Pool) {
+        self.exhaustions
+            .store(previous.exhaustions(), Ordering::Relaxed);
         for (index, key) in self.keys.iter().enumerate() {
             let Some(old_index) = previous.index_of(&key.fingerprint) else {
                 continue;
@@ -368,6 +389,7 @@ impl Pool {
             key.last_status
                 .store(old.last_status.load(Ordering::Relaxed), Ordering::Relaxed);
             key.tokens.add(old.tokens.counts());
+            key.history.copy_from(&old.history);
             debug_assert_eq!(self.index_of(&key.fingerprint), Some(index));
         }
     }
@@ -594,8 +616,9 @@ impl Pool {
         }
         key.last_status
             .store(status.unwrap_or(0), Ordering::Relaxed);
-        key.last_used_ms
-            .store(self.clock.now_ms(), Ordering::Relaxed);
+        let now = self.clock.now_ms();
+        key.last_used_ms.store(now, Ordering::Relaxed);
+        key.history.record(now, status);
     }
 
     /// Restores the last-use details read from the state file.
@@ -610,12 +633,13 @@ impl Pool {
     pub fn snapshot(&self, index: usize) -> KeySnapshot {
         let key = &self.keys[index];
         let nonzero = |value: u64| (value != 0).then_some(value);
+        let now = self.clock.now_ms();
         KeySnapshot {
             index,
             hint: key.key.hint(),
             fingerprint: key.fingerprint.clone(),
             state: self.state(index),
-            models: self.models[index].live(self.clock.now_ms()),
+            models: self.models[index].live(now),
             last_status: match key.last_status.load(Ordering::Relaxed) {
                 0 => None,
                 code => Some(code),
@@ -624,6 +648,7 @@ impl Pool {
             requests: key.requests.load(Ordering::Relaxed),
             failures: key.failures.load(Ordering::Relaxed),
             tokens: key.tokens.counts(),
+            recent: key.history.last_minutes(now),
         }
     }
 

@@ -47,7 +47,7 @@ pub async fn health(State(app): State<&'static AppState>, headers: HeaderMap) ->
 }
 
 /// Rejects callers without a valid access token (when tokens are configured).
-fn unauthorized(app: &AppState, headers: &HeaderMap) -> Option<Response> {
+pub(super) fn unauthorized(app: &AppState, headers: &HeaderMap) -> Option<Response> {
     let mut headers = headers.clone();
     let refused = app.bridge.load().authorize(&mut headers).err()?;
     Some(error_response(ProviderKind::OpenAi.api(), &refused))

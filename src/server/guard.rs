@@ -6,6 +6,7 @@
 //!   `allowed_hosts`): a rebinding page's requests carry its own host name;
 //! - a request with an `Origin` (only browsers send one) must come from `allowed_origins`
 //!   (none by default); only then are CORS headers sent, so no other page can read answers.
+//!   The bridge's own origin (the admitted Host) is allowed too: its live page posts resets.
 
 use http::{HeaderMap, HeaderValue, Method, Uri, header};
 
@@ -70,6 +71,12 @@ impl Guard {
             return Ok(None);
         };
         let text = origin.to_str().unwrap_or_default();
+        // The bridge's own page (`/_aibridge/`): browsers send `Origin` on its POSTs. Its
+        // origin is the Host just admitted, so a rebinding page (another Host) is still
+        // refused; being same-origin, it needs no CORS headers.
+        if is_own_origin(text, uri, headers) {
+            return Ok(None);
+        }
         if self.allowed_origins.iter().any(|allowed| allowed == text) {
             Ok(Some(origin))
         } else {
@@ -94,6 +101,23 @@ fn host_of<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a str> {
         }
     };
     Some(host.strip_suffix('.').unwrap_or(host))
+}
+
+/// Whether `origin` is `http://` or `https://` followed by the authority the request names.
+fn is_own_origin(origin: &str, uri: &Uri, headers: &HeaderMap) -> bool {
+    let authority = match uri.authority() {
+        Some(authority) => Some(authority.as_str()),
+        None => headers
+            .get(header::HOST)
+            .and_then(|host| host.to_str().ok()),
+    };
+    let Some(authority) = authority.filter(|authority| !authority.is_empty()) else {
+        return false;
+    };
+    let named = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    named.is_some_and(|named| named.eq_ignore_ascii_case(authority))
 }
 
 fn is_loopback_host(host: &str) -> bool {
@@ -198,6 +222,37 @@ mod tests {
             Ok(None),
             "not on loopback"
         );
+    }
+
+    #[test]
+    fn the_bridges_own_pages_may_post_to_it() {
+        for (host, origin) in [
+            ("127.0.0.1:8787", "http://127.0.0.1:8787"),
+            ("localhost:8787", "http://LOCALHOST:8787"),
+            ("[::1]:8787", "http://[::1]:8787"),
+        ] {
+            let (uri, headers) = request(
+                "/_aibridge/pool/reset",
+                &[("host", host), ("origin", origin)],
+            );
+            assert_eq!(guard().admit(true, &uri, &headers), Ok(None), "{origin}");
+        }
+        for (host, origin) in [
+            ("127.0.0.1:8787", "http://127.0.0.1:9999"),
+            ("127.0.0.1:8787", "http://127.0.0.1:8787.evil.example"),
+            ("127.0.0.1:8787", "null"),
+            ("127.0.0.1:8787", "ftp://127.0.0.1:8787"),
+            ("evil.example:8787", "http://evil.example:8787"),
+        ] {
+            let (uri, headers) = request(
+                "/_aibridge/pool/reset",
+                &[("host", host), ("origin", origin)],
+            );
+            assert!(
+                guard().admit(true, &uri, &headers).is_err(),
+                "{host} {origin}"
+            );
+        }
     }
 
     #[test]

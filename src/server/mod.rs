@@ -20,6 +20,7 @@ mod guard;
 mod journal;
 mod lifecycle;
 mod metrics;
+mod page;
 mod proxy;
 mod recheck;
 mod relay;
@@ -292,6 +293,10 @@ pub struct AppState {
     shedding: Shedding,
     /// Whether the listener is on a loopback address (see [`guard`]).
     loopback: bool,
+    /// Cancelled when the server starts to stop: endless answers (the page's events) end.
+    stopping: tokio_util::sync::CancellationToken,
+    /// Pages following the pool's events now.
+    watchers: page::Watchers,
 }
 
 impl AppState {
@@ -387,6 +392,8 @@ pub fn run(config: Config, options: ServerOptions) -> anyhow::Result<()> {
         ),
         shedding: Shedding::new(shedding::HEAD_BUDGET),
         loopback: address.ip().is_loopback(),
+        stopping: tokio_util::sync::CancellationToken::new(),
+        watchers: page::Watchers::default(),
     });
     let (inboxes, worker_results) = start_workers(app)?;
     control.block_on(async {
@@ -408,6 +415,7 @@ pub fn run(config: Config, options: ServerOptions) -> anyhow::Result<()> {
             tokio::spawn(recorder.run(Arc::new(shared::Pools(app))));
         }
         signals.wait_for_stop(app).await;
+        app.stopping.cancel();
         recheck.abort();
         // Closes the socket, and the workers' inboxes: each then finishes what it has.
         accepting.abort();
@@ -643,6 +651,8 @@ async fn route(
 fn router(worker: Worker) -> Router {
     let app = worker.app;
     Router::new()
+        .route("/_aibridge/", get(page::page))
+        .route("/_aibridge/events", get(page::events))
         .route("/_aibridge/health", get(admin::health))
         .route("/_aibridge/pool", get(admin::pool))
         .route("/_aibridge/pool/reset", post(admin::reset))

@@ -263,6 +263,7 @@ async fn answer(
         Err(error) => {
             if let FailoverError::Exhausted(exhausted) = &error {
                 app.metrics.exhausted(&upstream.name, exhausted.kind);
+                upstream.pool.count_exhaustion();
             }
             if matches!(
                 error,

@@ -122,7 +122,7 @@ impl ConnectionPool {
         let (sender, reused) = match connected {
             Ok(connected) => connected,
             // Nothing reached the upstream.
-            Err(error) => return Err(SendFailure::replayable(error)),
+            Err(error) => return Err(SendFailure::cannot_connect(error)),
         };
         let sent = Instant::now();
         let bills_nothing = matches!(
@@ -142,7 +142,11 @@ impl ConnectionPool {
             } else {
                 error.into()
             };
-            SendFailure { error, replayable }
+            SendFailure {
+                error,
+                replayable,
+                cannot_connect: false,
+            }
         };
         match sender {
             Sender::Http1(mut sender) => {

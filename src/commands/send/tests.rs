@@ -12,6 +12,7 @@ fn attempt(status: Option<u16>, mark: Option<KeyState>) -> Attempt {
         model: None,
         changed: true,
         resent: false,
+        cannot_connect: false,
         at_ms: 1_000,
         elapsed: Duration::ZERO,
         drained: None,

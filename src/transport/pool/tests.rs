@@ -249,6 +249,7 @@ async fn only_a_request_that_cannot_have_been_read_may_be_sent_again() {
     let pool = plain_pool(Duration::from_secs(60), 8);
     let failed = failure(&pool, &format!("http://127.0.0.1:{dead}/")).await;
     assert!(failed.replayable, "the connection was never made");
+    assert!(failed.cannot_connect);
 
     // A reused connection that closes at once with no answer, after the request was written
     // whole: a POST may have been read, so it is not sent again; a GET bills nothing, so it is.
@@ -262,6 +263,7 @@ async fn only_a_request_that_cannot_have_been_read_may_be_sent_again() {
     assert_eq!(answer(&pool, &url).await, "ok");
     let get = failure_of(&pool, &url, http::Method::GET, Reuse::Pooled).await;
     assert!(get.replayable, "{}", get.error);
+    assert!(!get.cannot_connect, "it was connected: {}", get.error);
 
     // Closed later: the upstream may have started on it.
     let slow = closing_server(Duration::from_millis(1200)).await;
