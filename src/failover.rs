@@ -68,7 +68,7 @@ impl Attempt {
     /// The state file's view of this attempt (caller keys are not recorded).
     pub fn observation(&self, upstream: &Upstream) -> Option<Observation> {
         Some(Observation {
-            provider: upstream.name.clone(),
+            provider: upstream.name.to_string(),
             max_cooldown: upstream.pool.max_cooldown(),
             fingerprint: self.fingerprint.clone()?,
             hint: self.key_hint.clone(),

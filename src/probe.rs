@@ -136,7 +136,7 @@ impl Probe {
     fn unanswered(upstream: &Upstream, index: usize) -> Self {
         let key = upstream.pool.key(index);
         Self {
-            provider: upstream.name.clone(),
+            provider: upstream.name.to_string(),
             index,
             hint: key.key().hint(),
             fingerprint: key.fingerprint().to_owned(),

@@ -114,7 +114,7 @@ impl PoolReport {
             .map(|upstream| {
                 let now = upstream.pool.clock().now_ms();
                 ProviderReport {
-                    name: upstream.name.clone(),
+                    name: upstream.name.to_string(),
                     kind: upstream.kind.to_string(),
                     enabled: upstream.enabled,
                     configured: true,

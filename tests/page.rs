@@ -246,6 +246,16 @@ fn the_page_is_one_small_self_contained_file_with_no_data() {
         assert!(!body.contains(outside), "the page loads {outside}");
     }
     assert!(!body.contains(&hint(K1)) && !body.contains(K1));
+    // Typed without its slash, the address still finds it.
+    let bare = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(server.url("/_aibridge"))
+        .send()
+        .unwrap();
+    assert_eq!(bare.status(), 308);
+    assert_eq!(bare.headers()["location"], "/_aibridge/");
     // Its data routes are not.
     for route in ["/_aibridge/pool", "/_aibridge/events"] {
         let denied = client().get(server.url(route)).send().unwrap();
@@ -298,17 +308,19 @@ fn the_bridges_own_origin_may_reset_and_any_other_is_refused() {
     assert!(server.all_keys_available());
 }
 
-/// Reads one server-sent event (up to its blank line) from `reader`.
-fn next_event(reader: &mut impl BufRead) -> String {
+/// Reads one server-sent event (up to its blank line) from `reader`: a pool report.
+fn next_pool(reader: &mut impl BufRead) -> Value {
     let mut event = String::new();
     loop {
         let mut line = String::new();
         assert!(reader.read_line(&mut line).unwrap() > 0, "the stream ended");
         if line == "\n" {
-            return event;
+            break;
         }
         event.push_str(&line);
     }
+    let data = event.strip_prefix("event: pool\ndata: ");
+    serde_json::from_str(data.unwrap_or_else(|| panic!("not a pool event: {event}"))).unwrap()
 }
 
 #[test]
@@ -322,17 +334,7 @@ fn the_event_stream_sends_the_pool_every_second_and_ends_when_the_server_stops()
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let mut events = BufReader::new(response);
-    let first = next_event(&mut events);
-    assert!(first.starts_with("event: pool\ndata: {"), "{first}");
-    let pool: Value = serde_json::from_str(
-        first
-            .lines()
-            .nth(1)
-            .unwrap()
-            .strip_prefix("data: ")
-            .unwrap(),
-    )
-    .unwrap();
+    let pool = next_pool(&mut events);
     let provider = &pool["providers"][0];
     assert_eq!(provider["exhausted"], 0);
     assert_eq!(provider["keys"][0]["recent"].as_array().unwrap().len(), 15);
@@ -346,16 +348,7 @@ fn the_event_stream_sends_the_pool_every_second_and_ends_when_the_server_stops()
     assert_eq!(answered.status(), 200);
     let started = Instant::now();
     let cooled = loop {
-        let event = next_event(&mut events);
-        let pool: Value = serde_json::from_str(
-            event
-                .lines()
-                .nth(1)
-                .unwrap()
-                .strip_prefix("data: ")
-                .unwrap(),
-        )
-        .unwrap();
+        let pool = next_pool(&mut events);
         if pool["providers"][0]["keys"][0]["cooling"][MODEL].is_object() {
             break pool;
         }
@@ -440,4 +433,3 @@ fn pool_status_watch_and_json_do_not_go_together() {
         .code(2)
         .stderr_has("cannot be used with");
 }
-

@@ -337,7 +337,7 @@ impl Send<'_> {
         retry_after_secs: Option<u64>,
     ) -> SendReport {
         SendReport {
-            provider: self.upstream.name.clone(),
+            provider: self.upstream.name.to_string(),
             status,
             outcome,
             key: attempts

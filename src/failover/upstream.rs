@@ -18,7 +18,7 @@ use crate::transport::Origin;
 /// A provider as the walker uses it: where to send, and the keys to send with.
 #[derive(Debug)]
 pub struct Upstream {
-    pub name: String,
+    pub name: std::sync::Arc<str>,
     pub kind: ProviderKind,
     pub base_url: String,
     pub(super) endpoints: Endpoints,
@@ -48,7 +48,7 @@ impl Upstream {
         clock: std::sync::Arc<dyn Clock>,
     ) -> Result<Self, PoolError> {
         Ok(Self {
-            name: config.name.clone(),
+            name: config.name.as_str().into(),
             kind: config.kind,
             base_url: config.base_url.clone(),
             endpoints: Endpoints::of(config),
@@ -103,7 +103,7 @@ impl Upstream {
     ) -> Result<Credentials, FailoverError> {
         if !self.enabled {
             return Err(FailoverError::ProviderDisabled {
-                provider: self.name.clone(),
+                provider: self.name.to_string(),
             });
         }
         let signs = self.kind.api().signs_requests();
@@ -116,7 +116,7 @@ impl Upstream {
         };
         if caller.is_none() && self.pool.is_empty() && signs && is_caller_signature(headers) {
             return Err(FailoverError::NoKeys {
-                provider: self.name.clone(),
+                provider: self.name.to_string(),
                 hint: format!(
                     "a request signed with SigV4 cannot be forwarded (its signature is for the \
                      bridge, not AWS): set providers.{}.keys to AWS credentials, or send a \
@@ -129,7 +129,7 @@ impl Upstream {
             Some(key) => Ok(Credentials::Caller(key)),
             None if !self.pool.is_empty() => Ok(Credentials::Pool),
             None => Err(FailoverError::NoKeys {
-                provider: self.name.clone(),
+                provider: self.name.to_string(),
                 hint: self.missing_key_hint(),
             }),
         }

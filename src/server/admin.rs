@@ -131,7 +131,7 @@ fn clear_marks(app: &AppState, selection: &ResetRequest) -> Result<Vec<ClearedKe
             selection
                 .provider
                 .as_ref()
-                .is_none_or(|name| *name == upstream.name)
+                .is_none_or(|name| **name == *upstream.name)
         })
         .collect();
     // Resolve the whole selection first, so an ambiguous key clears nothing.
@@ -147,7 +147,7 @@ fn clear_marks(app: &AppState, selection: &ResetRequest) -> Result<Vec<ClearedKe
                     (0..upstream.pool.len()).map(|index| {
                         let key = upstream.pool.key(index);
                         KnownKey {
-                            provider: upstream.name.clone(),
+                            provider: upstream.name.to_string(),
                             fingerprint: key.fingerprint().to_owned(),
                             hint: key.hint().to_owned(),
                         }
@@ -160,7 +160,7 @@ fn clear_marks(app: &AppState, selection: &ResetRequest) -> Result<Vec<ClearedKe
             })?;
             let upstream = upstreams
                 .iter()
-                .find(|upstream| upstream.name == chosen.provider)
+                .find(|upstream| *upstream.name == *chosen.provider)
                 .expect("the key came from these upstreams");
             let index = upstream
                 .pool
@@ -180,12 +180,12 @@ fn clear_marks(app: &AppState, selection: &ResetRequest) -> Result<Vec<ClearedKe
         tracing::info!(provider = %upstream.name, key = %key.key(), "key reset to available (was {})", before.name());
         if let Some(health) = &app.health {
             health.record(HealthChange::Cleared {
-                provider: Some(upstream.name.clone()),
+                provider: Some(upstream.name.to_string()),
                 fingerprint: Some(key.fingerprint().to_owned()),
             });
         }
         cleared.push(ClearedKey {
-            provider: upstream.name.clone(),
+            provider: upstream.name.to_string(),
             key: key.key().hint(),
             fingerprint: key.fingerprint().to_owned(),
             was: before.kind(),

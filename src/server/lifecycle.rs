@@ -78,7 +78,7 @@ pub fn print_banner(address: SocketAddr, bridge: &Bridge) {
             "disabled"
         };
         table.row(vec![
-            upstream.name.clone(),
+            upstream.name.to_string(),
             upstream.kind.to_string(),
             upstream.base_url.clone(),
             keys,

@@ -88,6 +88,22 @@ fn catch_up(counter: &Counter, count: u64) {
 /// 50 ms .. ~100 s: a held request waits for a cooldown to end.
 const WAIT_BOUNDS: [f64; 12] = exponential_bounds(0.05);
 
+/// What [`Metrics::request`] counts of one request.
+pub struct RequestMetrics<'a> {
+    pub provider: &'a str,
+    pub route: &'static str,
+    pub status: u16,
+    pub attempts: usize,
+    pub tokens: Option<KeyTokens<'a>>,
+}
+
+/// Tokens a pool key's answer reported: `key` is its fingerprint.
+pub struct KeyTokens<'a> {
+    pub key: &'a str,
+    pub model: Option<&'a str>,
+    pub counts: TokenCounts,
+}
+
 impl Metrics {
     /// `threads`: how many threads record requests, each into its own shard.
     pub fn new(threads: usize) -> Self {
@@ -207,34 +223,17 @@ impl Metrics {
     }
 
     /// Counts one request in worker `slot`'s shard.
-    pub fn request(
-        &self,
-        slot: usize,
-        provider: &str,
-        route: &'static str,
-        status: u16,
-        attempts: usize,
-    ) {
+    /// One answered request, with the tokens its answer reported when a pool key answered:
+    /// one lock of worker `slot`'s shard for both.
+    pub fn request(&self, slot: usize, request: &RequestMetrics<'_>) {
         let mut shard = self.requests.shard(slot);
-        let stats = shard.provider(provider);
-        stats.count(route, status, 1);
+        let stats = shard.provider(request.provider);
+        stats.count(request.route, request.status, 1);
         // Zero attempts is a real value: every key was already marked.
-        stats.attempts.observe(attempts as f64);
-    }
-
-    /// Tokens an answer of `key` (a fingerprint) reported, in worker `slot`'s shard.
-    pub fn tokens(
-        &self,
-        slot: usize,
-        provider: &str,
-        key: &str,
-        model: Option<&str>,
-        counts: TokenCounts,
-    ) {
-        let mut shard = self.requests.shard(slot);
-        shard
-            .provider(provider)
-            .add_tokens(key, model.unwrap_or_default(), counts);
+        stats.attempts.observe(request.attempts as f64);
+        if let Some(tokens) = &request.tokens {
+            stats.add_tokens(tokens.key, tokens.model.unwrap_or_default(), tokens.counts);
+        }
     }
 
     pub fn latency(&self, slot: usize, provider: &str, upstream: Duration, added: Duration) {
@@ -273,7 +272,7 @@ impl Metrics {
         for upstream in upstreams {
             for state in ["available", "cooling", "disabled"] {
                 let labels = KeyLabels {
-                    provider: upstream.name.clone(),
+                    provider: upstream.name.to_string(),
                     state,
                 };
                 self.keys.get_or_create(&labels).set(0);
@@ -285,7 +284,7 @@ impl Metrics {
                     state => state.name(),
                 };
                 let labels = KeyLabels {
-                    provider: upstream.name.clone(),
+                    provider: upstream.name.to_string(),
                     state,
                 };
                 self.keys.get_or_create(&labels).inc();

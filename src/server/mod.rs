@@ -640,7 +640,7 @@ async fn route(
     request: http::Request<Incoming>,
 ) -> axum::response::Response {
     let path = request.uri().path();
-    if path.starts_with("/_aibridge/") || path == "/metrics" {
+    if path.starts_with("/_aibridge/") || path == "/metrics" || path == "/_aibridge" {
         let routed = operator_routes.oneshot(request.map(Body::new)).await;
         return routed.unwrap_or_else(|never| match never {});
     }
@@ -651,6 +651,10 @@ async fn route(
 fn router(worker: Worker) -> Router {
     let app = worker.app;
     Router::new()
+        .route(
+            "/_aibridge",
+            get(|| async { axum::response::Redirect::permanent("/_aibridge/") }),
+        )
         .route("/_aibridge/", get(page::page))
         .route("/_aibridge/events", get(page::events))
         .route("/_aibridge/health", get(admin::health))

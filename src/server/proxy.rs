@@ -199,7 +199,7 @@ fn record(
             .filter(|health| assigned.announce && health.status() != SharedStatus::Local);
         if let Some(health) = shared {
             health.record(HealthChange::Assigned {
-                provider: upstream.name.clone(),
+                provider: upstream.name.to_string(),
                 fingerprint: upstream.pool.key(assigned.key).fingerprint().to_owned(),
                 session: assigned.session.0,
                 expires_ms: assigned.expires_ms,
@@ -224,7 +224,7 @@ fn record(
     let attempts = exchange.attempts.len();
     let mut completion = Completion::new(
         worker,
-        &upstream.name,
+        upstream.name.clone(),
         target.route,
         attempts,
         target.started,

@@ -14,6 +14,7 @@ use http::HeaderMap;
 
 use super::Worker;
 use super::journal::{AttemptDump, Outcome, RequestRecord, http_message};
+use super::metrics::{KeyTokens, RequestMetrics};
 use super::usage::{TapFormat, UsageTap};
 use crate::keypool::{Permit, TokenCounts, TokenTotals};
 use crate::provider::bedrock::FrameTracker;
@@ -31,7 +32,8 @@ const MAX_DUMPED_BODY: usize = 1024 * 1024;
 /// Accounts for one request once: metrics, the request log and the final dump.
 pub struct Completion {
     worker: Worker,
-    provider: String,
+    /// Shared with the upstream: no copy per request.
+    provider: Arc<str>,
     route: ApiRoute,
     status: u16,
     attempts: usize,
@@ -60,7 +62,7 @@ struct AnswerDump {
 impl Completion {
     pub fn new(
         worker: Worker,
-        provider: &str,
+        provider: Arc<str>,
         route: ApiRoute,
         attempts: usize,
         started: Instant,
@@ -68,7 +70,7 @@ impl Completion {
     ) -> Self {
         Self {
             worker,
-            provider: provider.to_owned(),
+            provider,
             route,
             status: 0,
             attempts,
@@ -191,13 +193,6 @@ impl Completion {
         }
         self.finished = true;
         self.permit = None;
-        self.worker.app.metrics.request(
-            self.worker.slot,
-            &self.provider,
-            self.route.as_str(),
-            self.status,
-            self.attempts,
-        );
         if let Some(answer) = self.dump.take() {
             let AnswerDump {
                 name,
@@ -214,29 +209,34 @@ impl Completion {
             .as_mut()
             .map(|tap| tap.finish())
             .unwrap_or_default();
-        if let Some((tokens, request_model)) =
-            self.answered_by.as_ref().filter(|_| usage.is_known())
-        {
-            let model = self
-                .tap
-                .as_ref()
-                .and_then(|tap| tap.model())
-                .or(request_model.as_deref());
-            let counts = TokenCounts {
-                input: usage.input_tokens.unwrap_or(0),
-                output: usage.output_tokens.unwrap_or(0),
-                cache_read: usage.cache_read_tokens.unwrap_or(0),
-                cache_write: usage.cache_write_tokens.unwrap_or(0),
-            };
-            tokens.add(counts);
-            self.worker.app.metrics.tokens(
-                self.worker.slot,
-                &self.provider,
-                tokens.fingerprint(),
-                model,
-                counts,
-            );
-        }
+        let tokens = self.answered_by.as_ref().filter(|_| usage.is_known()).map(
+            |(totals, request_model)| {
+                let counts = TokenCounts {
+                    input: usage.input_tokens.unwrap_or(0),
+                    output: usage.output_tokens.unwrap_or(0),
+                    cache_read: usage.cache_read_tokens.unwrap_or(0),
+                    cache_write: usage.cache_write_tokens.unwrap_or(0),
+                };
+                totals.add(counts);
+                KeyTokens {
+                    key: totals.fingerprint(),
+                    model: self
+                        .tap
+                        .as_ref()
+                        .and_then(|tap| tap.model())
+                        .or(request_model.as_deref()),
+                    counts,
+                }
+            },
+        );
+        let request = RequestMetrics {
+            provider: &self.provider,
+            route: self.route.as_str(),
+            status: self.status,
+            attempts: self.attempts,
+            tokens,
+        };
+        self.worker.app.metrics.request(self.worker.slot, &request);
         if let Some(record) = &mut self.record {
             record.outcome = outcome;
             record.status = self.status;

@@ -43,7 +43,7 @@ impl HealthSink for Pools {
             let upstreams = bridge
                 .upstreams
                 .values()
-                .filter(|upstream| change.provider().is_none_or(|name| name == upstream.name));
+                .filter(|upstream| change.provider().is_none_or(|name| name == &*upstream.name));
             for upstream in upstreams {
                 if change.apply_to(&upstream.pool) {
                     upstream.key_freed();

@@ -172,8 +172,9 @@ fn last_field_in(body: &[u8], start: usize, field: &[u8]) -> Option<usize> {
 }
 
 /// The first `"model": "..."` string of a JSON answer: every provider's answer names its
-/// model before its content, so the first is the answer's own. A name with escapes is
-/// skipped (no model is named that way).
+/// model before its content, so the first is the answer's own. A name that is not 1 to 256
+/// printable ASCII characters is skipped (no model is named otherwise), so the name is safe
+/// to log as it is.
 fn first_model_string(body: &[u8]) -> Option<&str> {
     static FIELD: LazyLock<memchr::memmem::Finder<'static>> =
         LazyLock::new(|| memchr::memmem::Finder::new(b"\"model\""));
@@ -184,10 +185,16 @@ fn first_model_string(body: &[u8]) -> Option<&str> {
         .trim_ascii_start()
         .strip_prefix(b"\"")?;
     let end = memchr::memchr2(b'"', b'\\', rest)?;
-    if rest[end] != b'"' || end == 0 || end > 256 {
+    let name = &rest[..end];
+    let plain = rest[end] == b'"' && (1..=crate::text::SHOWN_LIMIT).contains(&end);
+    if !plain
+        || !name
+            .iter()
+            .all(|byte| byte.is_ascii_graphic() || *byte == b' ')
+    {
         return None;
     }
-    std::str::from_utf8(&rest[..end]).ok()
+    std::str::from_utf8(name).ok()
 }
 
 /// How an answer carries its usage.
@@ -245,7 +252,7 @@ impl UsageTap {
             self.usage.absorb_usage(&usage);
         }
         if self.model.is_none() {
-            self.model = first_model_string(body).map(|model| crate::text::shown(model).into());
+            self.model = first_model_string(body).map(Box::from);
         }
     }
 
@@ -524,6 +531,34 @@ mod tests {
         assert!(
             !text.is_known(),
             "a usage inside a string is not one: {text:?}"
+        );
+    }
+
+    #[test]
+    fn the_answers_model_is_taken_only_when_plainly_named() {
+        fn named(body: &str) -> Option<&str> {
+            first_model_string(body.as_bytes())
+        }
+        assert_eq!(
+            named(r#"{"id":"m","model" : "claude-sonnet-4-5-20250929","content":[{"model":"x"}]}"#),
+            Some("claude-sonnet-4-5-20250929")
+        );
+        assert_eq!(
+            named(r#"{"model":"us.anthropic.claude-3-5:0/v2"}"#),
+            Some("us.anthropic.claude-3-5:0/v2")
+        );
+        for hostile in [
+            r#"{"model":"bad\nname"}"#,
+            "{\"model\":\"bell\u{7}name\"}",
+            r#"{"model":"modèle"}"#,
+            r#"{"model":""}"#,
+            r#"{"model":12}"#,
+        ] {
+            assert_eq!(named(hostile), None, "{hostile:?}");
+        }
+        assert_eq!(
+            named(&format!(r#"{{"model":"{}"}}"#, "m".repeat(257))),
+            None
         );
     }
 

@@ -86,7 +86,7 @@ pub fn dump_request(
     AttemptDump {
         request_id: 0,
         attempt: 0,
-        provider: upstream.name.clone(),
+        provider: upstream.name.to_string(),
         time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
         key: attempt.key_hint.clone(),
         request: message,

@@ -78,8 +78,14 @@ impl Refused {
             record.route = route.as_str();
             record
         });
-        let mut completion =
-            Completion::new(self.worker, &self.provider, route, 0, started, record);
+        let mut completion = Completion::new(
+            self.worker,
+            self.provider.as_str().into(),
+            route,
+            0,
+            started,
+            record,
+        );
         completion.failed(api_error.status(), &api_error.message());
         error_response(api, api_error)
     }
@@ -90,7 +96,7 @@ impl Refused {
         let body = serde_json::json!({"status": "ok", "provider": self.provider});
         let mut completion = Completion::new(
             self.worker,
-            &self.provider,
+            self.provider.as_str().into(),
             ApiRoute::Other,
             0,
             started,
@@ -132,7 +138,7 @@ impl Drop for Abandoned<'_> {
         });
         Completion::new(
             self.worker,
-            self.provider,
+            self.provider.into(),
             self.route,
             0,
             self.started,
