@@ -65,6 +65,21 @@ pub struct DrainedResponse {
 }
 
 impl Attempt {
+    /// Why this attempt got no answer, in words; `None` when it got one.
+    pub fn no_answer(&self) -> Option<&'static str> {
+        if self.status.is_some() {
+            return None;
+        }
+        Some(match (self.cannot_connect, self.resent) {
+            (true, true) => "cannot connect to the upstream; trying once more",
+            (true, false) => "cannot connect to the upstream",
+            (false, true) => {
+                "the connection closed before the upstream could read the request; sent again"
+            }
+            (false, false) => "no response",
+        })
+    }
+
     /// The state file's view of this attempt (caller keys are not recorded).
     pub fn observation(&self, upstream: &Upstream) -> Option<Observation> {
         Some(Observation {

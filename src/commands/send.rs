@@ -492,15 +492,7 @@ fn describe(attempt: &Attempt, byok: bool) -> String {
             }
         }
         (Some(KeyState::Disabled(reason)), _) => format!("marked disabled ({})", reason.as_str()),
-        (_, None) if attempt.cannot_connect && attempt.resent => {
-            "cannot connect to the upstream; trying once more".to_owned()
-        }
-        (_, None) if attempt.cannot_connect => "cannot connect to the upstream".to_owned(),
-        (_, None) if attempt.resent => {
-            "the connection closed before the upstream could read the request; sent again"
-                .to_owned()
-        }
-        (_, None) => "no response".to_owned(),
+        (_, None) => attempt.no_answer().unwrap_or("no response").to_owned(),
         (_, Some(status)) if byok && (200..300).contains(&status) => "ok (your own key)".to_owned(),
         (_, Some(status)) if (200..300).contains(&status) => "ok".to_owned(),
         (_, Some(_)) if byok => "error (your own key, not marked)".to_owned(),

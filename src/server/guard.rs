@@ -88,10 +88,7 @@ impl Guard {
 /// The host a request names, without its port: HTTP/2's `:authority`, else the `Host`
 /// header. `None` when it names none (an HTTP/1.0 client; no browser omits it).
 fn host_of<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a str> {
-    let authority = match uri.authority() {
-        Some(authority) => authority.as_str(),
-        None => headers.get(header::HOST)?.to_str().ok()?,
-    };
+    let authority = authority_of(uri, headers)?;
     let host = match authority.strip_prefix('[') {
         Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
         // A port is the digits after the last colon: found from the end, byte by byte.
@@ -103,15 +100,19 @@ fn host_of<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a str> {
     Some(host.strip_suffix('.').unwrap_or(host))
 }
 
+/// The authority a request names, port and all: HTTP/2's `:authority`, else the `Host`
+/// header.
+fn authority_of<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a str> {
+    match uri.authority() {
+        Some(authority) => Some(authority.as_str()),
+        None => headers.get(header::HOST)?.to_str().ok(),
+    }
+}
+
 /// Whether `origin` is `http://` or `https://` followed by the authority the request names.
 fn is_own_origin(origin: &str, uri: &Uri, headers: &HeaderMap) -> bool {
-    let authority = match uri.authority() {
-        Some(authority) => Some(authority.as_str()),
-        None => headers
-            .get(header::HOST)
-            .and_then(|host| host.to_str().ok()),
-    };
-    let Some(authority) = authority.filter(|authority| !authority.is_empty()) else {
+    let Some(authority) = authority_of(uri, headers).filter(|authority| !authority.is_empty())
+    else {
         return false;
     };
     let named = origin

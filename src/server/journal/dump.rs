@@ -39,13 +39,7 @@ pub fn dump_failed_attempts(
             (Some(drained), Some(status)) => {
                 http_message(Some(status), &drained.headers, &drained.body)
             }
-            (None, None) if attempt.cannot_connect => {
-                serde_json::json!({"error": "cannot connect to the upstream"})
-            }
-            (None, None) if attempt.resent => {
-                serde_json::json!({"error": "the connection closed before the upstream could read the request; sent again"})
-            }
-            (None, None) => serde_json::json!({"error": "no response"}),
+            (None, None) => serde_json::json!({"error": attempt.no_answer()}),
             // The answer that reaches the caller is dumped when its body has been relayed.
             _ => continue,
         };
