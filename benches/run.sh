@@ -8,6 +8,7 @@
 #   BENCH_SECONDS=3 benches/run.sh # shorter wrk runs
 #   benches/run.sh ab OLD_BINARY   # a change on the request path: the old build and this one
 #                                  # in turns at c=16 beside nginx, and instructions per request
+#                                  # with the request log off and on
 #   benches/run.sh connections     # RSS with 20,000 connections, and after they closed
 #   benches/run.sh fleet           # two replicas on one Redis: how fast a mark reaches the
 #                                  # other, and requests/s with and without Redis configured
@@ -16,6 +17,10 @@
 #   benches/run.sh sessions        # RSS after 100,000 sessions (session affinity's table)
 #   benches/run.sh cache           # a Claude Code-like workload on a mock with per-key prompt
 #                                  # caches: cache-read share and cost, affinity off and on
+#   benches/run.sh streams         # as many concurrent SSE streams as the open-file limit lets
+#                                  # serve hold (an event a second for 60 s): events delivered,
+#                                  # added delay, RSS; then 1,000 streams of 1 MB/s each beside
+#                                  # nginx: throughput and CPU per GB relayed
 #
 # Not part of .ci/run: it measures, it does not test.
 set -euo pipefail
@@ -103,6 +108,8 @@ start_services() {
     done
   } >"$WORK/aibridge.toml"
   export AIBRIDGE_CONFIG="$WORK/aibridge.toml"
+  # The same, with the request log on (a line per request, to a file on disk).
+  { echo "request_log = \"$WORK/requests.jsonl\""; cat "$WORK/aibridge.toml"; } >"$WORK/aibridge-log.toml"
 
   target/release/aibridge serve --no-state >/dev/null 2>"$WORK/aibridge.log" &
   BRIDGE_PID=$!
@@ -297,11 +304,13 @@ measure_instructions() {
   local port=19250 nginx_port=19350
   INSTR_AIBRIDGE=$(instructions_per_request aibridge "http://127.0.0.1:$port/anthropic/v1/messages" \
     target/release/aibridge serve --no-state --workers 1 --listen "127.0.0.1:$port")
+  INSTR_AIBRIDGE_LOG=$(AIBRIDGE_CONFIG="$WORK/aibridge-log.toml" instructions_per_request aibridge-log \
+    "http://127.0.0.1:$port/anthropic/v1/messages" target/release/aibridge serve --no-state --workers 1 --listen "127.0.0.1:$port")
   sed -e "s/listen $NGINX;/listen 127.0.0.1:$nginx_port;/" -e 's/^worker_processes 2;/worker_processes 1; master_process off;/' \
     -e "s|^pid .*|pid $WORK/nginx-callgrind.pid;|" "$WORK/nginx.conf" >"$WORK/nginx-callgrind.conf"
   INSTR_NGINX=$(instructions_per_request nginx "http://127.0.0.1:$nginx_port/v1/messages" \
     "$(command -v nginx || echo /usr/sbin/nginx)" -p "$WORK" -c "$WORK/nginx-callgrind.conf" -g 'daemon off;')
-  say "instructions per request: aibridge $INSTR_AIBRIDGE, nginx $INSTR_NGINX"
+  say "instructions per request: aibridge $INSTR_AIBRIDGE ($INSTR_AIBRIDGE_LOG with the request log), nginx $INSTR_NGINX"
 }
 
 # CPU time (user and system ticks) that processes have used so far.
@@ -439,6 +448,7 @@ main() {
     echo "| stream: first byte ms (median of $STREAM_RUNS) | $DIRECT_FIRST | $BRIDGE_FIRST | | $(signed "$BRIDGE_FIRST - $DIRECT_FIRST") ms | |"
     echo "| stream: last byte ms (20 events, 10 ms apart) | $DIRECT_LAST | $BRIDGE_LAST | | $(signed "$BRIDGE_LAST - $DIRECT_LAST") ms | |"
     echo "| user-space instructions per request (callgrind, 1 worker) | | $INSTR_AIBRIDGE | $INSTR_NGINX | | $(calc "$INSTR_AIBRIDGE / $INSTR_NGINX")x |"
+    echo "| the same with the request log on | | $INSTR_AIBRIDGE_LOG | | | $(calc "$INSTR_AIBRIDGE_LOG / $INSTR_NGINX")x |"
     echo
     echo "| measure | figure | target | |"
     echo "|---|---|---|---|"
@@ -488,11 +498,15 @@ ab() {
     run_wrk nginx "http://$NGINX/v1/messages" 16
   done
   settle_runs
-  local before after
+  local before after before_log after_log
   before=$(instructions_per_request before "http://127.0.0.1:19251/anthropic/v1/messages" \
     "$old" serve --no-state --workers 1 --listen 127.0.0.1:19251)
   after=$(instructions_per_request after "http://127.0.0.1:19252/anthropic/v1/messages" \
     target/release/aibridge serve --no-state --workers 1 --listen 127.0.0.1:19252)
+  before_log=$(AIBRIDGE_CONFIG="$WORK/aibridge-log.toml" instructions_per_request before-log \
+    "http://127.0.0.1:19253/anthropic/v1/messages" "$old" serve --no-state --workers 1 --listen 127.0.0.1:19253)
+  after_log=$(AIBRIDGE_CONFIG="$WORK/aibridge-log.toml" instructions_per_request after-log \
+    "http://127.0.0.1:19254/anthropic/v1/messages" target/release/aibridge serve --no-state --workers 1 --listen 127.0.0.1:19254)
   {
     echo "A/B on $(nproc) cores, $(uname -sr); wrk c=16 ${SECONDS_PER_RUN}s per run, medians of $ROUNDS rounds in turns; $(date -u +%Y-%m-%d)."
     echo
@@ -502,6 +516,7 @@ ab() {
     echo "| c=16 requests/s vs nginx (${RPS[nginx]}) | $(calc "${RPS[before]} / ${RPS[nginx]}")x | $(calc "${RPS[after]} / ${RPS[nginx]}")x | |"
     echo "| c=16 p50 / p99 ms | ${P50[before]} / ${P99[before]} | ${P50[after]} / ${P99[after]} | |"
     echo "| user-space instructions per request (callgrind, 1 worker) | $before | $after | $(calc "$after / $before")x |"
+    echo "| the same with the request log on | $before_log | $after_log | $(calc "$after_log / $before_log")x |"
   } | tee "$OUT/ab.md"
 }
 
@@ -676,8 +691,133 @@ fleet() {
   } | tee "$OUT/fleet.md"
 }
 
+# streams: long SSE streams through serve on its defaults. STREAMS (default: what the
+# open-file limit lets serve hold, two descriptors a stream less its reserve, at most 10,000)
+# streams of one stamped event a second for 60 s, first direct to the mock, then through
+# serve, with serve's RSS sampled idle, at 1,000 streams, at the most and after; then
+# FAST_STREAMS (1,000) streams of 1 MB/s for FAST_SECONDS (20) through serve and through
+# nginx, with each proxy's CPU time per GB relayed.
+streams() {
+  install_tools
+  say "building (release)"
+  cargo build --release --quiet --bin aibridge --example mock_upstream --example streams
+  ulimit -n "$(ulimit -Hn)"
+  local hard room count
+  hard=$(ulimit -Hn)
+  room=$(((hard - 64) / 2))
+  count=${STREAMS:-$((room < 10000 ? room : 10000))}
+  local fast=${FAST_STREAMS:-1000} fast_seconds=${FAST_SECONDS:-20} fast_mock=127.0.0.1:19102
+  target/release/examples/mock_upstream --listen "$MOCK" --events 60 --gap-ms 1000 --stamp \
+    2>"$WORK/mock.log" &
+  PIDS+=($!)
+  # 1 MB/s a stream: 16 KiB events every 16 ms.
+  target/release/examples/mock_upstream --listen "$fast_mock" --events 100000 --gap-ms 16 \
+    --event-bytes 16384 --stamp 2>"$WORK/fast-mock.log" &
+  PIDS+=($!)
+  printf 'listen = "%s"\n[providers.anthropic]\nbase_url = "http://%s"\nkeys = ["sk-bench-good-0000000000000000000001"]\n[providers.fast]\nkind = "anthropic"\nbase_url = "http://%s"\nkeys = ["sk-bench-good-0000000000000000000001"]\n' \
+    "$BRIDGE" "$MOCK" "$fast_mock" >"$WORK/streams.toml"
+  AIBRIDGE_CONFIG="$WORK/streams.toml" target/release/aibridge serve --no-state >/dev/null 2>"$WORK/aibridge.log" &
+  BRIDGE_PID=$!
+  PIDS+=($BRIDGE_PID)
+  wait_for_port "$MOCK"
+  wait_for_port "$fast_mock"
+  wait_for_port "$BRIDGE"
+  local idle
+  idle=$(rss_mb "$BRIDGE_PID")
+  say "$count streams direct to the mock"
+  target/release/examples/streams --url "http://$MOCK/v1/messages" --streams "$count" >"$OUT/streams-direct.json"
+  say "$count streams through serve"
+  target/release/examples/streams --url "http://$BRIDGE/anthropic/v1/messages" --streams "$count" \
+    >"$OUT/streams-bridge.json" &
+  local client=$! at_thousand="" peak=0 rss open
+  while kill -0 "$client" 2>/dev/null; do
+    rss=$(rss_mb "$BRIDGE_PID")
+    open=$(ss -Htn state established "( sport = :${BRIDGE#*:} )" | wc -l)
+    if [ -z "$at_thousand" ] && ((open >= 1000)); then at_thousand=$rss; fi
+    peak=$(awk -v a="$peak" -v b="$rss" 'BEGIN { print (b > a) ? b : a }')
+    sleep 0.5
+  done
+  wait "$client"
+  sleep 2
+  local after
+  after=$(rss_mb "$BRIDGE_PID")
+
+  mkdir -p "$WORK/nginx-tmp"
+  {
+    echo "worker_processes 2;"
+    echo "worker_rlimit_nofile $hard;"
+    echo "pid $WORK/nginx.pid;"
+    echo "error_log $WORK/nginx-error.log warn;"
+    echo "events { worker_connections 8192; }"
+    echo "http {"
+    echo "  access_log off;"
+    for temp in client_body proxy fastcgi uwsgi scgi; do echo "  ${temp}_temp_path $WORK/nginx-tmp/$temp;"; done
+    echo "  upstream fast { server $fast_mock; keepalive 256; }"
+    echo "  server {"
+    echo "    listen $NGINX;"
+    echo "    location / {"
+    echo "      proxy_pass http://fast;"
+    echo "      proxy_http_version 1.1;"
+    echo "      proxy_buffering off;"
+    echo "      proxy_set_header Connection \"\";"
+    echo "      proxy_set_header x-api-key \"sk-bench-good-0000000000000000000001\";"
+    echo "    }"
+    echo "  }"
+    echo "}"
+  } >"$WORK/nginx-streams.conf"
+  "$(command -v nginx || echo /usr/sbin/nginx)" -p "$WORK" -c "$WORK/nginx-streams.conf" -g 'daemon off;' &
+  NGINX_PID=$!
+  PIDS+=($NGINX_PID)
+  wait_for_port "$NGINX"
+  declare -gA FAST_CPU
+  say "$fast streams of 1 MB/s through serve"
+  fast_streams bridge-fast "http://$BRIDGE/fast/v1/messages" "$fast" "$fast_seconds" "$BRIDGE_PID"
+  say "$fast streams of 1 MB/s through nginx"
+  # shellcheck disable=SC2046
+  fast_streams nginx-fast "http://$NGINX/v1/messages" "$fast" "$fast_seconds" $(pgrep -P "$NGINX_PID")
+  local direct=$OUT/streams-direct.json bridged=$OUT/streams-bridge.json
+  local bridge_fast=$OUT/streams-bridge-fast.json nginx_fast=$OUT/streams-nginx-fast.json
+  {
+    echo "Streams on $(nproc) cores, $(uname -sr), open-file limit $hard; $(date -u +%Y-%m-%d)."
+    echo
+    echo "| measure | direct to the mock | through serve |"
+    echo "|---|---|---|"
+    echo "| streams held at once (60 events, 1 s apart) | $count | $count |"
+    echo "| streams failed | $(field "$direct" failed) | $(field "$bridged" failed) |"
+    echo "| events delivered (of $((count * 60))) | $(field "$direct" events) | $(field "$bridged" events) |"
+    echo "| event delay p50 / p99 / max ms | $(field "$direct" "'%s / %s / %s' % (delay_ms['p50'], delay_ms['p99'], delay_ms['max'])") | $(field "$bridged" "'%s / %s / %s' % (delay_ms['p50'], delay_ms['p99'], delay_ms['max'])") |"
+    echo "| serve RSS idle / at 1,000 streams / peak / 2 s after (MB) | | $idle / ${at_thousand:-n/a} / $peak / $after |"
+    echo "| serve memory per stream at the peak (KB) | | $(calc "($peak - $idle) * 1024 / $count") |"
+    echo
+    echo "| $fast streams of 1 MB/s for ${fast_seconds} s | through serve | through nginx |"
+    echo "|---|---|---|"
+    echo "| streams failed | $(field "$bridge_fast" failed) | $(field "$nginx_fast" failed) |"
+    echo "| relayed MB/s | $(field "$bridge_fast" "round(mb_per_second)") | $(field "$nginx_fast" "round(mb_per_second)") |"
+    echo "| event delay p50 / p99 ms | $(field "$bridge_fast" "'%s / %s' % (delay_ms['p50'], delay_ms['p99'])") | $(field "$nginx_fast" "'%s / %s' % (delay_ms['p50'], delay_ms['p99'])") |"
+    echo "| proxy CPU seconds per GB relayed | $(calc "${FAST_CPU[bridge-fast]} / ($(field "$bridge_fast" bytes) / 1e9)") | $(calc "${FAST_CPU[nginx-fast]} / ($(field "$nginx_fast" bytes) / 1e9)") |"
+  } | tee "$OUT/streams.md"
+}
+
+# fast_streams NAME URL COUNT SECONDS PIDS...: COUNT streams read for SECONDS; sets
+# FAST_CPU[NAME] to the CPU seconds (user and system) PIDS used meanwhile.
+fast_streams() {
+  local name=$1 url=$2 count=$3 seconds=$4 before after
+  shift 4
+  before=$(cpu_ticks "$@")
+  target/release/examples/streams --url "$url" --streams "$count" --seconds "$seconds" >"$OUT/streams-$name.json"
+  after=$(cpu_ticks "$@")
+  FAST_CPU[$name]=$(echo "$before $after" | awk -v hz="$(getconf CLK_TCK)" \
+    '{ printf "%.2f", (($3 - $1) + ($4 - $2)) / hz }')
+}
+
+# field FILE EXPRESSION: a Python expression over the JSON object in FILE.
+field() {
+  python3 -c 'import json, sys; print(eval(sys.argv[2], {}, json.load(open(sys.argv[1]))))' "$1" "$2"
+}
+
 case "${1:-}" in
   ab) shift; ab "$@" ;;
+  streams) streams ;;
   connections) connections ;;
   fleet) fleet ;;
   flood) flood ;;

@@ -7,7 +7,9 @@
 //!
 //! - `POST /v1/messages`, `/v1/chat/completions`, `/v1/responses`: a JSON answer of
 //!   `--body-bytes` bytes, or, when the request body has `"stream":true`, `--events` SSE
-//!   events `--gap-ms` apart in the route's own shape.
+//!   events `--gap-ms` apart in the route's own shape. With `--stamp`, each event's text
+//!   holds `@` and the microseconds since the epoch when it was sent (the `streams` example
+//!   reads it); `--event-bytes` pads each event's text to about that size.
 //! - `GET /v1/models` (and anything else): a small JSON list.
 //! - The key decides the status: a key containing `-429-` gets 429 with `retry-after-ms`
 //!   `--retry-after-ms`; `-401-` gets 401; `-403-` gets 403; any other key 200.
@@ -42,6 +44,12 @@ struct Args {
     /// The retry-after-ms a 429 carries
     #[arg(long, default_value_t = 60_000)]
     retry_after_ms: u64,
+    /// Put the time each event is sent in its text
+    #[arg(long)]
+    stamp: bool,
+    /// Pad each event's text to about this many bytes
+    #[arg(long, default_value_t = 0)]
+    event_bytes: usize,
 }
 
 struct Mock {
@@ -129,6 +137,7 @@ async fn handle(State(mock): State<Arc<Mock>>, request: Request) -> Response {
 /// `events` SSE events `gap_ms` apart, shaped for the route.
 fn stream(args: &Args, path: &str) -> Response {
     let (events, gap) = (args.events, Duration::from_millis(args.gap_ms));
+    let (stamp, padding) = (args.stamp, "x".repeat(args.event_bytes));
     let route = path.to_owned();
     let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     tokio::spawn(async move {
@@ -136,8 +145,17 @@ fn stream(args: &Args, path: &str) -> Response {
             if index > 0 {
                 tokio::time::sleep(gap).await;
             }
+            let mut text = index.to_string();
+            if stamp {
+                let sent = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                text.push_str(&format!(" @{}", sent.as_micros()));
+            }
+            text.push(' ');
+            text.push_str(&padding);
             if sender
-                .send(Ok(Bytes::from(event(&route, index))))
+                .send(Ok(Bytes::from(event(&route, &text))))
                 .await
                 .is_err()
             {
@@ -160,18 +178,18 @@ fn stream(args: &Args, path: &str) -> Response {
         .expect("valid response")
 }
 
-fn event(route: &str, index: usize) -> String {
+fn event(route: &str, text: &str) -> String {
     if route.ends_with("/chat/completions") {
         format!(
-            "data: {{\"id\":\"chatcmpl-bench\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{index} \"}}}}]}}\n\n"
+            "data: {{\"id\":\"chatcmpl-bench\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{text}\"}}}}]}}\n\n"
         )
     } else if route.ends_with("/responses") {
         format!(
-            "event: response.output_text.delta\ndata: {{\"type\":\"response.output_text.delta\",\"delta\":\"{index} \"}}\n\n"
+            "event: response.output_text.delta\ndata: {{\"type\":\"response.output_text.delta\",\"delta\":\"{text}\"}}\n\n"
         )
     } else {
         format!(
-            "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"{index} \"}}}}\n\n"
+            "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"{text}\"}}}}\n\n"
         )
     }
 }

@@ -4,6 +4,7 @@
 //! The HTTP client's own retries are off: this is the only retry loop, so each key failure is
 //! seen, marked and reported exactly once.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -13,7 +14,7 @@ use http_body_util::Full;
 use crate::health::Observation;
 use crate::keypool::{
     Assigned, AttemptLimit, DisableReason, Exhausted, ExhaustionKind, KeyState, Mark, MarkOutcome,
-    Permit, SessionId, StateReason,
+    Permit, PooledKey, SessionId, StateReason,
 };
 use crate::provider::bedrock::{self, AwsCredential, Plane};
 use crate::provider::{is_quota_error, may_signal_quota};
@@ -29,11 +30,11 @@ pub use upstream::{Credentials, Upstream};
 /// One try with one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attempt {
-    pub key_hint: String,
+    pub key_hint: Arc<str>,
     /// The pool key's index; `None` for a caller's own key.
     pub index: Option<usize>,
     /// `None` for a caller's own key, which is not tracked.
-    pub fingerprint: Option<String>,
+    pub fingerprint: Option<Arc<str>>,
     /// `None` when no response came.
     pub status: Option<u16>,
     /// The key's state after this attempt marked it; for a cooldown of one model, that
@@ -85,8 +86,8 @@ impl Attempt {
         Some(Observation {
             provider: upstream.name.to_string(),
             max_cooldown: upstream.pool.max_cooldown(),
-            fingerprint: self.fingerprint.clone()?,
-            hint: self.key_hint.clone(),
+            fingerprint: self.fingerprint.as_deref()?.to_owned(),
+            hint: self.key_hint.to_string(),
             status: self.status,
             mark: self.mark,
             model: self.model.clone(),
@@ -221,7 +222,7 @@ impl Walker {
         &self,
         upstream: &Upstream,
         request: &OutboundRequest,
-        key: &ApiKey,
+        key: &PooledKey,
     ) -> Result<Response, FailoverError> {
         self.execute(upstream, request, Some(key), Reuse::Pooled)
             .await
@@ -247,7 +248,7 @@ impl Walker {
             };
             let result = self.execute(upstream, request, None, reuse).await;
             let mut attempt = Attempt {
-                key_hint: key.hint(),
+                key_hint: key.hint().into(),
                 index: None,
                 fingerprint: None,
                 status: result
@@ -409,18 +410,17 @@ impl Walker {
         } else {
             Reuse::Fresh
         };
-        let result = self
-            .execute(upstream, request, Some(pooled.key()), reuse)
-            .await;
+        let result = self.execute(upstream, request, Some(pooled), reuse).await;
         let status = result
             .as_ref()
             .ok()
             .map(|response| response.status().as_u16());
         pool.record_attempt(index, status);
+        let (fingerprint, hint) = pooled.labels();
         let mut attempt = Attempt {
-            key_hint: pooled.hint().to_owned(),
+            key_hint: hint,
             index: Some(index),
-            fingerprint: Some(pooled.fingerprint().to_owned()),
+            fingerprint: Some(fingerprint),
             status,
             mark: None,
             model: None,
@@ -512,7 +512,7 @@ impl Walker {
         &self,
         upstream: &Upstream,
         request: &OutboundRequest,
-        key: Option<&ApiKey>,
+        key: Option<&PooledKey>,
         reuse: Reuse,
     ) -> Result<Response, Failed> {
         let cannot_send = |message: String| Failed {
@@ -524,7 +524,7 @@ impl Walker {
         // Read once: a signing provider's credential names the region and signs the attempt.
         let credential = match key.filter(|_| api.signs_requests()) {
             Some(key) => Some(
-                AwsCredential::parse(key.expose())
+                AwsCredential::parse(key.key().expose())
                     .ok_or_else(|| cannot_send("invalid Bedrock credential".to_owned()))?,
             ),
             None => None,
@@ -544,7 +544,7 @@ impl Walker {
         let headers = outbound.headers_mut();
         headers.clone_from(&request.headers);
         if let Some(key) = key {
-            api.apply_key(headers, key);
+            api.apply_key_value(headers, key.key_value(|key| api.key_value(key)));
         }
         if let Some(credential) = credential {
             let url = format!("{}{path}", destination.origin.prefix());

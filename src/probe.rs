@@ -80,7 +80,7 @@ async fn probe_once(walker: &Walker, upstream: &Upstream, index: usize) -> Probe
         Bytes::new(),
     );
     let started = Instant::now();
-    let result = walker.send_with_key(upstream, &request, key.key()).await;
+    let result = walker.send_with_key(upstream, &request, key).await;
     let mut probe = Probe::unanswered(upstream, index);
     let response = match result {
         Ok(response) => response,

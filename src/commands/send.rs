@@ -344,7 +344,7 @@ impl Send<'_> {
                 .iter()
                 .rev()
                 .find(|attempt| attempt.answered())
-                .map(|attempt| attempt.key_hint.clone()),
+                .map(|attempt| attempt.key_hint.to_string()),
             attempts: attempts.iter().map(AttemptReport::from).collect(),
             retry_after_secs,
             body: Value::Null,
@@ -591,7 +591,7 @@ struct AttemptReport {
 impl From<&Attempt> for AttemptReport {
     fn from(attempt: &Attempt) -> Self {
         Self {
-            key: attempt.key_hint.clone(),
+            key: attempt.key_hint.to_string(),
             status: attempt.status,
             mark: attempt.mark.map(KeyState::kind),
             cooldown_secs: match attempt.mark {

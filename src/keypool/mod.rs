@@ -14,11 +14,11 @@ mod state;
 mod walk;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
 use serde::{Deserialize, Serialize};
 
 pub use affinity::{Affinity, AffinityOutcome, Assigned, DEFAULT_MAX_SESSIONS, SessionId};
@@ -125,9 +125,10 @@ pub fn validate_keys(keys: &[ApiKey]) -> Result<(), PoolError> {
 #[derive(Debug)]
 pub struct PooledKey {
     key: ApiKey,
-    fingerprint: String,
+    /// Shared rather than copied into each attempt that reports it.
+    fingerprint: Arc<str>,
     /// The masked hint, worked out once: requests report it on every attempt.
-    hint: String,
+    hint: Arc<str>,
     requests: AtomicU64,
     failures: AtomicU64,
     /// Tokens its answers reported since start; shared with the answers still streaming.
@@ -140,6 +141,9 @@ pub struct PooledKey {
     last_used_ms: AtomicU64,
     /// Its attempts in each of the last minutes.
     history: history::History,
+    /// The key as its provider's auth header carries it, made on first use rather than
+    /// for every attempt (see [`Self::key_value`]).
+    key_value: OnceLock<Option<HeaderValue>>,
 }
 
 impl PooledKey {
@@ -150,8 +154,8 @@ impl PooledKey {
                 fingerprint: fingerprint.as_str().into(),
                 ..TokenTotals::default()
             }),
-            fingerprint,
-            hint: key.hint(),
+            fingerprint: fingerprint.into(),
+            hint: key.hint().into(),
             key,
             caps: None,
             requests: AtomicU64::new(0),
@@ -159,11 +163,21 @@ impl PooledKey {
             last_status: AtomicU16::new(0),
             last_used_ms: AtomicU64::new(0),
             history: history::History::default(),
+            key_value: OnceLock::new(),
         }
     }
 
     pub fn key(&self) -> &ApiKey {
         &self.key
+    }
+
+    /// The key's auth header value, made by `make` the first time. A pool serves one
+    /// provider, so every caller makes the same value. Cloning it later shares its bytes.
+    pub fn key_value(
+        &self,
+        make: impl FnOnce(&ApiKey) -> Option<HeaderValue>,
+    ) -> Option<&HeaderValue> {
+        self.key_value.get_or_init(|| make(&self.key)).as_ref()
     }
 
     pub fn fingerprint(&self) -> &str {
@@ -172,6 +186,11 @@ impl PooledKey {
 
     pub fn hint(&self) -> &str {
         &self.hint
+    }
+
+    /// The fingerprint and hint, shared, for an attempt to report.
+    pub fn labels(&self) -> (Arc<str>, Arc<str>) {
+        (self.fingerprint.clone(), self.hint.clone())
     }
 
     /// The key's token counters, for an answer to add its usage to when it ends.
@@ -295,7 +314,7 @@ impl Pool {
         let by_fingerprint = keys
             .iter()
             .enumerate()
-            .map(|(index, key)| (key.fingerprint.clone(), index))
+            .map(|(index, key)| (key.fingerprint.to_string(), index))
             .collect();
         let states = keys
             .iter()
@@ -637,7 +656,7 @@ impl Pool {
         KeySnapshot {
             index,
             hint: key.key.hint(),
-            fingerprint: key.fingerprint.clone(),
+            fingerprint: key.fingerprint.to_string(),
             state: self.state(index),
             models: self.models[index].live(now),
             last_status: match key.last_status.load(Ordering::Relaxed) {

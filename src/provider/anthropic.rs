@@ -4,11 +4,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Value, json};
 
-use super::{
-    ApiError, ApiRoute, Auth, ErrorShape, ProviderSpec, QuotaSignal, remove_credentials,
-    secret_value, sse_event,
-};
-use crate::secret::ApiKey;
+use super::{ApiError, ApiRoute, Auth, ErrorShape, ProviderSpec, QuotaSignal, sse_event};
 
 pub const ANTHROPIC: ProviderSpec = ProviderSpec {
     default_base_url: "https://api.anthropic.com",
@@ -37,9 +33,10 @@ const QUOTA_SIGNALS: [QuotaSignal; 1] = [QuotaSignal {
 }];
 
 /// `x-api-key: KEY`, and the API version when the caller sent none.
-pub(super) fn apply_key(headers: &mut HeaderMap, key: &ApiKey) {
-    remove_credentials(headers);
-    headers.insert(API_KEY_HEADER, secret_value(key.expose()));
+/// The key's value in `x-api-key` (the caller's credentials are gone already), and the
+/// API version when the caller named none.
+pub(super) fn apply_key_value(headers: &mut HeaderMap, value: HeaderValue) {
+    headers.insert(API_KEY_HEADER, value);
     headers
         .entry(VERSION_HEADER)
         .or_insert(HeaderValue::from_static(DEFAULT_VERSION));

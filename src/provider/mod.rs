@@ -142,13 +142,30 @@ impl ProviderSpec {
     /// Replaces any caller credential with `key` in the provider's auth header. A signing
     /// provider only loses the caller's credentials and signature here.
     pub fn apply_key(&self, headers: &mut HeaderMap, key: &ApiKey) {
+        self.apply_key_value(headers, self.key_value(key).as_ref());
+    }
+
+    /// What carries `key` in the provider's auth header (`KEY` or `Bearer KEY`), marked
+    /// sensitive; `None` for a signing provider, whose attempts carry a signature instead.
+    /// A pool key's is made once and kept (see [`crate::keypool::PooledKey::key_value`]).
+    pub fn key_value(&self, key: &ApiKey) -> Option<HeaderValue> {
         match self.auth {
-            Auth::ApiKeyHeader => anthropic::apply_key(headers, key),
-            Auth::Bearer => set_bearer(headers, key),
-            Auth::AwsSigV4 => {
-                remove_credentials(headers);
-                bedrock::remove_caller_signature(headers);
+            Auth::ApiKeyHeader => Some(secret_value(key.expose())),
+            Auth::Bearer => Some(secret_value(&format!("Bearer {}", key.expose()))),
+            Auth::AwsSigV4 => None,
+        }
+    }
+
+    /// [`Self::apply_key`] with the key's value made already.
+    pub fn apply_key_value(&self, headers: &mut HeaderMap, value: Option<&HeaderValue>) {
+        remove_credentials(headers);
+        match (self.auth, value) {
+            (Auth::ApiKeyHeader, Some(value)) => anthropic::apply_key_value(headers, value.clone()),
+            (Auth::Bearer, Some(value)) => {
+                headers.insert(header::AUTHORIZATION, value.clone());
             }
+            (Auth::AwsSigV4, _) => bedrock::remove_caller_signature(headers),
+            (_, None) => {}
         }
     }
 
@@ -332,14 +349,6 @@ pub fn remove_credentials(headers: &mut HeaderMap) {
     for name in &CREDENTIAL_HEADERS {
         headers.remove(name);
     }
-}
-
-fn set_bearer(headers: &mut HeaderMap, key: &ApiKey) {
-    remove_credentials(headers);
-    headers.insert(
-        header::AUTHORIZATION,
-        secret_value(&format!("Bearer {}", key.expose())),
-    );
 }
 
 /// A header value marked sensitive, so http's own Debug output hides it too.

@@ -38,7 +38,7 @@ use arc_swap::ArcSwap;
 use axum::Router;
 use axum::body::Body;
 use axum::routing::{get, post};
-use http::{HeaderMap, HeaderValue};
+use http::HeaderMap;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -192,12 +192,16 @@ impl Bridge {
     /// whatever the tokens: which of its values counts would depend on who reads it, and
     /// the one not checked could be a token on its way upstream.
     fn authorize(&self, headers: &mut HeaderMap) -> Result<(), ApiError> {
-        if let Some(name) = ambiguous_credential(headers) {
+        let carried = CarriedCredentials::of(headers);
+        if let Some(name) = carried.ambiguous() {
             return Err(ApiError::bad_request(format!(
                 "the {name} header is repeated or holds a list: send one credential"
             )));
         }
-        let dedicated = headers.remove(TOKEN_HEADER);
+        let dedicated = carried
+            .holds(&TOKEN_HEADER)
+            .then(|| headers.remove(TOKEN_HEADER))
+            .flatten();
         if self.tokens.is_empty() {
             return Ok(());
         }
@@ -235,21 +239,52 @@ static CREDENTIAL_CARRIERS: [http::HeaderName; 3] = [
     TOKEN_HEADER,
 ];
 
-/// The first header that may carry a credential and is repeated, or holds a
-/// comma-separated list of credentials.
-fn ambiguous_credential(headers: &HeaderMap) -> Option<&'static http::HeaderName> {
-    CREDENTIAL_CARRIERS.iter().find(|name| {
-        let mut values = headers.get_all(*name).iter();
-        let first = values.next();
-        let listed = |value: &HeaderValue| {
-            if *name == http::header::AUTHORIZATION {
+/// What the headers that may carry a credential hold, read in one pass over the request's
+/// headers: four lookups by name cost more than one look at each of a request's few headers.
+struct CarriedCredentials {
+    /// How many values each of [`CREDENTIAL_CARRIERS`] has.
+    values: [usize; CREDENTIAL_CARRIERS.len()],
+    /// Whether one of its values holds a comma-separated list of credentials.
+    listed: [bool; CREDENTIAL_CARRIERS.len()],
+}
+
+impl CarriedCredentials {
+    fn of(headers: &HeaderMap) -> Self {
+        let mut carried = Self {
+            values: [0; CREDENTIAL_CARRIERS.len()],
+            listed: [false; CREDENTIAL_CARRIERS.len()],
+        };
+        for (name, value) in headers {
+            let Some(index) = CREDENTIAL_CARRIERS
+                .iter()
+                .position(|carrier| carrier == name)
+            else {
+                continue;
+            };
+            carried.values[index] += 1;
+            carried.listed[index] |= if *name == http::header::AUTHORIZATION {
                 holds_several_credentials(value.as_bytes())
             } else {
                 value.as_bytes().contains(&b',')
-            }
-        };
-        values.next().is_some() || first.is_some_and(listed)
-    })
+            };
+        }
+        carried
+    }
+
+    fn holds(&self, name: &http::HeaderName) -> bool {
+        CREDENTIAL_CARRIERS
+            .iter()
+            .zip(self.values)
+            .any(|(carrier, values)| carrier == name && values > 0)
+    }
+
+    /// The first header that may carry a credential and is repeated, or holds a
+    /// comma-separated list of credentials.
+    fn ambiguous(&self) -> Option<&'static http::HeaderName> {
+        (0..CREDENTIAL_CARRIERS.len())
+            .find(|&index| self.values[index] > 1 || self.listed[index])
+            .map(|index| &CREDENTIAL_CARRIERS[index])
+    }
 }
 
 /// Whether an `Authorization` value is a list of credentials (`Bearer a, Bearer b`) rather
@@ -700,18 +735,23 @@ mod tests {
 
     #[test]
     fn repeated_credential_headers_are_ambiguous() {
+        use http::HeaderValue;
         let mut headers = HeaderMap::new();
         headers.append("x-api-key", HeaderValue::from_static("a"));
-        assert_eq!(ambiguous_credential(&headers), None);
+        assert_eq!(CarriedCredentials::of(&headers).ambiguous(), None);
         headers.append("x-api-key", HeaderValue::from_static("b"));
         assert_eq!(
-            ambiguous_credential(&headers).map(|name| name.as_str()),
+            CarriedCredentials::of(&headers)
+                .ambiguous()
+                .map(|name| name.as_str()),
             Some("x-api-key")
         );
         let mut headers = HeaderMap::new();
         headers.insert("x-aibridge-token", HeaderValue::from_static("t1,t2"));
         assert_eq!(
-            ambiguous_credential(&headers).map(|name| name.as_str()),
+            CarriedCredentials::of(&headers)
+                .ambiguous()
+                .map(|name| name.as_str()),
             Some("x-aibridge-token")
         );
     }

@@ -66,7 +66,7 @@ impl Completion {
         route: ApiRoute,
         attempts: usize,
         started: Instant,
-        record: Option<RequestRecord>,
+        record: Option<Box<RequestRecord>>,
     ) -> Self {
         Self {
             worker,
@@ -75,7 +75,7 @@ impl Completion {
             status: 0,
             attempts,
             started,
-            record: record.map(Box::new),
+            record,
             tap: None,
             answered_by: None,
             permit: None,

@@ -19,7 +19,19 @@ pub struct RequestFacts {
 impl RequestFacts {
     /// Reads the request body; anything that is not a JSON object yields no facts.
     pub fn read(body: &[u8]) -> Self {
-        let mut facts: Self = serde_json::from_slice(body).unwrap_or_default();
+        let mut facts = match scan::request_facts(body) {
+            None => return Self::default(),
+            Some(raw) if raw.escaped => serde_json::from_slice(body).unwrap_or_default(),
+            Some(raw) => Self {
+                model: match raw.model.map(std::str::from_utf8) {
+                    Some(Ok(model)) => Some(model.to_owned()),
+                    // serde refuses the whole body then.
+                    Some(Err(_)) => return Self::default(),
+                    None => None,
+                },
+                stream: raw.stream,
+            },
+        };
         // The caller's own text: bounded and escaped before it reaches the log.
         if let Some(model) = &mut facts.model {
             *model = crate::text::shown_owned(model);
@@ -370,6 +382,47 @@ mod tests {
             }
         );
         assert_eq!(RequestFacts::read(b"not json"), RequestFacts::default());
+    }
+
+    /// The scanner's facts are serde's on every body serde reads, escapes included.
+    #[test]
+    fn request_facts_are_what_serde_reads() {
+        let by_serde = |body: &str| -> RequestFacts {
+            let mut facts: RequestFacts = serde_json::from_str(body).unwrap_or_default();
+            if let Some(model) = &mut facts.model {
+                *model = crate::text::shown_owned(model);
+            }
+            facts
+        };
+        for body in [
+            r#"{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"Hi"}]}"#,
+            r#" { "messages" : [ {"content": "a \"model\": \"fake\", {[ \\"} ], "stream" : true , "model" : "gpt-4.1" } "#,
+            r#"{"model":null,"stream":false}"#,
+            r#"{"stream":true}"#,
+            r#"{}"#,
+            r#"{"model":"m\u00e9\n\u001b[2J"}"#,
+            r#"{"mod\u0065l":"escaped-name","stream":true}"#,
+            r#"{"model":"gpt-4o","metadata":{"model":"inner","stream":true},"tools":[[1,2],{"a":null}]}"#,
+            r#"{"model":"a","model":"b"}"#,
+            r#"{"stream":true,"stream":false}"#,
+            r#"{"model":7}"#,
+            r#"{"model":"x","stream":"yes"}"#,
+            r#"{"model":"x","stream":null}"#,
+            r#"{"model":"x"} {"#,
+            r#"{"model":"x""#,
+            r#"{"model":"x",}"#,
+            r#"["model","x"]"#,
+            "",
+            "null",
+        ] {
+            assert_eq!(
+                RequestFacts::read(body.as_bytes()),
+                by_serde(body),
+                "{body}"
+            );
+        }
+        let invalid_utf8 = b"{\"model\":\"\xff\"}";
+        assert_eq!(RequestFacts::read(invalid_utf8), RequestFacts::default());
     }
 
     #[test]

@@ -5,8 +5,8 @@ fn attempt(status: Option<u16>, mark: Option<KeyState>) -> Attempt {
     Attempt {
         index: None,
         model_reason: crate::keypool::StateReason::RateLimited,
-        key_hint: "sk-a...efgh".to_owned(),
-        fingerprint: Some("f".to_owned()),
+        key_hint: "sk-a...efgh".into(),
+        fingerprint: Some("f".into()),
         status,
         mark,
         model: None,

@@ -63,7 +63,7 @@ pub fn dump_request(
         Credentials::Pool => upstream
             .kind
             .api()
-            .apply_key(&mut headers, &ApiKey::new(attempt.key_hint.as_str())),
+            .apply_key(&mut headers, &ApiKey::new(&*attempt.key_hint)),
         Credentials::Caller(_) => {
             for name in &CREDENTIAL_HEADERS {
                 let masked = credential_in(&headers, name)
@@ -82,7 +82,7 @@ pub fn dump_request(
         attempt: 0,
         provider: upstream.name.to_string(),
         time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-        key: attempt.key_hint.clone(),
+        key: attempt.key_hint.to_string(),
         request: message,
         response: Value::Null,
     }

@@ -51,14 +51,20 @@ pub(super) fn request_id(app: &AppState) -> u64 {
 pub(super) struct Refused {
     worker: Worker,
     provider: String,
-    record: Option<RequestRecord>,
+    record: Option<Box<RequestRecord>>,
 }
 
 impl Refused {
     pub(super) fn new(worker: Worker, provider: &str, method: &Method, path: &str) -> Self {
         let app = worker.app;
         let record = app.journal.logs_refusal().then(|| {
-            RequestRecord::unanswered(request_id(app), provider, method, path, ApiRoute::Other)
+            RequestRecord::unanswered(
+                request_id(app),
+                provider.into(),
+                method,
+                path,
+                ApiRoute::Other,
+            )
         });
         Self {
             worker,
@@ -130,7 +136,7 @@ impl Drop for Abandoned<'_> {
         let record = app.journal.logging().then(|| {
             RequestRecord::unanswered(
                 request_id(app),
-                self.provider,
+                self.provider.into(),
                 &request.method,
                 &request.path_and_query,
                 self.route,
