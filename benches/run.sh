@@ -104,6 +104,8 @@ start_services() {
       echo "[providers.failover-$n]"
       echo "kind = \"anthropic\""
       echo "base_url = \"http://$MOCK\""
+      # The whole pool, so the good key at its end is reached (4 tries by default).
+      echo "max_attempts = 0"
       echo "keys = [$bad$good]"
     done
   } >"$WORK/aibridge.toml"

@@ -129,6 +129,8 @@ pub struct PooledKey {
     fingerprint: Arc<str>,
     /// The masked hint, worked out once: requests report it on every attempt.
     hint: Arc<str>,
+    /// The hint as a header value, for the answers it gives (`x-aibridge-key`).
+    hint_value: HeaderValue,
     requests: AtomicU64,
     failures: AtomicU64,
     /// Tokens its answers reported since start; shared with the answers still streaming.
@@ -149,13 +151,15 @@ pub struct PooledKey {
 impl PooledKey {
     fn new(key: ApiKey) -> Self {
         let fingerprint = key.fingerprint();
+        let hint = key.hint();
         Self {
             tokens: Arc::new(TokenTotals {
                 fingerprint: fingerprint.as_str().into(),
                 ..TokenTotals::default()
             }),
             fingerprint: fingerprint.into(),
-            hint: key.hint().into(),
+            hint_value: HeaderValue::from_str(&hint).unwrap_or(HeaderValue::from_static("****")),
+            hint: hint.into(),
             key,
             caps: None,
             requests: AtomicU64::new(0),
@@ -186,6 +190,10 @@ impl PooledKey {
 
     pub fn hint(&self) -> &str {
         &self.hint
+    }
+
+    pub fn hint_value(&self) -> &HeaderValue {
+        &self.hint_value
     }
 
     /// The fingerprint and hint, shared, for an attempt to report.

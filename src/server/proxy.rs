@@ -302,7 +302,7 @@ async fn answer(
         target.route,
         response,
         completion,
-        &answering.key_hint,
+        key_value(upstream, answering),
     )
     .await;
     note_wait(relayed.headers_mut(), exchange.waited);
@@ -481,6 +481,14 @@ fn record_marks(app: &AppState, upstream: &Upstream, attempts: &[Attempt]) {
 
 /// Which pool key answered, as its hint.
 const KEY_HEADER: HeaderName = HeaderName::from_static("x-aibridge-key");
+
+/// The answering key's hint as a header value: a pool key's is made once and shared.
+fn key_value(upstream: &Upstream, answering: &Attempt) -> Option<HeaderValue> {
+    match answering.index {
+        Some(index) => Some(upstream.pool.key(index).hint_value().clone()),
+        None => HeaderValue::from_str(&answering.key_hint).ok(),
+    }
+}
 /// How many attempts the request took.
 const ATTEMPTS_HEADER: HeaderName = HeaderName::from_static("x-aibridge-attempts");
 
@@ -506,7 +514,7 @@ async fn relay_response(
     route: ApiRoute,
     response: UpstreamResponse,
     completion: Completion,
-    key: &str,
+    key: Option<HeaderValue>,
 ) -> Response {
     let content_length = transport::content_length(&response);
     let (parts, body) = response.into_parts();
@@ -529,7 +537,7 @@ async fn relay_response(
     let mut headers = parts.headers;
     // A stream is relayed event by event; anything else with the length it declared.
     transport::strip_hop_by_hop(&mut headers, content_length.filter(|_| !is_stream));
-    if let Ok(value) = HeaderValue::from_str(key) {
+    if let Some(value) = key {
         headers.insert(KEY_HEADER, value);
     }
     headers.insert(ATTEMPTS_HEADER, count_value(completion.attempts()));
