@@ -16,6 +16,7 @@ mod dump;
 mod record;
 
 pub use dump::{AttemptDump, dump_failed_attempts, dump_request, http_message};
+use record::LineClock;
 pub use record::{Outcome, RequestRecord};
 
 enum Entry {
@@ -37,6 +38,8 @@ pub struct Journal {
     logging: bool,
     dumping: bool,
     refusals: RefusalBudget,
+    /// Writes each line's time; shared by the workers.
+    clock: LineClock,
 }
 
 /// Refused requests cost a caller nothing to send, so at most [`REFUSALS_LOGGED_PER_SECOND`]
@@ -85,6 +88,7 @@ impl Journal {
                 logging: false,
                 dumping: false,
                 refusals: RefusalBudget::default(),
+                clock: LineClock::default(),
             });
         }
         let log = request_log
@@ -116,6 +120,7 @@ impl Journal {
             logging: request_log.is_some(),
             dumping,
             refusals: RefusalBudget::default(),
+            clock: LineClock::default(),
         })
     }
 
@@ -145,7 +150,7 @@ impl Journal {
             return;
         }
         if let Some(sender) = &self.sender {
-            let mut line = record.to_line();
+            let mut line = record.to_line(&self.clock);
             line.push(b'\n');
             let _ = sender.send(Entry::Line(line));
         }
