@@ -2,7 +2,7 @@
 //!
 //! The line is written field by field ([`RequestRecord::to_line`]) rather than by serde's
 //! derive, which runs every field name and value through its escaper a byte at a time:
-//! about 6,000 instructions a line for the bench's request against about 1,100 (callgrind,
+//! about 6,000 instructions a line for the bench's request against about 1,900 (callgrind,
 //! see BENCHMARKS.md). The derive stays, as the reference a test holds the line to.
 
 use std::sync::{Arc, Mutex, PoisonError};
