@@ -79,6 +79,39 @@ wait_for_port() {
 
 rss_mb() { awk '/VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
 
+# write_nginx_conf FILE UPSTREAM [MAIN_DIRECTIVE [LOCATION_DIRECTIVE]]: nginx proxying
+# $NGINX to UPSTREAM with pooled upstream connections and the bench's key, as the bridge does.
+write_nginx_conf() {
+  local file=$1 upstream=$2 main=${3:-} location=${4:-}
+  mkdir -p "$WORK/nginx-tmp"
+  cat >"$file" <<EOF
+worker_processes 2;
+$main
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log warn;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx-tmp/body;
+  proxy_temp_path $WORK/nginx-tmp/proxy;
+  fastcgi_temp_path $WORK/nginx-tmp/fastcgi;
+  uwsgi_temp_path $WORK/nginx-tmp/uwsgi;
+  scgi_temp_path $WORK/nginx-tmp/scgi;
+  upstream mock { server $upstream; keepalive 256; }
+  server {
+    listen $NGINX;
+    location / {
+      proxy_pass http://mock;
+      proxy_http_version 1.1;
+      $location
+      proxy_set_header Connection "";
+      proxy_set_header x-api-key "sk-bench-good-0000000000000000000001";
+    }
+  }
+}
+EOF
+}
+
 start_services() {
   ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
   target/release/examples/mock_upstream --listen "$MOCK" --events 20 --gap-ms 10 2>"$WORK/mock.log" &
@@ -117,31 +150,7 @@ start_services() {
   BRIDGE_PID=$!
   PIDS+=($BRIDGE_PID)
 
-  mkdir -p "$WORK/nginx-tmp"
-  cat >"$WORK/nginx.conf" <<EOF
-worker_processes 2;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx-error.log warn;
-events { worker_connections 8192; }
-http {
-  access_log off;
-  client_body_temp_path $WORK/nginx-tmp/body;
-  proxy_temp_path $WORK/nginx-tmp/proxy;
-  fastcgi_temp_path $WORK/nginx-tmp/fastcgi;
-  uwsgi_temp_path $WORK/nginx-tmp/uwsgi;
-  scgi_temp_path $WORK/nginx-tmp/scgi;
-  upstream mock { server $MOCK; keepalive 256; }
-  server {
-    listen $NGINX;
-    location / {
-      proxy_pass http://mock;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header x-api-key "sk-bench-good-0000000000000000000001";
-    }
-  }
-}
-EOF
+  write_nginx_conf "$WORK/nginx.conf" "$MOCK"
   "$(command -v nginx || echo /usr/sbin/nginx)" -p "$WORK" -c "$WORK/nginx.conf" -g 'daemon off;' &
   NGINX_PID=$!
   PIDS+=($NGINX_PID)
@@ -744,29 +753,9 @@ streams() {
   local after
   after=$(rss_mb "$BRIDGE_PID")
 
-  mkdir -p "$WORK/nginx-tmp"
-  {
-    echo "worker_processes 2;"
-    echo "worker_rlimit_nofile $hard;"
-    echo "pid $WORK/nginx.pid;"
-    echo "error_log $WORK/nginx-error.log warn;"
-    echo "events { worker_connections 8192; }"
-    echo "http {"
-    echo "  access_log off;"
-    for temp in client_body proxy fastcgi uwsgi scgi; do echo "  ${temp}_temp_path $WORK/nginx-tmp/$temp;"; done
-    echo "  upstream fast { server $fast_mock; keepalive 256; }"
-    echo "  server {"
-    echo "    listen $NGINX;"
-    echo "    location / {"
-    echo "      proxy_pass http://fast;"
-    echo "      proxy_http_version 1.1;"
-    echo "      proxy_buffering off;"
-    echo "      proxy_set_header Connection \"\";"
-    echo "      proxy_set_header x-api-key \"sk-bench-good-0000000000000000000001\";"
-    echo "    }"
-    echo "  }"
-    echo "}"
-  } >"$WORK/nginx-streams.conf"
+  # Unbuffered, as serve relays a stream, and allowed the descriptors serve is.
+  write_nginx_conf "$WORK/nginx-streams.conf" "$fast_mock" "worker_rlimit_nofile $hard;" \
+    "proxy_buffering off;"
   "$(command -v nginx || echo /usr/sbin/nginx)" -p "$WORK" -c "$WORK/nginx-streams.conf" -g 'daemon off;' &
   NGINX_PID=$!
   PIDS+=($NGINX_PID)

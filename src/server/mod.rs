@@ -198,10 +198,12 @@ impl Bridge {
                 "the {name} header is repeated or holds a list: send one credential"
             )));
         }
-        let dedicated = carried
-            .holds(&TOKEN_HEADER)
-            .then(|| headers.remove(TOKEN_HEADER))
-            .flatten();
+        // Removed only when present: a removal is a lookup, and most requests carry none.
+        let dedicated = if carried.holds(&TOKEN_HEADER) {
+            headers.remove(TOKEN_HEADER)
+        } else {
+            None
+        };
         if self.tokens.is_empty() {
             return Ok(());
         }
