@@ -33,6 +33,11 @@ const HEAD: &str = "POST /anthropic/v1/messages HTTP/1.1\r\nhost: 127.0.0.1\r\n"
 /// Sends one whole request on `stream` and reads its answer's status line and headers.
 fn exchange(stream: &mut TcpStream) -> String {
     write!(stream, "{HEAD}content-length: 2\r\n\r\n{{}}").unwrap();
+    read_head(stream)
+}
+
+/// Reads an answer's status line and headers from `stream`, and the small body after them.
+fn read_head(stream: &mut TcpStream) -> String {
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
@@ -339,4 +344,60 @@ fn a_request_head_larger_than_64_kib_is_refused() {
         assert!(answer.starts_with(expected), "{size}: {answer}");
     }
     assert_eq!(mock.requests().len(), 1);
+}
+
+#[test]
+fn an_http2_client_with_prior_knowledge_is_served() {
+    let mock = MockUpstream::start();
+    let server = bridge(&mock, "").serve();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let response = client
+        .post(server.url("/anthropic/v1/messages"))
+        .body(r#"{"model":"m"}"#)
+        .send()
+        .unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    let received = mock.requests();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].body, r#"{"model":"m"}"#);
+    assert_eq!(received[0].key.as_deref(), Some(K1));
+}
+
+#[test]
+fn a_head_whose_first_byte_could_begin_http2_is_read_as_http1() {
+    let mock = MockUpstream::start();
+    let server = bridge(&mock, "").serve();
+    let mut stream = TcpStream::connect(server.address()).unwrap();
+    // "P" alone could begin HTTP/2's preface: the bridge must read on to tell.
+    stream.write_all(b"P").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let rest = HEAD.strip_prefix('P').unwrap();
+    write!(stream, "{rest}content-length: 2\r\n\r\n{{}}").unwrap();
+    let answer = read_head(&mut stream);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(mock.requests()[0].path, "/v1/messages");
+}
+
+#[test]
+fn shutdown_does_not_wait_for_a_connection_that_never_spoke() {
+    let mock = MockUpstream::start();
+    let mut server = bridge(&mock, "client_first_byte_timeout = \"60s\"").serve();
+    let mut silent = TcpStream::connect(server.address()).unwrap();
+    let mut prompt = TcpStream::connect(server.address()).unwrap();
+    assert!(exchange(&mut prompt).starts_with("HTTP/1.1 200"));
+    let asked = Instant::now();
+    server.signal("TERM");
+    assert_eq!(server.wait(), 0);
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert!(closed_within(&mut silent, Duration::from_secs(1)));
 }

@@ -312,6 +312,10 @@ impl<T> Tracked<T> {
         Self { io, activity }
     }
 
+    pub fn get_ref(&self) -> &T {
+        &self.io
+    }
+
     fn note_written(&self, result: &Poll<std::io::Result<usize>>) {
         if matches!(result, Poll::Ready(Ok(written)) if *written > 0) {
             self.activity.wrote();

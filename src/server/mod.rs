@@ -21,6 +21,7 @@ mod journal;
 mod lifecycle;
 mod metrics;
 mod page;
+mod protocol;
 mod proxy;
 mod recheck;
 mod relay;
@@ -40,7 +41,7 @@ use axum::body::Body;
 use axum::routing::{get, post};
 use http::HeaderMap;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tower::ServiceExt;
 
@@ -546,6 +547,9 @@ fn serve_worker(
         let clock = Arc::new(clients::CoarseClock::new());
         tokio::spawn(keep_timer_wakeups_near(clock.clone()));
         let connections = GracefulShutdown::new();
+        let builders = Arc::new(protocol::Builders::new(MAX_REQUEST_HEAD));
+        // Connections still waiting for their first bytes stop when this sender drops.
+        let (stop_waiting, stopping) = tokio::sync::watch::channel(());
         while let Some(Accepted {
             stream,
             open,
@@ -572,18 +576,19 @@ fn serve_worker(
                 dispatch(worker, operator_routes.clone(), request, noted.request())
             });
             let io = TokioIo::new(clients::Tracked::new(stream, activity.clone()));
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            // A request head as large as real clients send, and no larger: 3,000 slow heads
-            // of 400 KB would otherwise hold 1.2 GB.
-            builder.http1().max_buf_size(MAX_REQUEST_HEAD);
-            builder
-                .http2()
-                .max_header_list_size(MAX_REQUEST_HEAD as u32);
-            let connection = builder.serve_connection(io, service).into_owned();
-            let connection = connections.watch(connection);
+            // Subscribed now, so that a shutdown while the connection waits is not missed.
+            let watcher = connections.watcher();
+            let (builders, mut stopping) = (builders.clone(), stopping.clone());
             let serving = tokio::spawn(async move {
-                // A client that goes away mid-request is not the server's error.
-                let _ = connection.await;
+                let start = tokio::select! {
+                    start = protocol::start_of(io.inner().get_ref()) => start,
+                    _ = stopping.changed() => None,
+                };
+                if let Some(start) = start {
+                    let connection = builders.for_start(start).serve_connection(io, service);
+                    // A client that goes away mid-request is not the server's error.
+                    let _ = watcher.watch(connection).await;
+                }
                 drop((open, address));
             });
             let serving = serving.abort_handle();
@@ -600,6 +605,7 @@ fn serve_worker(
             activity.watched_by(watchdog.abort_handle());
         }
         // Let requests in flight finish, and close idle connections.
+        drop(stop_waiting);
         connections.shutdown().await;
         Ok(())
     })
