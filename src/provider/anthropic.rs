@@ -20,7 +20,8 @@ pub const ANTHROPIC: ProviderSpec = ProviderSpec {
 /// The version sent when the caller names none; the API rejects requests without one.
 const DEFAULT_VERSION: &str = "2023-06-01";
 // Constants, so the names are checked once at compile time rather than on every request.
-const API_KEY_HEADER: HeaderName = HeaderName::from_static("x-api-key");
+/// Callers of every provider may carry a key in it.
+pub(super) const API_KEY_HEADER: HeaderName = HeaderName::from_static("x-api-key");
 const VERSION_HEADER: HeaderName = HeaderName::from_static("anthropic-version");
 
 /// A key whose account has no credit left answers 400, which is otherwise the caller's
@@ -32,9 +33,8 @@ const QUOTA_SIGNALS: [QuotaSignal; 1] = [QuotaSignal {
     message_contains: Some("credit balance is too low"),
 }];
 
-/// `x-api-key: KEY`, and the API version when the caller sent none.
-/// The key's value in `x-api-key` (the caller's credentials are gone already), and the
-/// API version when the caller named none.
+/// The key's value in `x-api-key`, in place of any the caller sent, and the API version
+/// when the caller named none.
 pub(super) fn apply_key_value(headers: &mut HeaderMap, value: HeaderValue) {
     headers.insert(API_KEY_HEADER, value);
     headers

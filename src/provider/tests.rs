@@ -29,8 +29,10 @@ fn caller_credential_from_either_header() {
 #[test]
 fn anthropic_key_replaces_caller_credentials_and_sets_version() {
     let mut map = headers(&[("authorization", "Bearer caller"), ("x-api-key", "caller")]);
+    map.append("x-api-key", HeaderValue::from_static("second"));
     ANTHROPIC.apply_key(&mut map, &ApiKey::new("sk-ant-pool"));
-    assert_eq!(map.get("x-api-key").unwrap(), "sk-ant-pool");
+    let keys: Vec<_> = map.get_all("x-api-key").iter().collect();
+    assert_eq!(keys, ["sk-ant-pool"]);
     assert!(map.get("authorization").is_none());
     assert_eq!(map.get("anthropic-version").unwrap(), "2023-06-01");
 
@@ -42,9 +44,11 @@ fn anthropic_key_replaces_caller_credentials_and_sets_version() {
 #[test]
 fn openai_and_copilot_use_bearer() {
     for api in [ProviderKind::OpenAi.api(), ProviderKind::Copilot.api()] {
-        let mut map = headers(&[("x-api-key", "caller")]);
+        let mut map = headers(&[("x-api-key", "caller"), ("authorization", "Bearer one")]);
+        map.append("authorization", HeaderValue::from_static("Bearer two"));
         api.apply_key(&mut map, &ApiKey::new("sk-pool"));
-        assert_eq!(map.get("authorization").unwrap(), "Bearer sk-pool");
+        let authorizations: Vec<_> = map.get_all("authorization").iter().collect();
+        assert_eq!(authorizations, ["Bearer sk-pool"]);
         assert!(map.get("x-api-key").is_none());
         assert!(format!("{map:?}").contains("Sensitive"));
     }
