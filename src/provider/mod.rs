@@ -157,9 +157,10 @@ impl ProviderSpec {
     }
 
     /// [`Self::apply_key`] with the key's value made already.
+    ///
     /// The key's own header is overwritten, every value of it at once, rather than removed
-    /// and added again: a removal that finds the header moves the map's entries (about 200
-    /// instructions an attempt).
+    /// and added again: a removal that finds the header moves the map's entries (this way
+    /// costs about 260 instructions less an attempt).
     pub fn apply_key_value(&self, headers: &mut HeaderMap, value: Option<&HeaderValue>) {
         match (self.auth, value) {
             (Auth::ApiKeyHeader, Some(value)) => {

@@ -55,8 +55,7 @@ impl Builders {
     /// `max_request_head` bytes: as large as real clients send, and no larger (3,000 slow
     /// heads of 400 KB would otherwise hold 1.2 GB).
     pub fn new(max_request_head: usize) -> Self {
-        let limited = |builder: Builder<TokioExecutor>| {
-            let mut builder = builder;
+        let limited = |mut builder: Builder<TokioExecutor>| {
             builder.http1().max_buf_size(max_request_head);
             builder
                 .http2()
