@@ -150,14 +150,14 @@ pub struct PooledKey {
 
 impl PooledKey {
     fn new(key: ApiKey) -> Self {
-        let fingerprint = key.fingerprint();
+        let fingerprint: Arc<str> = key.fingerprint().into();
         let hint = key.hint();
         Self {
             tokens: Arc::new(TokenTotals {
-                fingerprint: fingerprint.as_str().into(),
+                fingerprint: fingerprint.clone(),
                 ..TokenTotals::default()
             }),
-            fingerprint: fingerprint.into(),
+            fingerprint,
             hint_value: HeaderValue::from_str(&hint).unwrap_or(HeaderValue::from_static("****")),
             hint: hint.into(),
             key,
@@ -210,8 +210,8 @@ impl PooledKey {
 /// Tokens one key's answers reported since start.
 #[derive(Debug, Default)]
 pub struct TokenTotals {
-    /// The key's fingerprint, the label its tokens are counted under.
-    fingerprint: Box<str>,
+    /// The key's fingerprint, the label its tokens are counted under; its key's, shared.
+    fingerprint: Arc<str>,
     input: AtomicU64,
     output: AtomicU64,
     cache_read: AtomicU64,

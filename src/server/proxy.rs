@@ -302,7 +302,7 @@ async fn answer(
         target.route,
         response,
         completion,
-        key_value(upstream, answering),
+        hint_value(upstream, answering),
     )
     .await;
     note_wait(relayed.headers_mut(), exchange.waited);
@@ -483,12 +483,13 @@ fn record_marks(app: &AppState, upstream: &Upstream, attempts: &[Attempt]) {
 const KEY_HEADER: HeaderName = HeaderName::from_static("x-aibridge-key");
 
 /// The answering key's hint as a header value: a pool key's is made once and shared.
-fn key_value(upstream: &Upstream, answering: &Attempt) -> Option<HeaderValue> {
+fn hint_value(upstream: &Upstream, answering: &Attempt) -> Option<HeaderValue> {
     match answering.index {
         Some(index) => Some(upstream.pool.key(index).hint_value().clone()),
         None => HeaderValue::from_str(&answering.key_hint).ok(),
     }
 }
+
 /// How many attempts the request took.
 const ATTEMPTS_HEADER: HeaderName = HeaderName::from_static("x-aibridge-attempts");
 
@@ -514,7 +515,7 @@ async fn relay_response(
     route: ApiRoute,
     response: UpstreamResponse,
     completion: Completion,
-    key: Option<HeaderValue>,
+    hint: Option<HeaderValue>,
 ) -> Response {
     let content_length = transport::content_length(&response);
     let (parts, body) = response.into_parts();
@@ -537,7 +538,7 @@ async fn relay_response(
     let mut headers = parts.headers;
     // A stream is relayed event by event; anything else with the length it declared.
     transport::strip_hop_by_hop(&mut headers, content_length.filter(|_| !is_stream));
-    if let Some(value) = key {
+    if let Some(value) = hint {
         headers.insert(KEY_HEADER, value);
     }
     headers.insert(ATTEMPTS_HEADER, count_value(completion.attempts()));
