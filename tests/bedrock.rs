@@ -624,7 +624,7 @@ fn no_secret_or_caller_signature_reaches_a_log_dump_state_or_metric() {
         &mock,
         "request_log = \"requests.jsonl\"\ndump_dir = \"dumps\"",
     );
-    let server = test.serve_with(&["--listen", "127.0.0.1:0", "-v"]);
+    let mut server = test.serve_with(&["--listen", "127.0.0.1:0", "-v"]);
     let run = boto3(&server, "invoke()", MODEL);
     assert_eq!(run.json()["text"], format!("hello from {AKID2}"), "{run:?}");
     let mut outputs = vec![
@@ -632,7 +632,9 @@ fn no_secret_or_caller_signature_reaches_a_log_dump_state_or_metric() {
         ("metrics".to_owned(), server.metrics()),
         ("pool".to_owned(), server.pool().to_string()),
     ];
-    drop(server);
+    // Stopped, not killed: the state file is written 100 ms after a mark, or at exit.
+    server.signal("TERM");
+    assert_eq!(server.wait(), 0);
     outputs.push((
         "request log".to_owned(),
         std::fs::read_to_string(test.path("requests.jsonl")).unwrap(),
