@@ -1100,6 +1100,72 @@ fn upstream_connections_are_reused() {
 }
 
 #[test]
+fn long_streams_to_an_http2_upstream_never_queue_behind_a_full_connection() {
+    // The upstream allows 100 requests at a time on a connection, the least RFC 9113
+    // recommends; the 101st stream must not wait for one of the first 100 to end.
+    let mock = MockUpstream::start_https(100);
+    let route = &routes()[0];
+    let gate = Gate::new();
+    mock.on_key(K1, vec![route.success(true).gated(&gate)]);
+    let test = bridge(&mock, &[K1], "");
+    let trusted = test.path("upstream.pem");
+    std::fs::write(&trusted, mock.certificate()).unwrap();
+    let test = test.env("SSL_CERT_FILE", trusted.to_str().unwrap());
+    let server = test.serve_with(&["--listen", "127.0.0.1:0", "--workers", "1"]);
+    let streams = 101;
+    let (started, all_started) = std::sync::mpsc::channel();
+    let server = &server;
+    std::thread::scope(|scope| {
+        let readers: Vec<_> = (0..streams)
+            .map(|_| {
+                let started = started.clone();
+                scope.spawn(move || {
+                    let mut response = route.send(server, true);
+                    assert_eq!(response.status(), 200);
+                    let mut seen = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    while !String::from_utf8_lossy(&seen).contains(route.events[0]) {
+                        let read = response.read(&mut chunk).unwrap();
+                        assert!(read > 0, "the stream ended before its first event");
+                        seen.extend_from_slice(&chunk[..read]);
+                    }
+                    started.send(()).unwrap();
+                    response.read_to_end(&mut seen).unwrap();
+                    String::from_utf8(seen).unwrap()
+                })
+            })
+            .collect();
+        for _ in 0..streams {
+            // The mock gives up on its gate after 10 s, so a queued stream shows here first.
+            all_started
+                .recv_timeout(Duration::from_secs(8))
+                .expect("every stream started while the others were open");
+        }
+        assert_eq!(
+            mock.connections_used(),
+            2,
+            "a second connection for the 101st"
+        );
+        for _ in 0..streams {
+            gate.open();
+        }
+        for reader in readers {
+            assert_eq!(reader.join().unwrap(), route.expected(true));
+        }
+    });
+    let requests = mock.requests();
+    assert_eq!(requests.len(), streams);
+    for request in requests {
+        assert_eq!(request.key.as_deref(), Some(K1));
+        assert_eq!(request.path, route.upstream_path);
+        assert!(
+            !request.headers.contains_key("host"),
+            "HTTP/2 names it in :authority"
+        );
+    }
+}
+
+#[test]
 fn forwarding_adds_only_the_key_and_the_api_version() {
     let mock = MockUpstream::start();
     let server = bridge(&mock, &[K1], "").serve();

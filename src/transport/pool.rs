@@ -7,11 +7,15 @@
 //! is a short list per origin. Connecting, TLS and ALPN stay hyper-rustls's, and the HTTP/1
 //! and HTTP/2 connections hyper's.
 //!
+//! An HTTP/2 connection is shared by at most [`STREAMS_PER_CONNECTION`] requests at a time;
+//! past that another is opened. hyper would instead queue the request until one of the
+//! connection's streams ends, and a model's answer can stream for minutes.
+//!
 //! A failed request says whether it may be sent again (see [`SendFailure`]): only when the
 //! upstream cannot have started on it.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -23,7 +27,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::{Connection, HttpConnector};
+use hyper_util::client::legacy::connect::{Connection as _, HttpConnector};
 use hyper_util::rt::TokioExecutor;
 use tower::ServiceExt;
 
@@ -39,12 +43,19 @@ const STALE_CONNECTION_WINDOW: Duration = Duration::from_secs(1);
 /// How many idle connections one origin keeps at most, the oldest closed first.
 pub const MAX_IDLE_PER_ORIGIN: usize = 64;
 
+/// How many requests share one HTTP/2 connection at most. RFC 9113 (6.5.2) recommends
+/// that a server allow no fewer than 100 concurrent streams, and hyper does not tell what
+/// the server allows, so 100 is what any such server takes without queueing. (Go's HTTP/2
+/// client, by default, also opens another connection when one is full.)
+pub const STREAMS_PER_CONNECTION: usize = 100;
+
 /// Idle connections by origin; HTTP/2 connections stay listed while in use, to be shared.
 #[derive(Debug)]
 pub struct ConnectionPool {
     connector: HttpsConnector<HttpConnector>,
     idle_timeout: Duration,
     max_idle: usize,
+    streams_per_connection: usize,
     /// Never shrinks, so an origin's index stays valid.
     origins: Mutex<Vec<OriginEntry>>,
     /// Whether the task that closes expired idle connections runs.
@@ -57,6 +68,7 @@ struct OriginEntry {
     /// What HTTP/1 requests name in `Host`.
     host: HeaderValue,
     /// Oldest first: the newest is reused first, so the oldest go idle long enough to expire.
+    /// HTTP/2 connections are marked as they are taken, so among them the order is loose.
     idle: Vec<Idle>,
     /// Set while a connection to the origin is being made, so requests that find none idle
     /// can wait for it rather than each open their own (which HTTP/2 would share).
@@ -67,15 +79,36 @@ struct OriginEntry {
 
 #[derive(Debug)]
 struct Idle {
-    sender: Sender,
+    connection: Connection,
+    /// When it was listed or, for HTTP/2, last taken.
     since: Instant,
 }
 
+/// A connection as the pool lists it.
+#[derive(Debug)]
+enum Connection {
+    Http1(http1::SendRequest<Body>),
+    Http2(Multiplexed),
+}
+
+/// A connection taken for one request.
 #[derive(Debug)]
 enum Sender {
     Http1(http1::SendRequest<Body>),
-    Http2(http2::SendRequest<Body>),
+    Http2(http2::SendRequest<Body>, Stream),
 }
+
+/// An HTTP/2 connection and how many requests it carries.
+#[derive(Debug, Clone)]
+struct Multiplexed {
+    sender: http2::SendRequest<Body>,
+    streams: Arc<AtomicUsize>,
+}
+
+/// One request's place on an HTTP/2 connection, given back when it is dropped: when the
+/// answer has been read to its end, or abandoned, or when it never came.
+#[derive(Debug)]
+struct Stream(Arc<AtomicUsize>);
 
 impl ConnectionPool {
     pub fn new(connector: HttpsConnector<HttpConnector>, idle_timeout: Duration) -> Self {
@@ -91,6 +124,7 @@ impl ConnectionPool {
             connector,
             idle_timeout,
             max_idle,
+            streams_per_connection: STREAMS_PER_CONNECTION,
             origins: Mutex::new(Vec::new()),
             sweeping: AtomicBool::new(false),
         }
@@ -158,13 +192,21 @@ impl ConnectionPool {
                     slot,
                     sender,
                 });
-                Ok(response.map(|body| PooledBody { body, home }))
+                Ok(response.map(|body| PooledBody {
+                    body,
+                    home,
+                    stream: None,
+                }))
             }
-            Sender::Http2(mut sender) => {
+            Sender::Http2(mut sender, stream) => {
                 let url = self.url(slot, request.uri()).map_err(SendFailure::fatal)?;
                 *request.uri_mut() = url;
                 let response = sender.try_send_request(request).await.map_err(failed)?;
-                Ok(response.map(|body| PooledBody { body, home: None }))
+                Ok(response.map(|body| PooledBody {
+                    body,
+                    home: None,
+                    stream: Some(stream),
+                }))
             }
         }
     }
@@ -237,24 +279,29 @@ impl ConnectionPool {
         self.newest_idle(&mut self.lock()[slot].idle)
     }
 
+    /// The newest live connection that can take a request; closed and expired ones met on
+    /// the way are dropped.
     fn newest_idle(&self, idle: &mut Vec<Idle>) -> Option<Sender> {
         let now = Instant::now();
-        while let Some(newest) = idle.last_mut() {
-            if now.duration_since(newest.since) > self.idle_timeout {
-                // Every older one has been idle longer still.
-                idle.clear();
-                return None;
-            }
-            match &newest.sender {
-                Sender::Http1(sender) if !sender.is_closed() => {
-                    return idle.pop().map(|idle| idle.sender);
+        for index in (0..idle.len()).rev() {
+            let entry = &mut idle[index];
+            let usable = !entry.expired(now, self.idle_timeout);
+            match &entry.connection {
+                Connection::Http1(sender) if usable && !sender.is_closed() => {
+                    let Connection::Http1(sender) = idle.remove(index).connection else {
+                        unreachable!("matched as HTTP/1 above")
+                    };
+                    return Some(Sender::Http1(sender));
                 }
-                Sender::Http2(sender) if !sender.is_closed() => {
-                    // Shared, so it stays listed; in use, so it is not idle.
-                    newest.since = now;
-                    return Some(Sender::Http2(sender.clone()));
+                Connection::Http2(shared) if usable && !shared.sender.is_closed() => {
+                    // Shared, so it stays listed; a full one may have room later.
+                    if let Some(stream) = shared.open_stream(self.streams_per_connection) {
+                        let sender = shared.sender.clone();
+                        entry.since = now;
+                        return Some(Sender::Http2(sender, stream));
+                    }
                 }
-                _ => drop(idle.pop()),
+                _ => drop(idle.remove(index)),
             }
         }
         None
@@ -285,9 +332,10 @@ impl ConnectionPool {
         if io.connected().is_negotiated_h2() {
             let (sender, connection) = http2::handshake(TokioExecutor::new(), io).await?;
             tokio::spawn(connection);
-            self.put_back(slot, Sender::Http2(sender.clone()));
+            let (shared, stream) = Multiplexed::with_first_stream(sender.clone());
+            self.put_back(slot, Connection::Http2(shared));
             done.2 = Some(true);
-            Ok(Sender::Http2(sender))
+            Ok(Sender::Http2(sender, stream))
         } else {
             let (sender, connection) = http1::handshake(io).await?;
             tokio::spawn(connection);
@@ -296,24 +344,21 @@ impl ConnectionPool {
         }
     }
 
-    fn put_back(&self, slot: usize, sender: Sender) {
+    fn put_back(&self, slot: usize, connection: Connection) {
         let now = Instant::now();
         let idle = &mut self.lock()[slot].idle;
-        idle.push(Idle { sender, since: now });
-        self.drop_expired(idle, now);
-        let excess = idle.len().saturating_sub(self.max_idle);
-        if excess > 0 {
-            idle.drain(..excess);
-        }
-    }
-
-    fn drop_expired(&self, idle: &mut Vec<Idle>, now: Instant) {
+        idle.push(Idle {
+            connection,
+            since: now,
+        });
+        // Only the oldest are looked at, as this runs once a request; the sweep sees the rest.
         let expired = idle
             .iter()
-            .take_while(|idle| now.duration_since(idle.since) > self.idle_timeout)
+            .take_while(|idle| idle.expired(now, self.idle_timeout))
             .count();
-        if expired > 0 {
-            idle.drain(..expired);
+        let excess = (idle.len() - expired).saturating_sub(self.max_idle);
+        if expired + excess > 0 {
+            idle.drain(..expired + excess);
         }
     }
 
@@ -331,7 +376,9 @@ impl ConnectionPool {
                 let Some(pool) = pool.upgrade() else { return };
                 let now = Instant::now();
                 for entry in pool.lock().iter_mut() {
-                    pool.drop_expired(&mut entry.idle, now);
+                    entry
+                        .idle
+                        .retain(|idle| !idle.expired(now, pool.idle_timeout));
                 }
             }
         });
@@ -349,6 +396,48 @@ impl ConnectionPool {
     /// The list stays consistent whatever a panicking holder was doing.
     fn lock(&self) -> MutexGuard<'_, Vec<OriginEntry>> {
         self.origins.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Idle {
+    /// Unused for longer than `timeout`; an HTTP/2 connection still carrying a request is in
+    /// use however long ago it was last taken.
+    fn expired(&self, now: Instant, timeout: Duration) -> bool {
+        let busy = match &self.connection {
+            Connection::Http1(_) => false,
+            Connection::Http2(shared) => shared.carries_a_request(),
+        };
+        !busy && now.duration_since(self.since) > timeout
+    }
+}
+
+impl Multiplexed {
+    /// A new connection, and the place of the request it was opened for.
+    fn with_first_stream(sender: http2::SendRequest<Body>) -> (Self, Stream) {
+        let streams = Arc::new(AtomicUsize::new(1));
+        let stream = Stream(streams.clone());
+        (Self { sender, streams }, stream)
+    }
+
+    /// A place for one more request, unless `most` are already under way.
+    // Relaxed: the count guards no other memory, and a worker's pool stays on its thread.
+    fn open_stream(&self, most: usize) -> Option<Stream> {
+        self.streams
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |open| {
+                (open < most).then_some(open + 1)
+            })
+            .ok()
+            .map(|_| Stream(self.streams.clone()))
+    }
+
+    fn carries_a_request(&self) -> bool {
+        self.streams.load(Ordering::Relaxed) > 0
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -426,6 +515,8 @@ struct Home {
 pub struct PooledBody {
     body: Incoming,
     home: Option<Home>,
+    /// Its HTTP/2 stream's place, freed at the end of the answer.
+    stream: Option<Stream>,
 }
 
 impl http_body::Body for PooledBody {
@@ -441,10 +532,15 @@ impl http_body::Body for PooledBody {
         match &frame {
             Poll::Ready(None) => {
                 if let Some(home) = this.home.take() {
-                    home.pool.put_back(home.slot, Sender::Http1(home.sender));
+                    home.pool
+                        .put_back(home.slot, Connection::Http1(home.sender));
                 }
+                this.stream = None;
             }
-            Poll::Ready(Some(Err(_))) => this.home = None,
+            Poll::Ready(Some(Err(_))) => {
+                this.home = None;
+                this.stream = None;
+            }
             _ => {}
         }
         frame

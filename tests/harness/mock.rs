@@ -132,13 +132,49 @@ pub struct StreamCounts {
 
 pub struct MockUpstream {
     addr: SocketAddr,
+    /// The PEM certificate it serves HTTPS with, when it does.
+    certificate: Option<String>,
     shared: Arc<Shared>,
     shutdown: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// How the mock is reached.
+enum Transport {
+    Plain,
+    /// TLS for `localhost`, offering only HTTP/2, with at most this many requests at a time
+    /// on a connection.
+    Http2 {
+        tls: tokio_rustls::TlsAcceptor,
+        max_streams: u32,
+    },
+}
+
 impl MockUpstream {
     pub fn start() -> Self {
+        Self::start_with(Transport::Plain, None)
+    }
+
+    /// The mock over HTTPS as `localhost`, speaking HTTP/2 only and allowing `max_streams`
+    /// requests at a time on a connection. Clients trust it through [`Self::certificate`].
+    pub fn start_https(max_streams: u32) -> Self {
+        use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+        let issued = rcgen::generate_simple_self_signed(["localhost".to_owned()]).unwrap();
+        let key = PrivatePkcs8KeyDer::from(issued.signing_key.serialize_der());
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![issued.cert.der().clone()], PrivateKeyDer::Pkcs8(key))
+            .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let tls = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let transport = Transport::Http2 { tls, max_streams };
+        Self::start_with(transport, Some(issued.cert.pem()))
+    }
+
+    fn start_with(transport: Transport, certificate: Option<String>) -> Self {
         let shared = Arc::new(Shared::default());
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (shutdown, shutdown_rx) = oneshot::channel::<()>();
@@ -152,18 +188,27 @@ impl MockUpstream {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 addr_tx.send(listener.local_addr().unwrap()).unwrap();
                 let app = axum::Router::new().fallback(handle).with_state(state);
-                let app = app.into_make_service_with_connect_info::<SocketAddr>();
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = shutdown_rx.await;
-                    })
-                    .await
-                    .unwrap();
+                match transport {
+                    Transport::Plain => {
+                        let app = app.into_make_service_with_connect_info::<SocketAddr>();
+                        axum::serve(listener, app)
+                            .with_graceful_shutdown(async {
+                                let _ = shutdown_rx.await;
+                            })
+                            .await
+                            .unwrap();
+                    }
+                    Transport::Http2 { tls, max_streams } => tokio::select! {
+                        () = serve_http2(listener, app, tls, max_streams) => {}
+                        _ = shutdown_rx => {}
+                    },
+                }
             });
         });
         let addr = addr_rx.recv().unwrap();
         Self {
             addr,
+            certificate,
             shared,
             shutdown: Some(shutdown),
             thread: Some(thread),
@@ -171,7 +216,15 @@ impl MockUpstream {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        match self.certificate {
+            Some(_) => format!("https://localhost:{}", self.addr.port()),
+            None => format!("http://{}", self.addr),
+        }
+    }
+
+    /// The PEM certificate of an HTTPS mock.
+    pub fn certificate(&self) -> &str {
+        self.certificate.as_deref().expect("an HTTPS mock")
     }
 
     /// Answers requests made with `key` by `replies` in turn, repeating the last.
@@ -215,6 +268,34 @@ impl Drop for MockUpstream {
         }
         // The server waits for open connections; don't hold the test up for them.
         drop(self.thread.take());
+    }
+}
+
+async fn serve_http2(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    tls: tokio_rustls::TlsAcceptor,
+    max_streams: u32,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tower::ServiceExt;
+    while let Ok((tcp, peer)) = listener.accept().await {
+        let (app, tls) = (app.clone(), tls.clone());
+        tokio::spawn(async move {
+            let Ok(tls) = tls.accept(tcp).await else {
+                return;
+            };
+            let service = hyper::service::service_fn(
+                move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(ConnectInfo(peer));
+                    app.clone().oneshot(request.map(Body::new))
+                },
+            );
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .max_concurrent_streams(max_streams)
+                .serve_connection(TokioIo::new(tls), service)
+                .await;
+        });
     }
 }
 

@@ -12,6 +12,23 @@ fn ring() -> Arc<rustls::crypto::CryptoProvider> {
 /// An HTTPS server on 127.0.0.1 that offers only HTTP/2 and counts its connections;
 /// it answers with the version and URL it saw.
 async fn http2_server() -> (u16, CertificateDer<'static>, Arc<AtomicUsize>) {
+    http2_server_with(u32::MAX, Answer::Ends).await
+}
+
+/// Whether the test server's answers end, or stay open like a long stream.
+#[derive(Debug, Clone, Copy)]
+enum Answer {
+    Ends,
+    StaysOpen,
+}
+
+/// [`http2_server`], allowing `max_streams` requests at a time on a connection.
+async fn http2_server_with(
+    max_streams: u32,
+    answer: Answer,
+) -> (u16, CertificateDer<'static>, Arc<AtomicUsize>) {
+    use futures_util::StreamExt;
+    use http_body_util::StreamBody;
     let issued = rcgen::generate_simple_self_signed(["localhost".to_owned()]).unwrap();
     let certificate = issued.cert.der().clone();
     let key = PrivatePkcs8KeyDer::from(issued.signing_key.serialize_der());
@@ -33,13 +50,20 @@ async fn http2_server() -> (u16, CertificateDer<'static>, Arc<AtomicUsize>) {
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 let tls = acceptor.accept(tcp).await.unwrap();
-                let echo = hyper::service::service_fn(|request: http::Request<Incoming>| {
+                let echo = hyper::service::service_fn(move |request: http::Request<Incoming>| {
                     let seen = format!("{:?} {}", request.version(), request.uri());
-                    async move {
-                        Ok::<_, std::convert::Infallible>(http::Response::new(Body::from(seen)))
-                    }
+                    let first = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(
+                        Frame::data(Bytes::from(seen)),
+                    )]);
+                    let rest = match answer {
+                        Answer::Ends => futures_util::stream::empty().left_stream(),
+                        Answer::StaysOpen => futures_util::stream::pending().right_stream(),
+                    };
+                    let body = StreamBody::new(first.chain(rest));
+                    async move { Ok::<_, std::convert::Infallible>(http::Response::new(body)) }
                 });
                 let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .max_concurrent_streams(max_streams)
                     .serve_connection(TokioIo::new(tls), echo)
                     .await;
             });
@@ -49,6 +73,14 @@ async fn http2_server() -> (u16, CertificateDer<'static>, Arc<AtomicUsize>) {
 }
 
 fn pool_trusting(certificate: CertificateDer<'static>) -> Arc<ConnectionPool> {
+    pool_trusting_with(certificate, Duration::from_secs(60), STREAMS_PER_CONNECTION)
+}
+
+fn pool_trusting_with(
+    certificate: CertificateDer<'static>,
+    idle_timeout: Duration,
+    streams_per_connection: usize,
+) -> Arc<ConnectionPool> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(certificate).unwrap();
     let tls = rustls::ClientConfig::builder_with_provider(ring())
@@ -57,7 +89,9 @@ fn pool_trusting(certificate: CertificateDer<'static>) -> Arc<ConnectionPool> {
         .with_root_certificates(roots)
         .with_no_client_auth();
     let connector = super::super::https_connector(tls);
-    Arc::new(ConnectionPool::new(connector, Duration::from_secs(60)))
+    let mut pool = ConnectionPool::new(connector, idle_timeout);
+    pool.streams_per_connection = streams_per_connection;
+    Arc::new(pool)
 }
 
 async fn answer(pool: &Arc<ConnectionPool>, url: &str) -> String {
@@ -131,6 +165,72 @@ async fn concurrent_first_requests_to_an_http2_origin_open_one_connection() {
         assert_eq!(seen, format!("HTTP/2.0 {url}"));
     }
     assert_eq!(connections.load(Ordering::SeqCst), 1);
+}
+
+/// The answer to a GET of `url`, once its head and first bytes are in; its body may stay
+/// open. Fails when that takes a second, as a request queued behind a full connection would.
+async fn first_bytes(pool: &Arc<ConnectionPool>, url: &str) -> (String, PooledBody) {
+    let url: Uri = url.parse().unwrap();
+    let origin = Origin::of(&url).unwrap();
+    let request = http::Request::get(url.path_and_query().unwrap().as_str())
+        .body(Body::default())
+        .unwrap();
+    let answered = async {
+        let mut body = pool
+            .send(&origin, request, Reuse::Pooled)
+            .await
+            .unwrap()
+            .into_body();
+        let frame = http_body_util::BodyExt::frame(&mut body)
+            .await
+            .unwrap()
+            .unwrap();
+        let seen = String::from_utf8(frame.into_data().unwrap().to_vec()).unwrap();
+        (seen, body)
+    };
+    tokio::time::timeout(Duration::from_secs(1), answered)
+        .await
+        .expect("answered at once, not queued behind open streams")
+}
+
+#[tokio::test]
+async fn a_full_http2_connection_is_not_queued_on_but_another_is_opened() {
+    let (port, certificate, connections) = http2_server_with(2, Answer::StaysOpen).await;
+    let pool = pool_trusting_with(certificate, Duration::from_secs(60), 2);
+    let url = format!("https://localhost:{port}/v1/messages");
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let (seen, body) = first_bytes(&pool, &url).await;
+        assert_eq!(seen, format!("HTTP/2.0 {url}"));
+        open.push(body);
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+    // Ended answers give their places back: four fit on the two connections.
+    drop(open);
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        open.push(first_bytes(&pool, &url).await.1);
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn an_http2_connection_carrying_a_request_is_not_closed_as_idle() {
+    let (port, certificate, connections) = http2_server_with(100, Answer::StaysOpen).await;
+    let idle_timeout = Duration::from_millis(40);
+    let pool = pool_trusting_with(certificate, idle_timeout, 100);
+    let url = format!("https://localhost:{port}/v1/messages");
+    let _streaming = first_bytes(&pool, &url).await;
+    // The sweep runs every 20 ms: it has seen the connection past its idle time.
+    tokio::time::sleep(idle_timeout * 3).await;
+    let origin = Origin::of(&url.parse().unwrap()).unwrap();
+    assert_eq!(pool.idle_count(&origin), 1, "still listed");
+    let _second = first_bytes(&pool, &url).await;
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        1,
+        "shared, not a new one"
+    );
 }
 
 /// An HTTP/1 server that keeps count of its open connections.
