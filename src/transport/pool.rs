@@ -49,6 +49,14 @@ pub const MAX_IDLE_PER_ORIGIN: usize = 64;
 /// client, by default, also opens another connection when one is full.)
 pub const STREAMS_PER_CONNECTION: usize = 100;
 
+/// How much of one HTTP/2 answer may arrive before its caller reads it: hyper's default.
+const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+
+/// How much of all a connection's answers may arrive unread: every stream's full window.
+/// With hyper's default (5 MiB), three callers that stopped reading large answers would stall
+/// every other request on the connection.
+const CONNECTION_WINDOW: u32 = STREAMS_PER_CONNECTION as u32 * STREAM_WINDOW;
+
 /// Idle connections by origin; HTTP/2 connections stay listed while in use, to be shared.
 #[derive(Debug)]
 pub struct ConnectionPool {
@@ -330,7 +338,11 @@ impl ConnectionPool {
         let root = self.url(slot, &Uri::from_static("/"))?;
         let io = self.connector.clone().oneshot(root).await?;
         if io.connected().is_negotiated_h2() {
-            let (sender, connection) = http2::handshake(TokioExecutor::new(), io).await?;
+            let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+                .initial_stream_window_size(STREAM_WINDOW)
+                .initial_connection_window_size(CONNECTION_WINDOW)
+                .handshake(io)
+                .await?;
             tokio::spawn(connection);
             let (shared, stream) = Multiplexed::with_first_stream(sender.clone());
             self.put_back(slot, Connection::Http2(shared));

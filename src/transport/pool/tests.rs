@@ -15,11 +15,14 @@ async fn http2_server() -> (u16, CertificateDer<'static>, Arc<AtomicUsize>) {
     http2_server_with(u32::MAX, Answer::Ends).await
 }
 
-/// Whether the test server's answers end, or stay open like a long stream.
+/// What the test server's answers do after their first line.
 #[derive(Debug, Clone, Copy)]
 enum Answer {
     Ends,
+    /// Stays open, like a long stream.
     StaysOpen,
+    /// Goes on with 3 MiB, more than a stream's window.
+    Large,
 }
 
 /// [`http2_server`], allowing `max_streams` requests at a time on a connection.
@@ -52,12 +55,16 @@ async fn http2_server_with(
                 let tls = acceptor.accept(tcp).await.unwrap();
                 let echo = hyper::service::service_fn(move |request: http::Request<Incoming>| {
                     let seen = format!("{:?} {}", request.version(), request.uri());
-                    let first = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(
-                        Frame::data(Bytes::from(seen)),
-                    )]);
+                    let frame = |bytes| Ok::<_, std::convert::Infallible>(Frame::data(bytes));
+                    let first = futures_util::stream::iter([frame(Bytes::from(seen))]);
                     let rest = match answer {
-                        Answer::Ends => futures_util::stream::empty().left_stream(),
-                        Answer::StaysOpen => futures_util::stream::pending().right_stream(),
+                        Answer::Ends => futures_util::stream::empty().boxed(),
+                        Answer::StaysOpen => futures_util::stream::pending().boxed(),
+                        Answer::Large => {
+                            let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+                            let chunks = (0..48).map(move |_| frame(chunk.clone()));
+                            futures_util::stream::iter(chunks).boxed()
+                        }
                     };
                     let body = StreamBody::new(first.chain(rest));
                     async move { Ok::<_, std::convert::Infallible>(http::Response::new(body)) }
@@ -212,6 +219,27 @@ async fn a_full_http2_connection_is_not_queued_on_but_another_is_opened() {
         open.push(first_bytes(&pool, &url).await.1);
     }
     assert_eq!(connections.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn callers_that_stop_reading_large_answers_do_not_stall_the_others_on_a_connection() {
+    let (port, certificate, connections) = http2_server_with(100, Answer::Large).await;
+    let pool = pool_trusting(certificate);
+    let url = format!("https://localhost:{port}/v1/files/file-1/content");
+    // Three answers left unread fill their streams' windows: 6 MiB, more than hyper's
+    // default window for a whole connection (5 MiB).
+    let mut unread = Vec::new();
+    for _ in 0..3 {
+        unread.push(first_bytes(&pool, &url).await.1);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (seen, _) = first_bytes(&pool, &url).await;
+    assert_eq!(seen, format!("HTTP/2.0 {url}"));
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        1,
+        "on the shared connection"
+    );
 }
 
 #[tokio::test]
