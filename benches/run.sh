@@ -19,8 +19,9 @@
 #                                  # caches: cache-read share and cost, affinity off and on
 #   benches/run.sh streams         # as many concurrent SSE streams as the open-file limit lets
 #                                  # serve hold (an event a second for 60 s): events delivered,
-#                                  # added delay, RSS; then 1,000 streams of 1 MB/s each beside
-#                                  # nginx: throughput and CPU per GB relayed
+#                                  # added delay, RSS; again to an HTTPS upstream that speaks
+#                                  # HTTP/2, as the providers do; then 1,000 streams of 1 MB/s
+#                                  # each beside nginx: throughput and CPU per GB relayed
 #
 # Not part of .ci/run: it measures, it does not test.
 set -euo pipefail
@@ -718,9 +719,11 @@ fleet() {
 # streams: long SSE streams through serve on its defaults. STREAMS (default: what the
 # open-file limit lets serve hold, two descriptors a stream less its reserve, at most 10,000)
 # streams of one stamped event a second for 60 s, first direct to the mock, then through
-# serve, with serve's RSS sampled idle, at 1,000 streams, at the most and after; then
-# FAST_STREAMS (1,000) streams of 1 MB/s for FAST_SECONDS (20) through serve and through
-# nginx, with each proxy's CPU time per GB relayed.
+# serve, with serve's RSS sampled idle, at 1,000 streams, at the most and after. Then
+# HTTP2_STREAMS (as many) such streams through a second serve to an HTTPS mock that speaks
+# HTTP/2, as the providers' APIs do: a hundred streams share an upstream connection. (serve
+# still counts two descriptors a client, so it refuses more.) Then FAST_STREAMS (1,000) streams of 1 MB/s for FAST_SECONDS
+# (20) through serve and through nginx, with each proxy's CPU time per GB relayed.
 streams() {
   install_tools
   say "building (release)"
@@ -746,25 +749,28 @@ streams() {
   wait_for_port "$MOCK"
   wait_for_port "$fast_mock"
   wait_for_port "$BRIDGE"
-  local idle
-  idle=$(rss_mb "$BRIDGE_PID")
   say "$count streams direct to the mock"
   target/release/examples/streams --url "http://$MOCK/v1/messages" --streams "$count" >"$OUT/streams-direct.json"
   say "$count streams through serve"
-  target/release/examples/streams --url "http://$BRIDGE/anthropic/v1/messages" --streams "$count" \
-    >"$OUT/streams-bridge.json" &
-  local client=$! at_thousand="" peak=0 rss open
-  while kill -0 "$client" 2>/dev/null; do
-    rss=$(rss_mb "$BRIDGE_PID")
-    open=$(ss -Htn state established "( sport = :${BRIDGE#*:} )" | wc -l)
-    if [ -z "$at_thousand" ] && ((open >= 1000)); then at_thousand=$rss; fi
-    peak=$(awk -v a="$peak" -v b="$rss" 'BEGIN { print (b > a) ? b : a }')
-    sleep 0.5
-  done
-  wait "$client"
-  sleep 2
-  local after
-  after=$(rss_mb "$BRIDGE_PID")
+  declare -gA HELD_RSS
+  hold_streams bridge "$BRIDGE" "$BRIDGE_PID" "$count" "$MOCK"
+
+  local http2_mock=127.0.0.1:19103 http2_bridge=127.0.0.1:19201
+  local http2_count=${HTTP2_STREAMS:-$count}
+  target/release/examples/mock_upstream --listen "$http2_mock" --events 60 --gap-ms 1000 --stamp \
+    --https "$WORK/upstream.pem" 2>"$WORK/http2-mock.log" &
+  PIDS+=($!)
+  wait_for_port "$http2_mock"
+  printf 'listen = "%s"\n[providers.anthropic]\nbase_url = "https://localhost:%s"\nkeys = ["sk-bench-good-0000000000000000000001"]\n' \
+    "$http2_bridge" "${http2_mock#*:}" >"$WORK/streams-http2.toml"
+  SSL_CERT_FILE="$WORK/upstream.pem" AIBRIDGE_CONFIG="$WORK/streams-http2.toml" \
+    target/release/aibridge serve --no-state >/dev/null 2>"$WORK/aibridge-http2.log" &
+  local http2_pid=$!
+  PIDS+=($http2_pid)
+  wait_for_port "$http2_bridge"
+  say "$http2_count streams through serve to an HTTP/2 upstream"
+  hold_streams bridge-http2 "$http2_bridge" "$http2_pid" "$http2_count" "$http2_mock"
+  kill "$http2_pid"
 
   # Unbuffered, as serve relays a stream, and allowed the descriptors serve is.
   write_nginx_conf "$WORK/nginx-streams.conf" "$fast_mock" "worker_rlimit_nofile $hard;" \
@@ -780,18 +786,21 @@ streams() {
   # shellcheck disable=SC2046
   fast_streams nginx-fast "http://$NGINX/v1/messages" "$fast" "$fast_seconds" $(pgrep -P "$NGINX_PID")
   local direct=$OUT/streams-direct.json bridged=$OUT/streams-bridge.json
+  local http2=$OUT/streams-bridge-http2.json
   local bridge_fast=$OUT/streams-bridge-fast.json nginx_fast=$OUT/streams-nginx-fast.json
+  local delays="'%s / %s / %s' % (delay_ms['p50'], delay_ms['p99'], delay_ms['max'])"
   {
     echo "Streams on $(nproc) cores, $(uname -sr), open-file limit $hard; $(date -u +%Y-%m-%d)."
     echo
-    echo "| measure | direct to the mock | through serve |"
-    echo "|---|---|---|"
-    echo "| streams held at once (60 events, 1 s apart) | $count | $count |"
-    echo "| streams failed | $(field "$direct" failed) | $(field "$bridged" failed) |"
-    echo "| events delivered (of $((count * 60))) | $(field "$direct" events) | $(field "$bridged" events) |"
-    echo "| event delay p50 / p99 / max ms | $(field "$direct" "'%s / %s / %s' % (delay_ms['p50'], delay_ms['p99'], delay_ms['max'])") | $(field "$bridged" "'%s / %s / %s' % (delay_ms['p50'], delay_ms['p99'], delay_ms['max'])") |"
-    echo "| serve RSS idle / at 1,000 streams / peak / 2 s after (MB) | | $idle / ${at_thousand:-n/a} / $peak / $after |"
-    echo "| serve memory per stream at the peak (KB) | | $(calc "($peak - $idle) * 1024 / $count") |"
+    echo "| measure | direct to the mock | through serve | through serve, HTTP/2 upstream |"
+    echo "|---|---|---|---|"
+    echo "| streams held at once (60 events, 1 s apart) | $count | $count | $http2_count |"
+    echo "| most upstream connections at once | | ${HELD_RSS[bridge-upstream]} | ${HELD_RSS[bridge-http2-upstream]} |"
+    echo "| streams failed | $(field "$direct" failed) | $(field "$bridged" failed) | $(field "$http2" failed) |"
+    echo "| events delivered (of 60 a stream) | $(field "$direct" events) | $(field "$bridged" events) | $(field "$http2" events) |"
+    echo "| event delay p50 / p99 / max ms | $(field "$direct" "$delays") | $(field "$bridged" "$delays") | $(field "$http2" "$delays") |"
+    echo "| serve RSS idle / at 1,000 streams / peak / 2 s after (MB) | | ${HELD_RSS[bridge]} | ${HELD_RSS[bridge-http2]} |"
+    echo "| serve memory per stream at the peak (KB) | | ${HELD_RSS[bridge-per-stream]} | ${HELD_RSS[bridge-http2-per-stream]} |"
     echo
     echo "| $fast streams of 1 MB/s for ${fast_seconds} s | through serve | through nginx |"
     echo "|---|---|---|"
@@ -800,6 +809,34 @@ streams() {
     echo "| event delay p50 / p99 ms | $(field "$bridge_fast" "'%s / %s' % (delay_ms['p50'], delay_ms['p99'])") | $(field "$nginx_fast" "'%s / %s' % (delay_ms['p50'], delay_ms['p99'])") |"
     echo "| proxy CPU seconds per GB relayed | $(calc "${FAST_CPU[bridge-fast]} / ($(field "$bridge_fast" bytes) / 1e9)") | $(calc "${FAST_CPU[nginx-fast]} / ($(field "$nginx_fast" bytes) / 1e9)") |"
   } | tee "$OUT/streams.md"
+}
+
+# hold_streams NAME ADDRESS PID COUNT UPSTREAM: COUNT long streams through the serve at
+# ADDRESS, written to $OUT/streams-NAME.json, with its RSS sampled idle, at 1,000 streams, at
+# the peak and 2 s after, in HELD_RSS[NAME], memory per stream in HELD_RSS[NAME-per-stream],
+# and the most connections it held to the UPSTREAM address in HELD_RSS[NAME-upstream].
+hold_streams() {
+  local name=$1 address=$2 pid=$3 count=$4 upstream=$5
+  local idle at_thousand="" peak=0 rss open after upstream_peak=0 upstream_open
+  idle=$(rss_mb "$pid")
+  target/release/examples/streams --url "http://$address/anthropic/v1/messages" --streams "$count" \
+    >"$OUT/streams-$name.json" &
+  local client=$!
+  while kill -0 "$client" 2>/dev/null; do
+    rss=$(rss_mb "$pid")
+    open=$(ss -Htn state established "( sport = :${address#*:} )" | wc -l)
+    if [ -z "$at_thousand" ] && ((open >= 1000)); then at_thousand=$rss; fi
+    peak=$(awk -v a="$peak" -v b="$rss" 'BEGIN { print (b > a) ? b : a }')
+    upstream_open=$(ss -Htn state established "( dport = :${upstream#*:} )" | wc -l)
+    ((upstream_open > upstream_peak)) && upstream_peak=$upstream_open
+    sleep 0.5
+  done
+  wait "$client"
+  sleep 2
+  after=$(rss_mb "$pid")
+  HELD_RSS[$name]="$idle / ${at_thousand:-n/a} / $peak / $after"
+  HELD_RSS[$name-upstream]=$upstream_peak
+  HELD_RSS[$name-per-stream]=$(calc "($peak - $idle) * 1024 / $count")
 }
 
 # fast_streams NAME URL COUNT SECONDS PIDS...: COUNT streams read for SECONDS; sets

@@ -11,10 +11,14 @@
 //!   holds `@` and the microseconds since the epoch when it was sent (the `streams` example
 //!   reads it); `--event-bytes` pads each event's text to about that size.
 //! - `GET /v1/models` (and anything else): a small JSON list.
+//! - With `--https FILE`, it serves HTTPS as `localhost`, offering HTTP/2 only as the
+//!   providers' APIs do, and writes its self-signed certificate to FILE for a client's
+//!   `SSL_CERT_FILE`.
 //! - The key decides the status: a key containing `-429-` gets 429 with `retry-after-ms`
 //!   `--retry-after-ms`; `-401-` gets 401; `-403-` gets 403; any other key 200.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,6 +54,10 @@ struct Args {
     /// Pad each event's text to about this many bytes
     #[arg(long, default_value_t = 0)]
     event_bytes: usize,
+    /// Serve HTTPS as `localhost` with HTTP/2 only; the self-signed certificate is written
+    /// to this PEM file
+    #[arg(long, value_name = "FILE")]
+    https: Option<PathBuf>,
 }
 
 struct Mock {
@@ -65,7 +73,18 @@ async fn main() -> anyhow::Result<()> {
         args: args.clone(),
     });
     let app = Router::new().fallback(handle).with_state(mock);
+    // The certificate is written before the port opens, so a client that waits for the
+    // port finds it.
+    let tls = args.https.as_deref().map(tls_acceptor).transpose()?;
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    if let Some(tls) = tls {
+        eprintln!(
+            "mock upstream listening on https://localhost:{}",
+            listener.local_addr()?.port()
+        );
+        serve_http2(listener, app, tls).await;
+        return Ok(());
+    }
     eprintln!(
         "mock upstream listening on http://{}",
         listener.local_addr()?
@@ -75,6 +94,49 @@ async fn main() -> anyhow::Result<()> {
     });
     axum::serve(listener, app).await?;
     Ok(())
+}
+
+/// TLS as `localhost`, offering only HTTP/2, with a new self-signed certificate written to
+/// `certificate_file`.
+fn tls_acceptor(certificate_file: &std::path::Path) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    let issued = rcgen::generate_simple_self_signed(["localhost".to_owned()])?;
+    std::fs::write(certificate_file, issued.cert.pem())?;
+    let key = PrivatePkcs8KeyDer::from(issued.signing_key.serialize_der());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(vec![issued.cert.der().clone()], PrivateKeyDer::Pkcs8(key))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Serves `app` over TLS with hyper's HTTP/2 server on its defaults.
+async fn serve_http2(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    tls: tokio_rustls::TlsAcceptor,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            // Out of descriptors, most likely: let some close.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let (app, tls) = (app.clone(), tls.clone());
+        tokio::spawn(async move {
+            let Ok(tls) = tls.accept(tcp).await else {
+                return;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tls), service)
+                .await;
+        });
+    }
 }
 
 /// A message-shaped JSON answer padded to `size` bytes.
