@@ -28,7 +28,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{Connection as _, HttpConnector};
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower::ServiceExt;
 
 use super::{Error, Origin, Reuse, SendFailure, path_of};
@@ -57,6 +57,13 @@ const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 /// every other request on the connection.
 const CONNECTION_WINDOW: u32 = STREAMS_PER_CONNECTION as u32 * STREAM_WINDOW;
 
+/// When an HTTP/2 connection that carries requests has been silent this long, it is pinged,
+/// and closed unless the ping is answered as soon again. One that died without a word (a
+/// NAT that forgot it, a network that changed) would otherwise hold each of its requests
+/// until `response_timeout` or `stream_idle_timeout`, and keep being handed new ones. A
+/// live server answers a ping however long its model takes.
+const PING_AFTER_SILENCE: Duration = Duration::from_secs(20);
+
 /// Idle connections by origin; HTTP/2 connections stay listed while in use, to be shared.
 #[derive(Debug)]
 pub struct ConnectionPool {
@@ -64,6 +71,7 @@ pub struct ConnectionPool {
     idle_timeout: Duration,
     max_idle: usize,
     streams_per_connection: usize,
+    ping_after_silence: Duration,
     /// Never shrinks, so an origin's index stays valid.
     origins: Mutex<Vec<OriginEntry>>,
     /// Whether the task that closes expired idle connections runs.
@@ -133,6 +141,7 @@ impl ConnectionPool {
             idle_timeout,
             max_idle,
             streams_per_connection: STREAMS_PER_CONNECTION,
+            ping_after_silence: PING_AFTER_SILENCE,
             origins: Mutex::new(Vec::new()),
             sweeping: AtomicBool::new(false),
         }
@@ -341,6 +350,9 @@ impl ConnectionPool {
             let (sender, connection) = http2::Builder::new(TokioExecutor::new())
                 .initial_stream_window_size(STREAM_WINDOW)
                 .initial_connection_window_size(CONNECTION_WINDOW)
+                .timer(TokioTimer::new())
+                .keep_alive_interval(self.ping_after_silence)
+                .keep_alive_timeout(self.ping_after_silence)
                 .handshake(io)
                 .await?;
             tokio::spawn(connection);

@@ -1,4 +1,4 @@
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -77,6 +77,45 @@ async fn http2_server_with(
         }
     });
     (port, certificate, connections)
+}
+
+/// A TCP relay on 127.0.0.1 to `port` whose open connections can be made to go silent both
+/// ways, as when a network drops a connection without a word.
+async fn relay_to(port: u16) -> (u16, Arc<Mutex<Vec<Arc<AtomicBool>>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    async fn pass(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        silent: Arc<AtomicBool>,
+    ) {
+        let mut buffer = vec![0u8; 64 * 1024];
+        while let Ok(read) = from.read(&mut buffer).await {
+            if read == 0 {
+                return;
+            }
+            if !silent.load(Ordering::SeqCst) && to.write_all(&buffer[..read]).await.is_err() {
+                return;
+            }
+        }
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay_port = listener.local_addr().unwrap().port();
+    let connections = Arc::new(Mutex::new(Vec::new()));
+    let listed = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap();
+            let silent = Arc::new(AtomicBool::new(false));
+            listed.lock().unwrap().push(silent.clone());
+            let (client_read, client_write) = client.into_split();
+            let (server_read, server_write) = server.into_split();
+            tokio::spawn(pass(client_read, server_write, silent.clone()));
+            tokio::spawn(pass(server_read, client_write, silent));
+        }
+    });
+    (relay_port, connections)
 }
 
 fn pool_trusting(certificate: CertificateDer<'static>) -> Arc<ConnectionPool> {
@@ -240,6 +279,29 @@ async fn callers_that_stop_reading_large_answers_do_not_stall_the_others_on_a_co
         1,
         "on the shared connection"
     );
+}
+
+#[tokio::test]
+async fn an_http2_connection_that_goes_silent_is_found_dead_by_a_ping() {
+    let (port, certificate, connections) = http2_server_with(100, Answer::StaysOpen).await;
+    let (relay_port, relayed) = relay_to(port).await;
+    let mut pool = pool_trusting(certificate);
+    Arc::get_mut(&mut pool).unwrap().ping_after_silence = Duration::from_millis(100);
+    let url = format!("https://localhost:{relay_port}/v1/messages");
+    let (_, mut streaming) = first_bytes(&pool, &url).await;
+    for silent in relayed.lock().unwrap().iter() {
+        silent.store(true, Ordering::SeqCst);
+    }
+    let next = tokio::time::timeout(
+        Duration::from_secs(2),
+        http_body_util::BodyExt::frame(&mut streaming),
+    );
+    let ended = next.await.expect("the dead connection was noticed");
+    assert!(matches!(ended, Some(Err(_))), "the stream ends in an error");
+    // A new request goes on a new connection, not the dead one.
+    let (seen, _) = first_bytes(&pool, &url).await;
+    assert_eq!(seen, format!("HTTP/2.0 {url}"));
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]
