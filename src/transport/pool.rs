@@ -302,23 +302,26 @@ impl ConnectionPool {
         let now = Instant::now();
         for index in (0..idle.len()).rev() {
             let entry = &mut idle[index];
-            let usable = !entry.expired(now, self.idle_timeout);
+            if entry.expired(now, self.idle_timeout) || entry.connection.is_closed() {
+                drop(idle.remove(index));
+                continue;
+            }
             match &entry.connection {
-                Connection::Http1(sender) if usable && !sender.is_closed() => {
+                // One request at a time, so it leaves the list while in use.
+                Connection::Http1(_) => {
                     let Connection::Http1(sender) = idle.remove(index).connection else {
                         unreachable!("matched as HTTP/1 above")
                     };
                     return Some(Sender::Http1(sender));
                 }
-                Connection::Http2(shared) if usable && !shared.sender.is_closed() => {
-                    // Shared, so it stays listed; a full one may have room later.
+                // Shared, so it stays listed; a full one may have room later.
+                Connection::Http2(shared) => {
                     if let Some(stream) = shared.open_stream(self.streams_per_connection) {
                         let sender = shared.sender.clone();
                         entry.since = now;
                         return Some(Sender::Http2(sender, stream));
                     }
                 }
-                _ => drop(idle.remove(index)),
             }
         }
         None
@@ -432,6 +435,15 @@ impl Idle {
             Connection::Http2(shared) => shared.carries_a_request(),
         };
         !busy && now.duration_since(self.since) > timeout
+    }
+}
+
+impl Connection {
+    fn is_closed(&self) -> bool {
+        match self {
+            Connection::Http1(sender) => sender.is_closed(),
+            Connection::Http2(shared) => shared.sender.is_closed(),
+        }
     }
 }
 

@@ -271,6 +271,8 @@ impl Drop for MockUpstream {
     }
 }
 
+/// Serves `app` over TLS with hyper's HTTP/2 server, telling it each request's peer as
+/// `axum::serve` would.
 async fn serve_http2(
     listener: tokio::net::TcpListener,
     app: axum::Router,

@@ -119,14 +119,11 @@ async fn relay_to(port: u16) -> (u16, Arc<Mutex<Vec<Arc<AtomicBool>>>>) {
 }
 
 fn pool_trusting(certificate: CertificateDer<'static>) -> Arc<ConnectionPool> {
-    pool_trusting_with(certificate, Duration::from_secs(60), STREAMS_PER_CONNECTION)
+    Arc::new(unshared_pool_trusting(certificate))
 }
 
-fn pool_trusting_with(
-    certificate: CertificateDer<'static>,
-    idle_timeout: Duration,
-    streams_per_connection: usize,
-) -> Arc<ConnectionPool> {
+/// [`pool_trusting`], for a test to set its limits before it is shared.
+fn unshared_pool_trusting(certificate: CertificateDer<'static>) -> ConnectionPool {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(certificate).unwrap();
     let tls = rustls::ClientConfig::builder_with_provider(ring())
@@ -135,9 +132,7 @@ fn pool_trusting_with(
         .with_root_certificates(roots)
         .with_no_client_auth();
     let connector = super::super::https_connector(tls);
-    let mut pool = ConnectionPool::new(connector, idle_timeout);
-    pool.streams_per_connection = streams_per_connection;
-    Arc::new(pool)
+    ConnectionPool::new(connector, Duration::from_secs(60))
 }
 
 async fn answer(pool: &Arc<ConnectionPool>, url: &str) -> String {
@@ -242,7 +237,9 @@ async fn first_bytes(pool: &Arc<ConnectionPool>, url: &str) -> (String, PooledBo
 #[tokio::test]
 async fn a_full_http2_connection_is_not_queued_on_but_another_is_opened() {
     let (port, certificate, connections) = http2_server_with(2, Answer::StaysOpen).await;
-    let pool = pool_trusting_with(certificate, Duration::from_secs(60), 2);
+    let mut pool = unshared_pool_trusting(certificate);
+    pool.streams_per_connection = 2;
+    let pool = Arc::new(pool);
     let url = format!("https://localhost:{port}/v1/messages");
     let mut open = Vec::new();
     for _ in 0..3 {
@@ -285,8 +282,9 @@ async fn callers_that_stop_reading_large_answers_do_not_stall_the_others_on_a_co
 async fn an_http2_connection_that_goes_silent_is_found_dead_by_a_ping() {
     let (port, certificate, connections) = http2_server_with(100, Answer::StaysOpen).await;
     let (relay_port, relayed) = relay_to(port).await;
-    let mut pool = pool_trusting(certificate);
-    Arc::get_mut(&mut pool).unwrap().ping_after_silence = Duration::from_millis(100);
+    let mut pool = unshared_pool_trusting(certificate);
+    pool.ping_after_silence = Duration::from_millis(100);
+    let pool = Arc::new(pool);
     let url = format!("https://localhost:{relay_port}/v1/messages");
     let (_, mut streaming) = first_bytes(&pool, &url).await;
     for silent in relayed.lock().unwrap().iter() {
@@ -308,7 +306,9 @@ async fn an_http2_connection_that_goes_silent_is_found_dead_by_a_ping() {
 async fn an_http2_connection_carrying_a_request_is_not_closed_as_idle() {
     let (port, certificate, connections) = http2_server_with(100, Answer::StaysOpen).await;
     let idle_timeout = Duration::from_millis(40);
-    let pool = pool_trusting_with(certificate, idle_timeout, 100);
+    let mut pool = unshared_pool_trusting(certificate);
+    pool.idle_timeout = idle_timeout;
+    let pool = Arc::new(pool);
     let url = format!("https://localhost:{port}/v1/messages");
     let _streaming = first_bytes(&pool, &url).await;
     // The sweep runs every 20 ms: it has seen the connection past its idle time.
