@@ -721,9 +721,10 @@ fleet() {
 # streams of one stamped event a second for 60 s, first direct to the mock, then through
 # serve, with serve's RSS sampled idle, at 1,000 streams, at the most and after. Then
 # HTTP2_STREAMS (as many) such streams through a second serve to an HTTPS mock that speaks
-# HTTP/2, as the providers' APIs do: a hundred streams share an upstream connection. (serve
-# still counts two descriptors a client, so it refuses more.) Then FAST_STREAMS (1,000) streams of 1 MB/s for FAST_SECONDS
-# (20) through serve and through nginx, with each proxy's CPU time per GB relayed.
+# HTTP/2, as the providers' APIs do: a hundred streams share an upstream connection (serve
+# still counts two descriptors a client, so it refuses more). Then FAST_STREAMS (1,000)
+# streams of 1 MB/s for FAST_SECONDS (20) through serve and through nginx, with each
+# proxy's CPU time per GB relayed.
 streams() {
   install_tools
   say "building (release)"
@@ -752,7 +753,7 @@ streams() {
   say "$count streams direct to the mock"
   target/release/examples/streams --url "http://$MOCK/v1/messages" --streams "$count" >"$OUT/streams-direct.json"
   say "$count streams through serve"
-  declare -gA HELD_RSS
+  declare -gA HELD
   hold_streams bridge "$BRIDGE" "$BRIDGE_PID" "$count" "$MOCK"
 
   local http2_mock=127.0.0.1:19103 http2_bridge=127.0.0.1:19201
@@ -795,12 +796,12 @@ streams() {
     echo "| measure | direct to the mock | through serve | through serve, HTTP/2 upstream |"
     echo "|---|---|---|---|"
     echo "| streams held at once (60 events, 1 s apart) | $count | $count | $http2_count |"
-    echo "| most upstream connections at once | | ${HELD_RSS[bridge-upstream]} | ${HELD_RSS[bridge-http2-upstream]} |"
+    echo "| most upstream connections at once | | ${HELD[bridge-upstream]} | ${HELD[bridge-http2-upstream]} |"
     echo "| streams failed | $(field "$direct" failed) | $(field "$bridged" failed) | $(field "$http2" failed) |"
     echo "| events delivered (of 60 a stream) | $(field "$direct" events) | $(field "$bridged" events) | $(field "$http2" events) |"
     echo "| event delay p50 / p99 / max ms | $(field "$direct" "$delays") | $(field "$bridged" "$delays") | $(field "$http2" "$delays") |"
-    echo "| serve RSS idle / at 1,000 streams / peak / 2 s after (MB) | | ${HELD_RSS[bridge]} | ${HELD_RSS[bridge-http2]} |"
-    echo "| serve memory per stream at the peak (KB) | | ${HELD_RSS[bridge-per-stream]} | ${HELD_RSS[bridge-http2-per-stream]} |"
+    echo "| serve RSS idle / at 1,000 streams / peak / 2 s after (MB) | | ${HELD[bridge]} | ${HELD[bridge-http2]} |"
+    echo "| serve memory per stream at the peak (KB) | | ${HELD[bridge-per-stream]} | ${HELD[bridge-http2-per-stream]} |"
     echo
     echo "| $fast streams of 1 MB/s for ${fast_seconds} s | through serve | through nginx |"
     echo "|---|---|---|"
@@ -813,8 +814,8 @@ streams() {
 
 # hold_streams NAME ADDRESS PID COUNT UPSTREAM: COUNT long streams through the serve at
 # ADDRESS, written to $OUT/streams-NAME.json, with its RSS sampled idle, at 1,000 streams, at
-# the peak and 2 s after, in HELD_RSS[NAME], memory per stream in HELD_RSS[NAME-per-stream],
-# and the most connections it held to the UPSTREAM address in HELD_RSS[NAME-upstream].
+# the peak and 2 s after, in HELD[NAME] (MB), memory per stream in HELD[NAME-per-stream],
+# and the most connections it held to the UPSTREAM address in HELD[NAME-upstream].
 hold_streams() {
   local name=$1 address=$2 pid=$3 count=$4 upstream=$5
   local idle at_thousand="" peak=0 rss open after upstream_peak=0 upstream_open
@@ -834,9 +835,9 @@ hold_streams() {
   wait "$client"
   sleep 2
   after=$(rss_mb "$pid")
-  HELD_RSS[$name]="$idle / ${at_thousand:-n/a} / $peak / $after"
-  HELD_RSS[$name-upstream]=$upstream_peak
-  HELD_RSS[$name-per-stream]=$(calc "($peak - $idle) * 1024 / $count")
+  HELD[$name]="$idle / ${at_thousand:-n/a} / $peak / $after"
+  HELD[$name-upstream]=$upstream_peak
+  HELD[$name-per-stream]=$(calc "($peak - $idle) * 1024 / $count")
 }
 
 # fast_streams NAME URL COUNT SECONDS PIDS...: COUNT streams read for SECONDS; sets
